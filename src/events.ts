@@ -1,0 +1,129 @@
+// What the executor tells its subscribers (the terminal renderer, the run log, the MLflow tracker).
+// Core code never prints: it emits these, and subscribers decide what a person or a server sees.
+
+import type { MetricPoint } from './stage-kind.ts';
+
+export type StageStatus = 'ran' | 'cached' | 'failed' | 'skipped';
+
+/** A stage as the run sees it before it starts. */
+export interface PlannedStageInfo {
+  name: string;
+  /** `command` for `run:` stages, otherwise the stage kind's name. */
+  kind: string;
+  fingerprint: string;
+  /** True when a complete cache entry exists and the stage is not forced. */
+  cached: boolean;
+  /** Why it will run, in words (empty when cached). */
+  reasons: string[];
+  /** Resolved parameters of the stage (after `${params.*}` substitution). */
+  params: Record<string, unknown>;
+  needs: string[];
+}
+
+export interface RunStartEvent {
+  type: 'run-start';
+  runId: string;
+  /** The run's directory under runs/: log, summary, the pipeline as run. */
+  runDir: string;
+  pipelineName: string;
+  pipelineFile: string;
+  experiment: string;
+  /** The pipeline YAML with overrides applied, as run. */
+  pipelineYaml: string;
+  pipelineHash: string;
+  params: Record<string, unknown>;
+  backend: string;
+  stages: PlannedStageInfo[];
+  /** Set when this run is one trial of a sweep. */
+  sweep?: { id: string; trial: string };
+  startedAt: number;
+}
+
+export interface StageStartEvent {
+  type: 'stage-start';
+  stage: string;
+  fingerprint: string;
+  startedAt: number;
+}
+
+export interface StageProgressEvent {
+  type: 'stage-progress';
+  stage: string;
+  done: number;
+  total?: number;
+  label?: string;
+}
+
+export interface StageLogEvent {
+  type: 'stage-log';
+  stage: string;
+  stream: 'stdout' | 'stderr' | 'log';
+  line: string;
+}
+
+export interface StageMetricEvent {
+  type: 'stage-metric';
+  stage: string;
+  point: MetricPoint;
+}
+
+export interface StageArtifact {
+  /** Path relative to the stage's artifact directory, e.g. `plots/learning_curves.png`. */
+  name: string;
+  /** Absolute path of the file (inside the cache entry). */
+  path: string;
+}
+
+export interface StageEndEvent {
+  type: 'stage-end';
+  stage: string;
+  status: StageStatus;
+  fingerprint: string;
+  durationMs: number;
+  /** For a failed stage: what failed; for a skipped one: which upstream stage failed. */
+  error?: string;
+  /** Every metric point of the stage, also for a cached stage (read back from its cache entry). */
+  metrics: MetricPoint[];
+  artifacts: StageArtifact[];
+  summary: Record<string, string | number | boolean>;
+  /** The cache entry's artifact directory (absent when failed or skipped). */
+  outDir?: string;
+}
+
+export interface StageSummary {
+  name: string;
+  kind: string;
+  status: StageStatus;
+  durationMs: number;
+  fingerprint: string;
+  error?: string;
+  reasons: string[];
+  summary: Record<string, string | number | boolean>;
+}
+
+export interface RunSummary {
+  runId: string;
+  pipeline: string;
+  status: 'succeeded' | 'failed';
+  durationMs: number;
+  stages: StageSummary[];
+  /** The last value of every metric, keyed `stage.metric` (e.g. `evaluate.test_accuracy`). */
+  metrics: Record<string, number>;
+}
+
+export interface RunEndEvent {
+  type: 'run-end';
+  summary: RunSummary;
+  endedAt: number;
+}
+
+export type RunEvent =
+  | RunStartEvent
+  | StageStartEvent
+  | StageProgressEvent
+  | StageLogEvent
+  | StageMetricEvent
+  | StageEndEvent
+  | RunEndEvent;
+
+export type RunListener = (event: RunEvent) => void | Promise<void>;

@@ -1,0 +1,39 @@
+// Loads the native TensorFlow.js flavour a stage asked for. Stages import tf from here, never from
+// '@tensorflow/tfjs-node' directly, so that `backend: gpu` swaps in '@tensorflow/tfjs-node-gpu'.
+
+import { createRequire } from 'node:module';
+
+export type Tf = typeof import('@tensorflow/tfjs-node');
+export type Flavour = 'cpu' | 'gpu';
+
+const require = createRequire(import.meta.url);
+const packageOf: Record<Flavour, string> = {
+  cpu: '@tensorflow/tfjs-node',
+  gpu: '@tensorflow/tfjs-node-gpu',
+};
+
+let loaded: { flavour: Flavour; tf: Tf } | undefined;
+
+/** The tfjs module of the flavour, loaded once per process (TF logs only errors). */
+export function loadTf(flavour: Flavour = 'cpu'): Tf {
+  if (loaded) {
+    if (loaded.flavour !== flavour) {
+      throw new Error(`tfjs flavour ${loaded.flavour} is already loaded; cannot switch to ${flavour}`);
+    }
+    return loaded.tf;
+  }
+  process.env['TF_CPP_MIN_LOG_LEVEL'] ??= '2';
+  const name = packageOf[flavour];
+  let tf: Tf;
+  try {
+    tf = require(name) as Tf;
+  } catch (cause) {
+    throw new Error(
+      `cannot load ${name}: run \`npm run setup${flavour === 'gpu' ? ' -- --gpu' : ''}\` ` +
+        `to install it with its native TensorFlow library`,
+      { cause },
+    );
+  }
+  loaded = { flavour, tf };
+  return tf;
+}
