@@ -38,6 +38,12 @@ export interface StageKind<P = Record<string, unknown>> {
    * hashed into the fingerprint. Paths are resolved against the pipeline file's directory.
    */
   inputPaths?: (params: P) => string[];
+  /**
+   * The parameters as they enter the fingerprint, when two values can give the same artifacts:
+   * e.g. extract-features maps `fine_tune_at` to the block boundary it implies, so fine_tune_at
+   * 100 and 101 share one cache entry. Default: the resolved params as they are.
+   */
+  fingerprintParams?: (params: P) => Record<string, unknown>;
   /** True when results depend on the TensorFlow runtime (tfjs version, native backend flavour). */
   usesTensorflow: boolean;
   /** Default resources; a stage may override them in the pipeline (`resources:`). */

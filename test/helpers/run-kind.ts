@@ -1,0 +1,55 @@
+// Runs a stage kind in this process with a real context (no child process, no cache), for tests
+// of stage kinds. Returns what the stage reported.
+
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { MetricPoint, StageContext, StageKind } from '../../src/stage-kind.ts';
+
+export interface KindRun {
+  outDir: string;
+  logs: string[];
+  metrics: MetricPoint[];
+  artifacts: string[];
+  summary: Record<string, string | number | boolean>;
+  progress: Array<{ done: number; total?: number; label?: string }>;
+}
+
+export function tempDir(prefix = 'pipe-test-'): string {
+  return mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export async function runKind<P>(
+  kind: StageKind<P>,
+  params: P,
+  inputs: Record<string, string> = {},
+  options: { outDir?: string; downloadCacheDir?: string; quiet?: boolean } = {},
+): Promise<KindRun> {
+  const outDir = options.outDir ?? tempDir('pipe-out-');
+  mkdirSync(outDir, { recursive: true });
+  const tmpDir = tempDir('pipe-scratch-');
+  const run: KindRun = { outDir, logs: [], metrics: [], artifacts: [], summary: {}, progress: [] };
+  const ctx: StageContext<P> = {
+    stageName: kind.name,
+    params,
+    inputs,
+    outDir,
+    tmpDir,
+    downloadCacheDir: options.downloadCacheDir ?? tempDir('pipe-downloads-'),
+    backend: 'cpu',
+    log: (message) => {
+      run.logs.push(message);
+      if (process.env['PIPE_TEST_VERBOSE']) console.log(`[${kind.name}] ${message}`);
+    },
+    progress: (done, total, label) => run.progress.push({ done, total, label }),
+    metric: (key, value, step = 0) => run.metrics.push({ key, value, step, timestamp: Date.now() }),
+    artifact: (relPath) => run.artifacts.push(relPath),
+    summary: (facts) => Object.assign(run.summary, facts),
+  };
+  try {
+    await kind.run(ctx);
+  } finally {
+    rmSync(tmpDir, { recursive: true, force: true });
+  }
+  return run;
+}
