@@ -1,0 +1,496 @@
+// The training machinery of the learning stages, written to match Keras 3 (the recipe's framework)
+// rather than tfjs-layers' `model.fit`:
+//
+// - losses: BinaryCrossentropy(from_logits=True) and SparseCategoricalCrossentropy(from_logits=True),
+//   mean over the batch ("sum_over_batch_size");
+// - accuracy: BinaryAccuracy(threshold=0) on logits (the recipe's metric: logit > 0 is class 1) and
+//   SparseCategoricalAccuracy (argmax) for more than two classes;
+// - optimizers: Keras's Adam and RMSprop update rules. tfjs's Adam adds epsilon to the
+//   bias-corrected sqrt(v̂) while Keras adds it to the uncorrected sqrt(v) and folds the bias
+//   correction into the step size, so the two differ early in training; tfjs's RMSprop matches
+//   Keras 3 (`x -= lr·g / sqrt(v + ε)`) only without momentum. Both are implemented here from the
+//   Keras source so that the update is the one a Keras user gets;
+// - the fit loop: a custom step over `tf.variableGrads`, because tfjs-layers' `fit` runs
+//   BatchNormalization with batch statistics (DESIGN §6). Callers apply their model in inference
+//   mode and add dropout explicitly when `training` is true;
+// - the epoch record: loss and accuracy are means over the epoch's samples (Keras tracks them with
+//   batch-size weights), validation after each epoch in inference mode; Keras-like history with the
+//   epoch indices.
+
+import type { Tf } from './tf.ts';
+import type * as tfTypes from '@tensorflow/tfjs-node';
+
+type Tensor = tfTypes.Tensor;
+type Scalar = tfTypes.Scalar;
+type Variable = tfTypes.Variable;
+
+/** Binary: one logit, labels 0/1. Multiclass: one logit per class, integer labels. */
+export type Task = { kind: 'binary' } | { kind: 'multiclass'; classes: number };
+
+/** The task implied by the number of classes, as the recipe's head is chosen. */
+export function taskFor(classCount: number): Task {
+  if (classCount < 2) throw new Error(`need at least two classes, got ${classCount}`);
+  return classCount === 2 ? { kind: 'binary' } : { kind: 'multiclass', classes: classCount };
+}
+
+/** Number of logits the head produces for a task. */
+export function logitUnits(task: Task): number {
+  return task.kind === 'binary' ? 1 : task.classes;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seeded randomness
+
+/** A small, fast, seeded PRNG (mulberry32): uniform floats in [0, 1). */
+export function rng(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A seed for a sub-stream, so that e.g. shuffling and dropout do not share one sequence. */
+export function deriveSeed(seed: number, stream: string): number {
+  let h = (seed ^ 0x9e3779b9) >>> 0;
+  for (let i = 0; i < stream.length; i++) {
+    h = Math.imul(h ^ stream.charCodeAt(i), 0x01000193) >>> 0;
+  }
+  return h;
+}
+
+/** 0..n-1 in a seeded random order (Fisher–Yates). */
+export function shuffledIndices(n: number, random: () => number): number[] {
+  const order = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    const a = order[i]!;
+    order[i] = order[j]!;
+    order[j] = a;
+  }
+  return order;
+}
+
+/** Consecutive batches of `size`; the last one is smaller when `size` does not divide the count. */
+export function batchesOf<T>(items: readonly T[], size: number): T[][] {
+  if (!(size >= 1)) throw new Error(`batch size must be at least 1, got ${size}`);
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
+
+/**
+ * Keras's glorot_uniform: U(−l, l) with l = sqrt(6 / (fan_in + fan_out)); for a Dense kernel
+ * fan_in = input units, fan_out = output units. Row-major [fanIn, fanOut].
+ */
+export function glorotUniform(fanIn: number, fanOut: number, random: () => number): Float32Array {
+  const limit = Math.sqrt(6 / (fanIn + fanOut));
+  const values = new Float32Array(fanIn * fanOut);
+  for (let i = 0; i < values.length; i++) values[i] = (random() * 2 - 1) * limit;
+  return values;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Losses and accuracy
+
+/**
+ * Keras BinaryCrossentropy(from_logits=True), mean over the batch, in the numerically stable form
+ * of tf.nn.sigmoid_cross_entropy_with_logits: max(x, 0) − x·z + log(1 + exp(−|x|)).
+ * `logits` is [n] or [n, 1]; `labels` [n] of 0/1.
+ */
+export function binaryCrossentropyFromLogits(tf: Tf, labels: Tensor, logits: Tensor): Scalar {
+  return tf.tidy(() => {
+    const x = logits.reshape([-1]);
+    const z = labels.reshape([-1]).toFloat();
+    const perExample = tf.relu(x).sub(x.mul(z)).add(tf.log1p(tf.exp(tf.neg(tf.abs(x)))));
+    return perExample.mean() as Scalar;
+  });
+}
+
+/**
+ * Keras SparseCategoricalCrossentropy(from_logits=True), mean over the batch:
+ * logsumexp(x) − x[label]. `logits` is [n, classes]; `labels` [n] integer class indices.
+ */
+export function sparseCategoricalCrossentropyFromLogits(tf: Tf, labels: Tensor, logits: Tensor): Scalar {
+  return tf.tidy(() => {
+    const classes = logits.shape[1] ?? 1;
+    const logProbs = tf.logSoftmax(logits);
+    const picked = logProbs.mul(tf.oneHot(labels.reshape([-1]).toInt(), classes)).sum(1);
+    return picked.neg().mean() as Scalar;
+  });
+}
+
+/** The task's loss (mean over the batch). */
+export function lossFor(tf: Tf, task: Task, labels: Tensor, logits: Tensor): Scalar {
+  return task.kind === 'binary'
+    ? binaryCrossentropyFromLogits(tf, labels, logits)
+    : sparseCategoricalCrossentropyFromLogits(tf, labels, logits);
+}
+
+/**
+ * Predicted class per example: binary = logit > 0 (Keras BinaryAccuracy(threshold=0), i.e.
+ * sigmoid > 0.5), multiclass = argmax. Int32 [n].
+ */
+export function predictedClasses(tf: Tf, task: Task, logits: Tensor): Tensor {
+  return tf.tidy(() =>
+    task.kind === 'binary' ? logits.reshape([-1]).greater(0).toInt() : logits.argMax(1).toInt(),
+  );
+}
+
+/** Number of correct predictions in the batch (a scalar tensor). */
+export function correctCount(tf: Tf, task: Task, labels: Tensor, logits: Tensor): Scalar {
+  return tf.tidy(
+    () => predictedClasses(tf, task, logits).equal(labels.reshape([-1]).toInt()).toFloat().sum() as Scalar,
+  );
+}
+
+/** Accuracy of the batch in [0, 1]. */
+export function accuracy(tf: Tf, task: Task, labels: Tensor, logits: Tensor): Scalar {
+  return tf.tidy(() => correctCount(tf, task, labels, logits).div(labels.size) as Scalar);
+}
+
+/**
+ * Class probabilities from logits: binary → [n] probability of class 1 (sigmoid); multiclass →
+ * [n, classes] softmax.
+ */
+export function probabilities(tf: Tf, task: Task, logits: Tensor): Tensor {
+  return tf.tidy(() => (task.kind === 'binary' ? tf.sigmoid(logits.reshape([-1])) : tf.softmax(logits)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keras optimizers
+
+export type OptimizerName = 'adam' | 'rmsprop' | 'sgd';
+
+export interface KerasOptimizer {
+  readonly name: OptimizerName;
+  readonly learningRate: number;
+  /** Completed update steps (Keras's `optimizer.iterations`). */
+  readonly iterations: number;
+  /** One update of each variable by its gradient (a missing gradient leaves the variable as is). */
+  applyGradients(pairs: ReadonlyArray<{ variable: Variable; grad: Tensor | null | undefined }>): void;
+  dispose(): void;
+}
+
+abstract class SlotOptimizer implements KerasOptimizer {
+  abstract readonly name: OptimizerName;
+  iterations = 0;
+  protected readonly slots = new Map<string, Variable[]>();
+  constructor(
+    protected readonly tf: Tf,
+    readonly learningRate: number,
+  ) {}
+
+  protected slotsFor(variable: Variable, count: number): Variable[] {
+    let slots = this.slots.get(variable.name);
+    if (!slots) {
+      slots = Array.from({ length: count }, () => this.tf.tidy(() => this.tf.zerosLike(variable).variable(false)));
+      this.slots.set(variable.name, slots);
+    }
+    return slots;
+  }
+
+  protected abstract update(variable: Variable, grad: Tensor, step: number): void;
+
+  applyGradients(pairs: ReadonlyArray<{ variable: Variable; grad: Tensor | null | undefined }>): void {
+    const step = this.iterations + 1;
+    for (const { variable, grad } of pairs) {
+      if (!grad) continue;
+      this.tf.tidy(() => this.update(variable, grad, step));
+    }
+    this.iterations = step;
+  }
+
+  dispose(): void {
+    for (const slots of this.slots.values()) for (const slot of slots) slot.dispose();
+    this.slots.clear();
+  }
+}
+
+export interface AdamConfig {
+  learningRate: number;
+  beta1?: number;
+  beta2?: number;
+  epsilon?: number;
+}
+
+/**
+ * keras.optimizers.Adam (Keras 3): with t = iterations + 1,
+ *   α = lr·sqrt(1 − β2ᵗ)/(1 − β1ᵗ); m += (g − m)(1 − β1); v += (g² − v)(1 − β2);
+ *   x −= α·m / (sqrt(v) + ε).
+ */
+export class KerasAdam extends SlotOptimizer {
+  readonly name = 'adam' as const;
+  readonly beta1: number;
+  readonly beta2: number;
+  readonly epsilon: number;
+  constructor(tf: Tf, config: AdamConfig) {
+    super(tf, config.learningRate);
+    this.beta1 = config.beta1 ?? 0.9;
+    this.beta2 = config.beta2 ?? 0.999;
+    this.epsilon = config.epsilon ?? 1e-7;
+  }
+  protected update(variable: Variable, grad: Tensor, step: number): void {
+    const [m, v] = this.slotsFor(variable, 2) as [Variable, Variable];
+    // Keras computes the powers in float32; fround keeps the step size bit-compatible.
+    const b1t = Math.fround(Math.pow(Math.fround(this.beta1), step));
+    const b2t = Math.fround(Math.pow(Math.fround(this.beta2), step));
+    const alpha = (this.learningRate * Math.sqrt(1 - b2t)) / (1 - b1t);
+    m.assign(m.add(grad.sub(m).mul(1 - this.beta1)));
+    v.assign(v.add(grad.square().sub(v).mul(1 - this.beta2)));
+    variable.assign(variable.sub(m.mul(alpha).div(v.sqrt().add(this.epsilon))));
+  }
+}
+
+export interface RmspropConfig {
+  learningRate: number;
+  rho?: number;
+  epsilon?: number;
+}
+
+/**
+ * keras.optimizers.RMSprop (Keras 3) without momentum and not centered (the recipe's settings):
+ *   v = ρ·v + (1 − ρ)·g²; x −= lr·g / sqrt(v + ε).
+ */
+export class KerasRmsprop extends SlotOptimizer {
+  readonly name = 'rmsprop' as const;
+  readonly rho: number;
+  readonly epsilon: number;
+  constructor(tf: Tf, config: RmspropConfig) {
+    super(tf, config.learningRate);
+    this.rho = config.rho ?? 0.9;
+    this.epsilon = config.epsilon ?? 1e-7;
+  }
+  protected update(variable: Variable, grad: Tensor): void {
+    const [v] = this.slotsFor(variable, 1) as [Variable];
+    v.assign(v.mul(this.rho).add(grad.square().mul(1 - this.rho)));
+    variable.assign(variable.sub(grad.mul(this.learningRate).div(v.add(this.epsilon).sqrt())));
+  }
+}
+
+/** keras.optimizers.SGD without momentum: x −= lr·g. */
+export class KerasSgd extends SlotOptimizer {
+  readonly name = 'sgd' as const;
+  protected update(variable: Variable, grad: Tensor): void {
+    variable.assign(variable.sub(grad.mul(this.learningRate)));
+  }
+}
+
+/** An optimizer by its Keras name with Keras's defaults for everything but the learning rate. */
+export function makeOptimizer(tf: Tf, name: OptimizerName, learningRate: number): KerasOptimizer {
+  switch (name) {
+    case 'adam':
+      return new KerasAdam(tf, { learningRate });
+    case 'rmsprop':
+      return new KerasRmsprop(tf, { learningRate });
+    case 'sgd':
+      return new KerasSgd(tf, learningRate);
+  }
+}
+
+export const optimizerNames: readonly OptimizerName[] = ['adam', 'rmsprop', 'sgd'];
+
+// ---------------------------------------------------------------------------------------------
+// The training step and the fit loop
+
+/**
+ * One optimisation step: gradients of `compute().loss` with respect to `vars`, then the update.
+ * `compute` returns the loss and the batch's logits; the logits are kept for metrics and
+ * returned with the loss (the caller disposes both).
+ */
+export function trainStep(
+  tf: Tf,
+  vars: readonly Variable[],
+  optimizer: KerasOptimizer,
+  compute: () => { loss: Scalar; logits: Tensor },
+): { loss: Scalar; logits: Tensor } {
+  let logits: Tensor | undefined;
+  const { value, grads } = tf.variableGrads(() => {
+    const out = compute();
+    logits = tf.keep(out.logits);
+    return out.loss;
+  }, vars as Variable[]);
+  try {
+    optimizer.applyGradients(vars.map((variable) => ({ variable, grad: grads[variable.name] })));
+  } finally {
+    tf.dispose(Object.values(grads).filter((g): g is Tensor => g != null));
+  }
+  if (!logits) throw new Error('trainStep: compute() returned no logits');
+  return { loss: value, logits };
+}
+
+/** Keras's `history`: one entry per epoch run, with the epoch indices as Keras numbers them. */
+export interface History {
+  epoch: number[];
+  loss: number[];
+  accuracy: number[];
+  val_loss: number[];
+  val_accuracy: number[];
+}
+
+export function emptyHistory(): History {
+  return { epoch: [], loss: [], accuracy: [], val_loss: [], val_accuracy: [] };
+}
+
+export interface EpochRecord {
+  epoch: number;
+  loss: number;
+  accuracy: number;
+  val_loss: number;
+  val_accuracy: number;
+}
+
+export interface EvalResult {
+  loss: number;
+  accuracy: number;
+  count: number;
+}
+
+/**
+ * Loss and accuracy over a dataset in batches (sample-weighted means, as Keras's `evaluate`).
+ * `inputs(indices)` gives the batch's model input; `forward` its logits (inference mode).
+ * When `keepLogits` is given, every example's logits are copied into it (row-major).
+ */
+export function evaluateBatches(
+  tf: Tf,
+  spec: {
+    task: Task;
+    labels: ArrayLike<number>;
+    batchSize: number;
+    inputs: (indices: number[]) => Tensor;
+    forward: (x: Tensor) => Tensor;
+    keepLogits?: Float32Array;
+    onBatch?: (done: number, total: number) => void;
+  },
+): EvalResult {
+  const count = spec.labels.length;
+  const all = Array.from({ length: count }, (_, i) => i);
+  const units = logitUnits(spec.task);
+  let lossSum = 0;
+  let correct = 0;
+  let done = 0;
+  for (const indices of batchesOf(all, spec.batchSize)) {
+    const { loss, hits, logits } = tf.tidy(() => {
+      const x = spec.inputs(indices);
+      const y = labelTensor(tf, spec.task, indices.map((i) => spec.labels[i]!));
+      const out = spec.forward(x);
+      return { loss: lossFor(tf, spec.task, y, out), hits: correctCount(tf, spec.task, y, out), logits: out };
+    });
+    lossSum += (loss.dataSync()[0] ?? NaN) * indices.length;
+    correct += hits.dataSync()[0] ?? 0;
+    if (spec.keepLogits) {
+      const values = logits.dataSync();
+      indices.forEach((example, row) => {
+        spec.keepLogits!.set(values.subarray(row * units, (row + 1) * units), example * units);
+      });
+    }
+    tf.dispose([loss, hits, logits]);
+    done += indices.length;
+    spec.onBatch?.(done, count);
+  }
+  return { loss: count ? lossSum / count : NaN, accuracy: count ? correct / count : NaN, count };
+}
+
+/** Labels as the loss expects them: float32 for binary, int32 for multiclass. */
+export function labelTensor(tf: Tf, task: Task, labels: number[]): Tensor {
+  return task.kind === 'binary' ? tf.tensor1d(labels, 'float32') : tf.tensor1d(labels, 'int32');
+}
+
+export interface FitSpec {
+  task: Task;
+  /** Trainable variables: the only ones the optimizer changes. */
+  vars: readonly Variable[];
+  optimizer: KerasOptimizer;
+  /** Training labels (one per training example). */
+  labels: ArrayLike<number>;
+  /** Keras `fit(epochs=..., initial_epoch=...)`: runs epochs initialEpoch .. epochs − 1. */
+  epochs: number;
+  initialEpoch?: number;
+  batchSize: number;
+  /** Seeds the per-epoch shuffling and the dropout masks. */
+  seed: number;
+  /** Model input of a training batch in epoch `epoch` (e.g. view epoch mod views). */
+  inputs: (epoch: number, indices: number[]) => Tensor;
+  /** Logits; with `training`, dropout is active and `dropoutSeed` seeds its mask. */
+  forward: (x: Tensor, training: boolean, dropoutSeed: number) => Tensor;
+  /** Validation loss and accuracy after an epoch (inference mode). */
+  validate: () => EvalResult;
+  onEpoch?: (record: EpochRecord) => void;
+  onBatch?: (epoch: number, done: number, total: number) => void;
+}
+
+/**
+ * Keras's `fit` over pre-computed inputs: every epoch shuffles the training examples (seeded),
+ * runs batches of `batchSize` (the last one smaller), records the sample-weighted mean training
+ * loss and accuracy (computed with dropout active, as Keras reports them) and then validates.
+ */
+export function fit(tf: Tf, spec: FitSpec): History {
+  const history = emptyHistory();
+  const count = spec.labels.length;
+  const shuffleRandom = rng(deriveSeed(spec.seed, 'shuffle'));
+  const dropoutRandom = rng(deriveSeed(spec.seed, 'dropout'));
+  for (let epoch = spec.initialEpoch ?? 0; epoch < spec.epochs; epoch++) {
+    const order = shuffledIndices(count, shuffleRandom);
+    let lossSum = 0;
+    let correct = 0;
+    let done = 0;
+    for (const indices of batchesOf(order, spec.batchSize)) {
+      const dropoutSeed = Math.floor(dropoutRandom() * 2 ** 31);
+      const [loss, hits] = tf.tidy(() => {
+        const x = spec.inputs(epoch, indices);
+        const y = labelTensor(tf, spec.task, indices.map((i) => spec.labels[i]!));
+        const step = trainStep(tf, spec.vars, spec.optimizer, () => {
+          const logits = spec.forward(x, true, dropoutSeed);
+          return { loss: lossFor(tf, spec.task, y, logits), logits };
+        });
+        const hits = correctCount(tf, spec.task, y, step.logits);
+        step.logits.dispose(); // kept by trainStep, so not released by this tidy
+        return [step.loss, hits];
+      });
+      lossSum += (loss.dataSync()[0] ?? NaN) * indices.length;
+      correct += hits.dataSync()[0] ?? 0;
+      tf.dispose([loss, hits]);
+      done += indices.length;
+      spec.onBatch?.(epoch, done, count);
+    }
+    const validation = spec.validate();
+    const record: EpochRecord = {
+      epoch,
+      loss: lossSum / count,
+      accuracy: correct / count,
+      val_loss: validation.loss,
+      val_accuracy: validation.accuracy,
+    };
+    history.epoch.push(epoch);
+    history.loss.push(record.loss);
+    history.accuracy.push(record.accuracy);
+    history.val_loss.push(record.val_loss);
+    history.val_accuracy.push(record.val_accuracy);
+    spec.onEpoch?.(record);
+  }
+  return history;
+}
+
+/**
+ * Keras's dropout in training: keep each unit with probability 1 − rate and scale the kept ones
+ * by 1 / (1 − rate). Identity when rate is 0.
+ */
+export function dropout(tf: Tf, x: Tensor, rate: number, seed: number): Tensor {
+  if (rate <= 0) return x;
+  return tf.tidy(() => {
+    const keep = tf.randomUniform(x.shape, 0, 1, 'float32', seed).greaterEqual(rate).toFloat();
+    return x.mul(keep).div(1 - rate);
+  });
+}
+
+/** Keras's per-epoch progress line, e.g. `Epoch 1/10 - loss: 0.6931 - accuracy: 0.5000 - …`. */
+export function epochLine(record: EpochRecord, totalEpochs: number): string {
+  const f = (v: number) => v.toFixed(4);
+  return (
+    `Epoch ${record.epoch + 1}/${totalEpochs} - loss: ${f(record.loss)} - accuracy: ${f(record.accuracy)}` +
+    ` - val_loss: ${f(record.val_loss)} - val_accuracy: ${f(record.val_accuracy)}`
+  );
+}

@@ -1,0 +1,167 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { loadTf } from '../../src/ml/tf.ts';
+import {
+  KerasAdam,
+  KerasRmsprop,
+  accuracy,
+  batchesOf,
+  binaryCrossentropyFromLogits,
+  dropout,
+  epochLine,
+  fit,
+  evaluateBatches,
+  glorotUniform,
+  rng,
+  shuffledIndices,
+  sparseCategoricalCrossentropyFromLogits,
+  taskFor,
+} from '../../src/ml/train.ts';
+
+const tf = loadTf('cpu');
+
+function close(actual: number, expected: number, tolerance = 1e-5, what = ''): void {
+  assert.ok(Math.abs(actual - expected) <= tolerance, `${what} ${actual} ≠ ${expected}`);
+}
+
+test('binary cross-entropy from logits matches hand-computed values and is stable', () => {
+  const loss = binaryCrossentropyFromLogits(tf, tf.tensor1d([1, 1, 0]), tf.tensor2d([[2], [-1], [0]]));
+  const expected = (Math.log1p(Math.exp(-2)) + Math.log1p(Math.exp(1)) + Math.log(2)) / 3;
+  close(loss.dataSync()[0]!, expected, 1e-6);
+  const extreme = binaryCrossentropyFromLogits(tf, tf.tensor1d([0, 1]), tf.tensor1d([100, -100]));
+  close(extreme.dataSync()[0]!, 100, 1e-3);
+});
+
+test('sparse categorical cross-entropy from logits', () => {
+  const loss = sparseCategoricalCrossentropyFromLogits(
+    tf,
+    tf.tensor1d([2, 0], 'int32'),
+    tf.tensor2d([
+      [1, 2, 3],
+      [1, 1, 1],
+    ]),
+  );
+  const row1 = Math.log(Math.exp(1) + Math.exp(2) + Math.exp(3)) - 3;
+  close(loss.dataSync()[0]!, (row1 + Math.log(3)) / 2, 1e-6);
+});
+
+test('accuracy: logit > 0 for binary, argmax for multiclass', () => {
+  close(accuracy(tf, taskFor(2), tf.tensor1d([1, 1, 0, 0]), tf.tensor1d([2, -1, -3, 0.5])).dataSync()[0]!, 0.5);
+  const multi = accuracy(tf, taskFor(3), tf.tensor1d([2, 0], 'int32'), tf.tensor2d([[1, 2, 3], [0, 5, 1]]));
+  close(multi.dataSync()[0]!, 0.5);
+  assert.equal(taskFor(2), { kind: 'binary' });
+  assert.equal(taskFor(5), { kind: 'multiclass', classes: 5 });
+});
+
+test('Keras Adam: two steps as the Keras 3 update rule gives them (ε on the uncorrected sqrt(v))', () => {
+  const x = tf.variable(tf.tensor1d([1, -2]));
+  const adam = new KerasAdam(tf, { learningRate: 0.1, epsilon: 0.01 });
+  const grads = [
+    [0.5, -1],
+    [0.2, 0.3],
+  ];
+  const expected = [1, -2];
+  const m = [0, 0];
+  const v = [0, 0];
+  for (let t = 1; t <= 2; t++) {
+    const g = grads[t - 1]!;
+    adam.applyGradients([{ variable: x, grad: tf.tensor1d(g) }]);
+    const alpha = (0.1 * Math.sqrt(1 - 0.999 ** t)) / (1 - 0.9 ** t);
+    for (let i = 0; i < 2; i++) {
+      m[i] = m[i]! + (g[i]! - m[i]!) * 0.1;
+      v[i] = v[i]! + (g[i]! ** 2 - v[i]!) * 0.001;
+      expected[i] = expected[i]! - (alpha * m[i]!) / (Math.sqrt(v[i]!) + 0.01);
+    }
+    const got = x.dataSync();
+    close(got[0]!, expected[0]!, 1e-6, `step ${t}`);
+    close(got[1]!, expected[1]!, 1e-6, `step ${t}`);
+  }
+  // First step by hand: α = sqrt(0.001), m = 0.05, v = 0.00025 → 1 − 0.0316228·0.05/(0.0158114 + 0.01).
+  assert.equal(adam.iterations, 2);
+  adam.dispose();
+});
+
+test('Keras Adam first step by hand, and tfjs Adam differs', () => {
+  const x = tf.variable(tf.scalar(1));
+  new KerasAdam(tf, { learningRate: 0.1, epsilon: 0.01 }).applyGradients([{ variable: x, grad: tf.scalar(0.5) }]);
+  close(x.dataSync()[0]!, 1 - 0.061257, 1e-5);
+  const y = tf.variable(tf.scalar(1));
+  tf.train.adam(0.1, 0.9, 0.999, 0.01).applyGradients({ [y.name]: tf.scalar(0.5) });
+  close(y.dataSync()[0]!, 1 - 0.098039, 1e-5); // bias-corrected, ε on sqrt(v̂): not Keras
+});
+
+test('Keras RMSprop: x −= lr·g / sqrt(v + ε)', () => {
+  const x = tf.variable(tf.scalar(1));
+  const rms = new KerasRmsprop(tf, { learningRate: 0.1, epsilon: 0.01 });
+  rms.applyGradients([{ variable: x, grad: tf.scalar(0.5) }]);
+  // v = 0.1·0.25 = 0.025; step = 0.05 / sqrt(0.035)
+  close(x.dataSync()[0]!, 1 - 0.05 / Math.sqrt(0.035), 1e-6);
+  rms.applyGradients([{ variable: x, grad: tf.scalar(-1) }]);
+  const v2 = 0.9 * 0.025 + 0.1 * 1;
+  close(x.dataSync()[0]!, 1 - 0.05 / Math.sqrt(0.035) + 0.1 / Math.sqrt(v2 + 0.01), 1e-6);
+  rms.dispose();
+});
+
+test('seeded shuffling, batches with a smaller last batch, glorot limits', () => {
+  const a = shuffledIndices(10, rng(7));
+  assert.equal(a, shuffledIndices(10, rng(7)));
+  assert.equal([...a].sort((p, q) => p - q), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  assert.not.equal(a, shuffledIndices(10, rng(8)));
+  assert.equal(batchesOf([1, 2, 3, 4, 5], 2), [[1, 2], [3, 4], [5]]);
+  const kernel = glorotUniform(1280, 1, rng(1));
+  const limit = Math.sqrt(6 / 1281);
+  assert.ok(kernel.every((w) => Math.abs(w) <= limit));
+  assert.ok(Math.max(...kernel) > limit * 0.9);
+});
+
+test('dropout keeps 1 − rate of the units and rescales them', () => {
+  const out = dropout(tf, tf.ones([10000]), 0.2, 3).dataSync();
+  const kept = out.filter((v) => v > 0);
+  close(kept.length / 10000, 0.8, 0.02);
+  close(kept[0]!, 1.25, 1e-6);
+});
+
+test('fit: a logistic model learns a separable problem; history is Keras-like', () => {
+  const random = rng(3);
+  const n = 70;
+  const xs = new Float32Array(n * 2);
+  const labels: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const label = i % 2;
+    xs[i * 2] = (label ? 1 : -1) + (random() - 0.5);
+    xs[i * 2 + 1] = random() - 0.5;
+    labels.push(label);
+  }
+  const data = tf.tensor2d(xs, [n, 2]);
+  const w = tf.variable(tf.zeros([2, 1]));
+  const b = tf.variable(tf.zeros([1]));
+  const task = taskFor(2);
+  const forward = (x: ReturnType<typeof tf.tensor>) => x.matMul(w).add(b);
+  const inputs = (indices: number[]) => data.gather(tf.tensor1d(indices, 'int32'));
+  const validate = () => evaluateBatches(tf, { task, labels, batchSize: 32, inputs, forward });
+  const lines: string[] = [];
+  const before = tf.memory().numTensors;
+  const history = fit(tf, {
+    task,
+    vars: [w, b],
+    optimizer: new KerasAdam(tf, { learningRate: 0.1 }),
+    labels,
+    epochs: 5,
+    initialEpoch: 1,
+    batchSize: 32,
+    seed: 1,
+    inputs: (_epoch, indices) => inputs(indices),
+    forward: (x, training, seed) => (training ? dropout(tf, forward(x), 0, seed) : forward(x)),
+    validate,
+    onEpoch: (record) => lines.push(epochLine(record, 5)),
+  });
+  assert.equal(history.epoch, [1, 2, 3, 4]);
+  assert.equal(history.loss.length, 4);
+  assert.ok(history.val_accuracy.at(-1)! > 0.9, `val accuracy ${history.val_accuracy}`);
+  assert.ok(history.loss.at(-1)! < history.loss[0]!);
+  assert.match(lines[0]!, /^Epoch 2\/5 - loss: \d\.\d{4} - accuracy: \d\.\d{4} - val_loss: \d\.\d{4} - val_accuracy: \d\.\d{4}$/);
+  // optimizer slots (2 per variable) are the only tensors that stay
+  assert.ok(tf.memory().numTensors - before <= 6, `leaked ${tf.memory().numTensors - before}`);
+});
+
+test.run();
