@@ -1,0 +1,155 @@
+// The `pipe` command line. Exit codes: 0 success, 1 a failed run, 2 an invalid pipeline or usage.
+
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { formatDiagnostic, sortDiagnostics, type Diagnostic } from './diagnostics.ts';
+
+export const EXIT_OK = 0;
+export const EXIT_FAILED = 1;
+export const EXIT_INVALID = 2;
+
+const usage = `pipe — declarative experiment pipelines with a caching DAG executor and MLflow tracking
+
+Usage:
+  pipe run FILE [-p NAME=VALUE]... [--force STAGE]... [--fail-fast] [--jobs N] [--json] [--verbose] [--no-track]
+  pipe status FILE [-p NAME=VALUE]... [--json]
+  pipe sweep FILE [-S NAME=V1,V2]... [-p NAME=VALUE]... [--dry-run] [--objective METRIC] [--json]
+  pipe gc [FILE...] [--dry-run]
+  pipe predict MODEL IMAGE...
+  pipe ui [--port N] [--host H]
+  pipe sync
+  pipe doctor
+
+Commands:
+  run      run the pipeline: cached stages are reused, the rest run (in parallel where they may)
+  status   say, for each stage, whether it would run and why
+  sweep    run trials over parameter values; shared stages run once
+  gc       remove cache entries that no pipeline references (--dry-run lists them)
+  predict  classify images with a model saved by an evaluate stage
+  ui       start or find the MLflow server and print the URL of the runs
+  sync     send tracking data that could not reach the MLflow server earlier
+  doctor   check the installation: Node, tfjs and its native backend, GPUs, MLflow
+
+Options:
+  -p, --param NAME=VALUE   override a pipeline param (typed by its declaration)
+  --force STAGE            re-run STAGE and what depends on it, even if cached
+  --fail-fast              stop everything at the first failed stage
+  --jobs N                 CPU slots (default: the number of cores)
+  --backend auto|cpu|gpu   override the pipeline's tfjs backend
+  --json                   print the result as JSON on stdout
+  --verbose                show every stage's output
+  --no-track               do not record an MLflow run
+`;
+
+export class UsageError extends Error {}
+
+const runOptions = {
+  param: { type: 'string', short: 'p', multiple: true },
+  force: { type: 'string', multiple: true },
+  'fail-fast': { type: 'boolean' },
+  jobs: { type: 'string' },
+  backend: { type: 'string' },
+  json: { type: 'boolean' },
+  verbose: { type: 'boolean' },
+  'no-track': { type: 'boolean' },
+  'dry-run': { type: 'boolean' },
+  sweep: { type: 'string', short: 'S', multiple: true },
+  objective: { type: 'string' },
+  port: { type: 'string' },
+  host: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} satisfies ParseArgsConfig['options'];
+
+export type CliOptions = ReturnType<typeof parse>['values'];
+
+function parse(args: string[]) {
+  return parseArgs({ args, options: runOptions, allowPositionals: true, strict: true });
+}
+
+export interface Io {
+  out: (text: string) => void;
+  err: (text: string) => void;
+  isTTY: boolean;
+}
+
+const defaultIo: Io = {
+  out: (text) => process.stdout.write(text),
+  err: (text) => process.stderr.write(text),
+  isTTY: Boolean(process.stderr.isTTY) && !process.env['CI'],
+};
+
+export function printDiagnostics(io: Io, diagnostics: Diagnostic[], texts: Record<string, string>): void {
+  const sorted = sortDiagnostics(diagnostics);
+  for (const d of sorted) io.err(`${formatDiagnostic(d, texts[d.file])}\n`);
+  io.err(`${sorted.length} problem${sorted.length === 1 ? '' : 's'} found\n`);
+}
+
+export async function main(argv: string[], io: Io = defaultIo): Promise<number> {
+  const [command, ...rest] = argv;
+  if (!command || command === '--help' || command === '-h' || command === 'help') {
+    io.out(usage);
+    return command ? EXIT_OK : EXIT_INVALID;
+  }
+  let parsed: ReturnType<typeof parse>;
+  try {
+    parsed = parse(rest);
+  } catch (error) {
+    io.err(`pipe ${command}: ${(error as Error).message}\n\n${usage}`);
+    return EXIT_INVALID;
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    io.out(usage);
+    return EXIT_OK;
+  }
+  try {
+    switch (command) {
+      case 'run':
+      case 'status': {
+        const file = single(positionals, `pipe ${command} FILE`);
+        const { runCommand, statusCommand } = await import('./commands.ts');
+        return command === 'run' ? await runCommand(file, values, io) : await statusCommand(file, values, io);
+      }
+      case 'sweep': {
+        const file = single(positionals, 'pipe sweep FILE');
+        const { sweepCommand } = await import('./sweep.ts');
+        return await sweepCommand(file, values, io);
+      }
+      case 'gc': {
+        const { gcCommand } = await import('./gc.ts');
+        return await gcCommand(positionals, values, io);
+      }
+      case 'predict': {
+        const [model, ...images] = positionals;
+        if (!model || images.length === 0) throw new UsageError('pipe predict MODEL IMAGE...: give a model directory and at least one image');
+        const { predict } = await import('./predict.ts');
+        return await predict(model, images, (line) => io.out(`${line}\n`));
+      }
+      case 'ui': {
+        const { uiCommand } = await import('./tracking/ui.ts');
+        return await uiCommand({ projectDir: process.cwd(), port: values.port ? Number(values.port) : undefined, host: values.host, out: (line: string) => io.out(`${line}\n`) });
+      }
+      case 'sync': {
+        const { syncCommand } = await import('./tracking/sync.ts');
+        return await syncCommand({ projectDir: process.cwd(), out: (line: string) => io.out(`${line}\n`) });
+      }
+      case 'doctor': {
+        const { doctor } = await import('./doctor.ts');
+        return await doctor((line) => io.out(`${line}\n`));
+      }
+      default:
+        io.err(`pipe: unknown command '${command}'\n\n${usage}`);
+        return EXIT_INVALID;
+    }
+  } catch (error) {
+    if (error instanceof UsageError) {
+      io.err(`${error.message}\n`);
+      return EXIT_INVALID;
+    }
+    throw error;
+  }
+}
+
+function single(positionals: string[], form: string): string {
+  if (positionals.length !== 1 || !positionals[0]) throw new UsageError(`usage: ${form}`);
+  return positionals[0];
+}

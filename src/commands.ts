@@ -1,0 +1,224 @@
+// `pipe run` and `pipe status`: load → analyze → plan → execute, with the terminal, the run log
+// and the MLflow tracker subscribed to the executor's events.
+
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { isMap, isScalar } from 'yaml';
+import { analyze, parseOverride, type AnalyzedPipeline, type Override } from './analyze.ts';
+import { EXIT_FAILED, EXIT_INVALID, EXIT_OK, printDiagnostics, UsageError, type CliOptions, type Io } from './cli.ts';
+import type { Diagnostic } from './diagnostics.ts';
+import type { RunListener, RunSummary } from './events.ts';
+import { execute } from './executor.ts';
+import { shortFingerprint } from './fingerprint.ts';
+import { loadPipeline, type PipelineFile } from './pipeline.ts';
+import { planPipeline, type Plan } from './plan.ts';
+import { hashIndexPath, newRunId, openCache, projectPaths, statePath, type ProjectPaths } from './project.ts';
+import { plainRenderer, runLogWriter, ttyRenderer } from './render.ts';
+import { gpuIds, resolveFlavour, tensorflowRuntime } from './runtime-info.ts';
+
+export interface Prepared {
+  paths: ProjectPaths;
+  file: PipelineFile;
+  pipeline: AnalyzedPipeline;
+  plan: Plan;
+  flavour: 'cpu' | 'gpu';
+}
+
+export function overridesFrom(values: CliOptions): Override[] {
+  const overrides: Override[] = [];
+  for (const arg of values.param ?? []) {
+    const override = parseOverride(arg);
+    if (!override) throw new UsageError(`-p ${arg}: expected NAME=VALUE`);
+    overrides.push(override);
+  }
+  return overrides;
+}
+
+/** Loads, analyzes and plans; prints every problem and returns undefined when there are any. */
+export async function prepare(
+  file: string,
+  values: CliOptions,
+  io: Io,
+  extra: { values?: Record<string, unknown>; pipelineFile?: PipelineFile } = {},
+): Promise<Prepared | undefined> {
+  const paths = projectPaths();
+  const texts: Record<string, string> = {};
+  const loaded = extra.pipelineFile ? { ok: true as const, value: extra.pipelineFile } : loadPipeline(file, file);
+  if (!loaded.ok) {
+    try {
+      texts[file] = await fs.readFile(file, 'utf8');
+    } catch {
+      // unreadable: the diagnostic says so
+    }
+    printDiagnostics(io, loaded.diagnostics, texts);
+    return undefined;
+  }
+  texts[file] = loaded.value.source.text;
+  const analyzed = await analyze(loaded.value, { overrides: overridesFrom(values), values: extra.values });
+  if (!analyzed.ok) {
+    printDiagnostics(io, analyzed.diagnostics, texts);
+    return undefined;
+  }
+  const requested = (values.backend as 'auto' | 'cpu' | 'gpu' | undefined) ?? loaded.value.backend;
+  if (!['auto', 'cpu', 'gpu'].includes(requested)) throw new UsageError(`--backend ${requested}: expected auto, cpu or gpu`);
+  let flavour: 'cpu' | 'gpu';
+  try {
+    flavour = resolveFlavour(requested);
+  } catch (error) {
+    io.err(`${file}: backend: ${(error as Error).message}\n`);
+    return undefined;
+  }
+  const force = new Set(values.force ?? []);
+  const unknownForced = [...force].filter((name) => !analyzed.value.stages.some((s) => s.name === name));
+  if (unknownForced.length) {
+    const diagnostics: Diagnostic[] = unknownForced.map((name) => ({
+      code: 'missing-stage', file: '<command line>', line: 0, col: 0, length: 0, field: `--force ${name}`,
+      message: `no stage named '${name}' (stages: ${analyzed.value.stages.map((s) => s.name).join(', ')})`,
+    }));
+    printDiagnostics(io, diagnostics, texts);
+    return undefined;
+  }
+  const planned = await planPipeline(analyzed.value, {
+    cache: openCache(paths),
+    statePath: statePath(paths, loaded.value.name),
+    hashIndexPath: hashIndexPath(paths),
+    runtime: tensorflowRuntime(flavour),
+    force,
+  });
+  if (!planned.ok) {
+    printDiagnostics(io, planned.diagnostics, texts);
+    return undefined;
+  }
+  return { paths, file: loaded.value, pipeline: analyzed.value, plan: planned.plan, flavour };
+}
+
+export async function statusCommand(file: string, values: CliOptions, io: Io): Promise<number> {
+  const prepared = await prepare(file, values, io);
+  if (!prepared) return EXIT_INVALID;
+  const { plan } = prepared;
+  if (values.json) {
+    io.out(`${JSON.stringify({
+      pipeline: prepared.file.name,
+      stages: plan.stages.map((s) => ({ name: s.name, kind: s.kindName, fingerprint: s.fingerprint, status: s.cached ? 'cached' : 'will-run', reasons: s.reasons })),
+    }, null, 2)}\n`);
+    return EXIT_OK;
+  }
+  const width = Math.max(5, ...plan.stages.map((s) => s.name.length));
+  for (const s of plan.stages) {
+    if (s.cached) io.out(`${s.name.padEnd(width)}  cached    ${shortFingerprint(s.fingerprint)}\n`);
+    else io.out(`${s.name.padEnd(width)}  will run  ${shortFingerprint(s.fingerprint)}  ${s.reasons.join('; ')}\n`);
+  }
+  const toRun = plan.stages.filter((s) => !s.cached).length;
+  io.out(toRun === 0 ? 'up to date: every stage is cached\n' : `${toRun} of ${plan.stages.length} stages would run\n`);
+  return EXIT_OK;
+}
+
+/** The pipeline YAML as run: params set to the values this run used. */
+export function yamlAsRun(file: PipelineFile, params: Record<string, unknown>): string {
+  const doc = file.doc.clone();
+  const node = doc.get('params', true);
+  if (isMap(node)) {
+    for (const pair of node.items) {
+      const name = isScalar(pair.key) ? String(pair.key.value) : undefined;
+      if (!name || !(name in params)) continue;
+      const value = params[name];
+      if (isMap(pair.value) && pair.value.has('default')) pair.value.set('default', value);
+      else pair.value = doc.createNode(value);
+    }
+  }
+  return doc.toString();
+}
+
+export interface RunOutcome {
+  summary: RunSummary;
+  runDir: string;
+}
+
+export async function executePrepared(
+  prepared: Prepared,
+  values: CliOptions,
+  io: Io,
+  extra: { sweep?: { id: string; trial: string }; parentRunId?: string; listeners?: RunListener[]; quiet?: boolean } = {},
+): Promise<RunOutcome> {
+  const { paths, file, pipeline, plan, flavour } = prepared;
+  const runId = newRunId();
+  const runDir = path.join(paths.runsDir, file.name, runId);
+  await fs.mkdir(runDir, { recursive: true });
+  const pipelineYaml = yamlAsRun(file, pipeline.params);
+  await fs.writeFile(path.join(runDir, 'pipeline.yaml'), pipelineYaml);
+  const cache = openCache(paths);
+  await cache.cleanStale();
+
+  const verbose = Boolean(values.verbose);
+  const listeners: RunListener[] = [];
+  if (!extra.quiet) {
+    const write = values.json ? io.err : io.err;
+    listeners.push(io.isTTY ? ttyRenderer(write, { verbose }) : plainRenderer(write, { verbose }));
+  }
+  const logWriter = runLogWriter(path.join(runDir, 'log.txt'));
+  listeners.push(logWriter.listener, ...(extra.listeners ?? []));
+
+  let tracker: { listener: RunListener; close(): Promise<void> } | undefined;
+  if (file.tracking.enabled && !values['no-track'] && process.env['PIPE_NO_TRACK'] !== '1') {
+    try {
+      const { createTracker } = await import('./tracking/tracker.ts');
+      tracker = await createTracker({
+        projectDir: paths.projectDir,
+        trackingUri: file.tracking.uri,
+        parentRunId: extra.parentRunId,
+        log: (line: string) => io.err(`${line}\n`),
+      });
+      listeners.push(tracker.listener);
+    } catch (error) {
+      io.err(`tracking: ${(error as Error).message} (the run goes on; \`pipe sync\` sends it later)\n`);
+    }
+  }
+
+  const controller = new AbortController();
+  const onSigint = () => controller.abort();
+  process.once('SIGINT', onSigint);
+  let summary: RunSummary;
+  try {
+    summary = await execute({
+      plan,
+      cache,
+      run: {
+        runId,
+        runDir,
+        pipelineName: file.name,
+        pipelineFile: path.relative(paths.projectDir, path.resolve(file.dir, path.basename(file.source.path))) || file.source.path,
+        experiment: file.experiment,
+        pipelineYaml,
+        pipelineHash: createHash('sha256').update(file.source.text).digest('hex'),
+        params: pipeline.params,
+        backend: flavour === 'gpu' ? 'tensorflow-gpu' : 'tensorflow',
+        sweep: extra.sweep,
+        startedAt: Date.now(),
+      },
+      statePath: statePath(paths, file.name),
+      downloadCacheDir: paths.downloadsDir,
+      backend: flavour,
+      cpuSlots: values.jobs ? Math.max(1, Number(values.jobs)) : os.availableParallelism(),
+      gpuIds: gpuIds(),
+      failFast: Boolean(values['fail-fast']),
+      listeners,
+      signal: controller.signal,
+    });
+  } finally {
+    process.removeListener('SIGINT', onSigint);
+    await tracker?.close().catch(() => undefined);
+    await logWriter.close();
+  }
+  await fs.writeFile(path.join(runDir, 'summary.json'), JSON.stringify(summary, null, 2));
+  return { summary, runDir };
+}
+
+export async function runCommand(file: string, values: CliOptions, io: Io): Promise<number> {
+  const prepared = await prepare(file, values, io);
+  if (!prepared) return EXIT_INVALID;
+  const { summary } = await executePrepared(prepared, values, io);
+  if (values.json) io.out(`${JSON.stringify(summary, null, 2)}\n`);
+  return summary.status === 'succeeded' ? EXIT_OK : EXIT_FAILED;
+}

@@ -1,0 +1,351 @@
+// The executor: runs a plan. Stages start when their upstream stages are done, in parallel within
+// the CPU and GPU slots; each runs in its own child process (src/execution/stage-process.ts) and
+// writes into a private staging directory that is published to the cache only on success.
+// The executor emits events; it never prints.
+
+import { createWriteStream, promises as fs, type WriteStream } from 'node:fs';
+import { createInterface } from 'node:readline';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa, type ResultPromise } from 'execa';
+import type { Cache, CacheEntry } from './cache.ts';
+import { readMetricsFile } from './cache.ts';
+import type { StageSpec, ChildReport } from './execution/stage-process.ts';
+import type { RunEvent, RunListener, RunStartEvent, RunSummary, StageArtifact, StageStatus, StageSummary } from './events.ts';
+import { hashPath } from './hash.ts';
+import { recordState, type Plan, type PlannedStage } from './plan.ts';
+import type { MetricPoint } from './stage-kind.ts';
+import { Slots } from './slots.ts';
+
+const stageProcessPath = fileURLToPath(new URL('./execution/stage-process.ts', import.meta.url));
+const tsxLoader = import.meta.resolve('tsx');
+
+export interface ExecuteOptions {
+  plan: Plan;
+  cache: Cache;
+  /** The run-start event minus what the executor fills in (type, stages). */
+  run: Omit<RunStartEvent, 'type' | 'stages'>;
+  statePath: string;
+  downloadCacheDir: string;
+  backend: 'cpu' | 'gpu';
+  cpuSlots: number;
+  /** Ids of the GPUs this run may hand out (CUDA_VISIBLE_DEVICES values). */
+  gpuIds: string[];
+  failFast: boolean;
+  listeners: RunListener[];
+  /** Aborts the run (SIGINT): running stages are stopped, nothing more starts. */
+  signal?: AbortSignal;
+}
+
+interface Outcome {
+  status: StageStatus;
+  durationMs: number;
+  error?: string;
+  metrics: MetricPoint[];
+  artifacts: StageArtifact[];
+  summary: Record<string, string | number | boolean>;
+  outDir?: string;
+}
+
+export async function execute(options: ExecuteOptions): Promise<RunSummary> {
+  const { plan, cache } = options;
+  const started = Date.now();
+  const pending: Promise<unknown>[] = [];
+  const emit = (event: RunEvent) => {
+    for (const listener of options.listeners) {
+      try {
+        const result = listener(event);
+        if (result) pending.push(result.catch(() => undefined));
+      } catch {
+        // A subscriber's failure never fails the run.
+      }
+    }
+  };
+
+  emit({
+    ...options.run,
+    type: 'run-start',
+    stages: plan.stages.map((s) => ({
+      name: s.name,
+      kind: s.kindName,
+      fingerprint: s.fingerprint,
+      cached: s.cached,
+      reasons: s.reasons,
+      params: s.stage.params,
+      needs: s.stage.upstream,
+    })),
+  });
+
+  const slots = new Slots(options.cpuSlots, options.gpuIds);
+  const outcomes = new Map<string, Outcome>();
+  const done = new Map<string, Promise<Outcome>>();
+  const children = new Set<ResultPromise>();
+  let abortReason: string | undefined;
+  let stateWrites = Promise.resolve();
+
+  const abort = (reason: string) => {
+    if (abortReason) return;
+    abortReason = reason;
+    for (const child of children) child.kill('SIGTERM');
+  };
+  options.signal?.addEventListener('abort', () => abort('interrupted'));
+
+  const finish = (stage: PlannedStage, outcome: Outcome): Outcome => {
+    outcomes.set(stage.name, outcome);
+    emit({ type: 'stage-end', stage: stage.name, fingerprint: stage.fingerprint, ...outcome });
+    if (outcome.status === 'ran' || outcome.status === 'cached') {
+      stateWrites = stateWrites.then(() => recordState(options.statePath, stage.name, stage.fingerprint, stage.record)).catch(() => undefined);
+    }
+    if (outcome.status === 'failed' && options.failFast) abort(`--fail-fast: stage '${stage.name}' failed`);
+    return outcome;
+  };
+
+  const skipped = (error: string): Outcome => ({ status: 'skipped', durationMs: 0, error, metrics: [], artifacts: [], summary: {} });
+
+  for (const stage of plan.stages) {
+    const upstream = stage.stage.upstream.map((name) => done.get(name) ?? Promise.resolve(skipped('missing')));
+    done.set(stage.name, (async () => {
+      const ups = await Promise.all(upstream);
+      const broken = stage.stage.upstream.filter((_, i) => ups[i]?.status === 'failed' || ups[i]?.status === 'skipped');
+      if (broken.length > 0) return finish(stage, skipped(`upstream stage '${broken.join("', '")}' did not complete`));
+      if (abortReason) return finish(stage, skipped(`not started: ${abortReason}`));
+      if (stage.cached) {
+        const entry = await cache.read(stage.fingerprint);
+        if (entry) return finish(stage, await restore(stage, entry, options));
+      }
+      const grant = await slots.acquire(stage.stage.resources.cpu ?? 1, stage.stage.resources.gpu ?? 0);
+      try {
+        if (abortReason) return finish(stage, skipped(`not started: ${abortReason}`));
+        return finish(stage, await runStage(stage, grant.gpus, options, emit, children, () => abortReason));
+      } finally {
+        grant.release();
+      }
+    })());
+  }
+
+  await Promise.all(done.values());
+  await stateWrites;
+
+  const stages: StageSummary[] = plan.stages.map((s) => {
+    const o = outcomes.get(s.name) ?? skipped('not reached');
+    return { name: s.name, kind: s.kindName, status: o.status, durationMs: o.durationMs, fingerprint: s.fingerprint, error: o.error, reasons: s.reasons, summary: o.summary };
+  });
+  const metrics: Record<string, number> = {};
+  for (const s of plan.stages) {
+    const points = [...(outcomes.get(s.name)?.metrics ?? [])].sort((a, b) => a.step - b.step || a.timestamp - b.timestamp);
+    for (const point of points) metrics[point.key] = point.value;
+  }
+  const summary: RunSummary = {
+    runId: options.run.runId,
+    pipeline: options.run.pipelineName,
+    status: stages.every((s) => s.status === 'ran' || s.status === 'cached') ? 'succeeded' : 'failed',
+    durationMs: Date.now() - started,
+    stages,
+    metrics,
+  };
+  emit({ type: 'run-end', summary, endedAt: Date.now() });
+  await Promise.all(pending);
+  return summary;
+}
+
+/** A cached stage: its recorded metrics and artifacts; command outputs put back in the workspace. */
+async function restore(stage: PlannedStage, entry: CacheEntry, options: ExecuteOptions): Promise<Outcome> {
+  const t0 = Date.now();
+  for (const [out, hash] of Object.entries(entry.result.outs ?? {})) {
+    const target = path.resolve(options.plan.pipeline.file.dir, out);
+    let current: string | undefined;
+    try {
+      current = await hashPath(target);
+    } catch {
+      current = undefined;
+    }
+    if (current === hash) continue;
+    // Copy next to the target, then swap it in, so a reader never sees half a file.
+    const tmp = `${target}.pipe-restore-${process.pid}`;
+    await fs.rm(tmp, { recursive: true, force: true });
+    await fs.mkdir(path.dirname(target), { recursive: true });
+    await fs.cp(path.join(entry.outDir, out), tmp, { recursive: true });
+    await fs.rm(target, { recursive: true, force: true });
+    await fs.rename(tmp, target);
+  }
+  return {
+    status: 'cached',
+    durationMs: Date.now() - t0,
+    metrics: await readMetricsFile(path.join(entry.dir, 'metrics.jsonl')),
+    artifacts: entry.result.artifacts.map((name) => ({ name, path: path.join(entry.outDir, name) })),
+    summary: { ...entry.result.summary, original_duration_s: Math.round(entry.result.durationMs / 100) / 10 },
+    outDir: entry.outDir,
+  };
+}
+
+async function runStage(
+  stage: PlannedStage,
+  gpus: string[],
+  options: ExecuteOptions,
+  emit: (event: RunEvent) => void,
+  children: Set<ResultPromise>,
+  aborted: () => string | undefined,
+): Promise<Outcome> {
+  const { cache } = options;
+  const release = await cache.lock(stage.fingerprint, (holder) =>
+    emit({ type: 'stage-log', stage: stage.name, stream: 'log', line: `waiting: process ${holder.pid} on ${holder.host} is computing this stage` }),
+  );
+  try {
+    // Whoever held the lock may have published the entry meanwhile.
+    const existing = await cache.read(stage.fingerprint);
+    if (existing) return await restore(stage, existing, options);
+    return await runInChild(stage, gpus, options, emit, children, aborted);
+  } finally {
+    await release();
+  }
+}
+
+async function runInChild(
+  stage: PlannedStage,
+  gpus: string[],
+  options: ExecuteOptions,
+  emit: (event: RunEvent) => void,
+  children: Set<ResultPromise>,
+  aborted: () => string | undefined,
+): Promise<Outcome> {
+  const { cache } = options;
+  const t0 = Date.now();
+  emit({ type: 'stage-start', stage: stage.name, fingerprint: stage.fingerprint, startedAt: t0 });
+  const staging = await cache.stage(stage.fingerprint, stage.record);
+  const tmpDir = path.join(staging.dir, 'scratch');
+  await fs.mkdir(tmpDir, { recursive: true });
+  const log = createWriteStream(path.join(staging.dir, 'log.txt'));
+  const metricsFile = createWriteStream(path.join(staging.dir, 'metrics.jsonl'));
+  const metrics: MetricPoint[] = [];
+  const artifacts = new Set<string>();
+  const summary: Record<string, string | number | boolean> = {};
+  let doneReport: Extract<ChildReport, { t: 'done' }> | undefined;
+  let errorReport: Extract<ChildReport, { t: 'error' }> | undefined;
+  const stderrTail: string[] = [];
+
+  const writeLog = (stream: 'stdout' | 'stderr' | 'log', line: string) => {
+    log.write(`${new Date().toISOString()} ${stream === 'log' ? '' : `[${stream}] `}${line}\n`);
+    emit({ type: 'stage-log', stage: stage.name, stream, line });
+  };
+
+  const a = stage.stage;
+  const spec: StageSpec = {
+    stage: stage.name,
+    kind: stage.kindName,
+    params: a.params,
+    inputs: Object.fromEntries(Object.entries(a.inputs).map(([slot, name]) => [slot, path.join(cache.entryDir(upstreamFingerprint(options.plan, name)), 'out')])),
+    outDir: staging.outDir,
+    tmpDir,
+    downloadCacheDir: options.downloadCacheDir,
+    backend: options.backend,
+    command: a.command,
+    cwd: options.plan.pipeline.file.dir,
+    env: a.env,
+    outs: a.outs,
+    metrics: a.metrics,
+  };
+  const env: Record<string, string> = { TF_CPP_MIN_LOG_LEVEL: process.env['TF_CPP_MIN_LOG_LEVEL'] ?? '2', ...a.env };
+  if (gpus.length > 0 || options.gpuIds.length > 0) env['CUDA_VISIBLE_DEVICES'] = gpus.join(',');
+
+  const child = execa(process.execPath, ['--import', tsxLoader, stageProcessPath], {
+    ipc: true,
+    serialization: 'json',
+    cwd: spec.cwd,
+    env,
+    reject: false,
+    buffer: false,
+    stdin: 'ignore',
+    stdout: 'pipe',
+    stderr: 'pipe',
+    timeout: a.timeout ? a.timeout * 1000 : undefined,
+    killSignal: 'SIGKILL',
+    cleanup: true,
+  });
+  children.add(child);
+  child.on('message', (message: unknown) => {
+    const report = message as ChildReport;
+    switch (report.t) {
+      case 'log':
+        writeLog('log', report.line);
+        break;
+      case 'progress':
+        emit({ type: 'stage-progress', stage: stage.name, done: report.done, total: report.total, label: report.label });
+        break;
+      case 'metric': {
+        const point: MetricPoint = { key: report.key, value: report.value, step: report.step, timestamp: report.timestamp };
+        metrics.push(point);
+        metricsFile.write(`${JSON.stringify(point)}\n`);
+        emit({ type: 'stage-metric', stage: stage.name, point });
+        break;
+      }
+      case 'artifact':
+        artifacts.add(report.path);
+        break;
+      case 'summary':
+        Object.assign(summary, report.facts);
+        break;
+      case 'done':
+        doneReport = report;
+        break;
+      case 'error':
+        errorReport = report;
+        break;
+    }
+  });
+  child.send(spec);
+  const lines = (stream: NodeJS.ReadableStream | null, name: 'stdout' | 'stderr') =>
+    new Promise<void>((resolve) => {
+      if (!stream) return resolve();
+      const rl = createInterface({ input: stream });
+      rl.on('line', (line) => {
+        writeLog(name, line);
+        if (name === 'stderr') {
+          stderrTail.push(line);
+          if (stderrTail.length > 20) stderrTail.shift();
+        }
+      });
+      rl.on('close', resolve);
+    });
+  const [result] = await Promise.all([child, lines(child.stdout, 'stdout'), lines(child.stderr, 'stderr')]);
+  children.delete(child);
+  await Promise.all([closeStream(log), closeStream(metricsFile)]);
+
+  const durationMs = Date.now() - t0;
+  const abortReason = aborted();
+  if (doneReport && result.exitCode === 0 && !abortReason) {
+    const entry = await cache.publish(staging, {
+      durationMs,
+      finishedAt: Date.now(),
+      summary,
+      artifacts: [...artifacts],
+      outs: doneReport.outs,
+    });
+    return {
+      status: 'ran',
+      durationMs,
+      metrics,
+      artifacts: [...artifacts].map((name) => ({ name, path: path.join(entry.outDir, name) })),
+      summary,
+      outDir: entry.outDir,
+    };
+  }
+  await cache.discard(staging);
+  let error: string;
+  if (result.timedOut) error = `timed out after ${a.timeout}s and was killed`;
+  else if (abortReason) error = `stopped: ${abortReason}`;
+  else if (errorReport) error = errorReport.message;
+  else if (result.signal) error = `stage process was killed by ${result.signal}${result.signal === 'SIGKILL' ? ' (out of memory?)' : ''}`;
+  else error = `stage process exited with code ${result.exitCode ?? '?'}${stderrTail.length ? `: ${stderrTail.slice(-3).join(' | ')}` : ''}`;
+  if (errorReport?.stack) emit({ type: 'stage-log', stage: stage.name, stream: 'log', line: errorReport.stack });
+  return { status: 'failed', durationMs, error, metrics, artifacts: [], summary };
+}
+
+function upstreamFingerprint(plan: Plan, name: string): string {
+  const found = plan.stages.find((s) => s.name === name);
+  if (!found) throw new Error(`bug: no planned stage ${name}`);
+  return found.fingerprint;
+}
+
+function closeStream(stream: WriteStream): Promise<void> {
+  return new Promise((resolve) => stream.end(resolve));
+}
