@@ -45,23 +45,20 @@ export async function prepare(
 ): Promise<Prepared | undefined> {
   const paths = projectPaths();
   const texts: Record<string, string> = {};
-  const loaded = extra.pipelineFile ? { ok: true as const, value: extra.pipelineFile } : loadPipeline(file, file);
-  if (!loaded.ok) {
-    try {
-      texts[file] = await fs.readFile(file, 'utf8');
-    } catch {
-      // unreadable: the diagnostic says so
-    }
+  const loaded = extra.pipelineFile ? { file: extra.pipelineFile, diagnostics: [] } : loadPipeline(file, file);
+  if (!loaded.file) {
     printDiagnostics(io, loaded.diagnostics, texts);
     return undefined;
   }
-  texts[file] = loaded.value.source.text;
-  const analyzed = await analyze(loaded.value, { overrides: overridesFrom(values), values: extra.values });
-  if (!analyzed.ok) {
-    printDiagnostics(io, analyzed.diagnostics, texts);
+  const pipelineFile = loaded.file;
+  texts[file] = pipelineFile.source.text;
+  const analyzed = await analyze(pipelineFile, { overrides: overridesFrom(values), values: extra.values });
+  const problems = [...loaded.diagnostics, ...(analyzed.ok ? [] : analyzed.diagnostics)];
+  if (!analyzed.ok || problems.length > 0) {
+    printDiagnostics(io, dedupe(problems), texts);
     return undefined;
   }
-  const requested = (values.backend as 'auto' | 'cpu' | 'gpu' | undefined) ?? loaded.value.backend;
+  const requested = (values.backend as 'auto' | 'cpu' | 'gpu' | undefined) ?? pipelineFile.backend;
   if (!['auto', 'cpu', 'gpu'].includes(requested)) throw new UsageError(`--backend ${requested}: expected auto, cpu or gpu`);
   let flavour: 'cpu' | 'gpu';
   try {
@@ -82,7 +79,7 @@ export async function prepare(
   }
   const planned = await planPipeline(analyzed.value, {
     cache: openCache(paths),
-    statePath: statePath(paths, loaded.value.name),
+    statePath: statePath(paths, pipelineFile.name),
     hashIndexPath: hashIndexPath(paths),
     runtime: tensorflowRuntime(flavour),
     force,
@@ -91,7 +88,18 @@ export async function prepare(
     printDiagnostics(io, planned.diagnostics, texts);
     return undefined;
   }
-  return { paths, file: loaded.value, pipeline: analyzed.value, plan: planned.plan, flavour };
+  return { paths, file: pipelineFile, pipeline: analyzed.value, plan: planned.plan, flavour };
+}
+
+/** The same problem found by the schema and by analysis is reported once. */
+function dedupe(list: Diagnostic[]): Diagnostic[] {
+  const seen = new Set<string>();
+  return list.filter((d) => {
+    const key = `${d.file}:${d.line}:${d.col}:${d.message}`;
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
 }
 
 export async function statusCommand(file: string, values: CliOptions, io: Io): Promise<number> {

@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { Ajv, type ErrorObject } from 'ajv';
 import { Document, LineCounter, isMap, isNode, isPair, isScalar, parseDocument, type Node } from 'yaml';
 import schema from '../schema/pipeline.schema.json' with { type: 'json' };
-import { at, type Diagnostic, type Result, type SourceFile } from './diagnostics.ts';
+import { at, type Diagnostic, type SourceFile } from './diagnostics.ts';
 
 export type ParamType = 'string' | 'number' | 'integer' | 'boolean' | 'path' | 'array' | 'object' | 'null';
 
@@ -62,25 +62,32 @@ export interface PipelineFile {
   sweep?: SweepDecl;
 }
 
-const ajv = new Ajv({ allErrors: true, strict: false });
+const ajv = new Ajv({ allErrors: true, strict: false, verbose: true });
 const validateSchema = ajv.compile(schema);
 
+/**
+ * What loading found: the pipeline as far as it could be read (absent only when the YAML itself
+ * is unreadable), and every problem. Analysis goes on with a pipeline that has problems, so that
+ * all of them are reported at once.
+ */
+export interface Loaded {
+  file?: PipelineFile;
+  diagnostics: Diagnostic[];
+}
+
 /** Reads and checks a pipeline file; `displayPath` is how the file is named in messages. */
-export function loadPipeline(file: string, displayPath = file): Result<PipelineFile> {
+export function loadPipeline(file: string, displayPath = file): Loaded {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (error) {
     const reason = (error as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : String(error);
-    return {
-      ok: false,
-      diagnostics: [{ code: 'yaml-syntax', file: displayPath, line: 0, col: 0, length: 0, field: '', message: `cannot read pipeline: ${reason}` }],
-    };
+    return { diagnostics: [{ code: 'yaml-syntax', file: displayPath, line: 0, col: 0, length: 0, field: '', message: `cannot read pipeline: ${reason}` }] };
   }
   return parsePipeline(text, displayPath, path.dirname(path.resolve(file)));
 }
 
-export function parsePipeline(text: string, displayPath: string, dir: string): Result<PipelineFile> {
+export function parsePipeline(text: string, displayPath: string, dir: string): Loaded {
   const lineCounter = new LineCounter();
   const source: SourceFile = { path: displayPath, text, lineCounter };
   const doc = parseDocument(text, { lineCounter, uniqueKeys: true, prettyErrors: false });
@@ -94,23 +101,21 @@ export function parsePipeline(text: string, displayPath: string, dir: string): R
       diagnostics.push(at(source, error.pos, 'yaml-syntax', '', `malformed YAML: ${firstLine(error.message)}`));
     }
   }
-  if (diagnostics.some((d) => d.code === 'yaml-syntax')) return { ok: false, diagnostics };
+  if (diagnostics.some((d) => d.code === 'yaml-syntax')) return { diagnostics };
 
   const data: unknown = doc.toJS({ maxAliasCount: 100 });
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {
     diagnostics.push(at(source, doc.contents?.range as [number, number] | undefined, 'schema', '', 'expected a mapping with name, params and stages'));
-    return { ok: false, diagnostics };
+    return { diagnostics };
   }
   if (!validateSchema(data)) {
     for (const error of simplifyErrors(validateSchema.errors ?? [])) {
       diagnostics.push(schemaDiagnostic(source, doc, error));
     }
   }
-  if (diagnostics.length > 0) return { ok: false, diagnostics };
-
   const raw = data as Record<string, unknown>;
-  const params = readParams(source, doc, (raw['params'] ?? {}) as Record<string, unknown>, diagnostics);
-  const stages = Object.entries(raw['stages'] as Record<string, Record<string, unknown>>).map(([name, s]) => readStage(name, s));
+  const params = readParams(source, doc, asRecord(raw['params']), diagnostics);
+  const stages = Object.entries(asRecord(raw['stages'])).map(([name, s]) => readStage(name, asRecord(s)));
   for (const stage of stages) {
     const hasKind = stage.kind !== undefined;
     const hasRun = stage.run !== undefined;
@@ -122,19 +127,17 @@ export function parsePipeline(text: string, displayPath: string, dir: string): R
     }
     if (hasKind) {
       for (const field of ['deps', 'outs', 'metrics', 'env'] as const) {
-        if (raw['stages'] && (raw['stages'] as Record<string, Record<string, unknown>>)[stage.name]?.[field] !== undefined) {
+        if (asRecord(asRecord(raw['stages'])[stage.name])[field] !== undefined) {
           diagnostics.push(at(source, rangeOf(doc, ['stages', stage.name, field], 'key'), 'schema', `stages.${stage.name}.${field}`, `'${field}' is for command stages ('run:'); a kind declares its own inputs and outputs`));
         }
       }
     }
   }
-  if (diagnostics.length > 0) return { ok: false, diagnostics };
-
-  const tracking = (raw['tracking'] ?? {}) as { uri?: string; enabled?: boolean };
-  const name = raw['name'] as string;
+  const tracking = asRecord(raw['tracking']) as { uri?: string; enabled?: boolean };
+  const name = typeof raw['name'] === 'string' ? raw['name'] : 'pipeline';
   return {
-    ok: true,
-    value: {
+    diagnostics,
+    file: {
       source,
       doc,
       dir,
@@ -150,20 +153,31 @@ export function parsePipeline(text: string, displayPath: string, dir: string): R
   };
 }
 
+function asRecord(value: unknown): Record<string, unknown> {
+  return value !== null && typeof value === 'object' && !Array.isArray(value) ? (value as Record<string, unknown>) : {};
+}
+
+function stringList(value: unknown): string[] {
+  return Array.isArray(value) ? value.filter((v): v is string => typeof v === 'string') : [];
+}
+
+/** A stage as written; fields of the wrong type (already reported by the schema) read as empty. */
 function readStage(name: string, s: Record<string, unknown>): StageDecl {
+  const needs = s['needs'];
+  const run = s['run'];
   return {
     name,
-    kind: s['kind'] as string | undefined,
-    run: s['run'] as StageDecl['run'],
-    with: (s['with'] ?? {}) as Record<string, unknown>,
-    needs: (s['needs'] ?? []) as StageDecl['needs'],
-    deps: (s['deps'] ?? []) as string[],
-    outs: (s['outs'] ?? []) as string[],
-    metrics: (s['metrics'] ?? []) as string[],
-    env: (s['env'] ?? {}) as StageDecl['env'],
-    resources: (s['resources'] ?? {}) as Resources,
-    timeout: s['timeout'] as number | undefined,
-    description: s['description'] as string | undefined,
+    kind: typeof s['kind'] === 'string' ? s['kind'] : undefined,
+    run: typeof run === 'string' || Array.isArray(run) ? (run as StageDecl['run']) : undefined,
+    with: asRecord(s['with']),
+    needs: Array.isArray(needs) ? stringList(needs) : (Object.fromEntries(Object.entries(asRecord(needs)).filter(([, v]) => typeof v === 'string')) as Record<string, string>),
+    deps: stringList(s['deps']),
+    outs: stringList(s['outs']),
+    metrics: stringList(s['metrics']),
+    env: asRecord(s['env']) as StageDecl['env'],
+    resources: asRecord(s['resources']) as Resources,
+    timeout: typeof s['timeout'] === 'number' ? s['timeout'] : undefined,
+    description: typeof s['description'] === 'string' ? s['description'] : undefined,
   };
 }
 
