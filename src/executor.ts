@@ -191,8 +191,8 @@ async function runStage(
     emit({ type: 'stage-log', stage: stage.name, stream: 'log', line: `waiting: process ${holder.pid} on ${holder.host} is computing this stage` }),
   );
   try {
-    // Whoever held the lock may have published the entry meanwhile.
-    const existing = await cache.read(stage.fingerprint);
+    // Whoever held the lock may have published the entry meanwhile (unless we are forced).
+    const existing = stage.forced ? undefined : await cache.read(stage.fingerprint);
     if (existing) return await restore(stage, existing, options);
     return await runInChild(stage, gpus, options, emit, children, aborted);
   } finally {
@@ -313,6 +313,7 @@ async function runInChild(
   const durationMs = Date.now() - t0;
   const abortReason = aborted();
   if (doneReport && result.exitCode === 0 && !abortReason) {
+    if (stage.forced) await cache.remove(stage.fingerprint);
     const entry = await cache.publish(staging, {
       durationMs,
       finishedAt: Date.now(),
