@@ -1,0 +1,172 @@
+// The recipe's classification head: GlobalAveragePooling2D → Dropout(rate) → Dense(units) logit(s).
+// Keras names the layers `global_average_pooling2d`, `dropout` and `dense`; the Dense layer starts
+// as Keras's default (glorot_uniform kernel, zero bias). Pooling has no weights, so the head's
+// weights are the Dense kernel [inputDim, units] and bias [units]: 1,281 values for 1280 features
+// and one logit.
+//
+// On disk (in a train-head or fine-tune artifact):
+//   head.json   {format, inputDim, units, dropout, task, classNames, weights: [{name, shape}]}
+//   head.bin    float32 little-endian, the weights in that order (kernel row-major, then bias)
+
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import type * as tfTypes from '@tensorflow/tfjs-node';
+import type { Tf } from './tf.ts';
+import { type Task, dropout as applyDropout, glorotUniform, logitUnits, rng } from './train.ts';
+
+type Tensor = tfTypes.Tensor;
+type Variable = tfTypes.Variable;
+
+export const HEAD_FORMAT = 'pipe-head/1';
+export const HEAD_LAYER_NAMES = { pooling: 'global_average_pooling2d', dropout: 'dropout', dense: 'dense' } as const;
+
+export interface HeadWeights {
+  inputDim: number;
+  units: number;
+  /** Dropout rate before the Dense layer (active in training only). */
+  dropout: number;
+  task: Task;
+  classNames: string[];
+  /** Row-major [inputDim, units]. */
+  kernel: Float32Array;
+  bias: Float32Array;
+}
+
+interface HeadFile {
+  format: typeof HEAD_FORMAT;
+  inputDim: number;
+  units: number;
+  dropout: number;
+  task: Task;
+  classNames: string[];
+  weights: Array<{ name: string; shape: number[] }>;
+}
+
+/** A fresh head with Keras's Dense defaults, seeded. */
+export function initHead(spec: {
+  inputDim: number;
+  task: Task;
+  dropout: number;
+  classNames: string[];
+  seed: number;
+}): HeadWeights {
+  const units = logitUnits(spec.task);
+  return {
+    inputDim: spec.inputDim,
+    units,
+    dropout: spec.dropout,
+    task: spec.task,
+    classNames: spec.classNames,
+    kernel: glorotUniform(spec.inputDim, units, rng(spec.seed)),
+    bias: new Float32Array(units),
+  };
+}
+
+export function headParamCount(head: Pick<HeadWeights, 'inputDim' | 'units'>): number {
+  return head.inputDim * head.units + head.units;
+}
+
+export async function writeHead(dir: string, head: HeadWeights): Promise<void> {
+  const file: HeadFile = {
+    format: HEAD_FORMAT,
+    inputDim: head.inputDim,
+    units: head.units,
+    dropout: head.dropout,
+    task: head.task,
+    classNames: head.classNames,
+    weights: [
+      { name: `${HEAD_LAYER_NAMES.dense}/kernel`, shape: [head.inputDim, head.units] },
+      { name: `${HEAD_LAYER_NAMES.dense}/bias`, shape: [head.units] },
+    ],
+  };
+  const bytes = new Float32Array(head.kernel.length + head.bias.length);
+  bytes.set(head.kernel, 0);
+  bytes.set(head.bias, head.kernel.length);
+  await fs.mkdir(dir, { recursive: true });
+  await fs.writeFile(path.join(dir, 'head.bin'), new Uint8Array(bytes.buffer));
+  await fs.writeFile(path.join(dir, 'head.json'), JSON.stringify(file, null, 2));
+}
+
+export async function readHead(dir: string): Promise<HeadWeights> {
+  let file: HeadFile;
+  try {
+    file = JSON.parse(await fs.readFile(path.join(dir, 'head.json'), 'utf8')) as HeadFile;
+  } catch (cause) {
+    throw new Error(`no head weights (head.json) in ${dir}`, { cause });
+  }
+  if (file.format !== HEAD_FORMAT) throw new Error(`${dir}/head.json: unknown format ${String(file.format)}`);
+  const buffer = await fs.readFile(path.join(dir, 'head.bin'));
+  const kernelSize = file.inputDim * file.units;
+  if (buffer.byteLength !== (kernelSize + file.units) * 4) {
+    throw new Error(`${dir}/head.bin: ${buffer.byteLength} bytes, expected ${(kernelSize + file.units) * 4}`);
+  }
+  const values = new Float32Array(buffer.buffer.slice(buffer.byteOffset, buffer.byteOffset + buffer.byteLength));
+  return {
+    inputDim: file.inputDim,
+    units: file.units,
+    dropout: file.dropout,
+    task: file.task,
+    classNames: file.classNames,
+    kernel: values.slice(0, kernelSize),
+    bias: values.slice(kernelSize),
+  };
+}
+
+/** The head's weights as trainable tfjs variables, applied to pooled features. */
+export class HeadVariables {
+  readonly kernel: Variable;
+  readonly bias: Variable;
+  constructor(
+    private readonly tf: Tf,
+    readonly spec: HeadWeights,
+  ) {
+    // Unnamed: tfjs variable names are global to the engine, and a process may hold several heads.
+    this.kernel = tf.variable(tf.tensor2d(spec.kernel, [spec.inputDim, spec.units]));
+    this.bias = tf.variable(tf.tensor1d(spec.bias));
+  }
+
+  get vars(): Variable[] {
+    return [this.kernel, this.bias];
+  }
+
+  /** Logits of pooled features [n, inputDim]; in training, dropout (seeded) comes first. */
+  logits(pooled: Tensor, training: boolean, dropoutSeed = 0): Tensor {
+    const tf = this.tf;
+    return tf.tidy(() => {
+      const x = training ? applyDropout(tf, pooled, this.spec.dropout, dropoutSeed) : pooled;
+      return x.matMul(this.kernel).add(this.bias);
+    });
+  }
+
+  /** Logits of a 4-d activation [n, h, w, c]: global average pooling, then the head. */
+  logitsOfActivation(activation: Tensor, training: boolean, dropoutSeed = 0): Tensor {
+    return this.tf.tidy(() => this.logits(activation.mean([1, 2]), training, dropoutSeed));
+  }
+
+  /** The current values as plain arrays. */
+  weights(): HeadWeights {
+    return {
+      ...this.spec,
+      kernel: new Float32Array(this.kernel.dataSync()),
+      bias: new Float32Array(this.bias.dataSync()),
+    };
+  }
+
+  dispose(): void {
+    this.kernel.dispose();
+    this.bias.dispose();
+  }
+}
+
+/**
+ * The head as tfjs layers, for a whole saved model: pooling → dropout → dense, weights set.
+ * Returns the output of the dense layer for the given symbolic input.
+ */
+export function applyHeadLayers(tf: Tf, input: tfTypes.SymbolicTensor, head: HeadWeights): tfTypes.SymbolicTensor {
+  const pooled = tf.layers.globalAveragePooling2d({ name: HEAD_LAYER_NAMES.pooling }).apply(input);
+  const dropped = tf.layers.dropout({ rate: head.dropout, name: HEAD_LAYER_NAMES.dropout }).apply(pooled);
+  const dense = tf.layers.dense({ units: head.units, name: HEAD_LAYER_NAMES.dense });
+  const out = dense.apply(dropped) as tfTypes.SymbolicTensor;
+  dense.setWeights([tf.tensor2d(head.kernel, [head.inputDim, head.units]), tf.tensor1d(head.bias)]);
+  return out;
+}
