@@ -1,0 +1,469 @@
+// The write-ahead journal between a run and its MLflow server: the server may go away, and a run
+// never fails or loses data because of it.
+//
+// `<runDir>/mlflow-journal.jsonl` holds one JSON object per line:
+//   {"t":"header", ...}                      which server, and the journal's id (tag pipe.journal_id)
+//   {"t":"op","seq":n,"at":ms,"op":{...}}    a request, appended before it is sent
+//   {"t":"ack","seqs":[n,...],"run":{...}}   the server accepted those requests (create-run: its ids)
+//   {"t":"rejected","seqs":[n],"error":".."} the server refused them (4xx): never sent again
+//
+// An op without ack or rejection is pending. Replay sends pending ops in order, with the times and
+// steps they were recorded with. A crash (or a timeout) between send and ack leaves an op whose fate
+// is unknown: such "in doubt" ops are reconciled with the server before they are sent again, so
+// that each is applied exactly once:
+//   create-run      search the experiment for the run tagged pipe.journal_id before creating one;
+//   log-batch       drop metric points the server already has (same key, value, timestamp, step);
+//                   params and tags are idempotent (same key, same value);
+//   upload-artifact a PUT of the same path replaces the file;
+//   update-run      idempotent.
+// (MLflow's SQL store also ignores an exact duplicate metric row, checked against mlflow 3.17;
+// the check above keeps replay exactly-once on stores that do not.)
+
+import { appendFileSync, existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { randomUUID } from 'node:crypto';
+import {
+  MLflowClient,
+  MLflowError,
+  type KeyValue,
+  type Metric,
+  type RunStatus,
+} from './mlflow-client.ts';
+import { isPidAlive } from './server.ts';
+
+export const JOURNAL_FILE = 'mlflow-journal.jsonl';
+export const JOURNAL_LOCK_FILE = 'mlflow-journal.lock';
+
+export type TrackingRef = { embedded: true } | { embedded: false; uri: string };
+
+export type JournalOp =
+  | {
+      kind: 'create-run';
+      experimentName: string;
+      runName: string;
+      startTime: number;
+      /** Includes pipe.journal_id, which makes an in-doubt creation findable. */
+      tags: KeyValue[];
+    }
+  | { kind: 'log-batch'; metrics?: Metric[]; params?: KeyValue[]; tags?: KeyValue[] }
+  /** `file`: a local file read at send time; `text`: content kept in the journal (small files). */
+  | { kind: 'upload-artifact'; path: string; file?: string; text?: string }
+  | { kind: 'update-run'; status: RunStatus; endTime?: number };
+
+export interface RemoteRun {
+  runId: string;
+  experimentId: string;
+  artifactUri: string;
+}
+
+export interface JournalHeader {
+  t: 'header';
+  version: 1;
+  /** Unique per journal; also the run's tag pipe.journal_id. */
+  journalId: string;
+  tracking: TrackingRef;
+  createdAt: number;
+}
+
+export interface JournalEntry {
+  seq: number;
+  at: number;
+  op: JournalOp;
+}
+
+type JournalLine =
+  | JournalHeader
+  | { t: 'op'; seq: number; at: number; op: JournalOp }
+  | { t: 'ack'; seqs: number[]; at: number; run?: RemoteRun }
+  | { t: 'rejected'; seqs: number[]; at: number; error: string };
+
+export class Journal {
+  private readonly ops: JournalEntry[] = [];
+  private readonly done = new Set<number>();
+  private readonly rejections: Array<{ seqs: number[]; error: string }> = [];
+  private nextSeq = 1;
+  private remote: RemoteRun | undefined;
+
+  private constructor(
+    readonly path: string,
+    readonly header: JournalHeader,
+  ) {}
+
+  /** A new journal in runDir (fails if one exists). */
+  static create(runDir: string, tracking: TrackingRef): Journal {
+    const header: JournalHeader = { t: 'header', version: 1, journalId: randomUUID(), tracking, createdAt: Date.now() };
+    const path = join(runDir, JOURNAL_FILE);
+    writeFileSync(path, JSON.stringify(header) + '\n', { flag: 'wx' });
+    return new Journal(path, header);
+  }
+
+  /** The journal of runDir, or undefined when it has none. A torn last line (a crash) is ignored. */
+  static open(runDir: string): Journal | undefined {
+    const path = join(runDir, JOURNAL_FILE);
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch {
+      return undefined;
+    }
+    let journal: Journal | undefined;
+    for (const raw of text.split('\n')) {
+      if (raw.trim() === '') continue;
+      let line: JournalLine;
+      try {
+        line = JSON.parse(raw) as JournalLine;
+      } catch {
+        continue;
+      }
+      if (line.t === 'header') {
+        journal ??= new Journal(path, line);
+        continue;
+      }
+      if (journal === undefined) return undefined;
+      journal.apply(line);
+    }
+    return journal;
+  }
+
+  get journalId(): string {
+    return this.header.journalId;
+  }
+
+  /** The MLflow run, once created. */
+  get run(): RemoteRun | undefined {
+    return this.remote;
+  }
+
+  get rejected(): ReadonlyArray<{ seqs: number[]; error: string }> {
+    return this.rejections;
+  }
+
+  append(op: JournalOp, at = Date.now()): number {
+    const seq = this.nextSeq;
+    this.write({ t: 'op', seq, at, op });
+    return seq;
+  }
+
+  ack(seqs: number[], run?: RemoteRun): void {
+    const line: JournalLine = { t: 'ack', seqs, at: Date.now() };
+    if (run !== undefined) line.run = run;
+    this.write(line);
+  }
+
+  reject(seqs: number[], error: string): void {
+    this.write({ t: 'rejected', seqs, at: Date.now(), error });
+  }
+
+  pending(): JournalEntry[] {
+    return this.ops.filter((e) => !this.done.has(e.seq));
+  }
+
+  all(): readonly JournalEntry[] {
+    return this.ops;
+  }
+
+  /** True when a terminal status (FINISHED/FAILED/KILLED) was recorded, sent or not. */
+  hasTerminalStatus(): boolean {
+    return this.ops.some((e) => e.op.kind === 'update-run' && e.op.status !== 'RUNNING');
+  }
+
+  private write(line: JournalLine): void {
+    appendFileSync(this.path, JSON.stringify(line) + '\n');
+    this.apply(line);
+  }
+
+  private apply(line: JournalLine): void {
+    switch (line.t) {
+      case 'header':
+        return;
+      case 'op':
+        this.ops.push({ seq: line.seq, at: line.at, op: line.op });
+        this.nextSeq = Math.max(this.nextSeq, line.seq + 1);
+        return;
+      case 'ack':
+        for (const s of line.seqs) this.done.add(s);
+        if (line.run !== undefined) this.remote = line.run;
+        return;
+      case 'rejected':
+        for (const s of line.seqs) this.done.add(s);
+        this.rejections.push({ seqs: line.seqs, error: line.error });
+        return;
+      default: {
+        const never: never = line;
+        return never;
+      }
+    }
+  }
+}
+
+// ---- the lock: one sender per journal at a time ----
+
+/** Takes `<runDir>/mlflow-journal.lock`; false when a live process (on this host) holds it. */
+export function lockJournal(runDir: string): boolean {
+  const path = join(runDir, JOURNAL_LOCK_FILE);
+  const body = JSON.stringify({ pid: process.pid, host: hostname(), at: Date.now() });
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      writeFileSync(path, body, { flag: 'wx' });
+      return true;
+    } catch {
+      const holder = readLock(path);
+      if (holder === 'unreadable') {
+        try {
+          if (Date.now() - statSync(path).mtimeMs < 10_000) return false;
+        } catch {
+          continue;
+        }
+      } else if (holder.host === hostname() && isPidAlive(holder.pid)) {
+        return false;
+      } else if (holder.host !== hostname()) {
+        return false;
+      }
+      rmSync(path, { force: true });
+    }
+  }
+  return false;
+}
+
+export function unlockJournal(runDir: string): void {
+  const path = join(runDir, JOURNAL_LOCK_FILE);
+  const holder = readLock(path);
+  if (holder !== 'unreadable' && holder.pid === process.pid) rmSync(path, { force: true });
+}
+
+function readLock(path: string): { pid: number; host: string } | 'unreadable' {
+  try {
+    const v = JSON.parse(readFileSync(path, 'utf8')) as { pid?: unknown; host?: unknown };
+    if (typeof v.pid === 'number' && typeof v.host === 'string') return { pid: v.pid, host: v.host };
+  } catch {
+    // fall through
+  }
+  return 'unreadable';
+}
+
+// ---- replay ----
+
+/** What one sender remembers across passes over a journal. */
+export class ReplaySession {
+  /** Ops whose send was attempted without an answer: reconcile before sending again. */
+  private readonly attempted = new Set<number>();
+  /** metric key -> signatures of the points the server has (one journal = one run). */
+  private history = new Map<string, Set<string>>();
+
+  /** @param allInDoubt true when the journal comes from another process (it may have crashed mid-send). */
+  constructor(private readonly allInDoubt: boolean) {}
+
+  inDoubt(seq: number): boolean {
+    return this.allInDoubt || this.attempted.has(seq);
+  }
+
+  markAttempted(seqs: number[]): void {
+    for (const s of seqs) this.attempted.add(s);
+  }
+
+  /** After a failure the server may have applied part of it: forget what we knew. */
+  forgetHistory(): void {
+    this.history = new Map();
+  }
+
+  /** Keeps a fetched history current after a send (never fetches). */
+  remember(m: Metric): void {
+    this.history.get(m.key)?.add(pointSignature(m));
+  }
+
+  async knownPoints(client: MLflowClient, runId: string, key: string): Promise<Set<string>> {
+    let known = this.history.get(key);
+    if (known === undefined) {
+      known = new Set((await client.getMetricHistory(runId, key)).map(pointSignature));
+      this.history.set(key, known);
+    }
+    return known;
+  }
+}
+
+export function pointSignature(m: Metric): string {
+  return `${m.step}|${m.timestamp}|${Number.isNaN(m.value) ? 'NaN' : m.value}`;
+}
+
+export interface ReplayResult {
+  sent: number;
+  /** Metric points not sent again because the server already had them. */
+  deduplicated: number;
+  rejected: number;
+  pending: number;
+  /** Why replay stopped early (the server is unavailable, or the run could not be created). */
+  error?: MLflowError;
+}
+
+/** Most ops merged into one log-batch request group (chunked to the server's limits anyway). */
+const MAX_GROUP_OPS = 2000;
+
+/**
+ * Sends every pending op of the journal in order. Stops at the first unavailable error (the rest
+ * stays pending) or when the run cannot be created; a rejected op is recorded and skipped.
+ */
+export async function replayJournal(journal: Journal, client: MLflowClient, session: ReplaySession): Promise<ReplayResult> {
+  const result: ReplayResult = { sent: 0, deduplicated: 0, rejected: 0, pending: 0 };
+  const pending = journal.pending();
+  let i = 0;
+  try {
+    while (i < pending.length) {
+      const head = pending[i]!;
+      if (head.op.kind === 'create-run') {
+        const run = await createRunOnce(journal, client, head, session);
+        journal.ack([head.seq], run);
+        result.sent++;
+        i++;
+        continue;
+      }
+      const run = journal.run;
+      if (run === undefined) {
+        // The create-run op was rejected: nothing else can be sent.
+        throw new MLflowError(
+          `Could not replay ${journal.path}: the MLflow run was never created (${journal.rejected[0]?.error ?? 'no create-run op'})`,
+          'rejected',
+          'RUN_NOT_CREATED',
+          undefined,
+        );
+      }
+      if (head.op.kind === 'log-batch') {
+        const group: JournalEntry[] = [];
+        while (i < pending.length && pending[i]!.op.kind === 'log-batch' && group.length < MAX_GROUP_OPS) group.push(pending[i++]!);
+        const counts = await sendLogBatchGroup(client, run.runId, group, session, journal);
+        result.sent += counts.sent;
+        result.rejected += counts.rejected;
+        result.deduplicated += counts.deduplicated;
+        continue;
+      }
+      session.markAttempted([head.seq]);
+      try {
+        await sendSimpleOp(client, run, head.op);
+        journal.ack([head.seq]);
+        result.sent++;
+      } catch (error) {
+        if (!(error instanceof MLflowError) || error.kind !== 'rejected') throw error;
+        journal.reject([head.seq], error.message);
+        result.rejected++;
+      }
+      i++;
+    }
+  } catch (error) {
+    if (!(error instanceof MLflowError)) throw error;
+    if (error.kind === 'unavailable') session.forgetHistory();
+    result.error = error;
+  }
+  result.pending = journal.pending().length;
+  return result;
+}
+
+async function createRunOnce(
+  journal: Journal,
+  client: MLflowClient,
+  entry: JournalEntry,
+  session: ReplaySession,
+): Promise<RemoteRun> {
+  const op = entry.op;
+  if (op.kind !== 'create-run') throw new Error('createRunOnce: not a create-run op');
+  const experimentId = await client.getOrCreateExperiment(op.experimentName);
+  if (session.inDoubt(entry.seq)) {
+    const found = await client.searchRuns({
+      experimentIds: [experimentId],
+      filter: `tags.\`pipe.journal_id\` = '${journal.journalId}'`,
+      maxResults: 1,
+    });
+    const existing = found.runs[0];
+    if (existing !== undefined) {
+      return { runId: existing.info.run_id, experimentId, artifactUri: existing.info.artifact_uri ?? '' };
+    }
+  }
+  session.markAttempted([entry.seq]);
+  const run = await client.createRun({ experimentId, runName: op.runName, startTime: op.startTime, tags: op.tags });
+  return { runId: run.info.run_id, experimentId, artifactUri: run.info.artifact_uri ?? '' };
+}
+
+async function sendLogBatchGroup(
+  client: MLflowClient,
+  runId: string,
+  group: JournalEntry[],
+  session: ReplaySession,
+  journal: Journal,
+): Promise<{ sent: number; rejected: number; deduplicated: number }> {
+  let deduplicated = 0;
+  const metrics: Metric[] = [];
+  const params: KeyValue[] = [];
+  const tags: KeyValue[] = [];
+  for (const e of group) {
+    if (e.op.kind !== 'log-batch') continue;
+    params.push(...(e.op.params ?? []));
+    tags.push(...(e.op.tags ?? []));
+    for (const m of e.op.metrics ?? []) {
+      if (session.inDoubt(e.seq)) {
+        const known = await session.knownPoints(client, runId, m.key);
+        if (known.has(pointSignature(m))) {
+          deduplicated++;
+          continue;
+        }
+      }
+      metrics.push(m);
+    }
+  }
+  const seqs = group.map((e) => e.seq);
+  session.markAttempted(seqs);
+  try {
+    await client.logBatch(runId, { metrics, params, tags });
+  } catch (error) {
+    if (!(error instanceof MLflowError) || error.kind !== 'rejected') throw error;
+    if (group.length === 1) {
+      journal.reject(seqs, error.message);
+      return { sent: 0, rejected: 1, deduplicated };
+    }
+    // One bad op (e.g. a param whose value changed) must not sink the others: one by one.
+    let sent = 0;
+    let rejected = 0;
+    for (const e of group) {
+      const r = await sendLogBatchGroup(client, runId, [e], session, journal);
+      sent += r.sent;
+      rejected += r.rejected;
+      deduplicated += r.deduplicated;
+    }
+    return { sent, rejected, deduplicated };
+  }
+  journal.ack(seqs);
+  for (const m of metrics) session.remember(m);
+  return { sent: group.length, rejected: 0, deduplicated };
+}
+
+async function sendSimpleOp(client: MLflowClient, run: RemoteRun, op: JournalOp): Promise<void> {
+  switch (op.kind) {
+    case 'upload-artifact': {
+      let content: Uint8Array | string;
+      if (op.text !== undefined) content = op.text;
+      else if (op.file !== undefined && existsSync(op.file)) content = await readFile(op.file);
+      else {
+        throw new MLflowError(
+          `Could not upload artifact ${op.path}: ${op.file ?? '(no file)'} no longer exists`,
+          'rejected',
+          'FILE_MISSING',
+          undefined,
+        );
+      }
+      await client.uploadArtifact(run.artifactUri, op.path, content);
+      return;
+    }
+    case 'update-run': {
+      const update: { status: RunStatus; endTime?: number } = { status: op.status };
+      if (op.endTime !== undefined) update.endTime = op.endTime;
+      await client.updateRun(run.runId, update);
+      return;
+    }
+    case 'create-run':
+    case 'log-batch':
+      throw new Error(`sendSimpleOp: ${op.kind} is not a simple op`);
+    default: {
+      const never: never = op;
+      return never;
+    }
+  }
+}

@@ -1,0 +1,538 @@
+// A typed client for the MLflow tracking REST API (../shared/DESIGN.md §3): only what pipe needs.
+//
+// Network errors and 5xx answers are retried with exponential backoff (bounded); what still fails
+// becomes an MLflowError with kind 'unavailable' (worth trying again later: the journal keeps it).
+// A 4xx answer is an MLflowError with kind 'rejected' and MLflow's error_code: sending it again
+// would fail the same way.
+
+export type MLflowAuth =
+  | { kind: 'basic'; username: string; password: string }
+  | { kind: 'bearer'; token: string };
+
+/** The usual MLflow environment variables: MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN. */
+export function authFromEnv(env: NodeJS.ProcessEnv = process.env): MLflowAuth | undefined {
+  const username = env['MLFLOW_TRACKING_USERNAME'];
+  const password = env['MLFLOW_TRACKING_PASSWORD'];
+  if (username !== undefined && username !== '' && password !== undefined) {
+    return { kind: 'basic', username, password };
+  }
+  const token = env['MLFLOW_TRACKING_TOKEN'];
+  if (token !== undefined && token !== '') return { kind: 'bearer', token };
+  return undefined;
+}
+
+export type MLflowErrorKind = 'rejected' | 'unavailable';
+
+export class MLflowError extends Error {
+  override readonly name = 'MLflowError';
+  constructor(
+    message: string,
+    /** 'rejected': the server answered 4xx; 'unavailable': network error or 5xx after retries. */
+    readonly kind: MLflowErrorKind,
+    /** MLflow's error_code (e.g. RESOURCE_DOES_NOT_EXIST), or UNREACHABLE for network errors. */
+    readonly errorCode: string,
+    readonly httpStatus: number | undefined,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export function isUnavailable(error: unknown): error is MLflowError {
+  return error instanceof MLflowError && error.kind === 'unavailable';
+}
+
+export type RunStatus = 'RUNNING' | 'SCHEDULED' | 'FINISHED' | 'FAILED' | 'KILLED';
+
+export interface Experiment {
+  experiment_id: string;
+  name: string;
+  artifact_location?: string;
+  lifecycle_stage?: string;
+  tags?: KeyValue[];
+}
+
+export interface KeyValue {
+  key: string;
+  value: string;
+}
+
+export interface Metric {
+  key: string;
+  /** NaN and ±Infinity travel as the strings "NaN", "Infinity", "-Infinity". */
+  value: number;
+  timestamp: number;
+  step: number;
+}
+
+export interface RunInfo {
+  run_id: string;
+  run_name?: string;
+  experiment_id: string;
+  user_id?: string;
+  status: RunStatus;
+  start_time?: number;
+  end_time?: number;
+  artifact_uri?: string;
+  lifecycle_stage?: string;
+}
+
+export interface Run {
+  info: RunInfo;
+  data: { metrics?: Metric[]; params?: KeyValue[]; tags?: KeyValue[] };
+}
+
+export interface FileInfo {
+  path: string;
+  is_dir: boolean;
+  file_size?: number;
+}
+
+/** log-batch limits of the MLflow server, per request. */
+export const LOG_BATCH_LIMITS = {
+  metrics: 1000,
+  params: 100,
+  tags: 100,
+  total: 1000,
+  /** The server refuses bodies over 1 MB; keep a margin for the envelope. */
+  bytes: 1_000_000 - 16_384,
+} as const;
+
+export interface RetryOptions {
+  /** Attempts after the first one, for network errors and 5xx. */
+  retries: number;
+  baseDelayMs: number;
+  maxDelayMs: number;
+  /** Per attempt. */
+  timeoutMs: number;
+}
+
+export const DEFAULT_RETRY: RetryOptions = { retries: 4, baseDelayMs: 250, maxDelayMs: 4000, timeoutMs: 30_000 };
+
+export interface MLflowClientOptions {
+  /** `http(s)://host:port[/prefix]` of the tracking server. */
+  uri: string;
+  auth?: MLflowAuth;
+  retry?: Partial<RetryOptions>;
+}
+
+export interface LogBatch {
+  metrics?: Metric[];
+  params?: KeyValue[];
+  tags?: KeyValue[];
+}
+
+export interface SearchRunsRequest {
+  experimentIds: string[];
+  filter?: string;
+  maxResults?: number;
+  orderBy?: string[];
+  pageToken?: string;
+}
+
+interface RequestOptions {
+  query?: Record<string, string | number | undefined>;
+  body?: unknown;
+  rawBody?: Uint8Array;
+  /** What failed, for messages: e.g. `create run in experiment 3`. */
+  what: string;
+}
+
+export class MLflowClient {
+  readonly uri: string;
+  private readonly auth: MLflowAuth | undefined;
+  private readonly retry: RetryOptions;
+
+  constructor(options: MLflowClientOptions) {
+    const { uri, auth } = splitCredentials(options.uri);
+    this.uri = uri;
+    this.auth = options.auth ?? auth;
+    this.retry = { ...DEFAULT_RETRY, ...options.retry };
+  }
+
+  // ---- experiments ----
+
+  /** The experiment, or undefined when none has that name. */
+  async getExperimentByName(name: string): Promise<Experiment | undefined> {
+    try {
+      const res = await this.request<{ experiment: Experiment }>('GET', '/api/2.0/mlflow/experiments/get-by-name', {
+        query: { experiment_name: name },
+        what: `get experiment "${name}"`,
+      });
+      return res.experiment;
+    } catch (error) {
+      if (error instanceof MLflowError && error.errorCode === 'RESOURCE_DOES_NOT_EXIST') return undefined;
+      throw error;
+    }
+  }
+
+  async createExperiment(name: string, tags: KeyValue[] = []): Promise<string> {
+    const res = await this.request<{ experiment_id: string }>('POST', '/api/2.0/mlflow/experiments/create', {
+      body: { name, tags },
+      what: `create experiment "${name}"`,
+    });
+    return res.experiment_id;
+  }
+
+  /** The id of the experiment with that name, created when missing (safe when another process races us). */
+  async getOrCreateExperiment(name: string): Promise<string> {
+    const existing = await this.getExperimentByName(name);
+    if (existing !== undefined) {
+      if (existing.lifecycle_stage === 'deleted') {
+        throw new MLflowError(
+          `Experiment "${name}" is deleted on ${this.uri}: restore it (mlflow experiments restore) or use another name`,
+          'rejected',
+          'INVALID_STATE',
+          undefined,
+        );
+      }
+      return existing.experiment_id;
+    }
+    try {
+      return await this.createExperiment(name);
+    } catch (error) {
+      if (error instanceof MLflowError && error.errorCode === 'RESOURCE_ALREADY_EXISTS') {
+        const raced = await this.getExperimentByName(name);
+        if (raced !== undefined) return raced.experiment_id;
+      }
+      throw error;
+    }
+  }
+
+  // ---- runs ----
+
+  async createRun(req: {
+    experimentId: string;
+    runName?: string;
+    startTime?: number;
+    tags?: KeyValue[];
+    userId?: string;
+  }): Promise<Run> {
+    const res = await this.request<{ run: Run }>('POST', '/api/2.0/mlflow/runs/create', {
+      body: {
+        experiment_id: req.experimentId,
+        run_name: req.runName,
+        start_time: req.startTime,
+        tags: req.tags ?? [],
+        user_id: req.userId,
+      },
+      what: `create run in experiment ${req.experimentId}`,
+    });
+    return res.run;
+  }
+
+  async updateRun(runId: string, update: { status?: RunStatus; endTime?: number; runName?: string }): Promise<RunInfo> {
+    const res = await this.request<{ run_info: RunInfo }>('POST', '/api/2.0/mlflow/runs/update', {
+      body: { run_id: runId, status: update.status, end_time: update.endTime, run_name: update.runName },
+      what: `update run ${runId}`,
+    });
+    return res.run_info;
+  }
+
+  async getRun(runId: string): Promise<Run> {
+    const res = await this.request<{ run: Run }>('GET', '/api/2.0/mlflow/runs/get', {
+      query: { run_id: runId },
+      what: `get run ${runId}`,
+    });
+    return res.run;
+  }
+
+  async searchRuns(req: SearchRunsRequest): Promise<{ runs: Run[]; nextPageToken?: string }> {
+    const res = await this.request<{ runs?: Run[]; next_page_token?: string }>('POST', '/api/2.0/mlflow/runs/search', {
+      body: {
+        experiment_ids: req.experimentIds,
+        filter: req.filter,
+        max_results: req.maxResults,
+        order_by: req.orderBy,
+        page_token: req.pageToken,
+      },
+      what: `search runs in experiments ${req.experimentIds.join(', ')}`,
+    });
+    const out: { runs: Run[]; nextPageToken?: string } = { runs: (res.runs ?? []).map(decodeRun) };
+    if (res.next_page_token) out.nextPageToken = res.next_page_token;
+    return out;
+  }
+
+  async setTag(runId: string, key: string, value: string): Promise<void> {
+    await this.request('POST', '/api/2.0/mlflow/runs/set-tag', {
+      body: { run_id: runId, key, value },
+      what: `set tag ${key} on run ${runId}`,
+    });
+  }
+
+  /** Logs metrics, params and tags in as many requests as the server's limits require, in order. */
+  async logBatch(runId: string, batch: LogBatch): Promise<void> {
+    for (const chunk of chunkLogBatch(batch)) {
+      await this.request('POST', '/api/2.0/mlflow/runs/log-batch', {
+        body: {
+          run_id: runId,
+          metrics: chunk.metrics.map(encodeMetric),
+          params: chunk.params,
+          tags: chunk.tags,
+        },
+        what: `log ${describeBatch(chunk)} to run ${runId}`,
+      });
+    }
+  }
+
+  /** Every point of one metric of a run, across pages. */
+  async getMetricHistory(runId: string, key: string): Promise<Metric[]> {
+    const out: Metric[] = [];
+    let pageToken: string | undefined;
+    do {
+      const res = await this.request<{ metrics?: Metric[]; next_page_token?: string }>(
+        'GET',
+        '/api/2.0/mlflow/metrics/get-history',
+        {
+          query: { run_id: runId, metric_key: key, max_results: 25_000, page_token: pageToken },
+          what: `get history of metric ${key} of run ${runId}`,
+        },
+      );
+      for (const m of res.metrics ?? []) out.push(decodeMetric(m));
+      pageToken = res.next_page_token || undefined;
+    } while (pageToken !== undefined);
+    return out;
+  }
+
+  // ---- artifacts ----
+
+  /**
+   * Uploads bytes as `<artifactPath>` of the run, through the server's artifact proxy. `artifactUri` is
+   * the run's artifact_uri (`mlflow-artifacts:/<exp>/<run>/artifacts`), from createRun/getRun.
+   */
+  async uploadArtifact(artifactUri: string, artifactPath: string, content: Uint8Array | string): Promise<void> {
+    const root = proxiedArtifactPath(artifactUri);
+    const rel = artifactPath.split('/').filter((s) => s !== '' && s !== '.');
+    if (rel.length === 0 || rel.includes('..')) {
+      throw new MLflowError(`Upload artifact "${artifactPath}": not a relative file path`, 'rejected', 'INVALID_PARAMETER_VALUE', undefined);
+    }
+    const path = [...root.split('/'), ...rel].map(encodeURIComponent).join('/');
+    const bytes = typeof content === 'string' ? new TextEncoder().encode(content) : content;
+    await this.request('PUT', `/api/2.0/mlflow-artifacts/artifacts/${path}`, {
+      rawBody: bytes,
+      what: `upload artifact ${artifactPath} (${bytes.byteLength} bytes) to ${artifactUri}`,
+    });
+  }
+
+  /** The files and directories directly under `path` (default: the root) of the run's artifacts. */
+  async listArtifacts(runId: string, path?: string): Promise<FileInfo[]> {
+    const res = await this.request<{ files?: FileInfo[] }>('GET', '/api/2.0/mlflow/artifacts/list', {
+      query: { run_id: runId, path },
+      what: `list artifacts${path ? ` under ${path}` : ''} of run ${runId}`,
+    });
+    return res.files ?? [];
+  }
+
+  /** Every file (not directory) of the run's artifacts, recursively, as paths relative to the root. */
+  async listArtifactsRecursive(runId: string, path?: string): Promise<FileInfo[]> {
+    const out: FileInfo[] = [];
+    for (const f of await this.listArtifacts(runId, path)) {
+      if (f.is_dir) out.push(...(await this.listArtifactsRecursive(runId, f.path)));
+      else out.push(f);
+    }
+    return out;
+  }
+
+  /** True when the server's /health answers 200 (one attempt, no retries). */
+  async health(timeoutMs = 2000): Promise<boolean> {
+    try {
+      const res = await fetch(`${this.uri}/health`, { headers: this.headers(), signal: AbortSignal.timeout(timeoutMs) });
+      await res.arrayBuffer();
+      return res.ok;
+    } catch {
+      return false;
+    }
+  }
+
+  // ---- transport ----
+
+  private headers(): Record<string, string> {
+    const h: Record<string, string> = {};
+    if (this.auth?.kind === 'basic') {
+      h['authorization'] = `Basic ${Buffer.from(`${this.auth.username}:${this.auth.password}`).toString('base64')}`;
+    } else if (this.auth?.kind === 'bearer') {
+      h['authorization'] = `Bearer ${this.auth.token}`;
+    }
+    return h;
+  }
+
+  private async request<T = unknown>(method: 'GET' | 'POST' | 'PUT', path: string, opts: RequestOptions): Promise<T> {
+    const url = new URL(this.uri + path);
+    for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined) url.searchParams.set(k, String(v));
+    const headers = this.headers();
+    let body: BodyInit | undefined;
+    if (opts.rawBody !== undefined) {
+      headers['content-type'] = 'application/octet-stream';
+      body = opts.rawBody as Uint8Array<ArrayBuffer>;
+    } else if (opts.body !== undefined) {
+      headers['content-type'] = 'application/json';
+      body = JSON.stringify(opts.body);
+    }
+
+    let lastError: MLflowError | undefined;
+    for (let attempt = 0; attempt <= this.retry.retries; attempt++) {
+      if (attempt > 0) {
+        const delay = Math.min(this.retry.maxDelayMs, this.retry.baseDelayMs * 2 ** (attempt - 1));
+        await sleep(delay * (0.75 + Math.random() * 0.5));
+      }
+      let res: Response;
+      let text: string;
+      try {
+        res = await fetch(url, { method, headers, body, signal: AbortSignal.timeout(this.retry.timeoutMs) });
+        text = await res.text();
+      } catch (cause) {
+        lastError = new MLflowError(
+          `Could not ${opts.what}: ${this.uri} is unreachable (${describeNetworkError(cause)})`,
+          'unavailable',
+          'UNREACHABLE',
+          undefined,
+          { cause },
+        );
+        continue;
+      }
+      if (res.ok) return (text === '' ? {} : JSON.parse(text)) as T;
+      const { errorCode, message } = parseErrorBody(text, res.status);
+      const err = new MLflowError(
+        `Could not ${opts.what}: ${message} (HTTP ${res.status} ${errorCode} from ${this.uri})`,
+        res.status >= 500 || res.status === 429 ? 'unavailable' : 'rejected',
+        errorCode,
+        res.status,
+      );
+      if (err.kind === 'rejected') throw err;
+      lastError = err;
+    }
+    throw lastError ?? new MLflowError(`Could not ${opts.what}`, 'unavailable', 'UNREACHABLE', undefined);
+  }
+}
+
+// ---- helpers (exported for tests and the journal) ----
+
+/**
+ * `http://user:pass@host/` → the URI without credentials (fetch refuses them; journals must not
+ * store them) and basic auth.
+ */
+export function splitCredentials(uri: string): { uri: string; auth?: MLflowAuth } {
+  let url: URL;
+  try {
+    url = new URL(uri);
+  } catch {
+    return { uri: uri.replace(/\/+$/, '') };
+  }
+  const out: { uri: string; auth?: MLflowAuth } = { uri: '' };
+  if (url.username !== '') {
+    out.auth = { kind: 'basic', username: decodeURIComponent(url.username), password: decodeURIComponent(url.password) };
+    url.username = '';
+    url.password = '';
+  }
+  out.uri = url.toString().replace(/\/+$/, '');
+  return out;
+}
+
+export interface LogBatchChunk {
+  metrics: Metric[];
+  params: KeyValue[];
+  tags: KeyValue[];
+}
+
+/** Splits a batch so that each chunk respects LOG_BATCH_LIMITS (order within each kind is kept). */
+export function chunkLogBatch(batch: LogBatch): LogBatchChunk[] {
+  const chunks: LogBatchChunk[] = [];
+  let cur: LogBatchChunk = { metrics: [], params: [], tags: [] };
+  let bytes = 0;
+  const push = <K extends keyof LogBatchChunk>(kind: K, item: LogBatchChunk[K][number], limit: number): void => {
+    const size = JSON.stringify(kind === 'metrics' ? encodeMetric(item as Metric) : item).length + 1;
+    const total = cur.metrics.length + cur.params.length + cur.tags.length;
+    if (
+      cur[kind].length >= limit ||
+      total >= LOG_BATCH_LIMITS.total ||
+      (total > 0 && bytes + size > LOG_BATCH_LIMITS.bytes)
+    ) {
+      chunks.push(cur);
+      cur = { metrics: [], params: [], tags: [] };
+      bytes = 0;
+    }
+    (cur[kind] as LogBatchChunk[K][number][]).push(item);
+    bytes += size;
+  };
+  // Params first: MLflow validates a whole batch, and a run's params are its identity.
+  for (const p of batch.params ?? []) push('params', p, LOG_BATCH_LIMITS.params);
+  for (const t of batch.tags ?? []) push('tags', t, LOG_BATCH_LIMITS.tags);
+  for (const m of batch.metrics ?? []) push('metrics', m, LOG_BATCH_LIMITS.metrics);
+  if (cur.metrics.length + cur.params.length + cur.tags.length > 0) chunks.push(cur);
+  return chunks;
+}
+
+/**
+ * The path under the artifact proxy for a run's artifact_uri: `mlflow-artifacts:/1/abc/artifacts` and
+ * `mlflow-artifacts://host:port/1/abc/artifacts` give `1/abc/artifacts`.
+ */
+export function proxiedArtifactPath(artifactUri: string): string {
+  const m = /^mlflow-artifacts:(?:\/\/[^/]*)?\/*(.*?)\/*$/.exec(artifactUri);
+  if (m === null || m[1] === undefined || m[1] === '') {
+    throw new MLflowError(
+      `Upload artifact: the run's artifact_uri ${artifactUri} is not served by the tracking server ` +
+        `(expected mlflow-artifacts:/...; start the server with --serve-artifacts, the default)`,
+      'rejected',
+      'UNSUPPORTED_ARTIFACT_URI',
+      undefined,
+    );
+  }
+  return m[1];
+}
+
+function encodeMetric(m: Metric): Record<string, unknown> {
+  const value = Number.isNaN(m.value) ? 'NaN' : m.value === Infinity ? 'Infinity' : m.value === -Infinity ? '-Infinity' : m.value;
+  return { key: m.key, value, timestamp: m.timestamp, step: m.step };
+}
+
+function decodeMetric(m: Metric): Metric {
+  const v = m.value as unknown;
+  const value = typeof v === 'string' ? Number(v) : typeof v === 'number' ? v : NaN;
+  return { key: m.key, value, timestamp: Number(m.timestamp), step: Number(m.step ?? 0) };
+}
+
+function decodeRun(run: Run): Run {
+  if (run.data.metrics) run.data.metrics = run.data.metrics.map(decodeMetric);
+  return run;
+}
+
+function describeBatch(c: LogBatchChunk): string {
+  const parts: string[] = [];
+  if (c.metrics.length) parts.push(`${c.metrics.length} metric point(s)`);
+  if (c.params.length) parts.push(`${c.params.length} param(s)`);
+  if (c.tags.length) parts.push(`${c.tags.length} tag(s)`);
+  return parts.join(', ') || 'an empty batch';
+}
+
+function parseErrorBody(text: string, status: number): { errorCode: string; message: string } {
+  try {
+    const body = JSON.parse(text) as { error_code?: unknown; message?: unknown };
+    if (typeof body.error_code === 'string' || typeof body.message === 'string') {
+      return {
+        errorCode: typeof body.error_code === 'string' ? body.error_code : `HTTP_${status}`,
+        message: typeof body.message === 'string' ? body.message : text.slice(0, 500),
+      };
+    }
+  } catch {
+    // not JSON: an HTML error page or a proxy's answer
+  }
+  const trimmed = text.replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim();
+  return { errorCode: status >= 500 ? 'INTERNAL_ERROR' : `HTTP_${status}`, message: trimmed.slice(0, 300) || `HTTP ${status}` };
+}
+
+function describeNetworkError(cause: unknown): string {
+  if (cause instanceof Error) {
+    if (cause.name === 'TimeoutError') return 'timed out';
+    const inner = (cause as { cause?: unknown }).cause;
+    if (inner instanceof Error) {
+      const code = (inner as { code?: unknown }).code;
+      return typeof code === 'string' ? code : inner.message;
+    }
+    return cause.message;
+  }
+  return String(cause);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,224 @@
+// `pipe sync`: sends what runs could not send to their MLflow server (their journals), exactly once,
+// and marks runs whose runner died as KILLED. Every `pipe run` does the same in the background.
+
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { join, relative, resolve } from 'node:path';
+import { Journal, JOURNAL_FILE, lockJournal, replayJournal, ReplaySession, unlockJournal, type ReplayResult, type TrackingRef } from './journal.ts';
+import { authFromEnv, MLflowClient, MLflowError, type RetryOptions } from './mlflow-client.ts';
+import { ensureEmbeddedServer, isPidAlive, TrackingServerError } from './server.ts';
+
+export const TRACKING_FILE = 'tracking.json';
+
+/** `<runDir>/tracking.json`: which MLflow run a pipe run is, and which process records it. */
+export interface TrackingRecord {
+  run_id: string | null;
+  experiment_id: string | null;
+  journal_id: string;
+  pid: number;
+  host: string;
+  started_at: number;
+  /** Set when the tracker closed (the run's final status, as recorded in the journal). */
+  ended?: string;
+}
+
+export function readTrackingRecord(runDir: string): TrackingRecord | undefined {
+  try {
+    return JSON.parse(readFileSync(join(runDir, TRACKING_FILE), 'utf8')) as TrackingRecord;
+  } catch {
+    return undefined;
+  }
+}
+
+export function writeTrackingRecord(runDir: string, record: TrackingRecord): void {
+  writeFileSync(join(runDir, TRACKING_FILE), JSON.stringify(record, null, 2) + '\n');
+}
+
+/** Run directories (runs/<pipeline>/<run-id>/) that have a journal. */
+export function findRunDirs(projectDir: string): string[] {
+  const runsDir = resolve(projectDir, 'runs');
+  const out: string[] = [];
+  for (const pipeline of safeReaddir(runsDir)) {
+    if (pipeline === 'mlflow') continue;
+    const pDir = join(runsDir, pipeline);
+    for (const run of safeReaddir(pDir)) {
+      const runDir = join(pDir, run);
+      if (existsSync(join(runDir, JOURNAL_FILE))) out.push(runDir);
+    }
+  }
+  return out.sort();
+}
+
+/**
+ * A run is orphaned when its runner (tracking.json's pid, on this host) is dead and its journal has
+ * no final status: the runner was killed. Appends status KILLED (at the time of the run's last
+ * record) to the journal; the next replay sends it. Returns the run directories marked.
+ */
+export function markOrphanedJournals(projectDir: string, exclude: readonly string[] = []): string[] {
+  const marked: string[] = [];
+  const skip = new Set(exclude.map((d) => resolve(d)));
+  for (const runDir of findRunDirs(projectDir)) {
+    if (skip.has(resolve(runDir))) continue;
+    const rec = readTrackingRecord(runDir);
+    if (rec === undefined || rec.host !== hostname() || isPidAlive(rec.pid)) continue;
+    if (!lockJournal(runDir)) continue;
+    try {
+      const journal = Journal.open(runDir);
+      if (journal === undefined || journal.hasTerminalStatus()) continue;
+      const lastAt = Math.max(rec.started_at, ...journal.all().map((e) => e.at));
+      journal.append({ kind: 'update-run', status: 'KILLED', endTime: lastAt });
+      writeTrackingRecord(runDir, { ...rec, ended: 'KILLED' });
+      marked.push(runDir);
+    } finally {
+      unlockJournal(runDir);
+    }
+  }
+  return marked;
+}
+
+export interface SyncOptions {
+  projectDir: string;
+  env?: NodeJS.ProcessEnv;
+  /** Run directories to leave alone (the tracker's own run). */
+  exclude?: string[];
+  /** Only these run directories (default: every one under runs/). */
+  only?: string[];
+  retry?: Partial<RetryOptions>;
+}
+
+export interface RunSyncReport {
+  runDir: string;
+  /** Where its requests go. */
+  uri?: string;
+  result?: ReplayResult;
+  /** Why nothing could be sent: in use by a live runner, server not available, ... */
+  skipped?: string;
+}
+
+export interface SyncReport {
+  orphansMarked: string[];
+  runs: RunSyncReport[];
+  /** Requests still not sent, over all runs. */
+  pending: number;
+}
+
+/** Marks orphans, then replays every journal with pending requests, each to the server it was recorded for. */
+export async function syncRuns(opts: SyncOptions): Promise<SyncReport> {
+  const env = opts.env ?? process.env;
+  const exclude = new Set((opts.exclude ?? []).map((d) => resolve(d)));
+  const orphansMarked = markOrphanedJournals(opts.projectDir, [...exclude]);
+  const only = opts.only?.map((d) => resolve(d));
+  const report: SyncReport = { orphansMarked, runs: [], pending: 0 };
+  const clients = new Map<string, Promise<MLflowClient>>();
+
+  const clientFor = (ref: TrackingRef): Promise<MLflowClient> => {
+    const key = ref.embedded ? 'embedded' : ref.uri;
+    let c = clients.get(key);
+    if (c === undefined) {
+      c = (async () => {
+        const uri = ref.embedded ? (await ensureEmbeddedServer({ projectDir: opts.projectDir })).uri : ref.uri;
+        const options: ConstructorParameters<typeof MLflowClient>[0] = { uri };
+        const auth = ref.embedded ? undefined : authFromEnv(env);
+        if (auth !== undefined) options.auth = auth;
+        if (opts.retry !== undefined) options.retry = opts.retry;
+        return new MLflowClient(options);
+      })();
+      clients.set(key, c);
+    }
+    return c;
+  };
+
+  for (const runDir of findRunDirs(opts.projectDir)) {
+    if (exclude.has(resolve(runDir))) continue;
+    if (only !== undefined && !only.includes(resolve(runDir))) continue;
+    const peek = Journal.open(runDir);
+    if (peek === undefined || peek.pending().length === 0) continue;
+    const entry: RunSyncReport = { runDir };
+    report.runs.push(entry);
+    if (!lockJournal(runDir)) {
+      entry.skipped = 'in use by a running pipe process';
+      report.pending += peek.pending().length;
+      continue;
+    }
+    try {
+      // Re-read under the lock: the previous holder may have appended since.
+      const journal = Journal.open(runDir)!;
+      let client: MLflowClient;
+      try {
+        client = await clientFor(journal.header.tracking);
+      } catch (error) {
+        if (!(error instanceof TrackingServerError)) throw error;
+        entry.skipped = error.message;
+        report.pending += journal.pending().length;
+        continue;
+      }
+      entry.uri = client.uri;
+      entry.result = await replayJournal(journal, client, new ReplaySession(true));
+      report.pending += entry.result.pending;
+      const rec = readTrackingRecord(runDir);
+      const run = journal.run;
+      if (rec !== undefined && run !== undefined && rec.run_id !== run.runId) {
+        writeTrackingRecord(runDir, { ...rec, run_id: run.runId, experiment_id: run.experimentId });
+      }
+    } finally {
+      unlockJournal(runDir);
+    }
+  }
+  return report;
+}
+
+/** Marks orphaned runs KILLED on their server (through their journals), now. */
+export async function markOrphans(projectDir: string, opts: Omit<SyncOptions, 'projectDir' | 'only'> = {}): Promise<string[]> {
+  const marked = markOrphanedJournals(projectDir, opts.exclude ?? []);
+  if (marked.length > 0) await syncRuns({ ...opts, projectDir, only: marked });
+  return marked;
+}
+
+export interface SyncCommandOptions {
+  projectDir: string;
+  env?: NodeJS.ProcessEnv;
+  /** Where lines for the user go (default: stdout). */
+  print?: (line: string) => void;
+}
+
+/** `pipe sync`: 0 when nothing is left to send, 1 otherwise. */
+export async function syncCommand(opts: SyncCommandOptions): Promise<number> {
+  const print = opts.print ?? ((line: string) => process.stdout.write(line + '\n'));
+  const syncOpts: SyncOptions = { projectDir: opts.projectDir };
+  if (opts.env !== undefined) syncOpts.env = opts.env;
+  const report = await syncRuns(syncOpts);
+  const rel = (d: string): string => relative(opts.projectDir, d) || d;
+  for (const d of report.orphansMarked) print(`${rel(d)}: its runner is gone; marked KILLED`);
+  for (const r of report.runs) {
+    if (r.skipped !== undefined) {
+      print(`${rel(r.runDir)}: not sent: ${r.skipped}`);
+      continue;
+    }
+    const res = r.result!;
+    const parts = [`sent ${res.sent} request(s) to ${r.uri}`];
+    if (res.deduplicated > 0) parts.push(`${res.deduplicated} metric point(s) were already there`);
+    if (res.rejected > 0) parts.push(`${res.rejected} rejected by the server (see ${JOURNAL_FILE})`);
+    if (res.pending > 0) parts.push(`${res.pending} still pending: ${describeError(res.error)}`);
+    print(`${rel(r.runDir)}: ${parts.join('; ')}`);
+  }
+  if (report.runs.length === 0 && report.orphansMarked.length === 0) print('Nothing to sync: every run is on its MLflow server.');
+  return report.pending === 0 ? 0 : 1;
+}
+
+function describeError(error: MLflowError | undefined): string {
+  return error?.message ?? 'unknown error';
+}
+
+function safeReaddir(dir: string): string[] {
+  try {
+    return readdirSync(dir).filter((n) => {
+      try {
+        return statSync(join(dir, n)).isDirectory();
+      } catch {
+        return false;
+      }
+    });
+  } catch {
+    return [];
+  }
+}

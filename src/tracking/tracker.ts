@@ -1,0 +1,556 @@
+// The MLflow tracker: a RunListener that turns the executor's events into an MLflow run.
+//
+// The listener never waits for the network: each event becomes requests appended to the run's
+// journal (journal.ts), and a background sender ships them in order — metric points batched, at
+// least every `batchIntervalMs`. When the server is unreachable the run goes on; the sender retries
+// every `reconnectIntervalMs`, and what is still unsent at close() stays in the journal for
+// `pipe sync` or the next `pipe run`.
+
+import { execFileSync } from 'node:child_process';
+import { statSync } from 'node:fs';
+import { hostname, userInfo } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import type { RunEndEvent, RunEvent, RunListener, RunStartEvent, StageEndEvent, StageStatus } from '../events.ts';
+import type { MetricPoint } from '../stage-kind.ts';
+import { Journal, lockJournal, replayJournal, ReplaySession, unlockJournal, type JournalOp, type TrackingRef } from './journal.ts';
+import { authFromEnv, MLflowClient, splitCredentials, type KeyValue, type Metric, type RetryOptions } from './mlflow-client.ts';
+import { resolveTracking } from './server.ts';
+import { syncRuns, writeTrackingRecord, type TrackingRecord } from './sync.ts';
+
+export { markOrphans } from './sync.ts';
+
+/** MLflow's limits (mlflow/utils/validation.py). */
+export const MAX_PARAM_VALUE = 6000;
+export const MAX_TAG_VALUE = 8000;
+export const MAX_KEY = 250;
+
+export interface TrackerOptions {
+  projectDir: string;
+  /** A tracking server named by the pipeline or the command line; else MLFLOW_TRACKING_URI; else embedded. */
+  trackingUri?: string;
+  /** Tags the run `mlflow.parentRunId` (sweep trials under their parent run). */
+  parentRunId?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Warnings for the user (server unreachable, requests kept for `pipe sync`). Default: stderr. */
+  log?: (message: string) => void;
+  batchIntervalMs?: number;
+  reconnectIntervalMs?: number;
+  /** Retries of each live request (kept short: the journal is the real retry). */
+  retry?: Partial<RetryOptions>;
+  /** Replay other runs' journals and mark orphaned runs in the background (default true). */
+  syncOthers?: boolean;
+}
+
+export interface TrackerResult {
+  /** MLflow ids of the run(s) recorded (several only when one tracker saw several run-starts). */
+  runs: Array<{ runDir: string; runId?: string; experimentId?: string; url?: string; pending: number }>;
+  uri?: string;
+  /** Requests not sent yet (kept in the journals). */
+  pending: number;
+}
+
+export interface Tracker {
+  listener: RunListener;
+  /** Sends what is queued now (one attempt when the server is unreachable). */
+  flush(): Promise<void>;
+  /** Sends what is left (waits for the server a little), releases the journals. */
+  close(): Promise<TrackerResult>;
+}
+
+interface RunState {
+  start: RunStartEvent;
+  runDir: string;
+  journal: Journal;
+  session: ReplaySession;
+  record: TrackingRecord;
+  /** stage -> signatures of points already journaled from stage-metric events. */
+  streamed: Map<string, Set<string>>;
+  stageStartedAt: Map<string, number>;
+  ended: boolean;
+  /** Size of log.txt when it was queued for upload. */
+  logSize: number;
+  fatal?: string;
+}
+
+export function createTracker(opts: TrackerOptions): Tracker {
+  const env = opts.env ?? process.env;
+  const log = opts.log ?? ((m: string) => process.stderr.write(`pipe: ${m}\n`));
+  const batchIntervalMs = opts.batchIntervalMs ?? 2000;
+  const reconnectIntervalMs = opts.reconnectIntervalMs ?? 5000;
+  const named = opts.trackingUri ?? env['MLFLOW_TRACKING_URI'];
+  const trackingRef: TrackingRef =
+    named !== undefined && named !== '' ? { embedded: false, uri: splitCredentials(named).uri } : { embedded: true };
+
+  // The server is found (or started) in the background: events are journaled meanwhile.
+  let clientError: string | undefined;
+  const clientPromise: Promise<MLflowClient | undefined> = (async () => {
+    try {
+      const resolveOpts: Parameters<typeof resolveTracking>[0] = { projectDir: opts.projectDir, env };
+      if (opts.trackingUri !== undefined) resolveOpts.trackingUri = opts.trackingUri;
+      const target = await resolveTracking(resolveOpts);
+      const clientOpts: ConstructorParameters<typeof MLflowClient>[0] = {
+        uri: target.uri,
+        retry: { retries: 2, baseDelayMs: 250, timeoutMs: 15_000, ...opts.retry },
+      };
+      const auth = target.embedded ? undefined : authFromEnv(env);
+      if (auth !== undefined) clientOpts.auth = auth;
+      return new MLflowClient(clientOpts);
+    } catch (error) {
+      clientError = (error as Error).message;
+      log(`MLflow tracking is offline for this run: ${clientError}. The run's records are kept in its journal; \`pipe sync\` sends them later.`);
+      return undefined;
+    }
+  })();
+
+  const runs: RunState[] = [];
+  let current: RunState | undefined;
+  let chain: Promise<void> = Promise.resolve();
+  let timer: NodeJS.Timeout | undefined;
+  let offline = false;
+  let lastAttempt = 0;
+  let closing = false;
+  let background: Promise<unknown> = Promise.resolve();
+  let backgroundStarted = false;
+
+  const startBackgroundSync = (exclude: string[]): void => {
+    if (backgroundStarted || opts.syncOthers === false) return;
+    backgroundStarted = true;
+    background = (async () => {
+      const client = await clientPromise;
+      if (client === undefined) return;
+      const syncOpts: Parameters<typeof syncRuns>[0] = { projectDir: opts.projectDir, exclude, env };
+      const report = await syncRuns(syncOpts);
+      const sent = report.runs.filter((r) => (r.result?.sent ?? 0) > 0).length;
+      if (sent > 0) log(`sent the journals of ${sent} earlier run(s) to MLflow`);
+    })().catch((error: unknown) => log(`could not sync earlier runs: ${(error as Error).message}`));
+  };
+
+  // ---- sending ----
+
+  const schedule = (delayMs: number): void => {
+    if (delayMs <= 0) {
+      if (timer !== undefined) clearTimeout(timer);
+      timer = undefined;
+      pump();
+      return;
+    }
+    if (timer !== undefined) return;
+    timer = setTimeout(() => {
+      timer = undefined;
+      pump();
+    }, delayMs);
+    timer.unref();
+  };
+
+  const pump = (force = false): Promise<void> => {
+    chain = chain.then(() => sendAll(force)).catch((error: unknown) => log(`MLflow tracking error: ${(error as Error).stack ?? error}`));
+    return chain;
+  };
+
+  const sendAll = async (force: boolean): Promise<void> => {
+    const client = await clientPromise;
+    if (client === undefined) return;
+    if (offline && !force && Date.now() - lastAttempt < reconnectIntervalMs) {
+      schedule(reconnectIntervalMs - (Date.now() - lastAttempt));
+      return;
+    }
+    lastAttempt = Date.now();
+    for (const run of runs) {
+      if (run.fatal !== undefined || run.journal.pending().length === 0) continue;
+      const hadRun = run.journal.run !== undefined;
+      const res = await replayJournal(run.journal, client, run.session);
+      if (!hadRun && run.journal.run !== undefined) {
+        run.record = { ...run.record, run_id: run.journal.run.runId, experiment_id: run.journal.run.experimentId };
+        writeTrackingRecord(run.runDir, run.record);
+      }
+      if (res.rejected > 0) {
+        for (const r of run.journal.rejected.slice(-res.rejected)) log(`MLflow refused a request: ${r.error}`);
+      }
+      if (res.error === undefined) continue;
+      if (res.error.kind === 'rejected') {
+        run.fatal = res.error.message;
+        log(`MLflow tracking stopped for this run: ${res.error.message}`);
+        continue;
+      }
+      if (!offline) {
+        log(
+          `MLflow server ${client.uri} is unreachable (${res.error.message}); the run goes on, ` +
+            `its records are kept in ${run.journal.path} and sent when the server is back (or by \`pipe sync\`)`,
+        );
+      }
+      offline = true;
+      if (!closing) schedule(reconnectIntervalMs);
+      return;
+    }
+    if (offline) log(`MLflow server ${client.uri} is reachable again; pending records sent`);
+    offline = false;
+  };
+
+  // ---- events ----
+
+  const append = (run: RunState, op: JournalOp, at?: number): void => {
+    run.journal.append(op, at);
+  };
+
+  const onRunStart = (e: RunStartEvent): void => {
+    if (current !== undefined && !current.ended) finishWithoutEnd(current, 'a new run started before this one ended');
+    const runDir = resolve(e.runDir);
+    if (!lockJournal(runDir)) {
+      log(`MLflow tracking skipped: another process holds ${join(runDir, 'mlflow-journal.lock')}`);
+      current = undefined;
+      return;
+    }
+    const journal = Journal.create(runDir, trackingRef);
+    const record: TrackingRecord = {
+      run_id: null,
+      experiment_id: null,
+      journal_id: journal.journalId,
+      pid: process.pid,
+      host: hostname(),
+      started_at: e.startedAt,
+    };
+    writeTrackingRecord(runDir, record);
+    const run: RunState = {
+      start: e,
+      runDir,
+      journal,
+      session: new ReplaySession(false),
+      record,
+      streamed: new Map(),
+      stageStartedAt: new Map(),
+      ended: false,
+      logSize: -1,
+    };
+    runs.push(run);
+    current = run;
+    startBackgroundSync([runDir]);
+
+    append(run, { kind: 'create-run', experimentName: e.experiment, runName: runName(e), startTime: e.startedAt, tags: runTags(e, opts, journal.journalId, env) }, e.startedAt);
+    append(run, { kind: 'log-batch', params: runParams(e) }, e.startedAt);
+    append(run, { kind: 'upload-artifact', path: 'pipeline.yaml', text: e.pipelineYaml }, e.startedAt);
+    schedule(0);
+  };
+
+  const onStageMetric = (run: RunState, stage: string, point: MetricPoint): void => {
+    const metric = toMetric(point);
+    let seen = run.streamed.get(stage);
+    if (seen === undefined) run.streamed.set(stage, (seen = new Set()));
+    const sig = metricSignature(metric);
+    if (seen.has(sig)) return;
+    seen.add(sig);
+    append(run, { kind: 'log-batch', metrics: [metric] }, point.timestamp);
+    schedule(batchIntervalMs);
+  };
+
+  const onStageEnd = (run: RunState, e: StageEndEvent): void => {
+    const now = Date.now();
+    const seen = run.streamed.get(e.stage) ?? new Set<string>();
+    // A cached stage's points come only here; a ran stage's were streamed (keep any that were not).
+    const metrics: Metric[] = [];
+    for (const p of e.metrics) {
+      const m = toMetric(p);
+      const sig = metricSignature(m);
+      if (seen.has(sig)) continue;
+      seen.add(sig);
+      metrics.push(m);
+    }
+    run.streamed.set(e.stage, seen);
+    const started = run.stageStartedAt.get(e.stage);
+    const endedAt = started !== undefined ? started + e.durationMs : now;
+    const prefix = `stage.${metricKey(e.stage)}`;
+    if (e.status !== 'skipped') {
+      metrics.push({ key: `${prefix}.duration_s`, value: e.durationMs / 1000, timestamp: endedAt, step: 0 });
+    }
+    if (e.status === 'ran' || e.status === 'cached') {
+      metrics.push({ key: `${prefix}.cached`, value: e.status === 'cached' ? 1 : 0, timestamp: endedAt, step: 0 });
+    }
+    append(run, { kind: 'log-batch', metrics });
+    for (const a of e.artifacts) {
+      append(run, { kind: 'upload-artifact', path: `${artifactSegment(e.stage)}/${a.name}`, file: a.path });
+    }
+    schedule(0);
+  };
+
+  const onRunEnd = (run: RunState, e: RunEndEvent): void => {
+    run.ended = true;
+    const status = e.summary.status === 'succeeded' ? 'FINISHED' : 'FAILED';
+    append(run, { kind: 'log-batch', tags: [{ key: 'mlflow.note.content', value: truncate(renderRunNote(run.start, e), MAX_TAG_VALUE) }] });
+    queueRunLog(run);
+    append(run, { kind: 'update-run', status, endTime: e.endedAt });
+    run.record = { ...run.record, ended: status };
+    writeTrackingRecord(run.runDir, run.record);
+    schedule(0);
+  };
+
+  const queueRunLog = (run: RunState): void => {
+    const file = join(run.runDir, 'log.txt');
+    let size: number;
+    try {
+      size = statSync(file).size;
+    } catch {
+      return;
+    }
+    if (size === run.logSize) return;
+    run.logSize = size;
+    append(run, { kind: 'upload-artifact', path: 'log.txt', file });
+  };
+
+  const finishWithoutEnd = (run: RunState, why: string): void => {
+    run.ended = true;
+    append(run, { kind: 'log-batch', tags: [{ key: 'mlflow.note.content', value: `**Run failed**: ${why}.` }] });
+    queueRunLog(run);
+    append(run, { kind: 'update-run', status: 'FAILED', endTime: Date.now() });
+    run.record = { ...run.record, ended: 'FAILED' };
+    writeTrackingRecord(run.runDir, run.record);
+  };
+
+  const handle = (e: RunEvent): void => {
+    if (e.type === 'run-start') return onRunStart(e);
+    const run = current;
+    if (run === undefined || run.ended) return;
+    switch (e.type) {
+      case 'stage-start':
+        run.stageStartedAt.set(e.stage, e.startedAt);
+        return;
+      case 'stage-progress':
+      case 'stage-log':
+        return;
+      case 'stage-metric':
+        return onStageMetric(run, e.stage, e.point);
+      case 'stage-end':
+        return onStageEnd(run, e);
+      case 'run-end':
+        return onRunEnd(run, e);
+      default: {
+        const never: never = e;
+        return never;
+      }
+    }
+  };
+
+  const listener: RunListener = (event) => {
+    try {
+      handle(event);
+    } catch (error) {
+      // Tracking must never fail the run.
+      log(`MLflow tracking error: ${(error as Error).stack ?? error}`);
+    }
+  };
+
+  const close = async (): Promise<TrackerResult> => {
+    closing = true;
+    for (const run of runs) {
+      if (!run.ended) finishWithoutEnd(run, 'the run ended without a run-end event');
+      else queueRunLog(run); // the run log may have grown after run-end
+    }
+    if (timer !== undefined) clearTimeout(timer);
+    timer = undefined;
+    await pump(true);
+    await background;
+    const client = await clientPromise;
+    const result: TrackerResult = { runs: [], pending: 0 };
+    if (client !== undefined) result.uri = client.uri;
+    for (const run of runs) {
+      const pending = run.journal.pending().length;
+      result.pending += pending;
+      const r = run.journal.run;
+      const entry: TrackerResult['runs'][number] = { runDir: run.runDir, pending };
+      if (r !== undefined) {
+        entry.runId = r.runId;
+        entry.experimentId = r.experimentId;
+        if (client !== undefined) entry.url = `${client.uri}/#/experiments/${r.experimentId}/runs/${r.runId}`;
+      }
+      result.runs.push(entry);
+      unlockJournal(run.runDir);
+      if (pending > 0) {
+        log(`${pending} MLflow request(s) of this run are kept in ${run.journal.path}; \`pipe sync\` sends them when the server is reachable`);
+      }
+    }
+    return result;
+  };
+
+  const flush = async (): Promise<void> => {
+    if (timer !== undefined) clearTimeout(timer);
+    timer = undefined;
+    await pump(true);
+  };
+
+  return { listener, flush, close };
+}
+
+// ---- what a run records (pure; exported for tests) ----
+
+export function runName(e: RunStartEvent): string {
+  const base = `${e.pipelineName} ${shortRunId(e.runId)}`;
+  return e.sweep !== undefined ? `${base} ${e.sweep.trial}` : base;
+}
+
+export function shortRunId(runId: string): string {
+  return runId.length <= 16 ? runId : runId.slice(-8);
+}
+
+function runTags(e: RunStartEvent, opts: TrackerOptions, journalId: string, env: NodeJS.ProcessEnv): KeyValue[] {
+  const tags: KeyValue[] = [
+    { key: 'mlflow.runName', value: runName(e) },
+    { key: 'mlflow.source.name', value: e.pipelineFile },
+    { key: 'mlflow.source.type', value: 'LOCAL' },
+    { key: 'mlflow.user', value: currentUser(env) },
+    { key: 'pipe.run_id', value: e.runId },
+    { key: 'pipe.pipeline', value: e.pipelineName },
+    { key: 'pipe.journal_id', value: journalId },
+  ];
+  const commit = gitCommit(resolve(opts.projectDir, e.pipelineFile));
+  if (commit !== undefined) tags.push({ key: 'mlflow.source.git.commit', value: commit });
+  if (opts.parentRunId !== undefined) tags.push({ key: 'mlflow.parentRunId', value: opts.parentRunId });
+  if (e.sweep !== undefined) {
+    tags.push({ key: 'pipe.sweep_id', value: e.sweep.id }, { key: 'pipe.trial', value: e.sweep.trial });
+  }
+  return tags.map((t) => ({ key: t.key, value: truncate(t.value, MAX_TAG_VALUE) }));
+}
+
+/**
+ * Every resolved pipeline param by name, every stage param as `<stage>.<param>` (nested objects as
+ * dotted names, arrays as JSON), `pipeline_hash` and `backend`.
+ */
+export function runParams(e: RunStartEvent): KeyValue[] {
+  const out = new Map<string, string>();
+  for (const [k, v] of Object.entries(e.params)) flattenParam(k, v, out);
+  for (const s of e.stages) for (const [k, v] of Object.entries(s.params)) flattenParam(`${s.name}.${k}`, v, out);
+  out.set('pipeline_hash', e.pipelineHash);
+  out.set('backend', e.backend);
+  return [...out].map(([key, value]) => ({ key: metricKey(key), value: truncate(value, MAX_PARAM_VALUE) }));
+}
+
+function flattenParam(key: string, value: unknown, out: Map<string, string>): void {
+  if (value === undefined) return;
+  if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+    const entries = Object.entries(value as Record<string, unknown>);
+    if (entries.length === 0) out.set(key, '{}');
+    for (const [k, v] of entries) flattenParam(`${key}.${k}`, v, out);
+    return;
+  }
+  out.set(key, typeof value === 'string' ? value : JSON.stringify(value));
+}
+
+/** A markdown summary of the DAG for `mlflow.note.content`. */
+export function renderRunNote(start: RunStartEvent, end: RunEndEvent): string {
+  const s = end.summary;
+  const lines: string[] = [];
+  const ok = s.status === 'succeeded';
+  lines.push(`### ${start.pipelineName} — ${ok ? 'succeeded' : '**failed**'} in ${formatDuration(s.durationMs)}`);
+  lines.push('');
+  lines.push(`Run \`${start.runId}\` of \`${start.pipelineFile}\`, backend \`${start.backend}\`, pipeline hash \`${start.pipelineHash.slice(0, 12)}\`.`);
+  lines.push('');
+  lines.push('| stage | kind | status | duration | why it ran |');
+  lines.push('| --- | --- | --- | --- | --- |');
+  for (const st of s.stages) {
+    const why = st.status === 'cached' ? '(from the cache)' : st.status === 'skipped' ? st.error ?? '' : st.reasons.join('; ');
+    lines.push(`| ${cell(st.name)} | ${cell(st.kind)} | ${statusCell(st.status)} | ${st.status === 'skipped' ? '' : formatDuration(st.durationMs)} | ${cell(why)} |`);
+  }
+  const counts = new Map<StageStatus, number>();
+  for (const st of s.stages) counts.set(st.status, (counts.get(st.status) ?? 0) + 1);
+  lines.push('');
+  lines.push([...counts].map(([k, n]) => `${n} ${k}`).join(', ') + '.');
+  const failed = s.stages.filter((st) => st.status === 'failed');
+  for (const st of failed) {
+    lines.push('');
+    lines.push(`**Stage \`${st.name}\` failed:**`);
+    lines.push('');
+    lines.push('```');
+    lines.push((st.error ?? 'unknown error').slice(0, 3000));
+    lines.push('```');
+  }
+  const metricNames = Object.keys(s.metrics);
+  if (metricNames.length > 0) {
+    lines.push('');
+    lines.push('| metric | last value |');
+    lines.push('| --- | --- |');
+    for (const k of metricNames.slice(0, 40)) lines.push(`| ${cell(k)} | ${formatNumber(s.metrics[k]!)} |`);
+  }
+  return lines.join('\n');
+}
+
+// ---- helpers ----
+
+function toMetric(p: MetricPoint): Metric {
+  return { key: metricKey(p.key), value: p.value, timestamp: Math.round(p.timestamp), step: Math.round(p.step) };
+}
+
+function metricSignature(m: Metric): string {
+  return `${m.key}|${m.step}|${m.timestamp}|${m.value}`;
+}
+
+/** A name MLflow accepts for a metric, param or tag: [A-Za-z0-9_.\- /:], no empty or dot segments. */
+export function metricKey(name: string): string {
+  const cleaned = name
+    .replace(/[^A-Za-z0-9_.\- /:]/g, '_')
+    .split('/')
+    .map((seg) => (seg === '' || seg === '.' || seg === '..' ? '_' : seg))
+    .join('/');
+  return cleaned.slice(0, MAX_KEY) || '_';
+}
+
+function artifactSegment(stage: string): string {
+  return stage.replace(/[/\\]/g, '_').replace(/^\.+$/, '_');
+}
+
+function truncate(value: string, max: number): string {
+  if (value.length <= max) return value;
+  const marker = '…[truncated]';
+  return value.slice(0, max - marker.length) + marker;
+}
+
+function cell(text: string): string {
+  return text.replace(/\|/g, '\\|').replace(/\r?\n/g, ' ');
+}
+
+function statusCell(status: StageStatus): string {
+  switch (status) {
+    case 'ran':
+      return 'ran';
+    case 'cached':
+      return 'cached';
+    case 'failed':
+      return '**failed**';
+    case 'skipped':
+      return 'skipped';
+    default: {
+      const never: never = status;
+      return never;
+    }
+  }
+}
+
+function formatDuration(ms: number): string {
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  const s = ms / 1000;
+  if (s < 60) return `${s.toFixed(1)} s`;
+  const m = Math.floor(s / 60);
+  return `${m} min ${Math.round(s - m * 60)} s`;
+}
+
+function formatNumber(v: number): string {
+  return Number.isInteger(v) ? String(v) : v.toPrecision(4);
+}
+
+function currentUser(env: NodeJS.ProcessEnv): string {
+  try {
+    return env['USER'] ?? env['LOGNAME'] ?? userInfo().username;
+  } catch {
+    return 'unknown';
+  }
+}
+
+function gitCommit(file: string): string | undefined {
+  try {
+    const out = execFileSync('git', ['rev-parse', 'HEAD'], {
+      cwd: dirname(file),
+      timeout: 3000,
+      stdio: ['ignore', 'pipe', 'ignore'],
+      encoding: 'utf8',
+    }).trim();
+    return /^[0-9a-f]{40,64}$/.test(out) ? out : undefined;
+  } catch {
+    return undefined;
+  }
+}
