@@ -86,7 +86,7 @@ test('Keras Adam first step by hand, and tfjs Adam differs', () => {
   new KerasAdam(tf, { learningRate: 0.1, epsilon: 0.01 }).applyGradients([{ variable: x, grad: tf.scalar(0.5) }]);
   close(x.dataSync()[0]!, 1 - 0.061257, 1e-5);
   const y = tf.variable(tf.scalar(1));
-  tf.train.adam(0.1, 0.9, 0.999, 0.01).applyGradients({ [y.name]: tf.scalar(0.5) });
+  tf.train.adam(0.1, 0.9, 0.999, 0.01).applyGradients([{ name: y.name, tensor: tf.scalar(0.5) }]);
   close(y.dataSync()[0]!, 1 - 0.098039, 1e-5); // bias-corrected, ε on sqrt(v̂): not Keras
 });
 
