@@ -150,7 +150,7 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
     ctx.metric('initial_val_accuracy', initial.accuracy);
     ctx.log(`initial loss: ${initial.loss.toFixed(2)}, initial accuracy: ${initial.accuracy.toFixed(2)}`);
 
-    const history = fit(tf, {
+    const history = await fit(tf, {
       task,
       vars: head.vars,
       optimizer,

@@ -418,6 +418,8 @@ export interface FitSpec {
   forward: (x: Tensor, training: boolean, dropoutSeed: number) => Tensor;
   /** Validation loss and accuracy after an epoch (inference mode). */
   validate: () => EvalResult;
+  /** Called (and awaited) before each epoch, e.g. to load that epoch's view. */
+  beforeEpoch?: (epoch: number) => Promise<void> | void;
   onEpoch?: (record: EpochRecord) => void;
   onBatch?: (epoch: number, done: number, total: number) => void;
 }
@@ -427,12 +429,13 @@ export interface FitSpec {
  * runs batches of `batchSize` (the last one smaller), records the sample-weighted mean training
  * loss and accuracy (computed with dropout active, as Keras reports them) and then validates.
  */
-export function fit(tf: Tf, spec: FitSpec): History {
+export async function fit(tf: Tf, spec: FitSpec): Promise<History> {
   const history = emptyHistory();
   const count = spec.labels.length;
   const shuffleRandom = rng(deriveSeed(spec.seed, 'shuffle'));
   const dropoutRandom = rng(deriveSeed(spec.seed, 'dropout'));
   for (let epoch = spec.initialEpoch ?? 0; epoch < spec.epochs; epoch++) {
+    await spec.beforeEpoch?.(epoch);
     const order = shuffledIndices(count, shuffleRandom);
     let lossSum = 0;
     let correct = 0;
@@ -455,6 +458,8 @@ export function fit(tf: Tf, spec: FitSpec): History {
       tf.dispose([loss, hits]);
       done += indices.length;
       spec.onBatch?.(epoch, done, count);
+      // Let progress and log messages out between batches (a stage's run is one long computation).
+      await new Promise((resolve) => setImmediate(resolve));
     }
     const validation = spec.validate();
     const record: EpochRecord = {

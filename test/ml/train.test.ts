@@ -121,7 +121,7 @@ test('dropout keeps 1 − rate of the units and rescales them', () => {
   close(kept[0]!, 1.25, 1e-6);
 });
 
-test('fit: a logistic model learns a separable problem; history is Keras-like', () => {
+test('fit: a logistic model learns a separable problem; history is Keras-like', async () => {
   const random = rng(3);
   const n = 70;
   const xs = new Float32Array(n * 2);
@@ -141,7 +141,7 @@ test('fit: a logistic model learns a separable problem; history is Keras-like', 
   const validate = () => evaluateBatches(tf, { task, labels, batchSize: 32, inputs, forward });
   const lines: string[] = [];
   const before = tf.memory().numTensors;
-  const history = fit(tf, {
+  const history = await fit(tf, {
     task,
     vars: [w, b],
     optimizer: new KerasAdam(tf, { learningRate: 0.1 }),
