@@ -259,6 +259,7 @@ export async function analyze(file: PipelineFile, options: AnalyzeOptions = {}):
       const commandInterp = interpolate(stage.run, params, reportMissingParam('run'));
       const deps = interpolate(stage.deps, params, reportMissingParam('deps')).value as unknown[];
       const outs = interpolate(stage.outs, params, reportMissingParam('outs')).value as unknown[];
+      const metrics = interpolate(stage.metrics, params, reportMissingParam('metrics')).value as unknown[];
       const referenced: Record<string, unknown> = {};
       for (const name of [...commandInterp.refs, ...envInterp.refs].sort()) if (name in params) referenced[name] = params[name];
       analyzed.push({
@@ -271,7 +272,7 @@ export async function analyze(file: PipelineFile, options: AnalyzeOptions = {}):
         upstream: [],
         deps: deps.map(String),
         outs: outs.map(String),
-        metrics: stage.metrics,
+        metrics: metrics.map(String),
         env,
         resources: { cpu: 1, gpu: 0, ...stage.resources },
         timeout: stage.timeout,

@@ -15,7 +15,7 @@ Usage:
   pipe sweep FILE [-S NAME=V1,V2]... [-p NAME=VALUE]... [--dry-run] [--objective METRIC] [--json]
   pipe gc [FILE...] [--dry-run]
   pipe predict MODEL IMAGE...
-  pipe ui [--port N] [--host H]
+  pipe ui [EXPERIMENT] [--host H] [--stop]
   pipe sync
   pipe doctor
 
@@ -54,8 +54,8 @@ const runOptions = {
   'dry-run': { type: 'boolean' },
   sweep: { type: 'string', short: 'S', multiple: true },
   objective: { type: 'string' },
-  port: { type: 'string' },
   host: { type: 'string' },
+  stop: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } satisfies ParseArgsConfig['options'];
 
@@ -126,11 +126,18 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       }
       case 'ui': {
         const { uiCommand } = await import('./tracking/ui.ts');
-        return await uiCommand({ projectDir: process.cwd(), port: values.port ? Number(values.port) : undefined, host: values.host, out: (line: string) => io.out(`${line}\n`) });
+        return await uiCommand({
+          projectDir: process.cwd(),
+          experiment: positionals[0],
+          host: values.host,
+          stop: Boolean(values.stop),
+          print: (line) => io.out(`${line}\n`),
+          printError: (line) => io.err(`${line}\n`),
+        });
       }
       case 'sync': {
         const { syncCommand } = await import('./tracking/sync.ts');
-        return await syncCommand({ projectDir: process.cwd(), out: (line: string) => io.out(`${line}\n`) });
+        return await syncCommand({ projectDir: process.cwd(), print: (line) => io.out(`${line}\n`) });
       }
       case 'doctor': {
         const { doctor } = await import('./doctor.ts');

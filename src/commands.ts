@@ -148,11 +148,11 @@ export async function executePrepared(
   prepared: Prepared,
   values: CliOptions,
   io: Io,
-  extra: { sweep?: { id: string; trial: string }; parentRunId?: string; listeners?: RunListener[]; quiet?: boolean } = {},
+  extra: { sweep?: { id: string; trial: string }; parentRunId?: string; listeners?: RunListener[]; quiet?: boolean; runId?: string; runDir?: string } = {},
 ): Promise<RunOutcome> {
   const { paths, file, pipeline, plan, flavour } = prepared;
-  const runId = newRunId();
-  const runDir = path.join(paths.runsDir, file.name, runId);
+  const runId = extra.runId ?? newRunId();
+  const runDir = extra.runDir ?? path.join(paths.runsDir, file.name, runId);
   await fs.mkdir(runDir, { recursive: true });
   const pipelineYaml = yamlAsRun(file, pipeline.params);
   await fs.writeFile(path.join(runDir, 'pipeline.yaml'), pipelineYaml);
@@ -168,11 +168,11 @@ export async function executePrepared(
   const logWriter = runLogWriter(path.join(runDir, 'log.txt'));
   listeners.push(logWriter.listener, ...(extra.listeners ?? []));
 
-  let tracker: { listener: RunListener; close(): Promise<void> } | undefined;
+  let tracker: import('./tracking/tracker.ts').Tracker | undefined;
   if (file.tracking.enabled && !values['no-track'] && process.env['PIPE_NO_TRACK'] !== '1') {
     try {
       const { createTracker } = await import('./tracking/tracker.ts');
-      tracker = await createTracker({
+      tracker = createTracker({
         projectDir: paths.projectDir,
         trackingUri: file.tracking.uri,
         parentRunId: extra.parentRunId,
@@ -216,7 +216,14 @@ export async function executePrepared(
     });
   } finally {
     process.removeListener('SIGINT', onSigint);
-    await tracker?.close().catch(() => undefined);
+    const tracked = await tracker?.close().catch((error: Error) => {
+      io.err(`tracking: ${error.message}\n`);
+      return undefined;
+    });
+    for (const run of tracked?.runs ?? []) {
+      if (run.url) io.err(`MLflow run: ${run.url}\n`);
+      if (run.pending > 0) io.err(`tracking: ${run.pending} request(s) could not be sent yet; \`pipe sync\` sends them\n`);
+    }
     await logWriter.close();
   }
   await fs.writeFile(path.join(runDir, 'summary.json'), JSON.stringify(summary, null, 2));

@@ -93,7 +93,10 @@ export function parsePipeline(text: string, displayPath: string, dir: string): L
   const doc = parseDocument(text, { lineCounter, uniqueKeys: true, prettyErrors: false });
   const diagnostics: Diagnostic[] = [];
 
+  // After the first syntax error the parser's further complaints are mostly its consequences.
+  let syntaxErrors = 0;
   for (const error of doc.errors) {
+    if (error.code !== 'DUPLICATE_KEY' && syntaxErrors++ > 0) continue;
     if (error.code === 'DUPLICATE_KEY') {
       const field = duplicateKeyField(doc, error.pos[0]);
       diagnostics.push(at(source, error.pos, 'duplicate-name', field, `duplicate name: '${field.split('.').pop()}' is defined more than once`));

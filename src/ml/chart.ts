@@ -1,0 +1,90 @@
+// A small line chart (PNG): one line per series over a numeric x axis. Used for a sweep's
+// objective against a swept param (e.g. test accuracy against fine_tune_at, one line per
+// learning rate).
+
+import { createCanvas } from '@napi-rs/canvas';
+import { niceTicks } from './plots.ts';
+
+export interface Series {
+  name: string;
+  points: Array<{ x: number; y: number }>;
+}
+
+const COLOURS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f'];
+const FONT = '"DejaVu Sans", "Liberation Sans", sans-serif';
+
+export async function lineChart(series: Series[], labels: { title: string; x: string; y: string }): Promise<Buffer> {
+  const width = 720;
+  const height = 480;
+  const margin = { left: 80, right: 180, top: 50, bottom: 60 };
+  const canvas = createCanvas(width, height);
+  const ctx = canvas.getContext('2d');
+  ctx.fillStyle = '#ffffff';
+  ctx.fillRect(0, 0, width, height);
+  const all = series.flatMap((s) => s.points);
+  const xs = all.map((p) => p.x);
+  const ys = all.map((p) => p.y).filter(Number.isFinite);
+  let [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+  let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+  if (!Number.isFinite(x0) || x0 === x1) [x0, x1] = [(x0 || 0) - 1, (x1 || 0) + 1];
+  if (!Number.isFinite(y0) || y0 === y1) [y0, y1] = [(y0 || 0) - 0.01, (y1 || 0) + 0.01];
+  const pad = (y1 - y0) * 0.1;
+  y0 -= pad;
+  y1 += pad;
+  const plotW = width - margin.left - margin.right;
+  const plotH = height - margin.top - margin.bottom;
+  const px = (x: number) => margin.left + ((x - x0) / (x1 - x0)) * plotW;
+  const py = (y: number) => margin.top + plotH - ((y - y0) / (y1 - y0)) * plotH;
+
+  ctx.strokeStyle = '#222222';
+  ctx.lineWidth = 1;
+  ctx.strokeRect(margin.left, margin.top, plotW, plotH);
+  ctx.fillStyle = '#222222';
+  ctx.font = `13px ${FONT}`;
+  ctx.textAlign = 'center';
+  for (const t of niceTicks(x0, x1, 6)) {
+    if (t < x0 || t > x1) continue;
+    ctx.fillText(String(Number(t.toPrecision(6))), px(t), margin.top + plotH + 18);
+  }
+  ctx.textAlign = 'right';
+  for (const t of niceTicks(y0, y1, 6)) {
+    if (t < y0 || t > y1) continue;
+    ctx.fillText(String(Number(t.toPrecision(6))), margin.left - 6, py(t) + 4);
+    ctx.strokeStyle = '#eeeeee';
+    ctx.beginPath();
+    ctx.moveTo(margin.left, py(t));
+    ctx.lineTo(margin.left + plotW, py(t));
+    ctx.stroke();
+  }
+  ctx.textAlign = 'center';
+  ctx.font = `bold 15px ${FONT}`;
+  ctx.fillText(labels.title, margin.left + plotW / 2, 30);
+  ctx.font = `14px ${FONT}`;
+  ctx.fillText(labels.x, margin.left + plotW / 2, height - 18);
+  ctx.save();
+  ctx.translate(20, margin.top + plotH / 2);
+  ctx.rotate(-Math.PI / 2);
+  ctx.fillText(labels.y, 0, 0);
+  ctx.restore();
+
+  series.forEach((s, i) => {
+    const colour = COLOURS[i % COLOURS.length] ?? '#000000';
+    const points = [...s.points].filter((p) => Number.isFinite(p.y)).sort((a, b) => a.x - b.x);
+    ctx.strokeStyle = colour;
+    ctx.fillStyle = colour;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    points.forEach((p, j) => (j === 0 ? ctx.moveTo(px(p.x), py(p.y)) : ctx.lineTo(px(p.x), py(p.y))));
+    ctx.stroke();
+    for (const p of points) {
+      ctx.beginPath();
+      ctx.arc(px(p.x), py(p.y), 4, 0, Math.PI * 2);
+      ctx.fill();
+    }
+    ctx.font = `13px ${FONT}`;
+    ctx.textAlign = 'left';
+    ctx.fillRect(width - margin.right + 15, margin.top + 10 + i * 22, 14, 3);
+    ctx.fillText(s.name, width - margin.right + 35, margin.top + 15 + i * 22);
+  });
+  return canvas.encode('png');
+}

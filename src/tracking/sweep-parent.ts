@@ -1,0 +1,110 @@
+// The MLflow parent run of a sweep: it holds the sweep definition, the table of trials, the best
+// trial's metrics and a picture of the objective against the swept params. Trial runs nest under
+// it through `mlflow.parentRunId`.
+
+import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { lineChart, type Series } from '../ml/chart.ts';
+import type { PipelineFile } from '../pipeline.ts';
+import type { Trial } from '../sweep.ts';
+import { authFromEnv, MLflowClient, type KeyValue } from './mlflow-client.ts';
+import { resolveTracking } from './server.ts';
+
+export interface TrialRow {
+  id: string;
+  label: string;
+  values: Record<string, unknown>;
+  status: 'succeeded' | 'failed';
+  error?: string;
+  metrics: Record<string, number>;
+}
+
+export interface SweepParent {
+  runId: string;
+  finish(rows: TrialRow[], table: string): Promise<void>;
+}
+
+export async function startSweepParent(options: {
+  projectDir: string;
+  pipeline: PipelineFile;
+  sweepId: string;
+  trials: Trial[];
+  objective: string;
+  direction: 'maximize' | 'minimize';
+  sweepDir: string;
+}): Promise<SweepParent> {
+  const target = await resolveTracking({ projectDir: options.projectDir, trackingUri: options.pipeline.tracking.uri });
+  const client = new MLflowClient({ uri: target.uri, auth: authFromEnv() });
+  const experimentId = await client.getOrCreateExperiment(options.pipeline.experiment);
+  const swept = [...new Set(options.trials.flatMap((t) => Object.keys(t.values)))];
+  const tags: KeyValue[] = [
+    { key: 'mlflow.runName', value: `${options.pipeline.name} ${options.sweepId}` },
+    { key: 'mlflow.source.name', value: options.pipeline.source.path },
+    { key: 'mlflow.source.type', value: 'LOCAL' },
+    { key: 'mlflow.user', value: os.userInfo().username },
+    { key: 'pipe.sweep', value: options.sweepId },
+  ];
+  const run = await client.createRun({ experimentId, runName: tags[0]?.value, startTime: Date.now(), tags });
+  const runId = run.info.run_id;
+  const artifactUri = run.info.artifact_uri ?? '';
+  const params: KeyValue[] = [
+    { key: 'sweep.objective', value: options.objective },
+    { key: 'sweep.direction', value: options.direction },
+    { key: 'sweep.trials', value: String(options.trials.length) },
+    ...swept.map((name) => ({ key: `sweep.${name}`, value: JSON.stringify([...new Set(options.trials.map((t) => JSON.stringify(t.values[name])))].map((v) => JSON.parse(v))) })),
+  ];
+  await client.logBatch(runId, { params });
+
+  return {
+    runId,
+    async finish(rows, table) {
+      const best = rows.find((r) => r.status === 'succeeded' && r.metrics[options.objective] !== undefined);
+      const now = Date.now();
+      const metrics = best ? Object.entries(best.metrics).map(([key, value]) => ({ key: `best.${key}`, value, timestamp: now, step: 0 })) : [];
+      const note = [
+        `## Sweep ${options.sweepId}`,
+        '',
+        `${rows.length} trials over ${swept.join(', ')}; objective **${options.objective}** (${options.direction}).`,
+        best ? `Best: **${best.id}** (${best.label}) with ${options.objective} = ${best.metrics[options.objective]?.toFixed(4)}.` : 'No trial succeeded.',
+        '',
+        '```',
+        table.trimEnd(),
+        '```',
+      ].join('\n');
+      await client.logBatch(runId, {
+        metrics,
+        tags: [
+          { key: 'mlflow.note.content', value: note.slice(0, 8000) },
+          ...(best ? [{ key: 'pipe.best_trial', value: `${best.id} ${best.label}` }] : []),
+        ],
+      });
+      await client.uploadArtifact(artifactUri, 'trials.json', JSON.stringify(rows, null, 2));
+      await client.uploadArtifact(artifactUri, 'trials.txt', table);
+      const chart = await objectiveChart(rows, swept, options.objective);
+      if (chart) {
+        await fs.writeFile(path.join(options.sweepDir, 'objective.png'), chart);
+        await client.uploadArtifact(artifactUri, 'objective.png', chart);
+      }
+      await client.updateRun(runId, { status: rows.every((r) => r.status === 'succeeded') ? 'FINISHED' : 'FAILED', endTime: Date.now() });
+    },
+  };
+}
+
+/** The objective against the first numeric swept param, one line per combination of the others. */
+export async function objectiveChart(rows: TrialRow[], swept: string[], objective: string): Promise<Buffer | undefined> {
+  const xName = swept.includes('fine_tune_at') ? 'fine_tune_at' : swept.find((n) => rows.every((r) => typeof r.values[n] === 'number'));
+  if (!xName) return undefined;
+  const others = swept.filter((n) => n !== xName);
+  const series = new Map<string, Series>();
+  for (const row of rows) {
+    const y = row.metrics[objective];
+    if (y === undefined) continue;
+    const name = others.map((n) => `${n}=${JSON.stringify(row.values[n])}`).join(' ') || objective;
+    const s = series.get(name) ?? { name, points: [] };
+    s.points.push({ x: Number(row.values[xName]), y });
+    series.set(name, s);
+  }
+  if (series.size === 0) return undefined;
+  return lineChart([...series.values()], { title: `${objective} by ${xName}`, x: xName, y: objective });
+}
