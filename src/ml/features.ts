@@ -1,0 +1,278 @@
+// The on-disk format of extracted features (written by extract-features; read by train-head,
+// fine-tune and evaluate).
+//
+// A features artifact directory holds:
+//
+//   features.json               FeaturesMeta (below): model, weights, sets, shapes, dtypes
+//   pooled-<set>.f32            rows × 1280 float32: GlobalAveragePooling2D of `out_relu`
+//   boundary-<set>.f32 | .f16   rows × h × w × c: the activation entering the fine-tuned top
+//                               (the output of `boundary.layerName`), float32 or IEEE half
+//   base/model.json + *.bin     the MobileNetV2 the features came from, as a tfjs layers model
+//
+// with <set> one of `views` (the training images, one block of rows per augmented view),
+// `validation` and `test`. Rows are view-major like image sets (src/ml/dataset.ts): row
+// `view * count + image`, so view v of a set is the contiguous rows [v·count, (v+1)·count).
+// All numbers are little-endian. Without augmentation, `views` holds the split's training images
+// as a single view.
+//
+// The base is stored in the artifact (about 9 MB at alpha 1.0) rather than referenced by path, so
+// that fine-tune rebuilds exactly the network that produced the boundary activations
+// (`loadFeatureBase`), whatever happens later to the weights file or the download cache.
+// `weights` still records where the weights came from and their sha256.
+
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import type { LayersModel } from '@tensorflow/tfjs-node';
+import { boundaryFor, loadMobileNetV2, type Boundary, type Shape3, type WeightsInfo } from './mobilenet.ts';
+import type { Tf } from './tf.ts';
+
+export const FEATURES_FORMAT = 'pipe-features/1';
+export const FEATURES_META_FILE = 'features.json';
+export const BASE_DIR = 'base';
+export const FEATURE_SETS = ['views', 'validation', 'test'] as const;
+
+export type FeatureSetName = (typeof FEATURE_SETS)[number];
+export type FeatureKind = 'pooled' | 'boundary';
+export type FeatureDtype = 'float32' | 'float16';
+
+export interface FeatureSetMeta {
+  /** Images in the set. */
+  count: number;
+  /** Views per image (epochs' augmentations for `views`; 1 otherwise). Rows = views × count. */
+  views: number;
+  /** Class index per image (length `count`; the same for every view). */
+  labels: number[];
+  /** Source file per image, relative to the data root (length `count`). */
+  files: string[];
+  /** Where the images came from: `<input slot>/<image set>`, e.g. `views/views` or `data/train`. */
+  source: string;
+  /** File names of the set's arrays, when extracted. */
+  pooled?: string;
+  boundary?: string;
+}
+
+export interface FeaturesMeta {
+  format: typeof FEATURES_FORMAT;
+  model: {
+    architecture: 'mobilenet_v2';
+    alpha: number;
+    /** Input height, width, channels. */
+    inputShape: Shape3;
+    /** Applied to the uint8 pixels before the base: Keras's mobilenet_v2.preprocess_input. */
+    preprocessing: 'x / 127.5 - 1';
+    params: number;
+  };
+  weights: WeightsInfo;
+  /** Directory (relative) of the tfjs layers model the features came from. */
+  base: string;
+  classNames: string[];
+  /** Pooled features: one vector per row, always float32. Null when not extracted. */
+  pooled: { layer: 'out_relu'; pooling: 'global-average'; dim: number; dtype: 'float32' } | null;
+  /** Boundary activations for fine-tuning. Null when `fine_tune_at` was not set. */
+  boundary: (Boundary & { dtype: FeatureDtype }) | null;
+  sets: Record<FeatureSetName, FeatureSetMeta>;
+}
+
+export function featureFileName(kind: FeatureKind, set: FeatureSetName, dtype: FeatureDtype = 'float32'): string {
+  return `${kind}-${set}.${dtype === 'float16' ? 'f16' : 'f32'}`;
+}
+
+export async function writeFeaturesMeta(dir: string, meta: FeaturesMeta): Promise<void> {
+  await fs.writeFile(path.join(dir, FEATURES_META_FILE), JSON.stringify(meta, null, 1) + '\n');
+}
+
+export async function readFeaturesMeta(dir: string): Promise<FeaturesMeta> {
+  let text: string;
+  try {
+    text = await fs.readFile(path.join(dir, FEATURES_META_FILE), 'utf8');
+  } catch (cause) {
+    throw new Error(`no features in ${dir}: ${FEATURES_META_FILE} is missing`, { cause });
+  }
+  const meta = JSON.parse(text) as FeaturesMeta;
+  if (meta.format !== FEATURES_FORMAT) {
+    throw new Error(`features in ${dir} have format ${String(meta.format)}, expected ${FEATURES_FORMAT}`);
+  }
+  return meta;
+}
+
+// ---------------------------------------------------------------------------------------------
+// float16
+
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+/** IEEE 754 half-precision bits of `value`, rounded to nearest even (overflow -> ±Infinity). */
+export function toFloat16Bits(value: number): number {
+  f32[0] = value;
+  const x = u32[0]!;
+  const sign = (x >>> 16) & 0x8000;
+  const exponent = (x >>> 23) & 0xff;
+  let mantissa = x & 0x7fffff;
+  if (exponent === 0xff) return sign | 0x7c00 | (mantissa ? 0x200 : 0); // Inf, NaN
+  const e = exponent - 127 + 15;
+  if (e >= 0x1f) return sign | 0x7c00; // overflow
+  if (e <= 0) {
+    if (e < -10) return sign; // underflows to ±0
+    // Subnormal: shift the mantissa (with its implicit 1) into place, round to nearest even.
+    mantissa |= 0x800000;
+    const shift = 14 - e;
+    const half = 1 << (shift - 1);
+    const rest = mantissa & ((1 << shift) - 1);
+    let result = mantissa >>> shift;
+    if (rest > half || (rest === half && (result & 1))) result += 1;
+    return sign | result;
+  }
+  let result = (e << 10) | (mantissa >>> 13);
+  const rest = mantissa & 0x1fff;
+  if (rest > 0x1000 || (rest === 0x1000 && (result & 1))) result += 1; // may carry into the exponent: still correct
+  return sign | result;
+}
+
+/** The number whose half-precision bits are `bits`. */
+export function fromFloat16Bits(bits: number): number {
+  const sign = bits & 0x8000 ? -1 : 1;
+  const exponent = (bits >>> 10) & 0x1f;
+  const mantissa = bits & 0x3ff;
+  if (exponent === 0) return sign * mantissa * 2 ** -24;
+  if (exponent === 0x1f) return mantissa ? NaN : sign * Infinity;
+  return sign * (1 + mantissa / 1024) * 2 ** (exponent - 15);
+}
+
+export function float32ToFloat16(values: Float32Array, out = new Uint16Array(values.length)): Uint16Array {
+  for (let i = 0; i < values.length; i++) out[i] = toFloat16Bits(values[i]!);
+  return out;
+}
+
+const halfTable = (() => {
+  const table = new Float32Array(65536);
+  for (let bits = 0; bits < 65536; bits++) table[bits] = fromFloat16Bits(bits);
+  return table;
+})();
+
+export function float16ToFloat32(bits: Uint16Array, out = new Float32Array(bits.length)): Float32Array {
+  for (let i = 0; i < bits.length; i++) out[i] = halfTable[bits[i]!]!;
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing and reading arrays
+
+/** Appends rows of float32 values to a feature file, converting to the file's dtype. */
+export class FeatureWriter {
+  private rowsWritten = 0;
+
+  private constructor(
+    readonly file: string,
+    private readonly handle: fs.FileHandle,
+    readonly rowSize: number,
+    readonly dtype: FeatureDtype,
+  ) {}
+
+  static async create(file: string, rowSize: number, dtype: FeatureDtype): Promise<FeatureWriter> {
+    return new FeatureWriter(file, await fs.open(file, 'w'), rowSize, dtype);
+  }
+
+  get rows(): number {
+    return this.rowsWritten;
+  }
+
+  /** Appends `values.length / rowSize` rows. */
+  async append(values: Float32Array): Promise<void> {
+    if (values.length % this.rowSize !== 0) {
+      throw new Error(`${this.file}: ${values.length} values are not whole rows of ${this.rowSize}`);
+    }
+    const data = this.dtype === 'float16' ? float32ToFloat16(values) : values;
+    await this.handle.write(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    this.rowsWritten += values.length / this.rowSize;
+  }
+
+  async close(): Promise<void> {
+    await this.handle.close();
+  }
+}
+
+export interface FeatureArray {
+  /** float32 values (float16 files are converted). */
+  data: Float32Array;
+  /** [rows, ...row shape]: [rows, 1280] or [rows, h, w, c]. */
+  shape: number[];
+}
+
+/**
+ * Reads the pooled features or boundary activations of a set, all rows or only those of one view
+ * (`view`: rows view·count … (view+1)·count − 1), as float32.
+ */
+export async function readFeatures(
+  dir: string,
+  meta: FeaturesMeta,
+  set: FeatureSetName,
+  kind: FeatureKind,
+  options: { view?: number } = {},
+): Promise<FeatureArray> {
+  const setMeta = meta.sets[set];
+  const file = kind === 'pooled' ? setMeta.pooled : setMeta.boundary;
+  const rowShape = kind === 'pooled' ? (meta.pooled ? [meta.pooled.dim] : undefined) : meta.boundary?.shape;
+  const dtype: FeatureDtype = kind === 'pooled' ? 'float32' : (meta.boundary?.dtype ?? 'float32');
+  if (!file || !rowShape) throw new Error(`features in ${dir} have no ${kind} values for ${set}`);
+  const rowSize = rowShape.reduce((a, b) => a * b, 1);
+  const bytesPerValue = dtype === 'float16' ? 2 : 4;
+  let firstRow = 0;
+  let rows = setMeta.count * setMeta.views;
+  if (options.view !== undefined) {
+    if (!Number.isInteger(options.view) || options.view < 0 || options.view >= setMeta.views) {
+      throw new Error(`features ${set}: view ${options.view} out of range (0…${setMeta.views - 1})`);
+    }
+    firstRow = options.view * setMeta.count;
+    rows = setMeta.count;
+  }
+  const bytes = rows * rowSize * bytesPerValue;
+  const buffer = new ArrayBuffer(bytes);
+  const handle = await fs.open(path.join(dir, file), 'r');
+  try {
+    const { size } = await handle.stat();
+    const expected = setMeta.count * setMeta.views * rowSize * bytesPerValue;
+    if (size !== expected) throw new Error(`${path.join(dir, file)}: ${size} bytes, expected ${expected}`);
+    const view = new Uint8Array(buffer);
+    let done = 0;
+    while (done < bytes) {
+      const { bytesRead } = await handle.read(view, done, bytes - done, firstRow * rowSize * bytesPerValue + done);
+      if (bytesRead === 0) throw new Error(`${path.join(dir, file)}: unexpected end of file`);
+      done += bytesRead;
+    }
+  } finally {
+    await handle.close();
+  }
+  const data = dtype === 'float16' ? float16ToFloat32(new Uint16Array(buffer)) : new Float32Array(buffer);
+  return { data, shape: [rows, ...rowShape] };
+}
+
+/**
+ * Rebuilds the MobileNetV2 the features came from (same alpha, input size and weights), and the
+ * boundary when boundary activations were extracted. With `fineTuneAt`, the boundary is
+ * recomputed for it and must be the stored one (fine_tune_at 100 and 101 share a boundary).
+ */
+export async function loadFeatureBase(
+  tf: Tf,
+  dir: string,
+  options: { fineTuneAt?: number } = {},
+): Promise<{ model: LayersModel; meta: FeaturesMeta; boundary: Boundary | null }> {
+  const meta = await readFeaturesMeta(dir);
+  const { model } = await loadMobileNetV2(tf, {
+    alpha: meta.model.alpha,
+    inputSize: [meta.model.inputShape[0], meta.model.inputShape[1]],
+    weights: path.join(dir, meta.base),
+  });
+  let boundary: Boundary | null = meta.boundary;
+  if (options.fineTuneAt !== undefined) {
+    const wanted = boundaryFor(options.fineTuneAt, model.layers);
+    if (!meta.boundary || wanted.layerName !== meta.boundary.layerName) {
+      model.dispose();
+      throw new Error(
+        `fine_tune_at ${options.fineTuneAt} cuts MobileNetV2 at ${wanted.layerName}, but the features in ${dir} ` +
+          (meta.boundary ? `hold activations of ${meta.boundary.layerName}` : 'hold no boundary activations'),
+      );
+    }
+    boundary = wanted;
+  }
+  return { model, meta, boundary };
+}

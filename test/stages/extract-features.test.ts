@@ -1,0 +1,196 @@
+import { existsSync, promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import type { Tensor, Tensor4D } from '@tensorflow/tfjs-node';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import kind from '../../stages/extract-features.ts';
+import { imageAt, readImageSet, writeImageSet, type ImageSet } from '../../src/ml/dataset.ts';
+import { fromFloat16Bits, loadFeatureBase, readFeatures, readFeaturesMeta, toFloat16Bits } from '../../src/ml/features.ts';
+import { loadTf } from '../../src/ml/tf.ts';
+import { runKind, tempDir } from '../helpers/run-kind.ts';
+import { shapeImage } from '../helpers/images.ts';
+
+const tf = loadTf('cpu');
+const SIZE = 96;
+
+function imageSet(count: number, views: number, offset: number): ImageSet {
+  const labels = Array.from({ length: count }, (_, i) => i % 2);
+  const pixels = new Uint8Array(count * views * SIZE * SIZE * 3);
+  for (let v = 0; v < views; v++) {
+    for (let i = 0; i < count; i++) {
+      const image = shapeImage(labels[i]!, offset + i + 7 * v, SIZE, SIZE);
+      pixels.set(image.data, (v * count + i) * image.data.length);
+    }
+  }
+  return {
+    count, views, height: SIZE, width: SIZE, channels: 3,
+    classNames: ['circles', 'squares'],
+    labels,
+    files: labels.map((label, i) => `${label ? 'squares' : 'circles'}/${offset + i}.png`),
+    pixels,
+  };
+}
+
+/** A split artifact (train 5, validation 4, test 3) and an augment artifact (train × 2 views). */
+async function fixtures(): Promise<{ split: string; augment: string }> {
+  const split = tempDir('pipe-split-');
+  await writeImageSet(split, 'train', imageSet(5, 1, 0));
+  await writeImageSet(split, 'validation', imageSet(4, 1, 100));
+  await writeImageSet(split, 'test', imageSet(3, 1, 200));
+  const augment = tempDir('pipe-augment-');
+  await writeImageSet(augment, 'views', imageSet(5, 2, 0));
+  return { split, augment };
+}
+
+function preprocessed(set: ImageSet, rows: number[]): Tensor4D {
+  const size = SIZE * SIZE * 3;
+  const values = new Float32Array(rows.length * size);
+  rows.forEach((row, n) => {
+    const pixels = imageAt(set, row % set.count, Math.floor(row / set.count));
+    for (let i = 0; i < size; i++) values[n * size + i] = pixels[i]! / 127.5 - 1;
+  });
+  return tf.tensor4d(values, [rows.length, SIZE, SIZE, 3]);
+}
+
+test('extract-features: pooled and float16 boundary activations of every view, validation and test', async () => {
+  const { split, augment } = await fixtures();
+  const run = await runKind(
+    kind,
+    { weights: 'none', seed: 5, alpha: 0.35, batch_size: 4, fine_tune_at: 101, dtype: 'float16' },
+    { data: split, views: augment },
+  );
+  const out = run.outDir;
+  const files = (await fs.readdir(out)).sort();
+  assert.equal(files, [
+    'base', 'boundary-test.f16', 'boundary-validation.f16', 'boundary-views.f16', 'features.json',
+    'pooled-test.f32', 'pooled-validation.f32', 'pooled-views.f32',
+  ]);
+  // Rows × 1280 float32; rows × 6 × 6 × 32 float16 (block_10_project_BN at 96 px, alpha 0.35).
+  const sizes: Record<string, number> = {
+    'pooled-views.f32': 10 * 1280 * 4, 'pooled-validation.f32': 4 * 1280 * 4, 'pooled-test.f32': 3 * 1280 * 4,
+    'boundary-views.f16': 10 * 6 * 6 * 32 * 2, 'boundary-validation.f16': 4 * 6 * 6 * 32 * 2, 'boundary-test.f16': 3 * 6 * 6 * 32 * 2,
+  };
+  for (const [file, bytes] of Object.entries(sizes)) assert.is((await fs.stat(path.join(out, file))).size, bytes, file);
+
+  const meta = await readFeaturesMeta(out);
+  assert.equal(meta.model, { architecture: 'mobilenet_v2', alpha: 0.35, inputShape: [96, 96, 3], preprocessing: 'x / 127.5 - 1', params: 410_208 });
+  assert.equal(meta.boundary, { layerName: 'block_10_project_BN', index: 97, shape: [6, 6, 32], topStart: 98, fineTuneAt: 101, dtype: 'float16' });
+  assert.equal(meta.pooled, { layer: 'out_relu', pooling: 'global-average', dim: 1280, dtype: 'float32' });
+  assert.equal(meta.classNames, ['circles', 'squares']);
+  assert.equal(meta.sets.views, {
+    count: 5, views: 2, labels: [0, 1, 0, 1, 0], files: ['circles/0.png', 'squares/1.png', 'circles/2.png', 'squares/3.png', 'circles/4.png'],
+    source: 'views/views', pooled: 'pooled-views.f32', boundary: 'boundary-views.f16',
+  });
+  assert.is(meta.sets.validation.source, 'data/validation');
+  assert.is(meta.sets.test.count, 3);
+  assert.equal([meta.weights.kind, meta.weights.seed, meta.weights.params], ['none', 5, 410_208]);
+
+  assert.ok(run.metrics.some((m) => m.key === 'extract_images_per_second' && m.value > 0));
+  assert.equal(run.progress[run.progress.length - 1], { done: 17, total: 17, label: 'test' });
+  assert.is(run.summary['images'], 17);
+  assert.is(run.summary['boundary'], 'block_10_project_BN');
+
+  // The values are the stored base's: pooled = mean of out_relu, boundary ≈ the layer's output.
+  const { model, boundary } = await loadFeatureBase(tf, out, { fineTuneAt: 100 });
+  assert.is(boundary?.layerName, 'block_10_project_BN');
+  const views = await readImageSet(augment, 'views');
+  const rows = [0, 4, 5, 9]; // first and last image of each view
+  const x = preprocessed(views, rows);
+  const expectedPooled = tf.tidy(() => tf.mean(model.predict(x) as Tensor, [1, 2]).arraySync() as number[][]);
+  const inner = tf.model({ inputs: model.inputs, outputs: model.getLayer('block_10_project_BN').output as never });
+  const expectedBoundary = tf.tidy(() => (inner.predict(x) as Tensor).arraySync() as number[][][][]);
+  const pooled = await readFeatures(out, meta, 'views', 'pooled');
+  const view1 = await readFeatures(out, meta, 'views', 'boundary', { view: 1 });
+  const all = await readFeatures(out, meta, 'views', 'boundary');
+  assert.equal(pooled.shape, [10, 1280]);
+  assert.equal(view1.shape, [5, 6, 6, 32]);
+  assert.equal(all.shape, [10, 6, 6, 32]);
+  rows.forEach((row, n) => {
+    for (let d = 0; d < 1280; d += 37) {
+      const want = expectedPooled[n]![d]!;
+      assert.ok(Math.abs(pooled.data[row * 1280 + d]! - want) <= 1e-4 * (1 + Math.abs(want)), `pooled row ${row} dim ${d}`);
+    }
+    const flat = expectedBoundary[n]!.flat(2);
+    for (let k = 0; k < flat.length; k += 11) {
+      const want = flat[k]!;
+      const got = all.data[row * 1152 + k]!;
+      assert.ok(Math.abs(got - want) <= 2e-3 * (1 + Math.abs(want)), `boundary row ${row} value ${k}: ${got} vs ${want}`);
+      if (row >= 5) assert.is(view1.data[(row - 5) * 1152 + k], got);
+    }
+  });
+  // fine_tune_at 120 cuts elsewhere: the stored activations cannot serve it.
+  try {
+    await loadFeatureBase(tf, out, { fineTuneAt: 120 });
+    assert.unreachable();
+  } catch (error) {
+    assert.match((error as Error).message, /fine_tune_at 120 cuts MobileNetV2 at block_12_add, but the features in .* hold activations of block_10_project_BN/);
+  }
+  tf.dispose(x);
+  model.dispose();
+});
+
+test('extract-features without augmentation: the split’s train images are the single view; pooled only', async () => {
+  const { split } = await fixtures();
+  const run = await runKind(kind, { weights: 'none', alpha: 0.35, batch_size: 32 }, { data: split });
+  const meta = await readFeaturesMeta(run.outDir);
+  assert.equal([meta.sets.views.count, meta.sets.views.views, meta.sets.views.source], [5, 1, 'data/train']);
+  assert.is(meta.boundary, null);
+  assert.not.ok(existsSync(path.join(run.outDir, 'boundary-views.f32')));
+  assert.is((await fs.stat(path.join(run.outDir, 'pooled-views.f32'))).size, 5 * 1280 * 4);
+  const pooled = await readFeatures(run.outDir, meta, 'views', 'pooled');
+  assert.ok(pooled.data.some((v) => v > 0), 'features are not all zero');
+});
+
+test('extract-features: boundary only, float32; and nothing to do is an error', async () => {
+  const { split } = await fixtures();
+  const run = await runKind(kind, { weights: 'none', alpha: 0.35, pooled: false, fine_tune_at: 4 }, { data: split });
+  const meta = await readFeaturesMeta(run.outDir);
+  assert.is(meta.pooled, null);
+  assert.equal(meta.boundary?.shape, [48, 48, 16]); // Conv1_relu at 96 px, alpha 0.35
+  assert.is((await fs.stat(path.join(run.outDir, 'boundary-test.f32'))).size, 3 * 48 * 48 * 16 * 4);
+  assert.not.ok(existsSync(path.join(run.outDir, 'pooled-test.f32')));
+  try {
+    await runKind(kind, { weights: 'none', pooled: false }, { data: split });
+    assert.unreachable();
+  } catch (error) {
+    assert.is((error as Error).message, 'extract-features has nothing to do: pooled is false and fine_tune_at is null');
+  }
+});
+
+test('fingerprint: fine_tune_at enters as its boundary; batch_size and an unused seed do not enter', () => {
+  const fp = kind.fingerprintParams!;
+  const base = { weights: '/w/mobilenet.h5' };
+  assert.equal(fp({ ...base, fine_tune_at: 100 }), fp({ ...base, fine_tune_at: 101 }));
+  assert.equal(fp({ ...base, fine_tune_at: 100 }), fp({ ...base, fine_tune_at: 98, batch_size: 8, seed: 3 }));
+  assert.not.equal(fp({ ...base, fine_tune_at: 100 }), fp({ ...base, fine_tune_at: 97 }));
+  assert.not.equal(fp({ ...base, fine_tune_at: 100 }), fp(base));
+  assert.equal(fp({ ...base, fine_tune_at: 100 }), {
+    weights: '/w/mobilenet.h5', weights_sha256: undefined, alpha: 1, pooled: true, dtype: 'float32', boundary: 'block_10_project_BN',
+  });
+  assert.not.equal(fp({ weights: 'none', seed: 1 }), fp({ weights: 'none', seed: 2 }));
+  assert.equal(fp({}), fp({ weights: 'imagenet', alpha: 1.0, pooled: true, fine_tune_at: null, dtype: 'float32' }));
+});
+
+test('inputPaths: local weights only', () => {
+  assert.equal(kind.inputPaths!({ weights: '/w/mobilenet.h5' }), ['/w/mobilenet.h5']);
+  assert.equal(kind.inputPaths!({ weights: 'models/base' }), ['models/base']);
+  assert.equal(kind.inputPaths!({ weights: 'imagenet' }), []);
+  assert.equal(kind.inputPaths!({ weights: 'none' }), []);
+  assert.equal(kind.inputPaths!({ weights: 'https://example.com/w.h5' }), []);
+  assert.equal(kind.inputPaths!({}), []);
+  assert.equal(kind.inputs, { data: ['split'], 'views?': ['augment'] });
+  assert.is(kind.usesTensorflow, true);
+});
+
+test('float16 conversion rounds to nearest even and keeps specials', () => {
+  const cases: Array<[number, number]> = [
+    [0, 0x0000], [-0, 0x8000], [1, 0x3c00], [-2, 0xc000], [65504, 0x7bff], [65520, 0x7c00], [1e6, 0x7c00],
+    [Infinity, 0x7c00], [-Infinity, 0xfc00], [2 ** -24, 0x0001], [2 ** -25, 0x0000], [3 * 2 ** -25, 0x0002],
+    [2 ** -14, 0x0400], [1 + 2 ** -11, 0x3c00], [1 + 3 * 2 ** -11, 0x3c02], [0.1, 0x2e66], [6, 0x4600],
+  ];
+  for (const [value, bits] of cases) assert.is(toFloat16Bits(value), bits, `${value}`);
+  assert.ok(Number.isNaN(fromFloat16Bits(toFloat16Bits(NaN))));
+  for (let bits = 0; bits < 0x7c00; bits += 7) assert.is(toFloat16Bits(fromFloat16Bits(bits)), bits);
+});
+
+test.run();
