@@ -170,3 +170,55 @@ export function applyHeadLayers(tf: Tf, input: tfTypes.SymbolicTensor, head: Hea
   dense.setWeights([tf.tensor2d(head.kernel, [head.inputDim, head.units]), tf.tensor1d(head.bias)]);
   return out;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The whole classifier, as saved by evaluate and read by `pipe predict`
+
+export const CLASSIFIER_FORMAT = 'pipe-classifier/1';
+
+/** Stored in the saved model's model.json (`userDefinedMetadata`). */
+export interface ClassifierMetadata {
+  format: typeof CLASSIFIER_FORMAT;
+  classNames: string[];
+  task: Task;
+  /** Height, width, channels of the raw image the model takes (RGB, values 0..255). */
+  inputShape: [number, number, number];
+  /** The model's output: logits (sigmoid / softmax give probabilities), as the recipe's model. */
+  output: 'logits';
+  /** Applied inside the model, by its first layer. */
+  preprocessing: 'x / 127.5 - 1';
+}
+
+/**
+ * One flat tfjs LayersModel for raw pixels: `image` (h×w×3, 0..255) → `preprocess` (Rescaling
+ * x/127.5 − 1, Keras's mobilenet_v2.preprocess_input) → the base's layers (the very layer objects
+ * of `base`, so its current weights) → the head's pooling, dropout and dense layers. Output: logits.
+ */
+export function buildClassifier(tf: Tf, base: tfTypes.LayersModel, head: HeadWeights): tfTypes.LayersModel {
+  const inputLayer = base.layers[0]!;
+  const shape = (base.inputs[0]!.shape.slice(1) as number[]);
+  const image = tf.input({ shape, name: 'image' });
+  const scaled = tf.layers.rescaling({ scale: 1 / 127.5, offset: -1, name: 'preprocess' }).apply(image) as tfTypes.SymbolicTensor;
+  const outputs = new Map<string, tfTypes.SymbolicTensor>([[inputLayer.name, scaled]]);
+  for (const layer of base.layers.slice(1)) {
+    const inputs = (layer.inboundNodes[0]?.inboundLayers ?? []).map((source) => {
+      const tensor = outputs.get(source.name);
+      if (!tensor) throw new Error(`buildClassifier: layer ${layer.name} reads ${source.name}, which is not computed before it`);
+      return tensor;
+    });
+    outputs.set(layer.name, layer.apply(inputs.length === 1 ? inputs[0]! : inputs) as tfTypes.SymbolicTensor);
+  }
+  const last = outputs.get(base.layers[base.layers.length - 1]!.name)!;
+  const logits = applyHeadLayers(tf, last, head);
+  const model = tf.model({ inputs: image, outputs: logits, name: 'classifier' });
+  const metadata: ClassifierMetadata = {
+    format: CLASSIFIER_FORMAT,
+    classNames: head.classNames,
+    task: head.task,
+    inputShape: shape as [number, number, number],
+    output: 'logits',
+    preprocessing: 'x / 127.5 - 1',
+  };
+  model.setUserDefinedMetadata(metadata as unknown as Record<string, unknown>);
+  return model;
+}

@@ -1,0 +1,125 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { existsSync, promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import type { Tensor } from '@tensorflow/tfjs-node';
+import evaluate, { type TestPrediction } from '../../stages/evaluate.ts';
+import extractFeatures from '../../stages/extract-features.ts';
+import fineTune from '../../stages/fine-tune.ts';
+import trainHead from '../../stages/train-head.ts';
+import { writeImageSet } from '../../src/ml/dataset.ts';
+import { buildMobileNetV2, saveLayersModel } from '../../src/ml/mobilenet.ts';
+import { loadTf } from '../../src/ml/tf.ts';
+import { rng } from '../../src/ml/train.ts';
+import { predict } from '../../src/predict.ts';
+import { runKind, tempDir } from '../helpers/run-kind.ts';
+
+const tf = loadTf('cpu');
+const SIZE = 96;
+
+async function generatedSplit(counts: { train: number; validation: number; test: number }): Promise<string> {
+  const dir = tempDir('pipe-split-');
+  const random = rng(5);
+  for (const [name, count] of Object.entries(counts)) {
+    const labels = Array.from({ length: count }, (_, i) => i % 2);
+    const pixels = new Uint8Array(count * SIZE * SIZE * 3);
+    labels.forEach((label, i) => {
+      for (let p = 0; p < SIZE * SIZE * 3; p++) pixels[i * SIZE * SIZE * 3 + p] = Math.floor(random() * 128) + label * 100;
+    });
+    await writeImageSet(dir, name, {
+      count, height: SIZE, width: SIZE, channels: 3, views: 1, classNames: ['cats', 'dogs'], labels,
+      files: labels.map((label, i) => `${label ? 'dogs' : 'cats'}/${name}-${i}.jpg`), pixels,
+    });
+  }
+  return dir;
+}
+
+/** A seeded random MobileNetV2 with BatchNormalization statistics calibrated on generated images. */
+async function calibratedBase(): Promise<string> {
+  const dir = tempDir('pipe-base-');
+  const model = buildMobileNetV2(tf, { alpha: 0.35, inputSize: SIZE, seed: 7 });
+  const x = tf.randomUniform([8, SIZE, SIZE, 3], -1, 1, 'float32', 3);
+  const values = new Map<string, Tensor>([[model.layers[0]!.name, x]]);
+  for (const layer of model.layers.slice(1)) {
+    const inputs = (layer.inboundNodes[0]?.inboundLayers ?? []).map((l) => values.get(l.name)!);
+    const input = inputs.length === 1 ? inputs[0]! : inputs;
+    if (layer.getClassName() === 'BatchNormalization') {
+      const { mean, variance } = tf.moments(input as Tensor, [0, 1, 2]);
+      const [gamma, beta] = layer.getWeights();
+      layer.setWeights([gamma!, beta!, mean, variance]);
+    }
+    values.set(layer.name, layer.apply(input) as Tensor);
+  }
+  await saveLayersModel(model, dir);
+  tf.dispose([...values.values()]);
+  model.dispose();
+  return dir;
+}
+
+const expectedFiles = [
+  'metrics.json',
+  'predictions.json',
+  'confusion_matrix.json',
+  'plots/confusion_matrix.png',
+  'plots/predictions.png',
+  'plots/learning_curves.png',
+  'model/model.json',
+];
+
+test('evaluate after fine-tune and after train-head alone; predict reads the saved model', async () => {
+  const split = await generatedSplit({ train: 10, validation: 6, test: 11 });
+  const features = await runKind(extractFeatures, { weights: await calibratedBase(), alpha: 0.35, fine_tune_at: 100 }, { data: split });
+  const head = await runKind(trainHead, { epochs: 2, learning_rate: 0.01 }, { features: features.outDir });
+  const tuned = await runKind(fineTune, { fine_tune_at: 100, epochs: 1 }, { activations: features.outDir, head: head.outDir });
+
+  const run = await runKind(evaluate, {}, { model: tuned.outDir, data: split, head: head.outDir });
+  for (const file of expectedFiles) {
+    assert.ok(existsSync(path.join(run.outDir, file)), `missing ${file}`);
+    assert.ok(run.artifacts.includes(file), `${file} not declared`);
+  }
+  assert.ok(run.artifacts.some((file) => /^model\/.*\.bin$/.test(file)));
+  const metricKeys = run.metrics.map((m) => m.key);
+  assert.ok(metricKeys.includes('test_loss') && metricKeys.includes('test_accuracy'));
+  const matrix = JSON.parse(await fs.readFile(path.join(run.outDir, 'confusion_matrix.json'), 'utf8')) as { matrix: number[][] };
+  assert.is(matrix.matrix.flat().reduce((a, b) => a + b, 0), 11);
+  const predictions = JSON.parse(await fs.readFile(path.join(run.outDir, 'predictions.json'), 'utf8')) as TestPrediction[];
+  assert.is(predictions.length, 11);
+  const accuracy = predictions.filter((p) => p.label === p.predicted).length / 11;
+  const reported = run.metrics.find((m) => m.key === 'test_accuracy')!.value;
+  assert.ok(Math.abs(accuracy - reported) < 1e-9, `${accuracy} vs ${reported}`);
+  assert.ok(run.logs.some((line) => /reloaded, it agrees with the test predictions/.test(line)));
+
+  // The saved model through pipe predict, on image files (PNG keeps the pixels exact).
+  const images = tempDir('pipe-images-');
+  const testSet = JSON.parse(await fs.readFile(path.join(split, 'test.json'), 'utf8')) as { files: string[] };
+  const testPixels = await fs.readFile(path.join(split, 'test.u8'));
+  const files: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    const png = await tf.node.encodePng(tf.tensor3d(testPixels.subarray(i * SIZE * SIZE * 3, (i + 1) * SIZE * SIZE * 3), [SIZE, SIZE, 3], 'int32'));
+    const file = path.join(images, `test-${i}.png`);
+    await fs.writeFile(file, png);
+    files.push(file);
+  }
+  const lines: string[] = [];
+  const status = await predict(run.outDir, files, (line) => lines.push(line));
+  assert.is(status, 0);
+  assert.is(lines.length, 3);
+  lines.forEach((line, i) => {
+    const [file, cls, probability] = line.split('\t');
+    assert.is(file, files[i]);
+    assert.is(cls, predictions[i]!.predicted, `${testSet.files[i]}`);
+    assert.ok(Math.abs(Number(probability) - predictions[i]!.probability) < 1e-3, `${probability} vs ${predictions[i]!.probability}`);
+  });
+
+  // Without fine-tuning: the head on the frozen base (the base comes from the features input).
+  const headOnly = await runKind(evaluate, {}, { model: head.outDir, data: split, features: features.outDir });
+  for (const file of expectedFiles) assert.ok(existsSync(path.join(headOnly.outDir, file)), `missing ${file}`);
+  try {
+    await runKind(evaluate, {}, { model: head.outDir, data: split });
+    assert.unreachable('should have failed');
+  } catch (error) {
+    assert.match((error as Error).message, /needs its features input/);
+  }
+});
+
+test.run();
