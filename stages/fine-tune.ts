@@ -34,6 +34,7 @@ import {
   epochLine,
   evaluateBatches,
   fit,
+  inferenceForward,
   makeOptimizer,
   optimizerNames,
 } from '../src/ml/train.ts';
@@ -181,8 +182,11 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
     const validationFeatures = await readFeatures(activationsDir, meta, 'validation', 'boundary');
     validation = tf.tensor4d(validationFeatures.data, [meta.sets.validation.count, h, w, c]);
     const trainSet = meta.sets.views;
+    // The top with BatchNormalization in inference mode, folded into the convolutions (the same
+    // values and gradients as top.apply(x, {training: false}), faster backward).
+    const topForward = inferenceForward(tf, top);
     const forward = (x: Tensor, training: boolean, dropoutSeed: number) =>
-      tf.tidy(() => head.logitsOfActivation(top.apply(x, { training: false }) as Tensor, training, dropoutSeed));
+      tf.tidy(() => head.logitsOfActivation(topForward(x), training, dropoutSeed));
     const gather = (source: Tensor, rows: number[]) => tf.gather(source, tf.tensor1d(rows, 'int32'));
     const validationInput = validation;
     const validate = () =>

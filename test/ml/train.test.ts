@@ -1,6 +1,8 @@
 import { test } from 'uvu';
+import type { Scalar, Tensor, Variable } from '@tensorflow/tfjs-node';
 import * as assert from 'uvu/assert';
 import { loadTf } from '../../src/ml/tf.ts';
+import { boundaryFor, buildMobileNetV2, buildTop } from '../../src/ml/mobilenet.ts';
 import {
   KerasAdam,
   KerasRmsprop,
@@ -12,6 +14,7 @@ import {
   fit,
   evaluateBatches,
   glorotUniform,
+  inferenceForward,
   rng,
   shuffledIndices,
   sparseCategoricalCrossentropyFromLogits,
@@ -162,6 +165,43 @@ test('fit: a logistic model learns a separable problem; history is Keras-like', 
   assert.match(lines[0]!, /^Epoch 2\/5 - loss: \d\.\d{4} - accuracy: \d\.\d{4} - val_loss: \d\.\d{4} - val_accuracy: \d\.\d{4}$/);
   // optimizer slots (2 per variable) are the only tensors that stay
   assert.ok(tf.memory().numTensors - before <= 6, `leaked ${tf.memory().numTensors - before}`);
+});
+
+test('inferenceForward: the values and gradients of model.apply(x, {training: false}), BN folded', () => {
+  const base = buildMobileNetV2(tf, { alpha: 0.35, inputSize: 96, seed: 1 });
+  for (const layer of base.layers) {
+    if (layer.getClassName() !== 'BatchNormalization') continue;
+    const c = layer.getWeights()[0]!.shape[0]!;
+    layer.setWeights([
+      tf.randomUniform([c], 0.5, 1.5, 'float32', 1),
+      tf.randomUniform([c], -0.2, 0.2, 'float32', 2),
+      tf.randomUniform([c], -0.2, 0.2, 'float32', 3),
+      tf.randomUniform([c], 0.5, 2, 'float32', 4),
+    ]);
+  }
+  const boundary = boundaryFor(100, base.layers);
+  const top = buildTop(tf, base, boundary);
+  const forward = inferenceForward(tf, top);
+  const x = tf.randomNormal([3, ...boundary.shape], 0, 3, 'float32', 5);
+  const expected = top.apply(x, { training: false }) as Tensor;
+  const actual = forward(x);
+  const scale = tf.max(tf.abs(expected)).dataSync()[0]!;
+  assert.ok(scale > 0.1);
+  close(tf.max(tf.abs(expected.sub(actual))).dataSync()[0]!, 0, 1e-5 * scale);
+  const vars = top.trainableWeights.map((w) => w.read() as Variable);
+  const lossOf = (f: (t: Tensor) => Tensor) => () => f(x).square().mean() as Scalar;
+  const reference = tf.variableGrads(lossOf((t) => top.apply(t, { training: false }) as Tensor), vars);
+  const folded = tf.variableGrads(lossOf(forward), vars);
+  assert.is(Object.keys(folded.grads).length, vars.length);
+  for (const v of vars) {
+    const a = reference.grads[v.name]!;
+    const b = folded.grads[v.name]!;
+    const size = tf.max(tf.abs(a)).dataSync()[0]!;
+    close(tf.max(tf.abs(a.sub(b))).dataSync()[0]!, 0, 1e-4 * size + 1e-9, v.name);
+  }
+  // Moving statistics are no variables of the computation: only γ, β and kernels get gradients.
+  assert.ok(vars.every((v) => !/moving/.test(v.name)));
+  base.dispose();
 });
 
 test.run();
