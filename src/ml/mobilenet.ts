@@ -51,6 +51,8 @@ export type LayerSpec = LayerSpecBase &
 
 export type LayerKind = LayerSpec['kind'];
 
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
 export interface MobileNetV2Options {
   /** Width multiplier (Keras `alpha`). Default 1.0. */
   alpha?: number;
@@ -129,21 +131,22 @@ export function describeMobileNetV2(options: MobileNetV2Options = {}): LayerSpec
   let block = BLOCK_STEM;
   let last: LayerSpec;
 
-  const push = (spec: Omit<LayerSpecBase, 'index' | 'block' | 'inputs' | 'params' | 'trainableParams'> &
-    Partial<Pick<LayerSpecBase, 'inputs' | 'params' | 'trainableParams'>> &
-    Pick<LayerSpec, 'kind'> & Record<string, unknown>): LayerSpec => {
-    const params = spec.params ?? 0;
+  /** A layer as the helpers below describe it: `index` and `block` are filled in, `inputs`
+   * defaults to the previous layer, parameter counts default to 0 and all trainable. */
+  type NewLayer = DistributiveOmit<LayerSpec, 'index' | 'block' | 'inputs' | 'params' | 'trainableParams'> &
+    Partial<Pick<LayerSpecBase, 'inputs' | 'params' | 'trainableParams'>>;
+  const push = (layer: NewLayer): void => {
+    const params = layer.params ?? 0;
     const full = {
-      inputs: last ? [last.name] : [],
-      ...spec,
+      inputs: specs.length > 0 ? [last.name] : [],
+      ...layer,
       index: specs.length,
       block,
       params,
-      trainableParams: spec.trainableParams ?? params,
+      trainableParams: layer.trainableParams ?? params,
     } as LayerSpec;
     specs.push(full);
     last = full;
-    return full;
   };
   const conv = (name: string, filters: number, kernelSize: number, strides: number, padding: 'same' | 'valid') => {
     const [h, w, c] = last.outputShape;
