@@ -15,6 +15,7 @@
 // grid of training images with their class names, the recipe's first picture).
 
 import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { download, readDownloadRecord, sha256File } from '../src/download.ts';
 import { writeImageSet, type ImageSet } from '../src/ml/dataset.ts';
@@ -227,7 +228,8 @@ async function materialise(
       ctx.log(`downloaded ${source} (sha256 ${record.sha256}; pin it with \`sha256:\` to verify later downloads)`);
     }
   } else {
-    const local = path.resolve(source);
+    // Relative paths are relative to the pipeline file's directory, the stage process's cwd.
+    const local = source === '~' || source.startsWith('~/') ? path.join(os.homedir(), source.slice(1)) : path.resolve(source);
     let stat;
     try {
       stat = await fs.stat(local);

@@ -2,8 +2,9 @@
 //
 // With `train` + `validation` fetched (the recipe's data), the training set is kept whole and
 // shuffled, and the validation set is shuffled and cut as the recipe does: it is a dataset of
-// ceil(n / batch_size) batches; the first floor(batches · test_fraction) batches become `test`
-// (for 1000 images, batch_size 32 and test_fraction 0.2: 32 batches, 6 of them, 192 test images)
+// ceil(n / batch_size) batches; the first floor(batches · test_batch_fraction) batches become `test`
+// (for 1000 images, batch_size 32 and test_batch_fraction 0.2: 32 batches, 6 of them = the
+// tutorial's `val_batches // 5`, 192 test images)
 // and the rest stay `validation` (808). A fetched `test` set is kept as it is (shuffled).
 // The tutorial cuts a `tf.data` pipeline that reshuffles on every pass, so its test and validation
 // images are not even disjoint; here the cut is made once, so the two sets are disjoint and fixed.
@@ -11,6 +12,7 @@
 // With a single set (`all`, or `train` alone) the split is stratified: per class,
 // round(n · test_fraction) images go to `test`, round(n · validation_fraction) to `validation`,
 // the rest to `train`; each resulting set is then shuffled.
+// The two cases have separate parameters so that one pipeline can serve both kinds of data.
 //
 // Artifacts: image sets `train`, `validation`, `test` and `split.json` (rule, seed, counts per class).
 
@@ -25,17 +27,22 @@ export interface SplitParams {
   seed?: number;
   /** Batch size of the recipe's batch-wise test cut. Default 32. */
   batch_size?: number;
-  /** Share of the validation batches (recipe rule) or of each class (stratified) for `test`. Default 0.2 / 0.1. */
+  /** train + validation data: share of the validation batches (rounded down) that become `test`. Default 0.2. */
+  test_batch_fraction?: number;
+  /** Single-set data (stratified): share of each class for `test`. Default 0.1. */
   test_fraction?: number;
-  /** Stratified split only: share of each class for `validation`. Default 0.2. */
+  /** Single-set data (stratified): share of each class for `validation`. Default 0.2. */
   validation_fraction?: number;
 }
 
 export interface SplitRecord {
   rule: 'recipe' | 'keep' | 'stratified';
   seed: number;
-  batch_size: number;
-  test_fraction: number;
+  /** Recipe rule: batch size and share of validation batches cut off as test. */
+  batch_size?: number;
+  test_batch_fraction?: number;
+  /** Stratified rule: shares per class. */
+  test_fraction?: number;
   validation_fraction?: number;
   /** The fetched image sets the split read. */
   from: string[];
@@ -57,18 +64,26 @@ const splitKind: StageKind<SplitParams> = {
     properties: {
       seed: { type: 'integer', default: 42, description: 'seed of the shuffles' },
       batch_size: { type: 'integer', minimum: 1, default: 32, description: 'batch size of the recipe\'s test cut' },
+      test_batch_fraction: {
+        type: 'number',
+        minimum: 0,
+        exclusiveMaximum: 1,
+        default: 0.2,
+        description: 'train + validation data: share of the validation batches (rounded down) that become test',
+      },
       test_fraction: {
         type: 'number',
         minimum: 0,
         exclusiveMaximum: 1,
-        description: 'share of validation batches (recipe, default 0.2) or of each class (stratified, default 0.1) for test',
+        default: 0.1,
+        description: 'single-set data: share of each class for test',
       },
       validation_fraction: {
         type: 'number',
         minimum: 0,
         exclusiveMaximum: 1,
         default: 0.2,
-        description: 'stratified split: share of each class for validation',
+        description: 'single-set data: share of each class for validation',
       },
     },
     additionalProperties: false,
@@ -103,7 +118,7 @@ async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
   let record: SplitRecord;
   let sets: Record<SetName, { source: ImageSet; order: number[] }>;
   if (present.includes('train') && present.includes('validation')) {
-    const testFraction = ctx.params.test_fraction ?? 0.2;
+    const testFraction = ctx.params.test_batch_fraction ?? 0.2;
     const train = await readImageSet(dataDir, 'train');
     const validation = await readImageSet(dataDir, 'validation');
     checkSameClasses(train, validation, 'validation');
@@ -117,13 +132,13 @@ async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
         validation: { source: validation, order: validationOrder },
         test: { source: test, order: shuffle(indexes(test.count), createRng(seed, 3)) },
       };
-      record = baseRecord('keep', seed, batchSize, testFraction, ['train', 'validation', 'test'], train.classNames);
+      record = baseRecord('keep', seed, ['train', 'validation', 'test'], train.classNames);
     } else {
       const testCount = recipeTestCount(validation.count, batchSize, testFraction);
       if (testCount === 0 && testFraction > 0) {
         throw new Error(
           `the test set would be empty: ${validation.count} validation images make ` +
-            `${Math.ceil(validation.count / batchSize)} batches of ${batchSize}, and ${testFraction} of them is less than one batch`,
+            `${Math.ceil(validation.count / batchSize)} batches of ${batchSize}, and test_batch_fraction ${testFraction} of them is less than one batch`,
         );
       }
       if (testCount >= validation.count) {
@@ -134,7 +149,7 @@ async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
         validation: { source: validation, order: validationOrder.slice(testCount) },
         test: { source: validation, order: validationOrder.slice(0, testCount) },
       };
-      record = baseRecord('recipe', seed, batchSize, testFraction, ['train', 'validation'], train.classNames);
+      record = { ...baseRecord('recipe', seed, ['train', 'validation'], train.classNames), batch_size: batchSize, test_batch_fraction: testFraction };
       const batches = Math.ceil(validation.count / batchSize);
       ctx.log(
         `validation: ${batches} batches of ${batchSize}; the first ${Math.floor(batches * testFraction + 1e-9)} ` +
@@ -152,8 +167,11 @@ async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
       validation: { source: all, order: shuffle(parts.validation, createRng(seed, 2)) },
       test: { source: all, order: shuffle(parts.test, createRng(seed, 3)) },
     };
-    record = baseRecord('stratified', seed, batchSize, testFraction, [name], all.classNames);
-    record.validation_fraction = validationFraction;
+    record = {
+      ...baseRecord('stratified', seed, [name], all.classNames),
+      test_fraction: testFraction,
+      validation_fraction: validationFraction,
+    };
   } else {
     throw new Error(
       `cannot split the fetched sets ${present.join(', ') || '(none)'} in ${dataDir}: ` +
@@ -221,19 +239,10 @@ export function stratify(
   return parts;
 }
 
-function baseRecord(
-  rule: SplitRecord['rule'],
-  seed: number,
-  batchSize: number,
-  testFraction: number,
-  from: string[],
-  classNames: string[],
-): SplitRecord {
+function baseRecord(rule: SplitRecord['rule'], seed: number, from: string[], classNames: string[]): SplitRecord {
   return {
     rule,
     seed,
-    batch_size: batchSize,
-    test_fraction: testFraction,
     from,
     classNames,
     counts: { train: {}, validation: {}, test: {} },

@@ -64,7 +64,8 @@ test('the recipe rule: 1000 validation images → 32 batches, the first 6 (192 i
     train: syntheticSet('train', [30, 20], ['cats', 'dogs']),
     validation: syntheticSet('validation', [500, 500], ['cats', 'dogs']),
   });
-  const { sets, record, run } = await split(data, { seed: 3 });
+  // test_fraction belongs to the stratified rule and does not change the recipe's cut
+  const { sets, record, run } = await split(data, { seed: 3, test_fraction: 0.1 });
   assert.equal([sets.train.count, sets.validation.count, sets.test.count], [50, 808, 192]);
   assert.is(record.rule, 'recipe');
   assert.equal(record.counts.train, { cats: 30, dogs: 20 });
@@ -99,6 +100,8 @@ test('deterministic for a seed, different for another seed', async () => {
     assert.not.equal(a.sets[name].files, c.sets[name].files);
   }
   assert.is(a.sets.test.count, 16);
+  const fewer = await split(data, { seed: 7, batch_size: 8, test_batch_fraction: 0.1 });
+  assert.is(fewer.sets.test.count, 8); // 13 batches → 1
 });
 
 test('a single set is split stratified by class', async () => {
@@ -135,7 +138,7 @@ test('a fetched test set is kept; too few images is a clear error', async () => 
   } catch (error) {
     assert.is(
       (error as Error).message,
-      'the test set would be empty: 10 validation images make 1 batches of 32, and 0.2 of them is less than one batch',
+      'the test set would be empty: 10 validation images make 1 batches of 32, and test_batch_fraction 0.2 of them is less than one batch',
     );
   }
   const tiny = await fetched({ all: syntheticSet('all', [10, 2]) });
