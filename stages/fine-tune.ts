@@ -31,6 +31,7 @@ import {
   type History,
   type OptimizerName,
   type Task,
+  deriveSeed,
   epochLine,
   evaluateBatches,
   fit,
@@ -212,7 +213,8 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
       epochs: range.epochs,
       initialEpoch: range.initialEpoch,
       batchSize: params.batch_size,
-      seed: params.seed,
+      // Its own streams: with the head's seed, the first epochs would repeat the head's shuffles.
+      seed: deriveSeed(params.seed, 'fine-tune'),
       beforeEpoch: async (epoch) => {
         const view = epoch % trainSet.views;
         if (current?.view === view) return;
