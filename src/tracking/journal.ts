@@ -443,7 +443,7 @@ async function sendSimpleOp(client: MLflowClient, run: RemoteRun, op: JournalOp)
       else if (op.file !== undefined && existsSync(op.file)) content = await readFile(op.file);
       else {
         throw new MLflowError(
-          `Could not upload artifact ${op.path}: ${op.file ?? '(no file)'} no longer exists`,
+          `Could not upload artifact ${op.path}: ${op.file ?? '(no file)'} does not exist`,
           'rejected',
           'FILE_MISSING',
           undefined,

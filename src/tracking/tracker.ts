@@ -385,8 +385,9 @@ export function runName(e: RunStartEvent): string {
   return e.sweep !== undefined ? `${base} ${e.sweep.trial}` : base;
 }
 
+/** The run id as is when short enough to read (pipe's `20261128-033703-1fe1`), else its last 8 characters. */
 export function shortRunId(runId: string): string {
-  return runId.length <= 16 ? runId : runId.slice(-8);
+  return runId.length <= 24 ? runId : runId.slice(-8);
 }
 
 function runTags(e: RunStartEvent, opts: TrackerOptions, journalId: string, env: NodeJS.ProcessEnv): KeyValue[] {

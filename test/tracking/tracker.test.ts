@@ -171,8 +171,8 @@ test('a run logs params, every metric step, tags, artifacts, note and status', a
   assert.equal((await mlflow.client.getMetricHistory(runId, 'stage.train.duration_s')).map((m) => m.value), [3.5]);
 
   const tags = Object.fromEntries((run.data.tags ?? []).map((t) => [t.key, t.value]));
-  assert.is(tags['mlflow.runName'], 'demo aaaa1111');
-  assert.is(run.info.run_name, 'demo aaaa1111');
+  assert.is(tags['mlflow.runName'], 'demo 20260101-120000-aaaa1111');
+  assert.is(run.info.run_name, 'demo 20260101-120000-aaaa1111');
   assert.is(tags['mlflow.source.name'], 'pipelines/demo.yaml');
   assert.is(tags['mlflow.source.type'], 'LOCAL');
   assert.ok((tags['mlflow.user'] ?? '') !== '');
@@ -188,6 +188,40 @@ test('a run logs params, every metric step, tags, artifacts, note and status', a
   const record = JSON.parse(readFileSync(join(s.start.runDir, 'tracking.json'), 'utf8')) as { run_id: string; ended: string };
   assert.is(record.run_id, runId);
   assert.is(record.ended, 'FINISHED');
+});
+
+test('a failed stage: run FAILED, the error in the note; a sweep trial nests under its parent', async () => {
+  const s = synthetic('20260101-150000-dddd4444', 'tracker-failed', 2);
+  const parent = await mlflow.client.createRun({ experimentId: await mlflow.client.getOrCreateExperiment('tracker-failed'), runName: 'sweep parent' });
+  const tracker = createTracker({ projectDir, trackingUri: mlflow.uri, parentRunId: parent.info.run_id, batchIntervalMs: 100, log: () => {} });
+  tracker.listener({ ...s.start, sweep: { id: 'sweep-1', trial: 't03' } });
+  tracker.listener({ type: 'stage-start', stage: 'data', fingerprint: 'f1', startedAt: T0 });
+  tracker.listener({ ...s.dataEnd, status: 'failed', error: 'download failed: HTTP 404 for http://x/y.zip', metrics: [], artifacts: [] });
+  tracker.listener({ ...s.trainEnd, status: 'skipped', error: "upstream stage 'data' failed", durationMs: 0, metrics: [], artifacts: [] });
+  const summary: RunSummary = {
+    ...s.end.summary,
+    status: 'failed',
+    stages: [
+      { name: 'data', kind: 'download', status: 'failed', durationMs: 12, fingerprint: 'f1', reasons: ['no cache entry'], error: 'download failed: HTTP 404 for http://x/y.zip', summary: {} },
+      { name: 'train', kind: 'train-head', status: 'skipped', durationMs: 0, fingerprint: 'f2', reasons: [], error: "upstream stage 'data' failed", summary: {} },
+    ],
+    metrics: {},
+  };
+  tracker.listener({ type: 'run-end', summary, endedAt: T0 + 50 });
+  const result = await tracker.close();
+  assert.is(result.pending, 0);
+  const run = await mlflow.client.getRun(result.runs[0]!.runId!);
+  assert.is(run.info.status, 'FAILED');
+  const tags = Object.fromEntries((run.data.tags ?? []).map((t) => [t.key, t.value]));
+  assert.is(tags['mlflow.parentRunId'], parent.info.run_id);
+  assert.is(tags['mlflow.runName'], 'demo 20260101-150000-dddd4444 t03');
+  assert.is(tags['pipe.trial'], 't03');
+  const note = tags['mlflow.note.content'] ?? '';
+  assert.match(note, '| data | download | **failed** | 12 ms | no cache entry |');
+  assert.match(note, "| train | train-head | skipped |  | upstream stage 'data' failed |");
+  assert.match(note, '**Stage `data` failed:**\n\n```\ndownload failed: HTTP 404 for http://x/y.zip\n```');
+  assert.equal((await mlflow.client.getMetricHistory(run.info.run_id, 'stage.data.duration_s')).map((m) => m.value), [0.012]);
+  assert.equal(await mlflow.client.getMetricHistory(run.info.run_id, 'stage.data.cached'), []);
 });
 
 test('MLflow (sqlite store) ignores an exact duplicate metric row; the journal does not rely on it', async () => {
