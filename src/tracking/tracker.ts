@@ -7,12 +7,12 @@
 // `pipe sync` or the next `pipe run`.
 
 import { execFileSync } from 'node:child_process';
-import { statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { hostname, userInfo } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import type { RunEndEvent, RunEvent, RunListener, RunStartEvent, StageEndEvent, StageStatus } from '../events.ts';
 import type { MetricPoint } from '../stage-kind.ts';
-import { Journal, lockJournal, replayJournal, ReplaySession, unlockJournal, type JournalOp, type TrackingRef } from './journal.ts';
+import { Journal, JOURNAL_FILE, lockJournal, replayJournal, ReplaySession, unlockJournal, type JournalOp, type TrackingRef } from './journal.ts';
 import { authFromEnv, MLflowClient, splitCredentials, type KeyValue, type Metric, type RetryOptions } from './mlflow-client.ts';
 import { resolveTracking } from './server.ts';
 import { syncRuns, writeTrackingRecord, type TrackingRecord } from './sync.ts';
@@ -197,6 +197,12 @@ export function createTracker(opts: TrackerOptions): Tracker {
     const runDir = resolve(e.runDir);
     if (!lockJournal(runDir)) {
       log(`MLflow tracking skipped: another process holds ${join(runDir, 'mlflow-journal.lock')}`);
+      current = undefined;
+      return;
+    }
+    if (existsSync(join(runDir, JOURNAL_FILE))) {
+      unlockJournal(runDir);
+      log(`MLflow tracking skipped: ${runDir} already has a journal (one MLflow run per run directory)`);
       current = undefined;
       return;
     }
