@@ -98,7 +98,12 @@ async function runCommand(spec: StageSpec): Promise<void> {
     outs[out] = await hashPath(target);
   }
   for (const file of spec.metrics) {
-    const values = JSON.parse(await fs.readFile(path.resolve(spec.cwd, file), 'utf8')) as unknown;
+    const source = path.resolve(spec.cwd, file);
+    const values = JSON.parse(await fs.readFile(source, 'utf8')) as unknown;
+    // The metrics file is also an artifact of the run: keep a copy in the entry.
+    const copy = path.join(spec.outDir, file);
+    await fs.mkdir(path.dirname(copy), { recursive: true });
+    await fs.copyFile(source, copy);
     for (const [key, value] of flattenNumbers(values)) await send({ t: 'metric', key, value, step: 0, timestamp: Date.now() });
     await send({ t: 'artifact', path: file });
   }
