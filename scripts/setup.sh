@@ -34,6 +34,8 @@ EOF
 }
 
 GPU=0
+# `npm run setup --gpu` (without the `--`) reaches us as npm config, not as an argument.
+[ "${npm_config_gpu:-}" != true ] || GPU=1
 for arg in "$@"; do
   case "$arg" in
     --gpu) GPU=1 ;;
@@ -149,7 +151,9 @@ check_prerequisites() {
     py_facts="$("$PYTHON" -c 'import importlib.util as u, sys
 print("%d.%d.%d" % sys.version_info[:3], int(bool(u.find_spec("venv") and u.find_spec("ensurepip"))), int(bool(u.find_spec("pip"))), sys.executable)' 2>/dev/null || true)"
   fi
-  if [ -z "$py_facts" ]; then
+  if [ -z "$py_facts" ] && [ -n "${PIPE_PYTHON:-}" ]; then
+    PROBLEMS+=("PIPE_PYTHON=$PIPE_PYTHON does not run: point it at a Python >= 3.10, or unset it to use python3 on PATH.")
+  elif [ -z "$py_facts" ]; then
     APT_MISSING+=(python3 python3-venv python3-pip)
   else
     local has_venv has_pip
@@ -169,8 +173,8 @@ if [ ${#APT_MISSING[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing missing Debian packages: ${APT_MISSING[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    logged "$CACHE_DIR/logs/apt-get.log" apt-get update
-    logged "$CACHE_DIR/logs/apt-get.log" apt-get install -y --no-install-recommends "${APT_MISSING[@]}"
+    logged "$CACHE_DIR/logs/apt-get-update.log" apt-get update
+    logged "$CACHE_DIR/logs/apt-get-install.log" apt-get install -y --no-install-recommends "${APT_MISSING[@]}"
     check_prerequisites
   fi
   [ ${#APT_MISSING[@]} -eq 0 ] ||
