@@ -16,7 +16,7 @@ import { loadPipeline, type PipelineFile } from './pipeline.ts';
 import { planPipeline, type Plan } from './plan.ts';
 import { hashIndexPath, newRunId, openCache, projectPaths, statePath, type ProjectPaths } from './project.ts';
 import { plainRenderer, runLogWriter, ttyRenderer } from './render.ts';
-import { gpuIds, resolveFlavour, tensorflowRuntime } from './runtime-info.ts';
+import { gpuIds, resolveFlavour, runtimeFingerprint } from './runtime.ts';
 
 export interface Prepared {
   paths: ProjectPaths;
@@ -81,7 +81,7 @@ export async function prepare(
     cache: openCache(paths),
     statePath: statePath(paths, pipelineFile.name),
     hashIndexPath: hashIndexPath(paths),
-    runtime: tensorflowRuntime(flavour),
+    runtime: runtimeFingerprint(flavour),
     force,
   });
   if (!planned.ok) {

@@ -49,7 +49,7 @@ test('every problem at once: unknown field, kind, param, stage, param reference,
   const expected = [
     "<command line>: error: -p nope=1: unknown param 'nope' (params of p.yaml: rate)",
     "<command line>: error: -p rate=fast: param 'rate': expected a number, got 'fast'",
-    "p.yaml:6:19: error: stages.a.run.1: unknown param 'missing' in ${params.missing} (declared params: rate)",
+    "p.yaml:6:17: error: stages.a.run.1: unknown param 'missing' in ${params.missing} (declared params: rate)",
     "p.yaml:8:11: error: stages.b.kind: unknown stage kind 'nope' (expected one of: fetch, split, augment, extract-features, train-head, fine-tune, evaluate, or 'run:' for a command)",
     "p.yaml:11:13: error: stages.c.needs.0: no stage named 'zzz' (stages: a, b, c, d, e)",
     "p.yaml:12:5: error: stages.c.colour: unknown field 'colour'",
