@@ -163,7 +163,7 @@ function interpolate(
   return { value, refs };
 }
 
-const kindAjv = new Ajv({ allErrors: true, strict: false, useDefaults: true });
+const kindAjv = new Ajv({ allErrors: true, strict: false, useDefaults: true, verbose: true });
 const kindValidators = new WeakMap<StageKind, ReturnType<typeof kindAjv.compile>>();
 
 function validatorFor(kind: StageKind) {
