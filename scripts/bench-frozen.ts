@@ -40,13 +40,18 @@ const folded = () => {
 };
 
 const times: Record<string, number[]> = { layers: [], folded: [] };
+/** CPU time (user + system, all threads) per run: less sensitive than wall time to other load. */
+const cpu: Record<string, number[]> = { layers: [], folded: [] };
 layers(); // warm-up
 folded();
 for (let rep = 0; rep < reps; rep++) {
   for (const [name, f] of [['layers', layers], ['folded', folded]] as const) {
     const start = performance.now();
+    const cpuStart = process.cpuUsage();
     f();
+    const used = process.cpuUsage(cpuStart);
     times[name]!.push(performance.now() - start);
+    cpu[name]!.push((used.user + used.system) / 1000);
   }
 }
 const diff = tf.tidy(() => {
@@ -54,10 +59,13 @@ const diff = tf.tidy(() => {
   const [b] = net.apply(x);
   return [tf.max(tf.abs(tf.sub(a, b!))).dataSync()[0]!, tf.max(tf.abs(a)).dataSync()[0]!];
 });
-console.log(`MobileNetV2 alpha ${alpha}, ${size}×${size}, batch ${batch}, ${reps} reps (median, best):`);
+const median = (list: number[]) => [...list].sort((p, q) => p - q)[Math.floor(list.length / 2)]!;
+console.log(`MobileNetV2 alpha ${alpha}, ${size}×${size}, batch ${batch}, ${reps} reps:`);
 for (const [name, list] of Object.entries(times)) {
-  const sorted = [...list].sort((p, q) => p - q);
-  const median = sorted[Math.floor(sorted.length / 2)]!;
-  console.log(`  ${name.padEnd(7)} ${((batch * 1000) / median).toFixed(1)} images/s, best ${((batch * 1000) / sorted[0]!).toFixed(1)}`);
+  const best = Math.min(...list);
+  console.log(
+    `  ${name.padEnd(7)} ${((batch * 1000) / median(list)).toFixed(1)} images/s (median; best ${((batch * 1000) / best).toFixed(1)}), ` +
+      `${(median(cpu[name]!) / batch).toFixed(1)} CPU ms per image`,
+  );
 }
 console.log(`  max |layers − folded| = ${diff[0]} (max |out| = ${diff[1]})`);
