@@ -152,7 +152,11 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       io.err(`${error.message}\n`);
       return EXIT_INVALID;
     }
-    throw error;
+    // Anything else is unexpected: say what failed; the stack only when asked.
+    const err = error as Error;
+    io.err(`pipe ${command}: ${err.message ?? String(error)}\n`);
+    if (process.env['PIPE_DEBUG']) io.err(`${err.stack ?? ''}\n`);
+    return EXIT_FAILED;
   }
 }
 

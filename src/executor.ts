@@ -245,6 +245,13 @@ async function runInChild(
     metrics: a.metrics,
   };
   const env: Record<string, string> = { TF_CPP_MIN_LOG_LEVEL: process.env['TF_CPP_MIN_LOG_LEVEL'] ?? '2', ...a.env };
+  if (a.kind?.usesTensorflow) {
+    // TensorFlow allocates and frees large tensors constantly; glibc's defaults return them to the
+    // kernel each time and page-fault them back in (measured: 9.5 → 1.3 ms of system time per
+    // image in the frozen base). Keep freed memory in the process instead.
+    env['MALLOC_MMAP_THRESHOLD_'] ??= process.env['MALLOC_MMAP_THRESHOLD_'] ?? '1073741824';
+    env['MALLOC_TRIM_THRESHOLD_'] ??= process.env['MALLOC_TRIM_THRESHOLD_'] ?? '2147483648';
+  }
   if (gpus.length > 0 || options.gpuIds.length > 0) env['CUDA_VISIBLE_DEVICES'] = gpus.join(',');
 
   const child = execa(process.execPath, ['--import', tsxLoader, stageProcessPath], {
