@@ -122,7 +122,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
         const [model, ...images] = positionals;
         if (!model || images.length === 0) throw new UsageError('pipe predict MODEL IMAGE...: give a model directory and at least one image');
         const { predict } = await import('./predict.ts');
-        return await predict(model, images, (line) => io.out(`${line}\n`));
+        return await predict(model, images, (line) => io.out(`${line}\n`), { err: (line) => io.err(`${line}\n`) });
       }
       case 'ui': {
         const { uiCommand } = await import('./tracking/ui.ts');

@@ -60,8 +60,8 @@ const kind: StageKind<EvaluateParams> = {
   params: {
     type: 'object',
     properties: {
-      batch_size: { type: 'integer', minimum: 1, default: 32 },
-      picture_images: { type: 'integer', minimum: 1, maximum: 64, default: 9 },
+      batch_size: { type: 'integer', minimum: 1, default: 32, description: 'batch size' },
+      picture_images: { type: 'integer', minimum: 1, maximum: 64, default: 9, description: 'test images in the predictions picture (the recipe: 9)' },
     },
     additionalProperties: false,
   },

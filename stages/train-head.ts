@@ -83,12 +83,12 @@ const kind: StageKind<TrainHeadParams> = {
   params: {
     type: 'object',
     properties: {
-      epochs: { type: 'integer', minimum: 1, default: 10 },
-      learning_rate: { type: 'number', exclusiveMinimum: 0, default: 1e-4 },
-      optimizer: { enum: [...optimizerNames], default: 'adam' },
-      dropout: { type: 'number', minimum: 0, exclusiveMaximum: 1, default: 0.2 },
-      batch_size: { type: 'integer', minimum: 1, default: 32 },
-      seed: { type: 'integer', default: 0 },
+      epochs: { type: 'integer', minimum: 1, default: 10, description: 'epochs of phase 1 (the recipe: initial_epochs = 10); epoch e trains on view e mod views of each image' },
+      learning_rate: { type: 'number', exclusiveMinimum: 0, default: 1e-4, description: 'base_learning_rate of the recipe' },
+      optimizer: { enum: [...optimizerNames], default: 'adam', description: 'Keras Adam (β 0.9/0.999, ε 1e-7), RMSprop (ρ 0.9, ε 1e-7) or SGD' },
+      dropout: { type: 'number', minimum: 0, exclusiveMaximum: 1, default: 0.2, description: 'Dropout rate before the Dense logit' },
+      batch_size: { type: 'integer', minimum: 1, default: 32, description: 'batch size' },
+      seed: { type: 'integer', default: 0, description: 'seed of the initialisation, the shuffles and the dropout' },
     },
     additionalProperties: false,
   },
