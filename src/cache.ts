@@ -19,6 +19,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { FingerprintRecord } from './fingerprint.ts';
 import type { MetricPoint } from './stage-kind.ts';
+import { processAlive } from './files.ts';
 import { diskUsage } from './hash.ts';
 
 export interface EntryResult {
@@ -206,15 +207,6 @@ async function readLock(file: string): Promise<LockInfo | undefined> {
 
 function isStale(lock: LockInfo): boolean {
   return lock.host === os.hostname() && !processAlive(lock.pid);
-}
-
-export function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 export async function readMetricsFile(file: string): Promise<MetricPoint[]> {

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { isMap, isScalar } from 'yaml';
 import { analyze, parseOverride, type AnalyzedPipeline, type Override } from './analyze.ts';
 import { EXIT_FAILED, EXIT_INVALID, EXIT_OK, printDiagnostics, UsageError, type CliOptions, type Io } from './cli.ts';
-import type { Diagnostic } from './diagnostics.ts';
+import { dedupeDiagnostics, type Diagnostic } from './diagnostics.ts';
 import type { RunListener, RunSummary } from './events.ts';
 import { execute } from './executor.ts';
 import { shortFingerprint } from './fingerprint.ts';
@@ -55,7 +55,7 @@ export async function prepare(
   const analyzed = await analyze(pipelineFile, { overrides: overridesFrom(values), values: extra.values });
   const problems = [...loaded.diagnostics, ...(analyzed.ok ? [] : analyzed.diagnostics)];
   if (!analyzed.ok || problems.length > 0) {
-    printDiagnostics(io, dedupe(problems), texts);
+    printDiagnostics(io, dedupeDiagnostics(problems), texts);
     return undefined;
   }
   const requested = (values.backend as 'auto' | 'cpu' | 'gpu' | undefined) ?? pipelineFile.backend;
@@ -91,16 +91,6 @@ export async function prepare(
   return { paths, file: pipelineFile, pipeline: analyzed.value, plan: planned.plan, flavour };
 }
 
-/** The same problem found by the schema and by analysis is reported once. */
-function dedupe(list: Diagnostic[]): Diagnostic[] {
-  const seen = new Set<string>();
-  return list.filter((d) => {
-    const key = `${d.file}:${d.line}:${d.col}:${d.message}`;
-    if (seen.has(key)) return false;
-    seen.add(key);
-    return true;
-  });
-}
 
 export async function statusCommand(file: string, values: CliOptions, io: Io): Promise<number> {
   const prepared = await prepare(file, values, io);

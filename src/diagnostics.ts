@@ -63,5 +63,16 @@ export function sortDiagnostics(list: Diagnostic[]): Diagnostic[] {
   return [...list].sort((a, b) => a.file.localeCompare(b.file) || a.line - b.line || a.col - b.col);
 }
 
+/** The same problem found twice (by the schema and by analysis) is reported once. */
+export function dedupeDiagnostics(list: Diagnostic[]): Diagnostic[] {
+  const seen = new Set<string>();
+  return list.filter((d) => {
+    const key = `${d.file}:${d.line}:${d.col}:${d.message}`;
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
 /** Expected failures are values: either a result or the problems that prevented it. */
 export type Result<T> = { ok: true; value: T } | { ok: false; diagnostics: Diagnostic[] };

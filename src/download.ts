@@ -14,6 +14,7 @@ import * as path from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
+import { exists, processAlive } from './files.ts';
 
 export interface DownloadOptions {
   url: string;
@@ -239,14 +240,6 @@ async function acquireLock(lockFile: string): Promise<() => Promise<void>> {
   }
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 function isNetworkError(error: unknown): boolean {
   // fetch() rejects with a TypeError ("fetch failed", "terminated") for socket-level failures.
@@ -266,14 +259,6 @@ async function sizeOf(file: string): Promise<number> {
   }
 }
 
-async function exists(file: string): Promise<boolean> {
-  try {
-    await fs.access(file);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function messageOf(error: unknown): string {
   if (error instanceof Error) {

@@ -9,7 +9,7 @@ import { convertOverride, type AnalyzedStage } from './analyze.ts';
 import { EXIT_FAILED, EXIT_INVALID, EXIT_OK, printDiagnostics, UsageError, type CliOptions, type Io } from './cli.ts';
 import { executePrepared, prepare, type Prepared } from './commands.ts';
 import type { Diagnostic } from './diagnostics.ts';
-import { at } from './diagnostics.ts';
+import { at, dedupeDiagnostics } from './diagnostics.ts';
 import type { RunEvent, RunListener, RunSummary, StageEndEvent } from './events.ts';
 import { canonicalJson } from './fingerprint.ts';
 import { checkParamValue, loadPipeline, rangeOf, type PipelineFile } from './pipeline.ts';
@@ -260,7 +260,7 @@ export async function sweepCommand(file: string, values: CliOptions, io: Io): Pr
     }
   }
   if (diagnostics.length) {
-    printDiagnostics(io, dedupe(diagnostics), { [file]: pipelineFile.source.text });
+    printDiagnostics(io, dedupeDiagnostics(diagnostics), { [file]: pipelineFile.source.text });
     return EXIT_INVALID;
   }
   if (trials.length === 0) throw new UsageError(`pipe sweep ${file}: nothing to sweep: add a sweep: section or -S NAME=V1,V2`);
@@ -378,14 +378,4 @@ function printDryRun(io: Io, trials: Trial[], sweepPlan: SweepPlan): void {
     const shared = ids.length === trials.length ? 'all trials' : ids.join(', ');
     io.out(`  ${stage.name.padEnd(width)}  ${stage.cached ? 'cached  ' : 'will run'}  ${shared}\n`);
   }
-}
-
-function dedupe(list: Diagnostic[]): Diagnostic[] {
-  const seen = new Set<string>();
-  return list.filter((d) => {
-    const key = `${d.file}:${d.line}:${d.col}:${d.message}`;
-    if (seen.has(key)) return false;
-    seen.add(key);
-    return true;
-  });
 }

@@ -21,6 +21,7 @@ import * as path from 'node:path';
 import { createRng, shuffle } from '../src/ml/augment.ts';
 import { imageBytes, readImageSet, writeImageSet, type ImageSet } from '../src/ml/dataset.ts';
 import type { StageContext, StageKind } from '../src/stage-kind.ts';
+import { exists } from '../src/files.ts';
 
 export interface SplitParams {
   /** Seed of every shuffle. Default 42. */
@@ -95,15 +96,6 @@ const splitKind: StageKind<SplitParams> = {
 };
 
 export default splitKind;
-
-async function exists(file: string): Promise<boolean> {
-  try {
-    await fs.access(file);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
   const dataDir = ctx.inputs['data'];

@@ -8,6 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
+import { processAlive } from '../files.ts';
 
 export interface TrackingTarget {
   /** Base URL of the tracking server (no trailing slash). */
@@ -314,15 +315,8 @@ export function killGroup(pid: number, signal: NodeJS.Signals = 'SIGTERM'): bool
   }
 }
 
-export function isPidAlive(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+/** Whether the pid runs on this machine (kept under this name for the tracking modules). */
+export const isPidAlive = processAlive;
 
 // ---- internals ----
 
