@@ -113,7 +113,7 @@ export async function execute(options: ExecuteOptions): Promise<RunSummary> {
         const entry = await cache.read(stage.fingerprint);
         if (entry) return finish(stage, await restore(stage, entry, options));
       }
-      const grant = await slots.acquire(stage.stage.resources.cpu ?? 1, stage.stage.resources.gpu ?? 0);
+      const grant = await slots.acquire(stage.stage.resources.cpu ?? 1, gpusWanted(stage, options.backend));
       try {
         if (abortReason) return finish(stage, skipped(`not started: ${abortReason}`));
         return finish(stage, await runStage(stage, grant.gpus, options, emit, children, () => abortReason));
@@ -346,6 +346,13 @@ async function runInChild(
   else error = `stage process exited with code ${result.exitCode ?? '?'}${stderrTail.length ? `: ${stderrTail.slice(-3).join(' | ')}` : ''}`;
   if (errorReport?.stack) emit({ type: 'stage-log', stage: stage.name, stream: 'log', line: errorReport.stack });
   return { status: 'failed', durationMs, error, metrics, artifacts: [], summary };
+}
+
+/** A TensorFlow stage on the GPU flavour takes one GPU unless its resources say otherwise. */
+function gpusWanted(stage: PlannedStage, backend: 'cpu' | 'gpu'): number {
+  const declared = stage.stage.decl.resources.gpu;
+  if (declared !== undefined) return declared;
+  return stage.stage.kind?.usesTensorflow && backend === 'gpu' ? 1 : (stage.stage.resources.gpu ?? 0);
 }
 
 function upstreamFingerprint(plan: Plan, name: string): string {
