@@ -15,7 +15,7 @@ import { shortFingerprint } from './fingerprint.ts';
 import { loadPipeline, type PipelineFile } from './pipeline.ts';
 import { planPipeline, type Plan } from './plan.ts';
 import { hashIndexPath, newRunId, openCache, projectPaths, statePath, type ProjectPaths } from './project.ts';
-import { plainRenderer, runLogWriter, ttyRenderer } from './render.ts';
+import { outputLinker, plainRenderer, runLogWriter, ttyRenderer } from './render.ts';
 import { gpuIds, resolveFlavour, runtimeFingerprint } from './runtime.ts';
 
 export interface Prepared {
@@ -138,7 +138,7 @@ export async function executePrepared(
   prepared: Prepared,
   values: CliOptions,
   io: Io,
-  extra: { sweep?: { id: string; trial: string }; parentRunId?: string; listeners?: RunListener[]; quiet?: boolean; runId?: string; runDir?: string } = {},
+  extra: { sweep?: { id: string; trial: string }; parentRunId?: string; listeners?: RunListener[]; quiet?: boolean; runId?: string; runDir?: string; latest?: boolean } = {},
 ): Promise<RunOutcome> {
   const { paths, file, pipeline, plan, flavour } = prepared;
   const runId = extra.runId ?? newRunId();
@@ -156,7 +156,7 @@ export async function executePrepared(
     listeners.push(io.isTTY ? ttyRenderer(write, { verbose }) : plainRenderer(write, { verbose }));
   }
   const logWriter = runLogWriter(path.join(runDir, 'log.txt'));
-  listeners.push(logWriter.listener, ...(extra.listeners ?? []));
+  listeners.push(logWriter.listener, outputLinker(runDir, { latest: extra.latest ?? true }), ...(extra.listeners ?? []));
 
   let tracker: import('./tracking/tracker.ts').Tracker | undefined;
   if (file.tracking.enabled && !values['no-track'] && process.env['PIPE_NO_TRACK'] !== '1') {

@@ -107,7 +107,7 @@ export interface RunSummary {
   status: 'succeeded' | 'failed';
   durationMs: number;
   stages: StageSummary[];
-  /** The last value of every metric, keyed `stage.metric` (e.g. `evaluate.test_accuracy`). */
+  /** The last value (highest step) of every metric the stages reported, by key (e.g. `test_accuracy`). */
   metrics: Record<string, number>;
 }
 

@@ -1,7 +1,8 @@
 // Subscribers that show a run to a person: a live view of the stages on a TTY, plain timestamped
 // lines otherwise (CI, pipes), the run log file, and the end-of-run summary.
 
-import { createWriteStream, type WriteStream } from 'node:fs';
+import { createWriteStream, mkdirSync, renameSync, rmSync, symlinkSync, type WriteStream } from 'node:fs';
+import * as path from 'node:path';
 import type { RunEvent, RunListener, RunSummary, StageStatus } from './events.ts';
 import { shortFingerprint } from './fingerprint.ts';
 
@@ -208,4 +209,31 @@ export function runLogWriter(file: string): { listener: RunListener; close(): Pr
     }
   };
   return { listener, close: () => new Promise((resolve) => stream.end(resolve)) };
+}
+
+/**
+ * Links each finished stage's artifacts into the run directory (`<runDir>/stages/<stage>` → the
+ * cache entry's out/), and `runs/<pipeline>/latest` to the run, so that a person finds a run's
+ * outputs without fingerprints: `pipe predict runs/mobilenet/latest/stages/evaluate photo.jpg`.
+ */
+export function outputLinker(runDir: string, options: { latest?: boolean } = {}): RunListener {
+  return (event) => {
+    try {
+      if (event.type === 'stage-end' && event.outDir) {
+        const link = path.join(runDir, 'stages', event.stage);
+        mkdirSync(path.dirname(link), { recursive: true });
+        rmSync(link, { force: true });
+        symlinkSync(event.outDir, link, 'dir');
+      } else if (event.type === 'run-end' && options.latest !== false) {
+        const latest = path.join(path.dirname(runDir), 'latest');
+        const tmp = `${latest}.${process.pid}`;
+        rmSync(tmp, { force: true });
+        symlinkSync(path.basename(runDir), tmp, 'dir');
+        // rename over the old link: atomic, so a reader never finds no `latest`.
+        renameSync(tmp, latest);
+      }
+    } catch {
+      // Links are a convenience; a run never fails for them.
+    }
+  };
 }

@@ -14,7 +14,7 @@ import type { RunEvent, RunListener, RunSummary, StageEndEvent } from './events.
 import { canonicalJson } from './fingerprint.ts';
 import { checkParamValue, loadPipeline, rangeOf, type PipelineFile } from './pipeline.ts';
 import type { Plan, PlannedStage } from './plan.ts';
-import { formatDuration, runLogWriter } from './render.ts';
+import { formatDuration, outputLinker, runLogWriter } from './render.ts';
 
 export interface Trial {
   /** t1, t2, …: stable within a sweep definition (grid order, then explicit trials). */
@@ -312,15 +312,17 @@ export async function sweepCommand(file: string, values: CliOptions, io: Io): Pr
     const writer = runLogWriter(path.join(trialRunDir(trial), 'log.txt'));
     closers.push(() => writer.close());
     const tracker = trialListeners.get(trial.id);
+    const linker = outputLinker(trialRunDir(trial), { latest: false });
     trialListeners.set(trial.id, (event) => {
       void writer.listener(event);
+      void linker(event);
       return tracker?.(event);
     });
   }
   const trialMetrics = new Map<string, Record<string, number>>();
   const demux = demultiplex(sweepPlan, trials, trialListeners, trialRunDir, prepared, trialMetrics);
   const mergedPrepared: Prepared = { ...first, plan: sweepPlan.plan };
-  const { summary } = await executePrepared(mergedPrepared, { ...values, 'no-track': true }, io, { listeners: [demux], runDir: sweepDir, runId: sweepId });
+  const { summary } = await executePrepared(mergedPrepared, { ...values, 'no-track': true }, io, { listeners: [demux], runDir: sweepDir, runId: sweepId, latest: false });
   for (const close of closers) await close().catch(() => undefined);
 
   const rows = trials.map((trial) => {

@@ -40,6 +40,8 @@ test('a second run is fully cached', async () => {
   const second = await pipe(dir, ['run', 'p.yaml', '--json']);
   assert.is(second.exitCode, 0);
   assert.equal(statuses(second.stdout), { make: 'cached', count: 'cached', other: 'cached' });
+  // The latest run links each stage's artifacts.
+  assert.is(readFileSync(path.join(dir, 'runs', 'demo', 'latest', 'stages', 'count', 'b.txt'), 'utf8').trim(), '6');
   assert.equal([count(dir, 'make'), count(dir, 'count'), count(dir, 'other')], [1, 1, 1]);
   const summary = JSON.parse(second.stdout) as { stages: Array<{ fingerprint: string; durationMs: number }> };
   assert.ok(summary.stages.every((s) => /^[0-9a-f]{64}$/.test(s.fingerprint) && typeof s.durationMs === 'number'));

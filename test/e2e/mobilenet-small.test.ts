@@ -148,4 +148,47 @@ test('pipe predict classifies images with the saved model', async () => {
   assert.match(missing.stderr, /^pipe predict: no saved model at .*nowhere/m);
 });
 
+interface SweepResult {
+  trials: Array<{ id: string; values: Record<string, unknown>; status: string; metrics: Record<string, number> }>;
+  stages: Array<{ name: string; status: string }>;
+}
+
+test('a sweep of the learning pipeline runs shared stages once, nests trials under a parent run, and resumes', async () => {
+  const sweepDir = project({ 'small.yaml': pipeline.replace('experiment: small-e2e', 'experiment: small-sweep') });
+  await writeImageFolder(path.join(sweepDir, 'images'), { classes: { cats: 12, dogs: 12 }, height: 64, width: 80 });
+  const env = { PIPE_NO_TRACK: '0', MLFLOW_TRACKING_URI: mlflow.uri };
+  const r = await pipe(sweepDir, ['sweep', 'small.yaml', '-S', 'fine_tune_at=100,120', '--json'], env);
+  assert.is(r.exitCode, 0, r.stderr);
+  const result = JSON.parse(r.stdout) as SweepResult;
+  assert.is(result.trials.length, 2);
+  assert.ok(result.trials.every((t) => t.status === 'succeeded' && typeof t.metrics['test_accuracy'] === 'number'));
+  const ran = (prefix: string) => result.stages.filter((s) => s.name === prefix || s.name.startsWith(`${prefix}[`)).map((s) => s.status);
+  // Shared: one execution each. Per trial: activations (different boundaries), fine-tune, evaluate.
+  for (const shared of ['fetch', 'split', 'augment', 'features', 'head']) assert.equal(ran(shared), ['ran'], shared);
+  for (const perTrial of ['activations', 'fine-tune', 'evaluate']) assert.equal(ran(perTrial), ['ran', 'ran'], perTrial);
+  assert.match(r.stderr, /trial\s+fine_tune_at\s+status\s+test_accuracy/);
+
+  const experiment = await mlflow.client.getExperimentByName('small-sweep');
+  assert.ok(experiment);
+  const { runs } = await mlflow.client.searchRuns({ experimentIds: [experiment.experiment_id] });
+  assert.is(runs.length, 3, 'a parent run and two trial runs');
+  const tag = (run: (typeof runs)[number], key: string) => (run.data.tags ?? []).find((t) => t.key === key)?.value;
+  const parent = runs.find((run) => tag(run, 'pipe.sweep') !== undefined);
+  assert.ok(parent, 'the parent run');
+  const children = runs.filter((run) => run !== parent);
+  assert.ok(children.every((run) => tag(run, 'mlflow.parentRunId') === parent.info.run_id));
+  assert.ok(children.every((run) => run.info.status === 'FINISHED'));
+  const best = await mlflow.client.getMetricHistory(parent.info.run_id, 'best.test_accuracy');
+  assert.is(best.length, 1);
+  const parentArtifacts = (await mlflow.client.listArtifactsRecursive(parent.info.run_id)).map((f) => f.path);
+  assert.ok(parentArtifacts.includes('trials.json') && parentArtifacts.includes('objective.png'), parentArtifacts.join(', '));
+
+  const again = await pipe(sweepDir, ['sweep', 'small.yaml', '-S', 'fine_tune_at=100,120', '--json'], env);
+  assert.ok((JSON.parse(again.stdout) as SweepResult).stages.every((s) => s.status === 'cached'));
+  const more = await pipe(sweepDir, ['sweep', 'small.yaml', '-S', 'fine_tune_at=100,120,101', '--json'], env);
+  const moreStages = (JSON.parse(more.stdout) as SweepResult).stages;
+  // 101 shares 100's block boundary: only its fine-tune and evaluate run.
+  assert.equal(moreStages.filter((s) => s.status === 'ran').map((s) => s.name.replace(/\[.*/, '')).sort(), ['evaluate', 'fine-tune']);
+});
+
 test.run();
