@@ -138,7 +138,7 @@ export async function executePrepared(
   prepared: Prepared,
   values: CliOptions,
   io: Io,
-  extra: { sweep?: { id: string; trial: string }; parentRunId?: string; listeners?: RunListener[]; quiet?: boolean; runId?: string; runDir?: string; latest?: boolean } = {},
+  extra: { sweep?: { id: string; trial: string }; parentRunId?: string; listeners?: RunListener[]; quiet?: boolean; runId?: string; runDir?: string; latest?: boolean; summaryMetrics?: boolean } = {},
 ): Promise<RunOutcome> {
   const { paths, file, pipeline, plan, flavour } = prepared;
   const runId = extra.runId ?? newRunId();
@@ -201,6 +201,7 @@ export async function executePrepared(
       cpuSlots: values.jobs ? Math.max(1, Number(values.jobs)) : os.availableParallelism(),
       gpuIds: gpuIds(),
       failFast: Boolean(values['fail-fast']),
+      summaryMetrics: extra.summaryMetrics,
       listeners,
       signal: controller.signal,
     });

@@ -33,6 +33,8 @@ export interface ExecuteOptions {
   gpuIds: string[];
   failFast: boolean;
   listeners: RunListener[];
+  /** False for a sweep's merged run, whose stages belong to different trials: no run metrics. */
+  summaryMetrics?: boolean;
   /** Aborts the run (SIGINT): running stages are stopped, nothing more starts. */
   signal?: AbortSignal;
 }
@@ -131,7 +133,7 @@ export async function execute(options: ExecuteOptions): Promise<RunSummary> {
     return { name: s.name, kind: s.kindName, status: o.status, durationMs: o.durationMs, fingerprint: s.fingerprint, error: o.error, reasons: s.reasons, summary: o.summary };
   });
   const metrics: Record<string, number> = {};
-  for (const s of plan.stages) {
+  for (const s of options.summaryMetrics === false ? [] : plan.stages) {
     const points = [...(outcomes.get(s.name)?.metrics ?? [])].sort((a, b) => a.step - b.step || a.timestamp - b.timestamp);
     for (const point of points) metrics[point.key] = point.value;
   }

@@ -322,7 +322,7 @@ export async function sweepCommand(file: string, values: CliOptions, io: Io): Pr
   const trialMetrics = new Map<string, Record<string, number>>();
   const demux = demultiplex(sweepPlan, trials, trialListeners, trialRunDir, prepared, trialMetrics);
   const mergedPrepared: Prepared = { ...first, plan: sweepPlan.plan };
-  const { summary } = await executePrepared(mergedPrepared, { ...values, 'no-track': true }, io, { listeners: [demux], runDir: sweepDir, runId: sweepId, latest: false });
+  const { summary } = await executePrepared(mergedPrepared, { ...values, 'no-track': true }, io, { listeners: [demux], runDir: sweepDir, runId: sweepId, latest: false, summaryMetrics: false });
   for (const close of closers) await close().catch(() => undefined);
 
   const rows = trials.map((trial) => {

@@ -14,9 +14,14 @@ const COLOURS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b
 const FONT = '"DejaVu Sans", "Liberation Sans", sans-serif';
 
 export async function lineChart(series: Series[], labels: { title: string; x: string; y: string }): Promise<Buffer> {
-  const width = 720;
+  // The legend sits right of the plot: make room for its longest name.
+  const measure = createCanvas(10, 10).getContext('2d');
+  measure.font = `13px ${FONT}`;
+  const legendWidth = Math.max(60, ...series.map((s) => measure.measureText(s.name).width));
+  const plotWidth = 540;
   const height = 480;
-  const margin = { left: 80, right: 180, top: 50, bottom: 60 };
+  const margin = { left: 80, right: Math.ceil(legendWidth) + 60, top: 50, bottom: 60 };
+  const width = margin.left + plotWidth + margin.right;
   const canvas = createCanvas(width, height);
   const ctx = canvas.getContext('2d');
   ctx.fillStyle = '#ffffff';
