@@ -2,59 +2,17 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import type { Tensor } from '@tensorflow/tfjs-node';
 import evaluate, { type TestPrediction } from '../../stages/evaluate.ts';
 import extractFeatures from '../../stages/extract-features.ts';
 import fineTune from '../../stages/fine-tune.ts';
 import trainHead from '../../stages/train-head.ts';
-import { writeImageSet } from '../../src/ml/dataset.ts';
-import { buildMobileNetV2, saveLayersModel } from '../../src/ml/mobilenet.ts';
 import { loadTf } from '../../src/ml/tf.ts';
-import { rng } from '../../src/ml/train.ts';
 import { predict } from '../../src/predict.ts';
 import { runKind, tempDir } from '../helpers/run-kind.ts';
 
 const tf = loadTf('cpu');
-const SIZE = 96;
+import { calibratedBase, generatedSplit, SIZE } from '../helpers/model.ts';
 
-async function generatedSplit(counts: { train: number; validation: number; test: number }): Promise<string> {
-  const dir = tempDir('pipe-split-');
-  const random = rng(5);
-  for (const [name, count] of Object.entries(counts)) {
-    const labels = Array.from({ length: count }, (_, i) => i % 2);
-    const pixels = new Uint8Array(count * SIZE * SIZE * 3);
-    labels.forEach((label, i) => {
-      for (let p = 0; p < SIZE * SIZE * 3; p++) pixels[i * SIZE * SIZE * 3 + p] = Math.floor(random() * 128) + label * 100;
-    });
-    await writeImageSet(dir, name, {
-      count, height: SIZE, width: SIZE, channels: 3, views: 1, classNames: ['cats', 'dogs'], labels,
-      files: labels.map((label, i) => `${label ? 'dogs' : 'cats'}/${name}-${i}.jpg`), pixels,
-    });
-  }
-  return dir;
-}
-
-/** A seeded random MobileNetV2 with BatchNormalization statistics calibrated on generated images. */
-async function calibratedBase(): Promise<string> {
-  const dir = tempDir('pipe-base-');
-  const model = buildMobileNetV2(tf, { alpha: 0.35, inputSize: SIZE, seed: 7 });
-  const x = tf.randomUniform([8, SIZE, SIZE, 3], -1, 1, 'float32', 3);
-  const values = new Map<string, Tensor>([[model.layers[0]!.name, x]]);
-  for (const layer of model.layers.slice(1)) {
-    const inputs = (layer.inboundNodes[0]?.inboundLayers ?? []).map((l) => values.get(l.name)!);
-    const input = inputs.length === 1 ? inputs[0]! : inputs;
-    if (layer.getClassName() === 'BatchNormalization') {
-      const { mean, variance } = tf.moments(input as Tensor, [0, 1, 2]);
-      const [gamma, beta] = layer.getWeights();
-      layer.setWeights([gamma!, beta!, mean, variance]);
-    }
-    values.set(layer.name, layer.apply(input) as Tensor);
-  }
-  await saveLayersModel(model, dir);
-  tf.dispose([...values.values()]);
-  model.dispose();
-  return dir;
-}
 
 const expectedFiles = [
   'metrics.json',
