@@ -102,6 +102,7 @@ export async function execute(options: ExecuteOptions): Promise<RunSummary> {
     return outcome;
   };
 
+  const runContext: RunContext = { options, emit, children, aborted: () => abortReason };
   const skipped = (error: string): Outcome => ({ status: 'skipped', durationMs: 0, error, metrics: [], artifacts: [], summary: {} });
 
   for (const stage of plan.stages) {
@@ -118,7 +119,7 @@ export async function execute(options: ExecuteOptions): Promise<RunSummary> {
       const grant = await slots.acquire(stage.stage.resources.cpu ?? 1, gpusWanted(stage, options.backend));
       try {
         if (abortReason) return finish(stage, skipped(`not started: ${abortReason}`));
-        return finish(stage, await runStage(stage, grant.gpus, options, emit, children, () => abortReason));
+        return finish(stage, await runStage(stage, grant.gpus, runContext));
       } finally {
         grant.release();
       }
@@ -180,14 +181,18 @@ async function restore(stage: PlannedStage, entry: CacheEntry, options: ExecuteO
   };
 }
 
-async function runStage(
-  stage: PlannedStage,
-  gpus: string[],
-  options: ExecuteOptions,
-  emit: (event: RunEvent) => void,
-  children: Set<ResultPromise>,
-  aborted: () => string | undefined,
-): Promise<Outcome> {
+/** What running one stage needs from the run around it. */
+interface RunContext {
+  options: ExecuteOptions;
+  emit: (event: RunEvent) => void;
+  /** The running child processes, so that an abort can stop them. */
+  children: Set<ResultPromise>;
+  /** Why the run is stopping, if it is. */
+  aborted: () => string | undefined;
+}
+
+async function runStage(stage: PlannedStage, gpus: string[], run: RunContext): Promise<Outcome> {
+  const { options, emit } = run;
   const { cache } = options;
   const release = await cache.lock(stage.fingerprint, (holder) =>
     emit({ type: 'stage-log', stage: stage.name, stream: 'log', line: `waiting: process ${holder.pid} on ${holder.host} is computing this stage` }),
@@ -196,20 +201,14 @@ async function runStage(
     // Whoever held the lock may have published the entry meanwhile (unless we are forced).
     const existing = stage.forced ? undefined : await cache.read(stage.fingerprint);
     if (existing) return await restore(stage, existing, options);
-    return await runInChild(stage, gpus, options, emit, children, aborted);
+    return await runInChild(stage, gpus, run);
   } finally {
     await release();
   }
 }
 
-async function runInChild(
-  stage: PlannedStage,
-  gpus: string[],
-  options: ExecuteOptions,
-  emit: (event: RunEvent) => void,
-  children: Set<ResultPromise>,
-  aborted: () => string | undefined,
-): Promise<Outcome> {
+async function runInChild(stage: PlannedStage, gpus: string[], run: RunContext): Promise<Outcome> {
+  const { options, emit, children, aborted } = run;
   const { cache } = options;
   const t0 = Date.now();
   emit({ type: 'stage-start', stage: stage.name, fingerprint: stage.fingerprint, startedAt: t0 });
