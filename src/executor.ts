@@ -11,7 +11,7 @@ import { execa, type ResultPromise } from 'execa';
 import type { Cache, CacheEntry } from './cache.ts';
 import { readMetricsFile } from './cache.ts';
 import type { StageSpec, ChildReport } from './execution/stage-process.ts';
-import type { RunEvent, RunListener, RunStartEvent, RunSummary, StageArtifact, StageStatus, StageSummary } from './events.ts';
+import type { RunEvent, RunListener, RunStartEvent, RunSummary, StageEndEvent, StageSummary } from './events.ts';
 import { hashPath } from './hash.ts';
 import { recordState, type Plan, type PlannedStage } from './plan.ts';
 import type { MetricPoint } from './stage-kind.ts';
@@ -39,15 +39,8 @@ export interface ExecuteOptions {
   signal?: AbortSignal;
 }
 
-interface Outcome {
-  status: StageStatus;
-  durationMs: number;
-  error?: string;
-  metrics: MetricPoint[];
-  artifacts: StageArtifact[];
-  summary: Record<string, string | number | boolean>;
-  outDir?: string;
-}
+/** How a stage ended: the stage-end event without what the executor adds (its name, fingerprint). */
+type Outcome = Omit<StageEndEvent, 'type' | 'stage' | 'fingerprint'>;
 
 export async function execute(options: ExecuteOptions): Promise<RunSummary> {
   const { plan, cache } = options;
