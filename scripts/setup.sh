@@ -58,6 +58,9 @@ GPU_WHEEL=tensorflow-2.21.0-cp311-cp311-manylinux_2_27_x86_64.whl
 GPU_WHEEL_SHA256=9056fbc9ba04235810b71ae6cbd958a196e8804fb53bbcffbf3e23b56155f124
 CUDA_REQUIREMENTS="$ROOT/scripts/setup-cuda.txt"
 MLFLOW_REQUIREMENTS="$ROOT/scripts/setup-mlflow.txt"
+# Debian bookworm's Redis and the libraries it needs beyond a base system.
+REDIS_DEB_VERSION=7.0
+REDIS_DEBS=(redis-server redis-tools libjemalloc2 liblzf1)
 MLFLOW_VERSION="$(sed -n 's/^mlflow==\([^ ]*\).*/\1/p' "$MLFLOW_REQUIREMENTS")"
 
 CACHE_DIR="${PIPE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pipe}"
@@ -71,7 +74,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # --- Output --------------------------------------------------------------------------------------
 START=$SECONDS
 STEP_NO=0
-STEPS=$((GPU ? 6 : 5))
+STEPS=$((GPU ? 7 : 6))
 step() {
   STEP_NO=$((STEP_NO + 1))
   STEP_START=$SECONDS
@@ -353,7 +356,55 @@ else
   finished
 fi
 
-# --- 6. Verify -----------------------------------------------------------------------------------
+# --- 6. Redis ------------------------------------------------------------------------------------
+# For `pipe worker` clusters (BullMQ) and their tests: Debian's redis-server package, unpacked into
+# .redis/ (no root, no system service); .redis/bin/redis-server runs it with its own libraries.
+step "Redis $REDIS_DEB_VERSION (Debian package) in .redis"
+REDIS_DIR="$ROOT/.redis"
+redis_version() { "$REDIS_DIR/bin/redis-server" --version 2>/dev/null | sed -n 's/.* v=\([^ ]*\).*/\1/p'; }
+if [ -x "$REDIS_DIR/bin/redis-server" ] && [ -n "$(redis_version)" ]; then
+  skip "redis-server $(redis_version) in $REDIS_DIR"
+else
+  command -v apt-get >/dev/null || die "apt-get not found: pipe's Redis comes from Debian's redis-server package" \
+    "on another system install redis-server >= 6.2 and link it as $REDIS_DIR/bin/redis-server"
+  debs="$CACHE_DIR/debs"
+  mkdir -p "$debs"
+  fetch_debs() { (cd "$debs" && apt-get download "${REDIS_DEBS[@]}" >"$CACHE_DIR/logs/apt-download-redis.log" 2>&1); }
+  have_debs() { for p in "${REDIS_DEBS[@]}"; do compgen -G "$debs/${p%%=*}_*.deb" >/dev/null || return 1; done; }
+  if ! have_debs; then
+    mkdir -p "$CACHE_DIR/logs"
+    say "apt-get download ${REDIS_DEBS[*]}"
+    if ! fetch_debs; then
+      # Package lists may be missing on a fresh machine.
+      if [ "$(id -u)" = 0 ]; then
+        say "apt-get update"
+        apt-get update >"$CACHE_DIR/logs/apt-update.log" 2>&1 || true
+      fi
+      fetch_debs || die "could not download Debian's redis-server" "log: $CACHE_DIR/logs/apt-download-redis.log"
+    fi
+  fi
+  rm -rf "$REDIS_DIR.tmp"
+  mkdir -p "$REDIS_DIR.tmp/bin"
+  for p in "${REDIS_DEBS[@]}"; do
+    deb="$(ls -t "$debs/${p%%=*}"_*.deb | head -1)"
+    dpkg-deb -x "$deb" "$REDIS_DIR.tmp"
+  done
+  cat >"$REDIS_DIR.tmp/bin/redis-server" <<'WRAP'
+#!/bin/sh
+# Debian's redis-server, unpacked by scripts/setup.sh, with the libraries that came with it.
+dir="$(cd "$(dirname "$0")/.." && pwd)"
+libs="$(ls -d "$dir"/usr/lib/*-linux-gnu 2>/dev/null | tr '\n' ':')"
+LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:-}" exec "$dir/usr/bin/redis-server" "$@"
+WRAP
+  chmod +x "$REDIS_DIR.tmp/bin/redis-server"
+  rm -rf "$REDIS_DIR"
+  mv "$REDIS_DIR.tmp" "$REDIS_DIR"
+  [ -n "$(redis_version)" ] || die "the unpacked redis-server does not run" "try: $REDIS_DIR/bin/redis-server --version"
+  say "redis-server $(redis_version): $REDIS_DIR/bin/redis-server"
+  finished
+fi
+
+# --- 7. Verify -----------------------------------------------------------------------------------
 step "Verify: load TensorFlow.js with its native backend"
 verify_flavour @tensorflow/tfjs-node
 if [ -f "$ROOT/node_modules/@tensorflow/tfjs-node-gpu/deps/pipe-libtensorflow.json" ]; then

@@ -6,12 +6,17 @@
 //       metrics.jsonl  every metric point the stage reported
 //       log.txt        the stage's output
 //       out/           the artifacts
-//   <root>/tmp/<fingerprint>.<pid>.<nonce>/   an entry being written (same layout)
+//   <root>/tmp/<fingerprint>.<pid>.<nonce>.<host>/   an entry being written (same layout)
 //   <root>/locks/<fingerprint>.lock           who is computing that entry right now
 //
 // An entry is written under tmp/ and renamed into entries/ in one step, so a reader sees a
 // complete entry or none. A killed writer leaves only a tmp/ directory and a lock naming a dead
 // process; both are recognised as stale and removed. Entries are never modified after publishing.
+//
+// The cache may be shared by several machines (`pipe worker`s on an NFS-style directory): rename
+// is atomic there too, so two workers never publish one entry half-way. A lock holder on another
+// host cannot be checked for life, so a held lock is refreshed (its mtime) every few seconds, and a
+// lock nobody refreshed for LOCK_LEASE_MS is stale wherever its holder was.
 
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -85,7 +90,7 @@ export class Cache {
 
   /** A fresh private directory to write an entry into. */
   async stage(fingerprint: string, record: FingerprintRecord): Promise<Staging> {
-    const dir = path.join(this.root, 'tmp', `${fingerprint}.${process.pid}.${randomBytes(4).toString('hex')}`);
+    const dir = path.join(this.root, 'tmp', `${fingerprint}.${process.pid}.${randomBytes(4).toString('hex')}.${hostTag()}`);
     await fs.mkdir(path.join(dir, 'out'), { recursive: true });
     await fs.writeFile(path.join(dir, 'record.json'), JSON.stringify(record, null, 2));
     return { fingerprint, dir, outDir: path.join(dir, 'out') };
@@ -127,14 +132,20 @@ export class Cache {
     for (;;) {
       try {
         await fs.writeFile(file, JSON.stringify(me), { flag: 'wx' });
+        const heartbeat = setInterval(() => {
+          const now = new Date();
+          fs.utimes(file, now, now).catch(() => undefined);
+        }, LOCK_REFRESH_MS);
+        heartbeat.unref();
         return async () => {
+          clearInterval(heartbeat);
           await fs.rm(file, { force: true });
         };
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
       }
       const holder = await readLock(file);
-      if (!holder || isStale(holder)) {
+      if (!holder || isStale(holder) || (await lockAge(file)) > LOCK_LEASE_MS) {
         // Dead holder (or a torn lock file): take it over. Renaming first makes the take-over
         // single-winner when two processes find the same stale lock.
         const grave = `${file}.stale.${process.pid}`;
@@ -154,13 +165,20 @@ export class Cache {
     }
   }
 
-  /** Removes tmp/ directories and locks left by processes that no longer run on this host. */
+  /**
+   * Removes tmp/ directories left by processes that no longer run on this host, and those of
+   * other hosts untouched for a day (a shared cache: their writers cannot be asked).
+   */
   async cleanStale(): Promise<number> {
     let removed = 0;
     const tmp = path.join(this.root, 'tmp');
     for (const name of await readdirSafe(tmp)) {
-      const pid = Number(name.split('.')[1]);
-      if (Number.isInteger(pid) && !processAlive(pid)) {
+      const [, pidText, , ...host] = name.split('.');
+      const pid = Number(pidText);
+      if (!Number.isInteger(pid)) continue;
+      const local = host.length === 0 || host.join('.') === hostTag();
+      const stale = local ? !processAlive(pid) : Date.now() - ((await fs.stat(path.join(tmp, name)).catch(() => undefined))?.mtimeMs ?? Date.now()) > 86_400_000;
+      if (stale) {
         await fs.rm(path.join(tmp, name), { recursive: true, force: true });
         removed++;
       }
@@ -205,8 +223,25 @@ async function readLock(file: string): Promise<LockInfo | undefined> {
   }
 }
 
+/** A lock's holder refreshes it this often; one not refreshed for the lease is abandoned. */
+export const LOCK_REFRESH_MS = 5_000;
+export const LOCK_LEASE_MS = Number(process.env['PIPE_LOCK_LEASE_MS'] ?? 60_000);
+
 function isStale(lock: LockInfo): boolean {
   return lock.host === os.hostname() && !processAlive(lock.pid);
+}
+
+async function lockAge(file: string): Promise<number> {
+  try {
+    return Date.now() - (await fs.stat(file)).mtimeMs;
+  } catch {
+    return 0;
+  }
+}
+
+/** This host's name as it may appear in a file name. */
+function hostTag(): string {
+  return os.hostname().replace(/[^A-Za-z0-9-]/g, '-') || 'host';
 }
 
 export async function readMetricsFile(file: string): Promise<MetricPoint[]> {

@@ -11,8 +11,10 @@ const usage = `pipe — declarative experiment pipelines with a caching DAG exec
 
 Usage:
   pipe run FILE [-p NAME=VALUE]... [--force STAGE]... [--fail-fast] [--jobs N] [--json] [--verbose] [--no-track]
+               [--queue redis://HOST:PORT] [--cache DIR]
   pipe status FILE [-p NAME=VALUE]... [--json]
-  pipe sweep FILE [-S NAME=V1,V2]... [-p NAME=VALUE]... [--dry-run] [--objective METRIC] [--json]
+  pipe sweep FILE [-S NAME=V1,V2]... [-p NAME=VALUE]... [--dry-run] [--objective METRIC] [--json] [--queue URL]
+  pipe worker --queue redis://HOST:PORT [--cpus N] [--gpus N] [--cache DIR] [--name NAME]
   pipe gc [FILE...] [--dry-run]
   pipe predict MODEL IMAGE...
   pipe ui [EXPERIMENT] [--host H] [--stop]
@@ -23,6 +25,7 @@ Commands:
   run      run the pipeline: cached stages are reused, the rest run (in parallel where they may)
   status   say, for each stage, whether it would run and why
   sweep    run trials over parameter values; shared stages run once
+  worker   take stage jobs from a Redis queue and run them (one per machine of a cluster)
   gc       remove cache entries that no pipeline references (--dry-run lists them)
   predict  classify images with a model saved by an evaluate stage
   ui       start or find the MLflow server and print the URL of the runs
@@ -38,6 +41,11 @@ Options:
   --json                   print the result as JSON on stdout
   --verbose                show every stage's output
   --no-track               do not record an MLflow run
+  --queue URL              run the stages on \`pipe worker\`s through this Redis server (redis://HOST:PORT[/DB])
+  --cache DIR              the artifact cache (a directory every worker reaches); default runs/cache
+  --retries N              with --queue: run a failed stage again up to N times (default 1)
+  --cpus N, --gpus N       worker: CPU slots (default: the cores) and GPUs (default: those found)
+  --name NAME              worker: how runs name this worker (default HOST:PID)
 `;
 
 export class UsageError extends Error {}
@@ -56,6 +64,12 @@ const runOptions = {
   objective: { type: 'string' },
   host: { type: 'string' },
   stop: { type: 'boolean' },
+  queue: { type: 'string' },
+  cache: { type: 'string' },
+  retries: { type: 'string' },
+  cpus: { type: 'string' },
+  gpus: { type: 'string' },
+  name: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } satisfies ParseArgsConfig['options'];
 
@@ -113,6 +127,11 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
         const file = single(positionals, 'pipe sweep FILE');
         const { sweepCommand } = await import('./sweep.ts');
         return await sweepCommand(file, values, io);
+      }
+      case 'worker': {
+        if (positionals.length > 0) throw new UsageError('usage: pipe worker --queue redis://HOST:PORT [--cpus N] [--gpus N] [--cache DIR] [--name NAME]');
+        const { workerCommand } = await import('./cluster/worker.ts');
+        return await workerCommand(values, io);
       }
       case 'gc': {
         const { gcCommand } = await import('./gc.ts');

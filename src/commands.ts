@@ -52,6 +52,8 @@ export async function prepare(
   }
   const pipelineFile = loaded.file;
   texts[file] = pipelineFile.source.text;
+  const cacheDir = values.cache ?? pipelineFile.cache;
+  if (cacheDir) paths.cacheDir = path.resolve(cacheDir);
   const analyzed = await analyze(pipelineFile, { overrides: overridesFrom(values), values: extra.values });
   const problems = [...loaded.diagnostics, ...(analyzed.ok ? [] : analyzed.diagnostics)];
   if (!analyzed.ok || problems.length > 0) {
@@ -204,6 +206,9 @@ export async function executePrepared(
       summaryMetrics: extra.summaryMetrics,
       listeners,
       signal: controller.signal,
+      queue: values.queue
+        ? { url: values.queue, retries: values.retries !== undefined ? retriesOf(values.retries) : 1, projectDir: paths.projectDir, log: (line) => io.err(`${line}\n`) }
+        : undefined,
     });
   } finally {
     process.removeListener('SIGINT', onSigint);
@@ -219,6 +224,12 @@ export async function executePrepared(
   }
   await fs.writeFile(path.join(runDir, 'summary.json'), JSON.stringify(summary, null, 2));
   return { summary, runDir };
+}
+
+function retriesOf(text: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0) throw new UsageError(`--retries ${text}: expected a whole number ≥ 0`);
+  return n;
 }
 
 export async function runCommand(file: string, values: CliOptions, io: Io): Promise<number> {

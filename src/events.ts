@@ -44,6 +44,8 @@ export interface StageStartEvent {
   stage: string;
   fingerprint: string;
   startedAt: number;
+  /** Which `pipe worker` took it, when the run goes through a queue. */
+  worker?: string;
 }
 
 export interface StageProgressEvent {
@@ -88,6 +90,8 @@ export interface StageEndEvent {
   summary: Record<string, string | number | boolean>;
   /** The cache entry's artifact directory (absent when failed or skipped). */
   outDir?: string;
+  /** Which `pipe worker` ran (or found) it, when the run went through a queue. */
+  worker?: string;
 }
 
 export interface StageSummary {
@@ -99,6 +103,8 @@ export interface StageSummary {
   error?: string;
   reasons: string[];
   summary: Record<string, string | number | boolean>;
+  /** Which `pipe worker` ran it, when the run went through a queue. */
+  worker?: string;
 }
 
 export interface RunSummary {

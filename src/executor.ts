@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
 import type { Cache, CacheEntry } from './cache.ts';
+import type { FingerprintRecord } from './fingerprint.ts';
 import { readMetricsFile } from './cache.ts';
 import type { StageSpec, ChildReport } from './execution/stage-process.ts';
 import type { RunEvent, RunListener, RunStartEvent, RunSummary, StageEndEvent, StageSummary } from './events.ts';
@@ -37,82 +38,54 @@ export interface ExecuteOptions {
   summaryMetrics?: boolean;
   /** Aborts the run (SIGINT): running stages are stopped, nothing more starts. */
   signal?: AbortSignal;
+  /** Run the stages on `pipe worker`s through a Redis queue instead of here. */
+  queue?: import('./cluster/submit.ts').QueueTarget;
 }
 
 /** How a stage ended: the stage-end event without what the executor adds (its name, fingerprint). */
-type Outcome = Omit<StageEndEvent, 'type' | 'stage' | 'fingerprint'>;
+export type Outcome = Omit<StageEndEvent, 'type' | 'stage' | 'fingerprint'>;
 
 export async function execute(options: ExecuteOptions): Promise<RunSummary> {
+  if (options.queue) {
+    const { executeOnQueue } = await import('./cluster/submit.ts');
+    return executeOnQueue(options, options.queue);
+  }
   const { plan, cache } = options;
-  const started = Date.now();
-  const pending: Promise<unknown>[] = [];
-  const emit = (event: RunEvent) => {
-    for (const listener of options.listeners) {
-      try {
-        const result = listener(event);
-        if (result) pending.push(result.catch(() => undefined));
-      } catch {
-        // A subscriber's failure never fails the run.
-      }
-    }
-  };
-
-  emit({
-    ...options.run,
-    type: 'run-start',
-    stages: plan.stages.map((s) => ({
-      name: s.name,
-      kind: s.kindName,
-      fingerprint: s.fingerprint,
-      cached: s.cached,
-      reasons: s.reasons,
-      params: s.stage.params,
-      needs: s.stage.upstream,
-    })),
-  });
-
+  const book = new RunBook(options);
   const slots = new Slots(options.cpuSlots, options.gpuIds);
-  const outcomes = new Map<string, Outcome>();
   const done = new Map<string, Promise<Outcome>>();
   const children = new Set<ResultPromise>();
-  let abortReason: string | undefined;
-  let stateWrites = Promise.resolve();
-
-  const abort = (reason: string) => {
-    if (abortReason) return;
-    abortReason = reason;
+  book.onAbort(() => {
     for (const child of children) child.kill('SIGTERM');
-  };
-  options.signal?.addEventListener('abort', () => abort('interrupted'));
+  });
 
-  const finish = (stage: PlannedStage, outcome: Outcome): Outcome => {
-    outcomes.set(stage.name, outcome);
-    emit({ type: 'stage-end', stage: stage.name, fingerprint: stage.fingerprint, ...outcome });
-    if (outcome.status === 'ran' || outcome.status === 'cached') {
-      stateWrites = stateWrites.then(() => recordState(options.statePath, stage.name, stage.fingerprint, stage.record)).catch(() => undefined);
-    }
-    if (outcome.status === 'failed' && options.failFast) abort(`--fail-fast: stage '${stage.name}' failed`);
-    return outcome;
+  const runContext: RunContext = {
+    cache,
+    downloadCacheDir: options.downloadCacheDir,
+    backend: options.backend,
+    gpusConfigured: options.gpuIds.length > 0,
+    emit: book.emit,
+    children,
+    aborted: () => book.abortReason,
   };
-
-  const runContext: RunContext = { options, emit, children, aborted: () => abortReason };
-  const skipped = (error: string): Outcome => ({ status: 'skipped', durationMs: 0, error, metrics: [], artifacts: [], summary: {} });
 
   for (const stage of plan.stages) {
-    const upstream = stage.stage.upstream.map((name) => done.get(name) ?? Promise.resolve(skipped('missing')));
+    const upstream = stage.stage.upstream.map((name) => done.get(name) ?? Promise.resolve(skippedOutcome('missing')));
     done.set(stage.name, (async () => {
       const ups = await Promise.all(upstream);
       const broken = stage.stage.upstream.filter((_, i) => ups[i]?.status === 'failed' || ups[i]?.status === 'skipped');
-      if (broken.length > 0) return finish(stage, skipped(`upstream stage '${broken.join("', '")}' did not complete`));
-      if (abortReason) return finish(stage, skipped(`not started: ${abortReason}`));
+      if (broken.length > 0) return book.finish(stage, skippedOutcome(`upstream stage '${broken.join("', '")}' did not complete`));
+      if (book.abortReason) return book.finish(stage, skippedOutcome(`not started: ${book.abortReason}`));
       if (stage.cached) {
         const entry = await cache.read(stage.fingerprint);
-        if (entry) return finish(stage, await restore(stage, entry, options));
+        if (entry) return book.finish(stage, await restore(stage, entry, options));
       }
-      const grant = await slots.acquire(stage.stage.resources.cpu ?? 1, gpusWanted(stage, options.backend));
+      const job = stageJob(plan, stage, options.backend);
+      const grant = await slots.acquire(job.cpu, job.gpu);
       try {
-        if (abortReason) return finish(stage, skipped(`not started: ${abortReason}`));
-        return finish(stage, await runStage(stage, grant.gpus, runContext));
+        if (book.abortReason) return book.finish(stage, skippedOutcome(`not started: ${book.abortReason}`));
+        const outcome = await runStage(job, grant.gpus, runContext);
+        return book.finish(stage, outcome.status === 'cached' ? await restore(stage, (await cache.read(stage.fingerprint))!, options) : outcome);
       } finally {
         grant.release();
       }
@@ -120,35 +93,115 @@ export async function execute(options: ExecuteOptions): Promise<RunSummary> {
   }
 
   await Promise.all(done.values());
-  await stateWrites;
+  return book.close();
+}
 
-  const stages: StageSummary[] = plan.stages.map((s) => {
-    const o = outcomes.get(s.name) ?? skipped('not reached');
-    return { name: s.name, kind: s.kindName, status: o.status, durationMs: o.durationMs, fingerprint: s.fingerprint, error: o.error, reasons: s.reasons, summary: o.summary };
-  });
-  const metrics: Record<string, number> = {};
-  for (const s of options.summaryMetrics === false ? [] : plan.stages) {
-    const points = [...(outcomes.get(s.name)?.metrics ?? [])].sort((a, b) => a.step - b.step || a.timestamp - b.timestamp);
-    for (const point of points) metrics[point.key] = point.value;
+export function skippedOutcome(error: string): Outcome {
+  return { status: 'skipped', durationMs: 0, error, metrics: [], artifacts: [], summary: {} };
+}
+
+/**
+ * The bookkeeping every way of executing a plan shares (here, or through a queue of workers): the
+ * run-start and stage-end events, the per-pipeline state of finished stages, --fail-fast and
+ * interruption, and the summary at the end.
+ */
+export class RunBook {
+  private readonly started = Date.now();
+  private readonly pending: Promise<unknown>[] = [];
+  private readonly outcomes = new Map<string, Outcome>();
+  private readonly abortHandlers: Array<(reason: string) => void> = [];
+  private stateWrites = Promise.resolve();
+  abortReason: string | undefined;
+
+  constructor(private readonly options: ExecuteOptions) {
+    options.signal?.addEventListener('abort', () => this.abort('interrupted'));
+    this.emit({
+      ...options.run,
+      type: 'run-start',
+      stages: options.plan.stages.map((s) => ({
+        name: s.name,
+        kind: s.kindName,
+        fingerprint: s.fingerprint,
+        cached: s.cached,
+        reasons: s.reasons,
+        params: s.stage.params,
+        needs: s.stage.upstream,
+      })),
+    });
   }
-  const summary: RunSummary = {
-    runId: options.run.runId,
-    pipeline: options.run.pipelineName,
-    status: stages.every((s) => s.status === 'ran' || s.status === 'cached') ? 'succeeded' : 'failed',
-    durationMs: Date.now() - started,
-    stages,
-    metrics,
+
+  readonly emit = (event: RunEvent): void => {
+    for (const listener of this.options.listeners) {
+      try {
+        const result = listener(event);
+        if (result) this.pending.push(result.catch(() => undefined));
+      } catch {
+        // A subscriber's failure never fails the run.
+      }
+    }
   };
-  emit({ type: 'run-end', summary, endedAt: Date.now() });
-  await Promise.all(pending);
-  return summary;
+
+  onAbort(handler: (reason: string) => void): void {
+    this.abortHandlers.push(handler);
+  }
+
+  abort(reason: string): void {
+    if (this.abortReason) return;
+    this.abortReason = reason;
+    for (const handler of this.abortHandlers) handler(reason);
+  }
+
+  outcome(stage: string): Outcome | undefined {
+    return this.outcomes.get(stage);
+  }
+
+  finish(stage: PlannedStage, outcome: Outcome): Outcome {
+    this.outcomes.set(stage.name, outcome);
+    this.emit({ type: 'stage-end', stage: stage.name, fingerprint: stage.fingerprint, ...outcome });
+    if (outcome.status === 'ran' || outcome.status === 'cached') {
+      this.stateWrites = this.stateWrites.then(() => recordState(this.options.statePath, stage.name, stage.fingerprint, stage.record)).catch(() => undefined);
+    }
+    if (outcome.status === 'failed' && this.options.failFast) this.abort(`--fail-fast: stage '${stage.name}' failed`);
+    return outcome;
+  }
+
+  async close(): Promise<RunSummary> {
+    const { options } = this;
+    await this.stateWrites;
+    const stages: StageSummary[] = options.plan.stages.map((s) => {
+      const o = this.outcomes.get(s.name) ?? skippedOutcome('not reached');
+      return { name: s.name, kind: s.kindName, status: o.status, durationMs: o.durationMs, fingerprint: s.fingerprint, error: o.error, reasons: s.reasons, summary: o.summary, ...(o.worker ? { worker: o.worker } : {}) };
+    });
+    const metrics: Record<string, number> = {};
+    for (const s of options.summaryMetrics === false ? [] : options.plan.stages) {
+      const points = [...(this.outcomes.get(s.name)?.metrics ?? [])].sort((a, b) => a.step - b.step || a.timestamp - b.timestamp);
+      for (const point of points) metrics[point.key] = point.value;
+    }
+    const summary: RunSummary = {
+      runId: options.run.runId,
+      pipeline: options.run.pipelineName,
+      status: stages.every((s) => s.status === 'ran' || s.status === 'cached') ? 'succeeded' : 'failed',
+      durationMs: Date.now() - this.started,
+      stages,
+      metrics,
+    };
+    this.emit({ type: 'run-end', summary, endedAt: Date.now() });
+    await Promise.all(this.pending);
+    return summary;
+  }
 }
 
 /** A cached stage: its recorded metrics and artifacts; command outputs put back in the workspace. */
-async function restore(stage: PlannedStage, entry: CacheEntry, options: ExecuteOptions): Promise<Outcome> {
+export async function restore(stage: PlannedStage, entry: CacheEntry, options: Pick<ExecuteOptions, 'plan'>): Promise<Outcome> {
   const t0 = Date.now();
+  await restoreOuts(entry, options.plan.pipeline.file.dir);
+  return { ...(await cachedOutcome(entry)), durationMs: Date.now() - t0 };
+}
+
+/** Puts a command stage's declared outputs back into the workspace `dir`, where they differ. */
+export async function restoreOuts(entry: CacheEntry, dir: string): Promise<void> {
   for (const [out, hash] of Object.entries(entry.result.outs ?? {})) {
-    const target = path.resolve(options.plan.pipeline.file.dir, out);
+    const target = path.resolve(dir, out);
     let current: string | undefined;
     try {
       current = await hashPath(target);
@@ -164,9 +217,13 @@ async function restore(stage: PlannedStage, entry: CacheEntry, options: ExecuteO
     await fs.rm(target, { recursive: true, force: true });
     await fs.rename(tmp, target);
   }
+}
+
+/** How a stage ends when its entry is already in the cache. */
+async function cachedOutcome(entry: CacheEntry): Promise<Outcome> {
   return {
     status: 'cached',
-    durationMs: Date.now() - t0,
+    durationMs: 0,
     metrics: await readMetricsFile(path.join(entry.dir, 'metrics.jsonl')),
     artifacts: entry.result.artifacts.map((name) => ({ name, path: path.join(entry.outDir, name) })),
     summary: { ...entry.result.summary, original_duration_s: Math.round(entry.result.durationMs / 100) / 10 },
@@ -174,9 +231,65 @@ async function restore(stage: PlannedStage, entry: CacheEntry, options: ExecuteO
   };
 }
 
-/** What running one stage needs from the run around it. */
-interface RunContext {
-  options: ExecuteOptions;
+/**
+ * One stage as a self-contained unit of work: everything a process needs to compute its cache
+ * entry, whether that process is this runner or a `pipe worker` on another machine (which gets it
+ * as JSON). Inputs are named by fingerprint, so each side resolves them in its own view of the cache.
+ */
+export interface StageJob {
+  name: string;
+  fingerprint: string;
+  record: FingerprintRecord;
+  /** Re-run even if the entry exists (--force): the old entry is replaced. */
+  forced: boolean;
+  kind: string;
+  usesTensorflow: boolean;
+  params: Record<string, unknown>;
+  /** Input slot → the fingerprint of the upstream entry that fills it. */
+  inputs: Record<string, string>;
+  /** Every upstream stage's fingerprint (a worker restores their command outputs before a command runs). */
+  upstream: string[];
+  command?: string | string[];
+  /** Where a command runs: the pipeline file's directory. */
+  cwd: string;
+  env: Record<string, string>;
+  outs: string[];
+  metrics: string[];
+  timeout?: number;
+  cpu: number | 'all';
+  gpu: number;
+}
+
+export function stageJob(plan: Plan, stage: PlannedStage, backend: 'cpu' | 'gpu'): StageJob {
+  const a = stage.stage;
+  return {
+    name: stage.name,
+    fingerprint: stage.fingerprint,
+    record: stage.record,
+    forced: stage.forced,
+    kind: stage.kindName,
+    usesTensorflow: Boolean(a.kind?.usesTensorflow),
+    params: a.params,
+    inputs: Object.fromEntries(Object.entries(a.inputs).map(([slot, name]) => [slot, upstreamFingerprint(plan, name)])),
+    upstream: a.upstream.map((name) => upstreamFingerprint(plan, name)),
+    command: a.command,
+    cwd: plan.pipeline.file.dir,
+    env: a.env,
+    outs: a.outs,
+    metrics: a.metrics,
+    timeout: a.timeout,
+    cpu: a.resources.cpu ?? 1,
+    gpu: gpusWanted(stage, backend),
+  };
+}
+
+/** What running one stage needs from the process around it. */
+export interface RunContext {
+  cache: Cache;
+  downloadCacheDir: string;
+  backend: 'cpu' | 'gpu';
+  /** This process hands out GPUs: every child gets CUDA_VISIBLE_DEVICES (empty when it got none). */
+  gpusConfigured: boolean;
   emit: (event: RunEvent) => void;
   /** The running child processes, so that an abort can stop them. */
   children: Set<ResultPromise>;
@@ -184,25 +297,27 @@ interface RunContext {
   aborted: () => string | undefined;
 }
 
-async function runStage(stage: PlannedStage, gpus: string[], run: RunContext): Promise<Outcome> {
-  const { options, emit } = run;
-  const { cache } = options;
+/**
+ * Computes a stage's cache entry under its lock. Ends `cached` (without touching any workspace)
+ * when another process published the entry while we waited for the lock.
+ */
+export async function runStage(stage: StageJob, gpus: string[], run: RunContext): Promise<Outcome> {
+  const { cache, emit } = run;
   const release = await cache.lock(stage.fingerprint, (holder) =>
     emit({ type: 'stage-log', stage: stage.name, stream: 'log', line: `waiting: process ${holder.pid} on ${holder.host} is computing this stage` }),
   );
   try {
     // Whoever held the lock may have published the entry meanwhile (unless we are forced).
     const existing = stage.forced ? undefined : await cache.read(stage.fingerprint);
-    if (existing) return await restore(stage, existing, options);
+    if (existing) return await cachedOutcome(existing);
     return await runInChild(stage, gpus, run);
   } finally {
     await release();
   }
 }
 
-async function runInChild(stage: PlannedStage, gpus: string[], run: RunContext): Promise<Outcome> {
-  const { options, emit, children, aborted } = run;
-  const { cache } = options;
+async function runInChild(stage: StageJob, gpus: string[], run: RunContext): Promise<Outcome> {
+  const { cache, emit, children, aborted } = run;
   const t0 = Date.now();
   emit({ type: 'stage-start', stage: stage.name, fingerprint: stage.fingerprint, startedAt: t0 });
   const staging = await cache.stage(stage.fingerprint, stage.record);
@@ -222,31 +337,31 @@ async function runInChild(stage: PlannedStage, gpus: string[], run: RunContext):
     emit({ type: 'stage-log', stage: stage.name, stream, line });
   };
 
-  const a = stage.stage;
+  const a = stage;
   const spec: StageSpec = {
     stage: stage.name,
-    kind: stage.kindName,
+    kind: stage.kind,
     params: a.params,
-    inputs: Object.fromEntries(Object.entries(a.inputs).map(([slot, name]) => [slot, path.join(cache.entryDir(upstreamFingerprint(options.plan, name)), 'out')])),
+    inputs: Object.fromEntries(Object.entries(a.inputs).map(([slot, fingerprint]) => [slot, path.join(cache.entryDir(fingerprint), 'out')])),
     outDir: staging.outDir,
     tmpDir,
-    downloadCacheDir: options.downloadCacheDir,
-    backend: options.backend,
+    downloadCacheDir: run.downloadCacheDir,
+    backend: run.backend,
     command: a.command,
-    cwd: options.plan.pipeline.file.dir,
+    cwd: a.cwd,
     env: a.env,
     outs: a.outs,
     metrics: a.metrics,
   };
   const env: Record<string, string> = { TF_CPP_MIN_LOG_LEVEL: process.env['TF_CPP_MIN_LOG_LEVEL'] ?? '2', ...a.env };
-  if (a.kind?.usesTensorflow) {
+  if (a.usesTensorflow) {
     // TensorFlow allocates and frees large tensors constantly; glibc's defaults return them to the
     // kernel each time and page-fault them back in (measured: 9.5 → 1.3 ms of system time per
     // image in the frozen base). Keep freed memory in the process instead.
     env['MALLOC_MMAP_THRESHOLD_'] ??= process.env['MALLOC_MMAP_THRESHOLD_'] ?? '1073741824';
     env['MALLOC_TRIM_THRESHOLD_'] ??= process.env['MALLOC_TRIM_THRESHOLD_'] ?? '2147483648';
   }
-  if (gpus.length > 0 || options.gpuIds.length > 0) env['CUDA_VISIBLE_DEVICES'] = gpus.join(',');
+  if (gpus.length > 0 || run.gpusConfigured) env['CUDA_VISIBLE_DEVICES'] = gpus.join(',');
 
   const child = execa(process.execPath, ['--import', tsxLoader, stageProcessPath], {
     ipc: true,

@@ -13,6 +13,7 @@ import { readState } from './plan.ts';
 
 export async function gcCommand(files: string[], values: CliOptions, io: Io): Promise<number> {
   const paths = projectPaths();
+  if (values.cache) paths.cacheDir = path.resolve(values.cache);
   const cache = openCache(paths);
   const pipelineFiles = files.length > 0 ? files : await defaultPipelines(paths.projectDir);
   const keep = new Set<string>();

@@ -57,6 +57,8 @@ export interface PipelineFile {
   experiment: string;
   backend: 'auto' | 'cpu' | 'gpu';
   tracking: { uri?: string; enabled: boolean };
+  /** `cache:` resolved against the file's directory. */
+  cache?: string;
   params: ParamDecl[];
   stages: StageDecl[];
   sweep?: SweepDecl;
@@ -149,6 +151,7 @@ export function parsePipeline(text: string, displayPath: string, dir: string): L
       experiment: (raw['experiment'] as string | undefined) ?? name,
       backend: (raw['backend'] as PipelineFile['backend'] | undefined) ?? 'auto',
       tracking: { uri: tracking.uri, enabled: tracking.enabled ?? true },
+      cache: typeof raw['cache'] === 'string' ? path.resolve(dir, raw['cache']) : undefined,
       params,
       stages,
       sweep: raw['sweep'] as SweepDecl | undefined,

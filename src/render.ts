@@ -34,7 +34,7 @@ export function plainRenderer(write: Write, options: { verbose?: boolean } = {})
         break;
       }
       case 'stage-start':
-        line(`${event.stage}: started`);
+        line(`${event.stage}: started${event.worker ? ` on ${event.worker}` : ''}`);
         break;
       case 'stage-progress': {
         const now = Date.now();
@@ -50,7 +50,7 @@ export function plainRenderer(write: Write, options: { verbose?: boolean } = {})
       case 'stage-metric':
         break;
       case 'stage-end':
-        line(`${event.stage}: ${event.status} (${formatDuration(event.durationMs)})${event.error ? `: ${event.error}` : ''}`);
+        line(`${event.stage}: ${event.status} (${formatDuration(event.durationMs)}${event.worker ? ` on ${event.worker}` : ''})${event.error ? `: ${event.error}` : ''}`);
         break;
       case 'run-end':
         write(formatSummary(event.summary));
@@ -73,6 +73,7 @@ export function ttyRenderer(write: Write, options: { verbose?: boolean } = {}): 
   interface Row {
     status: StageStatus | 'queued' | 'running';
     started?: number;
+    worker?: string;
     duration?: number;
     done?: number;
     total?: number;
@@ -95,7 +96,7 @@ export function ttyRenderer(write: Write, options: { verbose?: boolean } = {}): 
       let detail = '';
       if (row.status === 'running') {
         const elapsed = Date.now() - (row.started ?? Date.now());
-        detail = formatDuration(elapsed);
+        detail = `${formatDuration(elapsed)}${row.worker ? ` on ${row.worker}` : ''}`;
         if (row.total && row.done !== undefined) {
           const fraction = Math.min(1, row.done / row.total);
           const bar = '█'.repeat(Math.round(fraction * 20)).padEnd(20, '░');
@@ -129,7 +130,7 @@ export function ttyRenderer(write: Write, options: { verbose?: boolean } = {}): 
         timer.unref();
         break;
       case 'stage-start':
-        rows.set(event.stage, { status: 'running', started: event.startedAt });
+        rows.set(event.stage, { status: 'running', started: event.startedAt, worker: event.worker });
         draw();
         break;
       case 'stage-progress': {
@@ -158,12 +159,16 @@ export function ttyRenderer(write: Write, options: { verbose?: boolean } = {}): 
 
 export function formatSummary(summary: RunSummary): string {
   const width = Math.max(5, ...summary.stages.map((s) => s.name.length));
+  // Through a queue: which worker ran each stage ("here" for what this process restored).
+  const workers = summary.stages.some((s) => s.worker);
+  const workerWidth = Math.max(6, ...summary.stages.map((s) => (s.worker ?? 'here').length));
+  const where = (s: RunSummary['stages'][number]) => (workers ? `  ${(s.worker ?? (s.status === 'cached' ? 'here' : '-')).padEnd(workerWidth)}` : '');
   const lines = [
     '',
-    `${'stage'.padEnd(width)}  ${'status'.padEnd(7)}  ${'time'.padStart(9)}  fingerprint`,
+    `${'stage'.padEnd(width)}  ${'status'.padEnd(7)}  ${'time'.padStart(9)}${workers ? `  ${'worker'.padEnd(workerWidth)}` : ''}  fingerprint`,
     ...summary.stages.map(
       (s) =>
-        `${s.name.padEnd(width)}  ${s.status.padEnd(7)}  ${formatDuration(s.durationMs).padStart(9)}  ${shortFingerprint(s.fingerprint)}${s.error ? `  ${s.error}` : ''}`,
+        `${s.name.padEnd(width)}  ${s.status.padEnd(7)}  ${formatDuration(s.durationMs).padStart(9)}${where(s)}  ${shortFingerprint(s.fingerprint)}${s.error ? `  ${s.error}` : ''}`,
     ),
   ];
   const counts = (['ran', 'cached', 'failed', 'skipped'] as const).map((st) => `${summary.stages.filter((s) => s.status === st).length} ${st}`);

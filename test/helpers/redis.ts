@@ -1,0 +1,64 @@
+// A real Redis server for tests: Debian's redis-server that `npm run setup` unpacked into .redis/,
+// on a free loopback port, persisting nothing.
+//
+//   const redis = await startTestRedis();
+//   ... redis.url ...
+//   await redis.stop();
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
+import { freePort } from '../../src/tracking/server.ts';
+
+const repoDir = resolve(fileURLToPath(import.meta.url), '..', '..', '..');
+export const redisServerBin = process.env['PIPE_REDIS_SERVER'] ?? resolve(repoDir, '.redis', 'bin', 'redis-server');
+
+export interface TestRedis {
+  url: string;
+  port: number;
+  stop(): Promise<void>;
+}
+
+export async function startTestRedis(): Promise<TestRedis> {
+  if (!existsSync(redisServerBin)) throw new Error(`${redisServerBin} is missing: run \`npm run setup\` (it unpacks Debian's redis-server into .redis/)`);
+  const port = await freePort();
+  const child: ChildProcess = spawn(redisServerBin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'yes'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout?.on('data', (d: Buffer) => (output += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (output += d.toString()));
+  const url = `redis://127.0.0.1:${port}`;
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}: ${output}`);
+    const client = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 });
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      if ((await client.ping()) === 'PONG') {
+        client.disconnect();
+        break;
+      }
+    } catch {
+      client.disconnect();
+    }
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`redis-server did not answer on port ${port}: ${output}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    url,
+    port,
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise<void>((r) => child.once('exit', () => r()));
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
