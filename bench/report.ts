@@ -77,7 +77,7 @@ export interface PipeSweep extends PipeRun {
   trials: SweepTrial[];
 }
 
-export interface Probe {
+export interface Probe extends Partial<ProcessFigures> {
   runtime: { backend: string; tfjs: string; libtensorflow: string };
   matmul: { n: number; reps: number; bestGflops: number; medianGflops: number };
   flops: {
@@ -195,9 +195,26 @@ function commandLine(run: ProcessFigures): string {
 
 export function renderMarkdown(r: BenchResult): string {
   const out: string[] = [];
-  const m = r.machine;
   out.push(`# pipe against the Keras recipe — ${r.date}${r.partial ? ' (partial: the benchmark did not finish)' : ''}`);
   out.push('');
+  out.push(...renderHeadline(r));
+  out.push(...renderDetails(r));
+  return `${out.join('\n')}\n`;
+}
+
+/** The section README.md shows: machine, inputs, the side-by-side table and the targets. */
+export function renderReadmeSection(r: BenchResult, resultsLink: string): string {
+  const out: string[] = [];
+  out.push(`Latest \`npm run bench\`, ${r.date}${r.partial ? ' (partial: the benchmark did not finish)' : ''}; the full report with the profile and the sweep: [${resultsLink}](${resultsLink}).`);
+  out.push('');
+  out.push(...renderHeadline(r));
+  return out.join('\n');
+}
+
+/** Machine, inputs, the side-by-side table, the targets. */
+export function renderHeadline(r: BenchResult): string[] {
+  const out: string[] = [];
+  const m = r.machine;
   out.push(
     `**Machine:** ${m.cores} cores (${m.cpuModel}), ${m.ramGiB} GiB RAM, no GPU, ${m.os}, Node ${m.node}; ` +
       `pipe on tfjs-node ${m.tfjs ?? '?'}, backend \`${m.backend ?? '?'}\`, libtensorflow ${m.libtensorflow ?? '?'}` +
@@ -312,6 +329,45 @@ export function renderMarkdown(r: BenchResult): string {
     out.push('');
   }
 
+  return out;
+}
+
+/** The runs, the profile of the cold run with its bounds, the Keras phases, the sweep, notes. */
+export function renderDetails(r: BenchResult): string[] {
+  const out: string[] = [];
+  const p = r.pipe;
+  const k = r.keras;
+  const runs: [string, Partial<ProcessFigures> | undefined][] = [
+    ['Keras recipe', k],
+    ['pipe, cold cache', p],
+    [`pipe, fine_tune_at=${r.options.refitAt}`, r.refit],
+    ['pipe, warm', r.warm],
+    ['pipe sweep', r.sweep],
+    ...(r.kerasSweep?.runs ?? []).filter((x) => x !== k).map((x): [string, ProcessFigures] => [`Keras ${x.fineTuneAt} / ${x.fineTuneLr}`, x]),
+    ['probe (start)', r.probe],
+    ['probe (end)', r.probeEnd],
+  ];
+  const present = runs.filter((x): x is [string, ProcessFigures] => x[1]?.startedAt !== undefined && x[1].loadAverage !== undefined);
+  if (present.length > 0) {
+    out.push('## The runs');
+    out.push('');
+    out.push(
+      markdownTable(
+        ['run', 'started (UTC)', 'wall', 'exit', 'load at start → end (1 min)', 'peak RSS, tree', 'largest process'],
+        present.map(([name, x]) => [
+          name,
+          x.startedAt.slice(11, 19),
+          formatDuration(x.wallS),
+          String(x.exitCode),
+          `${x.loadAverage.start[0]?.toFixed(2)} → ${x.loadAverage.end[0]?.toFixed(2)}`,
+          formatMb(x.memory.treeMb),
+          `${formatMb(x.memory.processMb)}`,
+        ]),
+      ),
+    );
+    out.push('');
+  }
+
   // ---- profile ----
   if (p) {
     out.push('## Where pipe’s time goes (the cold run)');
@@ -367,7 +423,7 @@ export function renderMarkdown(r: BenchResult): string {
     out.push(...r.notes.map((n) => `- ${n}`));
     out.push('');
   }
-  return `${out.join('\n')}\n`;
+  return out;
 }
 
 function splitText(counts: Record<string, unknown>): string {

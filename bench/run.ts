@@ -341,7 +341,7 @@ async function probe(withWeights: boolean): Promise<Probe> {
       `${(p.flops.forwardFlops / 1e9).toFixed(3)} GFLOP per forward` +
       (p.throughput ? `; ${p.throughput.medianImagesPerSecond.toFixed(1)} images/s` : ''),
   );
-  return { ...p, wallS: run.wallS, memory: run.memory };
+  return { ...p, ...figures(run) };
 }
 
 async function measure(name: string, step: () => Promise<void>): Promise<void> {

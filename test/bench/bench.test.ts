@@ -2,6 +2,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { countMacs, evaluateTargets, formatDuration, layerShapes, markdownTable, parseBenchOptions, type LayerShape } from '../../bench/lib.ts';
+import { spliceReadme } from '../../bench/render.ts';
 import { renderMarkdown, withTargets, type BenchResult } from '../../bench/report.ts';
 import { buildMobileNetV2, describeMobileNetV2, type MobileNetV2Options } from '../../src/ml/mobilenet.ts';
 import { loadTf } from '../../src/ml/tf.ts';
@@ -136,6 +137,14 @@ test('renderMarkdown: a partial result renders with what it has and the targets 
   assert.match(md, '| whole recipe with pipe ≤ ¼ of the Keras wall time | 13m20s / 26m40s = 0.500 (limit 0.25, i.e. 6m40s) | **miss** |');
   assert.match(md, '| features | ran | 5m00s | 37.5 % | 14,600 images; 48.7 images/s over the stage; 55.2 images/s in the base (compute only) |');
   assert.not.match(md, 'warm re-run, nothing changed');
+});
+
+test('spliceReadme: adds a Benchmarks section before Tests once, then replaces only between the markers', () => {
+  const readme = '# pipe\n\n## The main job\n\ntext\n\n## Tests\n\nnpm test\n';
+  const first = spliceReadme(readme, 'table 1');
+  assert.match(first, /## The main job\n\ntext\n\n## Benchmarks\n\n.*\n\n<!-- bench:start -->\ntable 1\n<!-- bench:end -->\n\n## Tests\n/);
+  const second = spliceReadme(first.replace('npm test', 'npm test (edited)'), 'table 2');
+  assert.is(second, first.replace('table 1', 'table 2').replace('npm test', 'npm test (edited)'));
 });
 
 test.run();

@@ -1,0 +1,51 @@
+// Renders a benchmark result again (after the report format changed, or to publish it):
+//
+//   npx tsx bench/render.ts bench/results/<date>.json            rewrites <date>.md (and latest.md if it is the newest)
+//   npx tsx bench/render.ts bench/results/<date>.json --readme   also puts its table into README.md's "## Benchmarks"
+//
+// README.md: only the text between the markers <!-- bench:start --> and <!-- bench:end --> is
+// replaced; without them a "## Benchmarks" section holding them is added before "## Tests".
+
+import { existsSync } from 'node:fs';
+import { copyFile, readdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { renderMarkdown, renderReadmeSection, withTargets, type BenchResult } from './report.ts';
+
+const root = path.resolve(fileURLToPath(new URL('..', import.meta.url)));
+const START = '<!-- bench:start -->';
+const END = '<!-- bench:end -->';
+
+/** README text with `section` between the markers (added as "## Benchmarks" before `## Tests` when missing). */
+export function spliceReadme(readme: string, section: string): string {
+  const block = `${START}\n${section.trim()}\n${END}`;
+  const start = readme.indexOf(START);
+  const end = readme.indexOf(END);
+  if (start >= 0 && end > start) return readme.slice(0, start) + block + readme.slice(end + END.length);
+  const heading = `## Benchmarks\n\n\`npm run bench\` runs pipe and the Keras code of the recipe one after the other on this machine, from the same data folder and weights file (see [bench/README.md](bench/README.md)).\n\n${block}\n\n`;
+  const tests = readme.search(/^## Tests$/m);
+  return tests >= 0 ? readme.slice(0, tests) + heading + readme.slice(tests) : `${readme.trimEnd()}\n\n${heading}`;
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
+  const { positionals, values } = parseArgs({ options: { readme: { type: 'boolean' } }, allowPositionals: true, strict: true });
+  const file = positionals[0];
+  if (positionals.length !== 1 || file === undefined || !existsSync(file)) {
+    process.stderr.write('usage: npx tsx bench/render.ts RESULT.json [--readme]\n');
+    process.exit(2);
+  }
+  const result = withTargets(JSON.parse(await readFile(file, 'utf8')) as BenchResult);
+  const md = file.replace(/\.json$/, '.md');
+  await writeFile(md, renderMarkdown(result));
+  const dir = path.dirname(file);
+  const newest = (await readdir(dir)).filter((n) => /^\d{8}T\d{6}Z\.json$/.test(n)).sort().pop();
+  if (newest === path.basename(file)) await copyFile(md, path.join(dir, 'latest.md'));
+  process.stdout.write(`wrote ${md}${newest === path.basename(file) ? ' and latest.md' : ''}\n`);
+  if (values.readme) {
+    const readmePath = path.join(root, 'README.md');
+    const link = path.relative(root, md);
+    await writeFile(readmePath, spliceReadme(await readFile(readmePath, 'utf8'), renderReadmeSection(result, link)));
+    process.stdout.write(`updated README.md (## Benchmarks, from ${link})\n`);
+  }
+}
