@@ -57,6 +57,7 @@ export async function runChecks(options: DoctorOptions = {}): Promise<Check[]> {
   }
   checks.push(checkGpus(installed, env));
   checks.push(...(await checkMlflow(root, env)));
+  checks.push(await checkRedis(root, env));
   return checks;
 }
 
@@ -200,6 +201,20 @@ function checkGpus(installed: FlavourInfo[], env: NodeJS.ProcessEnv): Check {
     };
   }
   return { status: 'ok', text: `GPUs: ${gpus.length} visible${filter}: ${names}` };
+}
+
+/** Redis is only needed for `pipe worker` clusters (and their tests): missing is not a problem. */
+async function checkRedis(root: string, env: NodeJS.ProcessEnv): Promise<Check> {
+  const bin = path.join(root, '.redis', 'bin', 'redis-server');
+  if (!existsSync(bin)) {
+    return { status: 'info', text: `Redis: ${bin} missing (only \`pipe worker\` clusters need it, and only on the Redis host)`, fix: '`npm run setup`' };
+  }
+  try {
+    const version = /v=(\S+)/.exec((await run(bin, ['--version'], { env, timeout: 10_000 })).stdout)?.[1] ?? '?';
+    return { status: 'ok', text: `Redis ${version} (Debian's redis-server) for pipe worker clusters: ${bin}` };
+  } catch (error) {
+    return { status: 'problem', text: `Redis: ${bin} does not run: ${(error as Error).message.split('\n')[0]}`, fix: '`rm -rf .redis && npm run setup`' };
+  }
 }
 
 /** The version pinned in scripts/setup-mlflow.txt (what `npm run setup` installs). */

@@ -179,7 +179,7 @@ export async function executeOnQueue(options: ExecuteOptions, target: QueueTarge
           settle(stage, { ...restored, status: result.status, durationMs: result.durationMs, worker: result.worker });
         } else if (state === 'failed') {
           const worker = workerOf.get(name);
-          settle(stage, failed(job.failedReason || 'failed on a worker', worker));
+          settle(stage, { ...failed(job.failedReason || 'failed on a worker', worker), durationMs: job.finishedOn && job.processedOn ? job.finishedOn - job.processedOn : 0 });
           await skipDownstream(name, `upstream stage '${name}' did not complete`);
         }
       }

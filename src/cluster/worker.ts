@@ -76,7 +76,7 @@ export async function workerCommand(values: CliOptions, io: Io): Promise<number>
       const children = new Set<ResultPromise>();
       let cancelled: string | undefined;
       const onAbort = () => {
-        cancelled = `stopped: ${String(signal?.reason ?? 'cancelled by the submitter')}`;
+        cancelled = String(signal?.reason ?? 'cancelled by the submitter');
         for (const child of children) child.kill('SIGTERM');
       };
       signal?.addEventListener('abort', onAbort);

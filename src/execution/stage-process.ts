@@ -76,10 +76,15 @@ async function runCommand(spec: StageSpec): Promise<void> {
   // As DVC does: declared outputs are removed first, so a stale file can't pass for a new one.
   for (const out of spec.outs) await fs.rm(path.resolve(spec.cwd, out), { recursive: true, force: true });
   const env = { ...spec.env, PIPE_STAGE: spec.stage, PIPE_OUT_DIR: spec.outDir };
-  const options = { cwd: spec.cwd, env, stdio: 'inherit' as const, reject: false, cleanup: true };
-  const result = Array.isArray(spec.command)
-    ? await execa(spec.command[0] ?? '', spec.command.slice(1), options)
-    : await execa(spec.command ?? '', { ...options, shell: '/bin/sh' });
+  // Its own process group, so that stopping the stage stops everything the command started (a
+  // shell's children too, which would otherwise keep running and hold the output pipes open).
+  const options = { cwd: spec.cwd, env, stdio: 'inherit' as const, reject: false, cleanup: false, detached: true };
+  const child = Array.isArray(spec.command)
+    ? execa(spec.command[0] ?? '', spec.command.slice(1), options)
+    : execa(spec.command ?? '', { ...options, shell: '/bin/sh' });
+  commandGroup = child.pid;
+  const result = await child;
+  commandGroup = undefined;
   if (result.failed) {
     const why = result.signal ? `was killed by ${result.signal}` : result.exitCode !== undefined ? `exited with code ${result.exitCode}` : String(result.message);
     throw new Error(`command ${why}: ${result.command}`);
@@ -118,11 +123,36 @@ function flattenNumbers(value: unknown, prefix = ''): Array<[string, number]> {
   return [];
 }
 
+/** The process group of the running command, if one runs. */
+let commandGroup: number | undefined;
+
+function killCommand(signal: NodeJS.Signals): void {
+  if (commandGroup === undefined) return;
+  try {
+    process.kill(-commandGroup, signal);
+  } catch {
+    // already gone
+  }
+}
+
 async function main(): Promise<void> {
   let finished = false;
   process.on('disconnect', () => {
-    if (!finished) process.exit(137);
+    if (finished) return;
+    killCommand('SIGKILL');
+    process.exit(137);
   });
+  // Stopped by the runner (SIGTERM) or Ctrl-C on the terminal: stop the command, then leave.
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(signal, () => {
+      if (commandGroup === undefined) process.exit(signal === 'SIGTERM' ? 143 : 130);
+      killCommand(signal);
+      setTimeout(() => {
+        killCommand('SIGKILL');
+        process.exit(signal === 'SIGTERM' ? 143 : 130);
+      }, 2000).unref();
+    });
+  }
   const spec = await new Promise<StageSpec>((resolve) => process.once('message', (m) => resolve(m as StageSpec)));
   try {
     if (spec.command !== undefined) await runCommand(spec);

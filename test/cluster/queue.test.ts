@@ -218,6 +218,38 @@ Cluster('a worker killed in the middle of a stage: the job moves to the other wo
   assert.ok(runs.every((r) => r.info.status === 'FINISHED'));
 });
 
+Cluster('a worker hands out its GPUs: each GPU job sees only its own CUDA_VISIBLE_DEVICES', async (ctx) => {
+  const { redis } = ctx as Required<typeof ctx>;
+  await stopWorkers(ctx.workers);
+  ctx.workers = [];
+  const shared = mkdtempSync(path.join(os.tmpdir(), 'pipe-shared-cache-'));
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'pipe-wg-'));
+  const child = startPipe(dir, ['worker', '--queue', redis.url, '--cache', shared, '--cpus', '2', '--gpus', '2', '--name', 'wg']);
+  let text = '';
+  child.stdout?.on('data', (d: Buffer) => (text += d.toString()));
+  const worker: Worker = { name: 'wg', dir, process: child, output: () => text };
+  ctx.workers.push(worker);
+  await waitFor('the GPU worker', () => /taking stage jobs.*GPUs 0,1/.test(text));
+  const gpuText = `name: gq
+params:
+  k: 1
+stages:
+  train:
+    run: 'echo "$CUDA_VISIBLE_DEVICES" > gpu-\${params.k}.txt; sleep 2'
+    outs: ["gpu-\${params.k}.txt"]
+    resources: {gpu: 1}
+sweep:
+  grid:
+    k: [1, 2]
+`;
+  const client = project({ 'p.yaml': gpuText });
+  const res = await pipe(client, ['sweep', 'p.yaml', '--queue', redis.url, '--cache', shared]);
+  assert.is(res.exitCode, 0, `${res.stderr}\n${text}`);
+  const seen = [1, 2].map((k) => readFileSync(path.join(client, `gpu-${k}.txt`), 'utf8').trim()).sort();
+  assert.equal(seen, ['0', '1']);
+  await stopWorkers([worker]);
+});
+
 Cluster('no Redis at the URL: a clear error and exit 1', async () => {
   const client = project({ 'p.yaml': sweepText('swn') });
   const res = await pipe(client, ['run', 'p.yaml', '--queue', 'redis://127.0.0.1:1']);

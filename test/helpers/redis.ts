@@ -1,5 +1,5 @@
 // A real Redis server for tests: Debian's redis-server that `npm run setup` unpacked into .redis/,
-// on a free loopback port, persisting nothing.
+// on a free loopback port, persisting nothing; or the one .ci/run started (PIPE_TEST_REDIS_URL).
 //
 //   const redis = await startTestRedis();
 //   ... redis.url ...
@@ -21,7 +21,13 @@ export interface TestRedis {
   stop(): Promise<void>;
 }
 
+/** The server of PIPE_TEST_REDIS_URL (.ci/run starts one), else a new one for this test file. */
 export async function startTestRedis(): Promise<TestRedis> {
+  const given = process.env['PIPE_TEST_REDIS_URL'];
+  if (given) {
+    const url = new URL(given);
+    return { url: given, port: Number(url.port || 6379), stop: async () => undefined };
+  }
   if (!existsSync(redisServerBin)) throw new Error(`${redisServerBin} is missing: run \`npm run setup\` (it unpacks Debian's redis-server into .redis/)`);
   const port = await freePort();
   const child: ChildProcess = spawn(redisServerBin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'yes'], {
