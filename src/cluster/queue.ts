@@ -9,7 +9,7 @@
 // trees.) A stage that fails for good leaves its edges: its dependents never start, and the
 // submitter removes them and reports them as skipped.
 
-import type { ConnectionOptions } from 'bullmq';
+import type { RedisOptions } from 'bullmq';
 import { UsageError } from '../cli.ts';
 import type { StageJob } from '../executor.ts';
 import type { Outcome } from '../executor.ts';
@@ -48,7 +48,7 @@ export type StageJobProgress =
   | { type: 'stage-metric'; point: { key: string; value: number; step: number; timestamp: number } };
 
 /** `redis://[user:password@]host[:port][/db]` → connection options. */
-export function parseQueueUrl(url: string): ConnectionOptions & { host: string; port: number; db: number } {
+export function parseQueueUrl(url: string): RedisOptions & { host: string; port: number; db: number } {
   let parsed: URL;
   try {
     parsed = new URL(url);

@@ -1,14 +1,13 @@
 // Sweeps through a real Redis (Debian's redis-server from .redis/) and two `pipe worker` processes,
 // each in its own working directory, sharing one cache directory; MLflow is a real server.
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { mkdtempSync } from 'node:fs';
 import * as os from 'node:os';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import type { ResultPromise } from 'execa';
 import { pipe, project, startPipe } from '../helpers/cli.ts';
 import { startTestMlflow, type TestMlflow } from '../helpers/mlflow.ts';
+import { countIn, startWorker, stopWorkers, waitFor, type Worker } from '../helpers/cluster.ts';
 import { startTestRedis, type TestRedis } from '../helpers/redis.ts';
 
 const sweepText = (name: string) => `name: ${name}
@@ -57,46 +56,7 @@ interface SweepJson {
   stages: Array<{ name: string; status: string; worker?: string; error?: string }>;
 }
 
-interface Worker {
-  name: string;
-  dir: string;
-  process: ResultPromise;
-  output: () => string;
-}
-
 const Cluster = suite<{ redis?: TestRedis; mlflow?: TestMlflow; shared: string; workers: Worker[] }>('cluster', { shared: '', workers: [] });
-
-function startWorker(name: string, url: string, shared: string, env: Record<string, string> = {}): Worker {
-  const dir = mkdtempSync(path.join(os.tmpdir(), `pipe-${name}-`));
-  const child = startPipe(dir, ['worker', '--queue', url, '--cache', shared, '--cpus', '1', '--name', name], env);
-  let text = '';
-  child.stdout?.on('data', (d: Buffer) => (text += d.toString()));
-  child.stderr?.on('data', (d: Buffer) => (text += d.toString()));
-  return { name, dir, process: child, output: () => text };
-}
-
-async function waitFor(what: string, check: () => boolean, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-/** Lines in `file` summed over the workers' working directories. */
-function countIn(workers: Worker[], file: string): number {
-  let n = 0;
-  for (const w of workers) {
-    const f = path.join(w.dir, file);
-    if (existsSync(f)) n += readFileSync(f, 'utf8').trim().split('\n').length;
-  }
-  return n;
-}
-
-async function stopWorkers(workers: Worker[]): Promise<void> {
-  for (const w of workers) if (w.process.exitCode === null && w.process.signalCode === null) w.process.kill('SIGTERM');
-  await Promise.all(workers.map((w) => w.process.catch(() => undefined)));
-}
 
 async function runsOf(mlflow: TestMlflow, experimentName: string) {
   const experiment = await mlflow.client.getExperimentByName(experimentName);

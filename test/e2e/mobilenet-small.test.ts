@@ -9,45 +9,8 @@ import * as assert from 'uvu/assert';
 import { pipe, project } from '../helpers/cli.ts';
 import { writeImageFolder } from '../helpers/images.ts';
 import { startTestMlflow, type TestMlflow } from '../helpers/mlflow.ts';
+import { smallPipeline as pipeline } from '../helpers/small-pipeline.ts';
 
-const pipeline = `name: small
-experiment: small-e2e
-backend: cpu
-params:
-  data: {type: path, default: ./images}
-  fine_tune_at: 100
-stages:
-  fetch:
-    kind: fetch
-    with: {source: "\${params.data}", image_size: [96, 96]}
-  split:
-    kind: split
-    needs: [fetch]
-    with: {validation_fraction: 0.25, test_fraction: 0.25}
-  augment:
-    kind: augment
-    needs: [split]
-    with: {views: 2}
-  features:
-    kind: extract-features
-    needs: [split, augment]
-    with: {weights: none, alpha: 0.35, pooled: true, batch_size: 8}
-  activations:
-    kind: extract-features
-    needs: [split, augment]
-    with: {weights: none, alpha: 0.35, pooled: false, fine_tune_at: "\${params.fine_tune_at}", batch_size: 8}
-  head:
-    kind: train-head
-    needs: [features]
-    with: {epochs: 2, learning_rate: 0.001}
-  fine-tune:
-    kind: fine-tune
-    needs: [activations, head]
-    with: {fine_tune_at: "\${params.fine_tune_at}", epochs: 1, learning_rate: 0.0001}
-  evaluate:
-    kind: evaluate
-    needs: {model: fine-tune, data: split, features: activations, head: head}
-`;
 
 interface Summary {
   status: string;
