@@ -27,7 +27,10 @@ export async function workerCommand(values: CliOptions, io: Io): Promise<number>
   if (!values.queue) throw new UsageError('pipe worker: --queue redis://HOST:PORT is required');
   const connection = parseQueueUrl(values.queue);
   const cpus = values.cpus !== undefined ? count('--cpus', values.cpus, 1) : os.availableParallelism();
-  const gpus = values.gpus !== undefined ? Array.from({ length: count('--gpus', values.gpus, 0) }, (_, i) => String(i)) : gpuIds();
+  // --gpus N: the first N GPUs found (by id), or device numbers 0..N-1 where fewer are visible.
+  const found = gpuIds();
+  const wanted = values.gpus !== undefined ? count('--gpus', values.gpus, 0) : found.length;
+  const gpus = found.length >= wanted ? found.slice(0, wanted) : Array.from({ length: wanted }, (_, i) => String(i));
   const name = values.name ?? `${os.hostname()}:${process.pid}`;
   const projectDir = process.cwd();
   const paths = projectPaths(projectDir);

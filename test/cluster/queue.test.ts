@@ -123,8 +123,9 @@ Cluster('a sweep through two workers: shared stages once across both, results eq
 
 Cluster('a stage that fails for its own reasons is retried --retries times, not forever; its trial fails, the others complete', async (ctx) => {
   const { redis } = ctx as Required<typeof ctx>;
-  const client = project({ 'p.yaml': sweepText('swf') });
-  const res = await pipe(client, ['sweep', 'p.yaml', '-S', 'lr=0,3', '-S', 'depth=1', '--queue', redis.url, '--cache', ctx.shared, '--retries', '1', '--json']);
+  // The shared cache named by the pipeline (`cache:`) instead of --cache.
+  const client = project({ 'p.yaml': `cache: ${ctx.shared}\n${sweepText('swf')}` });
+  const res = await pipe(client, ['sweep', 'p.yaml', '-S', 'lr=0,3', '-S', 'depth=1', '--queue', redis.url, '--retries', '1', '--json']);
   assert.is(res.exitCode, 1, res.stderr);
   const result = JSON.parse(res.stdout) as SweepJson;
   const byLr = Object.fromEntries(result.trials.map((t) => [String(t.values['lr']), t]));
@@ -132,6 +133,8 @@ Cluster('a stage that fails for its own reasons is retried --retries times, not 
   assert.match(byLr['0']?.error ?? '', /exited with code 7/);
   assert.is(byLr['3']?.status, 'succeeded');
   assert.is(countIn(ctx.workers, 'attempts-tune-0'), 2, 'one try and one retry');
+  // The shared stages were in the cache already: only the new tune stages went to the workers.
+  assert.is(countIn(ctx.workers, 'count-data'), 1);
 });
 
 Cluster('a worker killed in the middle of a stage: the job moves to the other worker; nothing lost or duplicated', async (ctx) => {
