@@ -176,7 +176,8 @@ export async function executeOnQueue(options: ExecuteOptions, target: QueueTarge
             continue;
           }
           const restored = await restore(stage, entry, options);
-          settle(stage, { ...restored, status: result.status, durationMs: result.durationMs, worker: result.worker });
+          const ran = result.status === 'ran';
+          settle(stage, { ...restored, status: result.status, durationMs: result.durationMs, worker: result.worker, ...(ran ? { summary: result.summary } : {}) });
         } else if (state === 'failed') {
           const worker = workerOf.get(name);
           settle(stage, { ...failed(job.failedReason || 'failed on a worker', worker), durationMs: job.finishedOn && job.processedOn ? job.finishedOn - job.processedOn : 0 });
