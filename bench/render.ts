@@ -2,6 +2,7 @@
 //
 //   npx tsx bench/render.ts bench/results/<date>.json            rewrites <date>.md (and latest.md if it is the newest)
 //   npx tsx bench/render.ts bench/results/<date>.json --readme   also puts its table into README.md's "## Benchmarks"
+//   npx tsx bench/render.ts bench/results/<date>.json --note NOTE.md   stores a closing note (markdown) in the JSON first
 //
 // README.md: only the text between the markers <!-- bench:start --> and <!-- bench:end --> is
 // replaced; without them a "## Benchmarks" section holding them is added before "## Tests".
@@ -29,13 +30,17 @@ export function spliceReadme(readme: string, section: string): string {
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
-  const { positionals, values } = parseArgs({ options: { readme: { type: 'boolean' } }, allowPositionals: true, strict: true });
+  const { positionals, values } = parseArgs({ options: { readme: { type: 'boolean' }, note: { type: 'string' } }, allowPositionals: true, strict: true });
   const file = positionals[0];
   if (positionals.length !== 1 || file === undefined || !existsSync(file)) {
-    process.stderr.write('usage: npx tsx bench/render.ts RESULT.json [--readme]\n');
+    process.stderr.write('usage: npx tsx bench/render.ts RESULT.json [--note NOTE.md] [--readme]\n');
     process.exit(2);
   }
   const result = withTargets(JSON.parse(await readFile(file, 'utf8')) as BenchResult);
+  if (values.note !== undefined) {
+    result.closingNote = (await readFile(values.note, 'utf8')).trim();
+    await writeFile(file, `${JSON.stringify(result, null, 2)}\n`);
+  }
   const md = file.replace(/\.json$/, '.md');
   await writeFile(md, renderMarkdown(result));
   const dir = path.dirname(file);

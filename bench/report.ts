@@ -116,6 +116,8 @@ export interface BenchResult {
   warm?: PipeRun;
   sweep?: PipeSweep;
   targets: Target[];
+  /** Written after the run (bench/render.ts --note FILE): what bounds each missed target. */
+  closingNote?: string;
 }
 
 /** Re-derives the targets from the figures present. */
@@ -198,6 +200,7 @@ export function renderMarkdown(r: BenchResult): string {
   out.push(`# pipe against the Keras recipe — ${r.date}${r.partial ? ' (partial: the benchmark did not finish)' : ''}`);
   out.push('');
   out.push(...renderHeadline(r));
+  if (r.closingNote) out.push('## Closing note', '', r.closingNote.trim(), '');
   out.push(...renderDetails(r));
   return `${out.join('\n')}\n`;
 }
@@ -208,6 +211,7 @@ export function renderReadmeSection(r: BenchResult, resultsLink: string): string
   out.push(`Latest \`npm run bench\`, ${r.date}${r.partial ? ' (partial: the benchmark did not finish)' : ''}; the full report with the profile and the sweep: [${resultsLink}](${resultsLink}).`);
   out.push('');
   out.push(...renderHeadline(r));
+  if (r.closingNote) out.push('**Closing note.**', '', r.closingNote.trim(), '');
   return out.join('\n');
 }
 
@@ -446,6 +450,71 @@ export function kerasPhase1Rate(k: KerasRun): number | undefined {
   return (images * epochs) / seconds;
 }
 
+export interface WorkCount {
+  /** FLOPs in total and by part (what, FLOPs). */
+  flops: number;
+  parts: [string, number][];
+}
+
+/**
+ * The counted work of a pipe run: the base passes it ran (full forwards for pooled features, up to
+ * the boundary for activations), fine-tuning the top (forward + backward ≈ 3 × forward per training
+ * image, forward per validation image and epoch) and the evaluation (top forward per test image).
+ */
+export function pipeWork(r: BenchResult, run: PipeRun): WorkCount | undefined {
+  const f = r.probe?.flops;
+  const split = r.pipe?.stages.find((s) => s.kind === 'split')?.summary;
+  if (!f || !split) return undefined;
+  const train = Number(split['train_images']);
+  const validation = Number(split['validation_images']);
+  const test = Number(split['test_images']);
+  const parts: [string, number][] = [];
+  const boundaryStage = run.stages.find((s) => s.kind === 'extract-features' && typeof s.summary['boundary'] === 'string');
+  const boundary = boundaryStage ? passFlops(r, boundaryStage.summary['boundary'] as string) : undefined;
+  for (const s of run.stages.filter((x) => x.kind === 'extract-features' && x.status === 'ran')) {
+    const perImage = passFlops(r, typeof s.summary['boundary'] === 'string' ? s.summary['boundary'] : undefined);
+    const images = stageImages(s);
+    if (perImage === undefined || images === undefined) return undefined;
+    parts.push([`${s.name}: ${images.toLocaleString('en-US')} × ${(perImage / 1e9).toFixed(3)} GFLOP`, images * perImage]);
+  }
+  if (boundary === undefined) return undefined;
+  const top = f.forwardFlops - boundary;
+  const ft = run.stages.find((s) => s.kind === 'fine-tune' && s.status === 'ran');
+  if (ft) {
+    const epochs = Number(ft.summary['epochs_run']);
+    parts.push([`${ft.name}: ${epochs} × (${train} × 3 + ${validation}) × ${(top / 1e9).toFixed(3)} GFLOP (top)`, epochs * (3 * train + validation) * top]);
+  }
+  const ev = run.stages.find((s) => s.kind === 'evaluate' && s.status === 'ran');
+  if (ev) parts.push([`${ev.name}: ${test} × ${(top / 1e9).toFixed(3)} GFLOP`, test * top]);
+  return { flops: parts.reduce((sum, [, x]) => sum + x, 0), parts };
+}
+
+/**
+ * The counted work of the Keras recipe: every epoch runs the whole base forward over the training
+ * and validation images; phase 2 adds the backward pass (≈ 2 × forward) through the layers from
+ * fine_tune_at up; the evaluation is one forward per test image.
+ */
+export function kerasWork(r: BenchResult, k: KerasRun): WorkCount | undefined {
+  const f = r.probe?.flops;
+  const counts = k.counts as Record<string, Record<string, number>> | undefined;
+  if (!f || !counts || !f.cumulativeMacs || k.phase1Epochs === undefined || k.phase2Epochs === undefined) return undefined;
+  const sum = (o: Record<string, number> | undefined) => (o ? Object.values(o).reduce((a, b) => a + b, 0) : 0);
+  const [train, validation, test] = [sum(counts['train']), sum(counts['validation']), sum(counts['test'])];
+  const frozen = Object.values(f.cumulativeMacs)[k.fineTuneAt - 1];
+  if (frozen === undefined) return undefined;
+  const top = f.forwardFlops - 2 * frozen;
+  const F = f.forwardFlops;
+  const parts: [string, number][] = [
+    [`phase 1: ${k.phase1Epochs} × (${train} + ${validation}) × ${(F / 1e9).toFixed(3)} GFLOP`, k.phase1Epochs * (train + validation) * F],
+    [
+      `phase 2: ${k.phase2Epochs} × ((${train} + ${validation}) × ${(F / 1e9).toFixed(3)} + ${train} × 2 × ${(top / 1e9).toFixed(3)}) GFLOP`,
+      k.phase2Epochs * ((train + validation) * F + 2 * train * top),
+    ],
+    [`evaluate: ${test} × ${(F / 1e9).toFixed(3)} GFLOP`, test * F],
+  ];
+  return { flops: parts.reduce((s2, [, x]) => s2 + x, 0), parts };
+}
+
 /** The measured bounds of the cold run: how long the base passes must take at the measured rates. */
 export function bounds(r: BenchResult): string[] {
   const p = r.pipe;
@@ -478,6 +547,25 @@ export function bounds(r: BenchResult): string[] {
   if (r.keras) {
     const quarter = r.keras.wallS / 4;
     lines.push(`A quarter of the Keras wall time is ${formatDuration(quarter)}; the base passes alone take ${formatDuration(baseS)}.`);
+  }
+  const pr = bestProbe(r);
+  const tf = (x: number) => `${num(x / 1e12, 2)} TFLOP`;
+  const describe = (w: WorkCount) => `${tf(w.flops)} (${w.parts.map(([what, x]) => `${what} = ${tf(x)}`).join('; ')})`;
+  const kw = r.keras ? kerasWork(r, r.keras) : undefined;
+  const pw = pipeWork(r, p);
+  if (kw) lines.push(`Counted work of the Keras recipe (backward ≈ 2 × forward): ${describe(kw)}; ${num(kw.flops / r.keras!.wallS / 1e9)} GFLOP/s over its wall time.`);
+  if (pw) {
+    const stageS = p.stages.filter((s) => s.status === 'ran').reduce((sum, s) => sum + s.durationS, 0);
+    lines.push(
+      `Counted work of pipe's cold run: ${describe(pw)}; ${num(pw.flops / stageS / 1e9)} GFLOP/s over its stages` +
+        (kw ? `; ${((100 * pw.flops) / kw.flops).toFixed(0)} % of Keras's work` : '') +
+        (pr ? `. At the best matmul rate (${num(pr.gflops)} GFLOP/s) this work takes at least ${formatDuration(pw.flops / (pr.gflops * 1e9))}` : '') +
+        '.',
+    );
+  }
+  if (r.refit) {
+    const rw = pipeWork(r, r.refit);
+    if (rw) lines.push(`The \`fine_tune_at\` = ${r.options.refitAt} run: ${describe(rw)}, in ${formatDuration(r.refit.wallS)}${pr ? `; at least ${formatDuration(rw.flops / (pr.gflops * 1e9))} at the matmul rate` : ''}.`);
   }
   return lines;
 }
