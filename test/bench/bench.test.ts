@@ -3,7 +3,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { countMacs, evaluateTargets, formatDuration, layerShapes, markdownTable, parseBenchOptions, type LayerShape } from '../../bench/lib.ts';
 import { spliceReadme } from '../../bench/render.ts';
-import { renderMarkdown, withTargets, type BenchResult } from '../../bench/report.ts';
+import { kerasWork, pipeWork, renderMarkdown, withTargets, type BenchResult } from '../../bench/report.ts';
 import { buildMobileNetV2, describeMobileNetV2, type MobileNetV2Options } from '../../src/ml/mobilenet.ts';
 import { loadTf } from '../../src/ml/tf.ts';
 
@@ -137,6 +137,41 @@ test('renderMarkdown: a partial result renders with what it has and the targets 
   assert.match(md, '| whole recipe with pipe ≤ ¼ of the Keras wall time | 13m20s / 26m40s = 0.500 (limit 0.25, i.e. 6m40s) | **miss** |');
   assert.match(md, '| features | ran | 5m00s | 37.5 % | 14,600 images; 48.7 images/s over the stage; 55.2 images/s in the base (compute only) |');
   assert.not.match(md, 'warm re-run, nothing changed');
+});
+
+test('kerasWork and pipeWork: the recipe’s passes counted with per-layer FLOPs', () => {
+  // a toy network of 4 layers: 1, 2, 3, 4 MACs, i.e. a 20-FLOP forward
+  const cumulativeMacs = { a: 1, b: 3, c: 6, d: 10 };
+  const flops = { model: 'toy', alpha: 1, size: 1, layers: 4, macs: 10, forwardFlops: 20, macsByClass: {}, cumulativeMacs };
+  const memory = { treeMb: 0, processMb: 0, processCommand: '', mlflowMb: 0, samples: 0 };
+  const proc = { command: 'x', exitCode: 0, startedAt: '', loadAverage: { start: [0], end: [0] }, memory, log: 'l' };
+  const stages = [
+    { name: 'split', kind: 'split', status: 'ran', durationS: 1, summary: { train_images: 10, validation_images: 4, test_images: 2 } },
+    { name: 'features', kind: 'extract-features', status: 'ran', durationS: 1, summary: { images: 26 } },
+    { name: 'activations', kind: 'extract-features', status: 'ran', durationS: 1, summary: { images: 26, boundary: 'b' } },
+    { name: 'fine-tune', kind: 'fine-tune', status: 'ran', durationS: 1, summary: { epochs_run: 3 } },
+    { name: 'evaluate', kind: 'evaluate', status: 'ran', durationS: 1, summary: {} },
+  ];
+  const result = {
+    probe: { runtime: { backend: 't', tfjs: '', libtensorflow: '' }, matmul: { n: 1, reps: 1, bestGflops: 1, medianGflops: 1 }, flops, wallS: 1, memory },
+    pipe: { ...proc, wallS: 5, runDir: '', status: 'succeeded', stages },
+  } as unknown as BenchResult;
+  const pipe = pipeWork(result, result.pipe!)!;
+  // features 26 × 20; activations 26 × 6 (up to b); fine-tune 3 × (10 × 3 + 4) × 14 (top = 20 − 6); evaluate 2 × 14
+  assert.equal(pipe.parts.map(([, x]) => x), [520, 156, 1428, 28]);
+  const keras = kerasWork(result, {
+    ...proc,
+    wallS: 1,
+    fineTuneAt: 2,
+    fineTuneLr: 1e-5,
+    timesS: {},
+    phase1Epochs: 2,
+    phase2Epochs: 3,
+    counts: { train: { a: 5, b: 5 }, validation: { a: 2, b: 2 }, test: { a: 1, b: 1 } },
+  })!;
+  // layers from index 2 train: frozen part = 3 MACs = 6 FLOPs, top = 14
+  assert.equal(keras.parts.map(([, x]) => x), [2 * 14 * 20, 3 * (14 * 20 + 2 * 10 * 14), 2 * 20]);
+  assert.is(keras.flops, 560 + 1680 + 40);
 });
 
 test('spliceReadme: adds a Benchmarks section before Tests once, then replaces only between the markers', () => {
