@@ -115,8 +115,31 @@ if (values.weights) {
     bestImagesPerSecond: (batch * 1000) / Math.min(...times),
     cpuMsPerImage: (cpu.user + cpu.system) / 1000 / batch,
   };
-  x.dispose();
   net.dispose();
+  // Where the forward's time goes: the folded base up to the boundaries the pipeline's
+  // fine_tune_at values use (60, 100, 120, 130) and to the end, each timed like the whole.
+  try {
+    const prefixes: { layer: string; macs: number; imagesPerSecond: number }[] = [];
+    for (const layer of ['block_5_add', 'block_10_project_BN', 'block_12_add', 'block_13_project_BN', 'out_relu']) {
+      const part = foldNetwork(tf, model, [layer]);
+      const passPart = () => {
+        const start = performance.now();
+        tf.tidy(() => {
+          const [y] = part.apply(x);
+          y!.dataSync();
+        });
+        return performance.now() - start;
+      };
+      passPart();
+      const partTimes = Array.from({ length: batches }, passPart);
+      prefixes.push({ layer, macs: cumulativeMacs[layer] ?? NaN, imagesPerSecond: (batch * 1000) / median(partTimes) });
+      part.dispose();
+    }
+    throughput['prefixes'] = prefixes;
+  } catch (error) {
+    throughput['prefixesError'] = (error as Error).message;
+  }
+  x.dispose();
   model.dispose();
 }
 

@@ -91,7 +91,15 @@ export interface Probe extends Partial<ProcessFigures> {
     /** MACs up to and including each layer, by Keras layer name. */
     cumulativeMacs?: Record<string, number>;
   };
-  throughput?: { batch: number; batches: number; medianImagesPerSecond: number; bestImagesPerSecond: number; cpuMsPerImage: number };
+  throughput?: {
+    batch: number;
+    batches: number;
+    medianImagesPerSecond: number;
+    bestImagesPerSecond: number;
+    cpuMsPerImage: number;
+    /** The folded base up to a layer: its MACs and images/s (median), in network order. */
+    prefixes?: { layer: string; macs: number; imagesPerSecond: number }[];
+  };
   wallS: number;
   memory: MemoryPeak;
 }
@@ -366,6 +374,33 @@ export function renderDetails(r: BenchResult): string[] {
           `${x.loadAverage.start[0]?.toFixed(2)} → ${x.loadAverage.end[0]?.toFixed(2)}`,
           formatMb(x.memory.treeMb),
           `${formatMb(x.memory.processMb)}`,
+        ]),
+      ),
+    );
+    out.push('');
+  }
+
+  const prefixProbe = [r.probeEnd, r.probe].find((x) => x?.throughput?.prefixes !== undefined);
+  const prefixes = prefixProbe?.throughput?.prefixes;
+  const full = prefixes?.find((x) => x.layer === 'out_relu');
+  if (prefixProbe && prefixes && full) {
+    out.push('## Where the frozen base’s time goes');
+    out.push('');
+    out.push(
+      `The folded base (pipe's extract-features path) up to each boundary the pipeline's \`fine_tune_at\` values use, timed on batches of ${prefixProbe.throughput!.batch} ` +
+        `(probe at ${prefixProbe === r.probeEnd ? 'the end' : 'the start'} of the benchmark): time is not spread like the FLOPs.`,
+    );
+    out.push('');
+    out.push(
+      markdownTable(
+        ['up to layer', 'GFLOP per image', 'share of the forward’s FLOPs', 'images/s', 'share of the forward’s time', 'GFLOP/s'],
+        prefixes.map((x) => [
+          x.layer,
+          ((2 * x.macs) / 1e9).toFixed(3),
+          `${((100 * x.macs) / full.macs).toFixed(0)} %`,
+          num(x.imagesPerSecond),
+          `${((100 * full.imagesPerSecond) / x.imagesPerSecond).toFixed(0)} %`,
+          num((2 * x.macs * x.imagesPerSecond) / 1e9),
         ]),
       ),
     );
