@@ -228,23 +228,23 @@ export function renderHeadline(r: BenchResult): string[] {
   const out: string[] = [];
   const m = r.machine;
   out.push(
-    `**Machine:** ${m.cores} cores (${m.cpuModel}), ${m.ramGiB} GiB RAM, no GPU, ${m.os}, Node ${m.node}; ` +
+    `- **Machine:** ${m.cores} cores (${m.cpuModel}), ${m.ramGiB} GiB RAM, no GPU, ${m.os}, Node ${m.node}; ` +
       `pipe on tfjs-node ${m.tfjs ?? '?'}, backend \`${m.backend ?? '?'}\`, libtensorflow ${m.libtensorflow ?? '?'}` +
       (r.keras?.versions ? `; Keras side: ${Object.entries(r.keras.versions).map(([k, v]) => `${k} ${String(v)}`).join(', ')}` : '') +
       '.',
   );
   out.push(
-    `**Load average** (1 / 5 / 15 min) at the start ${load(m.loadAverage.start)}, at the end ${load(m.loadAverage.end)}. ` +
+    `- **Load average** (1 / 5 / 15 min) at the start ${load(m.loadAverage.start)}, at the end ${load(m.loadAverage.end)}. ` +
       'Other jobs may share this machine; every measurement records the load at its start and end (in the JSON).',
   );
   const ep = r.inputs.epochs;
   out.push(
-    `**Inputs** (the same for both sides): data \`${r.inputs.data}\`${r.inputs.limit ? ` (the first ${r.inputs.limit} images of each class, copied to a folder both sides read)` : ''}, ` +
+    `- **Inputs** (the same for both sides): data \`${r.inputs.data}\`${r.inputs.limit ? ` (the first ${r.inputs.limit} images of each class, copied to a folder both sides read)` : ''}, ` +
       `weights \`${r.inputs.weights}\`; ${ep.initial} + ${ep.fineTune} epochs (phase 2 runs ${ep.fineTune + 1}, as the recipe's \`initial_epoch\` quirk).` +
       (r.keras?.counts ? ` Split (train / validation / test): ${splitText(r.keras.counts)}.` : ''),
   );
   out.push(
-    `**pipe** at commit \`${r.pipeSource.commit.slice(0, 12)}\`${r.pipeSource.from === 'working tree' ? ` (the working tree${r.pipeSource.dirty ? ', with uncommitted changes' : ''})` : ''}.`,
+    `- **pipe** at commit \`${r.pipeSource.commit.slice(0, 12)}\`${r.pipeSource.from === 'working tree' ? ` (the working tree${r.pipeSource.dirty ? ', with uncommitted changes' : ''})` : ''}.`,
   );
   out.push('');
   out.push('Wall times are whole processes as a user runs them, from spawn to exit (start-up, imports, tracking included).');
