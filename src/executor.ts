@@ -84,8 +84,7 @@ export async function execute(options: ExecuteOptions): Promise<RunSummary> {
       const grant = await slots.acquire(job.cpu, job.gpu);
       try {
         if (book.abortReason) return book.finish(stage, skippedOutcome(`not started: ${book.abortReason}`));
-        const outcome = await runStage(job, grant.gpus, runContext);
-        return book.finish(stage, outcome.status === 'cached' ? await restore(stage, (await cache.read(stage.fingerprint))!, options) : outcome);
+        return book.finish(stage, await runStage(job, grant.gpus, runContext, plan.pipeline.file.dir));
       } finally {
         grant.release();
       }
@@ -298,10 +297,11 @@ export interface RunContext {
 }
 
 /**
- * Computes a stage's cache entry under its lock. Ends `cached` (without touching any workspace)
- * when another process published the entry while we waited for the lock.
+ * Computes a stage's cache entry under its lock. Ends `cached` when another process published the
+ * entry while we waited for the lock; its command outputs then go into `workspace`, if given (a
+ * local run's pipeline directory; a worker leaves that to the submitter).
  */
-export async function runStage(stage: StageJob, gpus: string[], run: RunContext): Promise<Outcome> {
+export async function runStage(stage: StageJob, gpus: string[], run: RunContext, workspace?: string): Promise<Outcome> {
   const { cache, emit } = run;
   const release = await cache.lock(stage.fingerprint, (holder) =>
     emit({ type: 'stage-log', stage: stage.name, stream: 'log', line: `waiting: process ${holder.pid} on ${holder.host} is computing this stage` }),
@@ -309,7 +309,10 @@ export async function runStage(stage: StageJob, gpus: string[], run: RunContext)
   try {
     // Whoever held the lock may have published the entry meanwhile (unless we are forced).
     const existing = stage.forced ? undefined : await cache.read(stage.fingerprint);
-    if (existing) return await cachedOutcome(existing);
+    if (existing) {
+      if (workspace !== undefined) await restoreOuts(existing, workspace);
+      return await cachedOutcome(existing);
+    }
     return await runInChild(stage, gpus, run);
   } finally {
     await release();

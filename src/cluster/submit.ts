@@ -9,7 +9,6 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { FlowProducer, Job, Queue, QueueEvents, type FlowJob } from 'bullmq';
 import { Redis } from 'ioredis';
-import { sleep } from '../cache.ts';
 import type { RunSummary } from '../events.ts';
 import { RunBook, restore, skippedOutcome, stageJob, type ExecuteOptions, type Outcome } from '../executor.ts';
 import type { PlannedStage } from '../plan.ts';
@@ -52,23 +51,37 @@ export async function executeOnQueue(options: ExecuteOptions, target: QueueTarge
   const remoteNames = new Set(remote.map((s) => s.name));
   const byName = new Map(remote.map((s) => [s.name, s]));
   const jobIds = new Map(remote.map((s) => [s.name, stageJobId(runId, s.fingerprint)]));
+  // The DAG among the stages that go to the queue: one edge job per dependency.
+  const edgesInto = new Map(remote.map((stage) => [stage.name, stage.stage.upstream.filter((up) => remoteNames.has(up)).map((up) => ({
+    up,
+    id: edgeJobId(runId, byName.get(up)!.fingerprint, stage.fingerprint),
+  }))]));
   const releases = new Map<string, string[]>(remote.map((s) => [s.name, []]));
   const dependents = new Map<string, string[]>(remote.map((s) => [s.name, []]));
-  const flows: FlowJob[] = [];
-  for (const stage of remote) {
-    const ups = stage.stage.upstream.filter((name) => remoteNames.has(name));
-    const edges = ups.map((up) => {
-      const id = edgeJobId(runId, byName.get(up)!.fingerprint, stage.fingerprint);
+  for (const [name, edges] of edgesInto) {
+    for (const { up, id } of edges) {
       releases.get(up)!.push(id);
-      dependents.get(up)!.push(stage.name);
-      return { name: `${up} -> ${stage.name}`, queueName: EDGE_QUEUE, prefix: PREFIX, data: { from: up, to: stage.name }, opts: { jobId: id } };
-    });
+      dependents.get(up)!.push(name);
+    }
+  }
+  const flows: FlowJob[] = remote.map((stage) => {
     const job = stageJob(plan, stage, options.backend);
-    flows.push({
+    const data: StageJobData = {
+      job: { ...job, cwd: path.relative(target.projectDir, job.cwd) || '.' },
+      runId,
+      cacheDir: cache.root,
+      backend: options.backend,
+      releases: releases.get(stage.name)!,
+      submitter,
+    };
+    const edges = edgesInto.get(stage.name)!.map(({ up, id }) => ({
+      name: `${up} -> ${stage.name}`, queueName: EDGE_QUEUE, prefix: PREFIX, data: { from: up, to: stage.name }, opts: { jobId: id },
+    }));
+    return {
       name: stage.name,
       queueName: STAGE_QUEUE,
       prefix: PREFIX,
-      data: undefined,
+      data,
       opts: {
         jobId: jobIds.get(stage.name)!,
         attempts: 1 + target.retries,
@@ -77,17 +90,8 @@ export async function executeOnQueue(options: ExecuteOptions, target: QueueTarge
         removeOnFail: { age: KEEP_FINISHED_JOBS_S },
       },
       ...(edges.length > 0 ? { children: edges } : {}),
-    });
-    flows[flows.length - 1]!.data = {
-      job: { ...job, cwd: path.relative(target.projectDir, job.cwd) || '.' },
-      runId,
-      cacheDir: cache.root,
-      backend: options.backend,
-      releases: [] as string[],
-      submitter,
-    } satisfies StageJobData;
-  }
-  for (const flow of flows) (flow.data as StageJobData).releases = releases.get(flow.name)!;
+    };
+  });
 
   const queue = new Queue(STAGE_QUEUE, { connection, prefix: PREFIX });
   const events = new QueueEvents(STAGE_QUEUE, { connection, prefix: PREFIX });
@@ -234,5 +238,4 @@ async function ping(url: string, connection: ReturnType<typeof parseQueueUrl>): 
   } finally {
     client.disconnect();
   }
-  await sleep(0);
 }
