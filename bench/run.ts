@@ -163,7 +163,7 @@ function lastJsonLine<T>(stdout: string): T {
 async function pipeSource(worktree: boolean): Promise<{ dir: string; commit: string; dirty: boolean; from: 'HEAD' | 'working tree' }> {
   const git = (...args: string[]) => execFileSync('git', args, { cwd: root, encoding: 'utf8' }).trim();
   const commit = git('rev-parse', 'HEAD');
-  const dirty = git('status', '--porcelain', '--untracked-files=no', '--', 'src', 'stages', 'bin', 'pipelines').length > 0;
+  const dirty = git('status', '--porcelain', '--untracked-files=no', '--', 'src', 'bin', 'pipelines').length > 0;
   if (worktree) return { dir: root, commit, dirty, from: 'working tree' };
   const dir = path.join(root, 'bench', 'work', `pipe-${commit.slice(0, 12)}`);
   if (!existsSync(dir)) {

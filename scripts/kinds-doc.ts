@@ -1,6 +1,6 @@
 // Prints the stage-kind reference (markdown) from the kinds' own schemas, for README.md:
 //   npx tsx scripts/kinds-doc.ts
-import { kindNames, loadKind } from '../stages/index.ts';
+import { kindNames, loadKind } from '../src/stages/index.ts';
 
 const lines: string[] = [];
 for (const name of kindNames) {

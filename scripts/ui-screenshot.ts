@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { ChildProcess } from 'node:child_process';
 import { chromium, type Page } from 'playwright-core';
-import type { RunEvent, RunStartEvent } from '../src/events.ts';
+import type { RunEvent, RunStartEvent } from '../src/core/events.ts';
 import { MLflowClient } from '../src/tracking/mlflow-client.ts';
 import { findEmbeddedServer, freePort, killGroup, spawnMlflowServer, waitForHealth } from '../src/tracking/server.ts';
 import { createTracker } from '../src/tracking/tracker.ts';

@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { LayersModel, SymbolicTensor, Tensor, layers as tfLayers } from '@tensorflow/tfjs-node';
-import { download, sha256File } from '../download.ts';
+import { download, sha256File } from '../util/download.ts';
 import { assignLayerWeights, readKerasH5, shortWeightName, type NamedWeight } from './keras-h5.ts';
 import type { Tf } from './tf.ts';
 

@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
-import { processAlive } from '../files.ts';
+import { processAlive } from '../util/files.ts';
 
 export interface TrackingTarget {
   /** Base URL of the tracking server (no trailing slash). */

@@ -6,8 +6,8 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { lineChart, type Series } from '../ml/chart.ts';
-import type { PipelineFile } from '../pipeline.ts';
-import type { Trial } from '../sweep.ts';
+import type { PipelineFile } from '../pipeline/pipeline.ts';
+import type { Trial } from '../plan/sweep.ts';
 import { authFromEnv, MLflowClient, type KeyValue } from './mlflow-client.ts';
 import { resolveTracking } from './server.ts';
 

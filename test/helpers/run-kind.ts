@@ -4,7 +4,7 @@
 import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { MetricPoint, StageContext, StageKind } from '../../src/stage-kind.ts';
+import type { MetricPoint, StageContext, StageKind } from '../../src/core/stage-kind.ts';
 
 export interface KindRun {
   outDir: string;

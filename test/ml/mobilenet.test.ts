@@ -329,7 +329,7 @@ test('weights from a URL go through the download cache, with the sha256 checked'
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/mobilenet.h5`;
   const cacheDir = tempDir('pipe-weights-cache-');
   try {
-    const { sha256File } = await import('../../src/download.ts');
+    const { sha256File } = await import('../../src/util/download.ts');
     const sha256 = await sha256File(SHARED_WEIGHTS);
     const first = await loadMobileNetV2(tf, { alpha: 1.0, inputSize: 96, weights: url, sha256, cacheDir });
     assert.is(first.weights.kind, 'url');

@@ -2,12 +2,12 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import evaluate, { type TestPrediction } from '../../stages/evaluate.ts';
-import extractFeatures from '../../stages/extract-features.ts';
-import fineTune from '../../stages/fine-tune.ts';
-import trainHead from '../../stages/train-head.ts';
+import evaluate, { type TestPrediction } from '../../src/stages/evaluate.ts';
+import extractFeatures from '../../src/stages/extract-features.ts';
+import fineTune from '../../src/stages/fine-tune.ts';
+import trainHead from '../../src/stages/train-head.ts';
 import { loadTf } from '../../src/ml/tf.ts';
-import { predict } from '../../src/predict.ts';
+import { predict } from '../../src/app/predict.ts';
 import { runKind, tempDir } from '../helpers/run-kind.ts';
 
 const tf = loadTf('cpu');

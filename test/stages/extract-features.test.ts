@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import type { Tensor, Tensor4D } from '@tensorflow/tfjs-node';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import kind from '../../stages/extract-features.ts';
+import kind from '../../src/stages/extract-features.ts';
 import { imageAt, readImageSet, writeImageSet, type ImageSet } from '../../src/ml/dataset.ts';
 import { fromFloat16Bits, loadFeatureBase, readFeatures, readFeaturesMeta, toFloat16Bits } from '../../src/ml/features.ts';
 import { loadTf } from '../../src/ml/tf.ts';

@@ -7,7 +7,7 @@ import * as assert from 'uvu/assert';
 import { imageAt, readImageSet } from '../../src/ml/dataset.ts';
 import { decodeAndResize } from '../../src/ml/images.ts';
 import { loadTf } from '../../src/ml/tf.ts';
-import fetchKind, { DEFAULT_SOURCE, type FetchParams, type FetchRecord } from '../../stages/fetch.ts';
+import fetchKind, { DEFAULT_SOURCE, type FetchParams, type FetchRecord } from '../../src/stages/fetch.ts';
 import { writeImageFolder } from '../helpers/images.ts';
 import { runKind, tempDir } from '../helpers/run-kind.ts';
 import { zipBytes, type ZipEntrySpec } from '../helpers/zip.ts';

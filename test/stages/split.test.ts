@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { readImageSet, writeImageSet, type ImageSet } from '../../src/ml/dataset.ts';
-import splitKind, { recipeTestCount, type SplitParams, type SplitRecord } from '../../stages/split.ts';
+import splitKind, { recipeTestCount, type SplitParams, type SplitRecord } from '../../src/stages/split.ts';
 import { runKind, tempDir } from '../helpers/run-kind.ts';
 
 /** A tiny image set whose pixels spell out each image's file index, so moves can be checked. */

@@ -2,7 +2,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import trainHead, { type TrainHeadMeta } from '../../stages/train-head.ts';
+import trainHead, { type TrainHeadMeta } from '../../src/stages/train-head.ts';
 import { FEATURES_FORMAT, featureFileName, writeFeaturesMeta, type FeaturesMeta } from '../../src/ml/features.ts';
 import { readHead } from '../../src/ml/head.ts';
 import type { History } from '../../src/ml/train.ts';

@@ -19,7 +19,7 @@ import {
   TrackingServerError,
   type ServerRecord,
 } from '../../src/tracking/server.ts';
-import { uiCommand } from '../../src/tracking/ui.ts';
+import { uiCommand } from '../../src/app/ui.ts';
 
 const repoDir = resolve(fileURLToPath(import.meta.url), '..', '..', '..');
 const mlflowBin = join(repoDir, '.venv', 'bin', 'mlflow');

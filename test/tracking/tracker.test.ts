@@ -7,11 +7,12 @@ import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import type { RunEvent, RunStartEvent, RunSummary, StageEndEvent } from '../../src/events.ts';
-import type { MetricPoint } from '../../src/stage-kind.ts';
+import type { RunEvent, RunStartEvent, RunSummary, StageEndEvent } from '../../src/core/events.ts';
+import type { MetricPoint } from '../../src/core/stage-kind.ts';
 import { Journal, JOURNAL_FILE, replayJournal, ReplaySession } from '../../src/tracking/journal.ts';
 import type { Metric, Run } from '../../src/tracking/mlflow-client.ts';
-import { markOrphans, syncCommand, writeTrackingRecord } from '../../src/tracking/sync.ts';
+import { markOrphans, writeTrackingRecord } from '../../src/tracking/sync.ts';
+import { syncCommand } from '../../src/app/sync.ts';
 import { createTracker, type Tracker } from '../../src/tracking/tracker.ts';
 import { startTestMlflow, type TestMlflow } from '../helpers/mlflow.ts';
 
@@ -257,7 +258,7 @@ test('the server goes away mid-run: the run finishes, `pipe sync` replays with n
 
   await mlflow.start(); // same store, same port
   const lines: string[] = [];
-  assert.is(await syncCommand({ projectDir, print: (l) => lines.push(l) }), 0, lines.join('\n'));
+  assert.is(await syncCommand({ projectDir, print: (l) => lines.push(l) }), 'ok', lines.join('\n'));
   assert.match(lines.join('\n'), 'runs/demo/20260101-130000-bbbb2222: sent');
 
   const runs = await findRun('tracker-outage');
@@ -274,7 +275,7 @@ test('the server goes away mid-run: the run finishes, `pipe sync` replays with n
 
   // A second sync has nothing to do.
   lines.length = 0;
-  assert.is(await syncCommand({ projectDir, print: (l) => lines.push(l) }), 0);
+  assert.is(await syncCommand({ projectDir, print: (l) => lines.push(l) }), 'ok');
   assert.equal(lines, ['Nothing to sync: every run is on its MLflow server.']);
 });
 

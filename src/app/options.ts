@@ -1,0 +1,24 @@
+// The options a command takes, as the CLI parsed them from argv (strings and flags, not yet
+// checked: each command converts and checks the ones it uses, and throws UsageError for bad ones).
+
+export interface CommandOptions {
+  param?: string[];
+  force?: string[];
+  'fail-fast'?: boolean;
+  jobs?: string;
+  backend?: string;
+  json?: boolean;
+  verbose?: boolean;
+  'no-track'?: boolean;
+  'dry-run'?: boolean;
+  sweep?: string[];
+  objective?: string;
+  host?: string;
+  stop?: boolean;
+  queue?: string;
+  cache?: string;
+  retries?: string;
+  cpus?: string;
+  gpus?: string;
+  name?: string;
+}

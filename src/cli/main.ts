@@ -1,0 +1,173 @@
+// The `pipe` command line: parses argv, calls the command in src/app, and turns how it ended into
+// an exit code (src/cli/exit-codes.ts). Nothing below this layer imports it.
+
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { isPipeError, UsageError } from '../core/errors.ts';
+import type { CommandStatus, Io } from '../core/io.ts';
+import { EXIT_INVALID, EXIT_OK, exitCodeOfError, exitCodeOfStatus } from './exit-codes.ts';
+
+const usage = `pipe — declarative experiment pipelines with a caching DAG executor and MLflow tracking
+
+Usage:
+  pipe run FILE [-p NAME=VALUE]... [--force STAGE]... [--fail-fast] [--jobs N] [--json] [--verbose] [--no-track]
+               [--queue redis://HOST:PORT] [--cache DIR]
+  pipe status FILE [-p NAME=VALUE]... [--json]
+  pipe sweep FILE [-S NAME=V1,V2]... [-p NAME=VALUE]... [--dry-run] [--objective METRIC] [--json] [--queue URL]
+  pipe worker --queue redis://HOST:PORT [--cpus N] [--gpus N] [--cache DIR] [--name NAME]
+  pipe gc [FILE...] [--dry-run]
+  pipe predict MODEL IMAGE...
+  pipe ui [EXPERIMENT] [--host H] [--stop]
+  pipe sync
+  pipe doctor
+
+Commands:
+  run      run the pipeline: cached stages are reused, the rest run (in parallel where they may)
+  status   say, for each stage, whether it would run and why
+  sweep    run trials over parameter values; shared stages run once
+  worker   take stage jobs from a Redis queue and run them (one per machine of a cluster)
+  gc       remove cache entries that no pipeline references (--dry-run lists them)
+  predict  classify images with a model saved by an evaluate stage
+  ui       start or find the MLflow server and print the URL of the runs
+  sync     send tracking data that could not reach the MLflow server earlier
+  doctor   check the installation: Node, tfjs and its native backend, GPUs, MLflow
+
+Options:
+  -p, --param NAME=VALUE   override a pipeline param (typed by its declaration)
+  --force STAGE            re-run STAGE and what depends on it, even if cached
+  --fail-fast              stop everything at the first failed stage
+  --jobs N                 CPU slots (default: the number of cores)
+  --backend auto|cpu|gpu   override the pipeline's tfjs backend
+  --json                   print the result as JSON on stdout
+  --verbose                show every stage's output
+  --no-track               do not record an MLflow run
+  --queue URL              run the stages on \`pipe worker\`s through this Redis server (redis://HOST:PORT[/DB])
+  --cache DIR              the artifact cache (a directory every worker reaches); default runs/cache
+  --retries N              with --queue: run a failed stage again up to N times (default 1)
+  --cpus N, --gpus N       worker: CPU slots (default: the cores) and GPUs (default: those found)
+  --name NAME              worker: how runs name this worker (default HOST:PID)
+`;
+
+const runOptions = {
+  param: { type: 'string', short: 'p', multiple: true },
+  force: { type: 'string', multiple: true },
+  'fail-fast': { type: 'boolean' },
+  jobs: { type: 'string' },
+  backend: { type: 'string' },
+  json: { type: 'boolean' },
+  verbose: { type: 'boolean' },
+  'no-track': { type: 'boolean' },
+  'dry-run': { type: 'boolean' },
+  sweep: { type: 'string', short: 'S', multiple: true },
+  objective: { type: 'string' },
+  host: { type: 'string' },
+  stop: { type: 'boolean' },
+  queue: { type: 'string' },
+  cache: { type: 'string' },
+  retries: { type: 'string' },
+  cpus: { type: 'string' },
+  gpus: { type: 'string' },
+  name: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} satisfies ParseArgsConfig['options'];
+
+function parse(args: string[]) {
+  return parseArgs({ args, options: runOptions, allowPositionals: true, strict: true });
+}
+
+const defaultIo: Io = {
+  out: (text) => process.stdout.write(text),
+  err: (text) => process.stderr.write(text),
+  isTTY: Boolean(process.stderr.isTTY) && !process.env['CI'],
+};
+
+export async function main(argv: string[], io: Io = defaultIo): Promise<number> {
+  const [command, ...rest] = argv;
+  if (!command || command === '--help' || command === '-h' || command === 'help') {
+    io.out(usage);
+    return command ? EXIT_OK : EXIT_INVALID;
+  }
+  let parsed: ReturnType<typeof parse>;
+  try {
+    parsed = parse(rest);
+  } catch (error) {
+    io.err(`pipe ${command}: ${(error as Error).message}\n\n${usage}`);
+    return EXIT_INVALID;
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    io.out(usage);
+    return EXIT_OK;
+  }
+  try {
+    return exitCodeOfStatus(await dispatch(command, positionals, values, io));
+  } catch (error) {
+    if (isPipeError(error)) {
+      io.err(`${error.code === 'usage' ? '' : `pipe ${command}: `}${error.message}\n`);
+      if (error.hint) io.err(`${error.hint}\n`);
+    } else {
+      // Anything else is unexpected: say what failed; the stack only when asked.
+      const err = error as Error;
+      io.err(`pipe ${command}: ${err.message ?? String(error)}\n`);
+    }
+    if (process.env['PIPE_DEBUG']) io.err(`${(error as Error).stack ?? ''}\n`);
+    return exitCodeOfError(error);
+  }
+}
+
+async function dispatch(command: string, positionals: string[], values: ReturnType<typeof parse>['values'], io: Io): Promise<CommandStatus> {
+    switch (command) {
+      case 'run':
+      case 'status': {
+        const file = single(positionals, `pipe ${command} FILE`);
+        const { runCommand, statusCommand } = await import('../app/run.ts');
+        return command === 'run' ? await runCommand(file, values, io) : await statusCommand(file, values, io);
+      }
+      case 'sweep': {
+        const file = single(positionals, 'pipe sweep FILE');
+        const { sweepCommand } = await import('../app/sweep.ts');
+        return await sweepCommand(file, values, io);
+      }
+      case 'worker': {
+        if (positionals.length > 0) throw new UsageError('usage: pipe worker --queue redis://HOST:PORT [--cpus N] [--gpus N] [--cache DIR] [--name NAME]');
+        const { workerCommand } = await import('../queue/worker.ts');
+        return await workerCommand(values, io);
+      }
+      case 'gc': {
+        const { gcCommand } = await import('../app/gc.ts');
+        return await gcCommand(positionals, values, io);
+      }
+      case 'predict': {
+        const [model, ...images] = positionals;
+        if (!model || images.length === 0) throw new UsageError('pipe predict MODEL IMAGE...: give a model directory and at least one image');
+        const { predict } = await import('../app/predict.ts');
+        return await predict(model, images, (line) => io.out(`${line}\n`), { err: (line) => io.err(`${line}\n`) });
+      }
+      case 'ui': {
+        const { uiCommand } = await import('../app/ui.ts');
+        return await uiCommand({
+          projectDir: process.cwd(),
+          experiment: positionals[0],
+          host: values.host,
+          stop: Boolean(values.stop),
+          print: (line) => io.out(`${line}\n`),
+          printError: (line) => io.err(`${line}\n`),
+        });
+      }
+      case 'sync': {
+        const { syncCommand } = await import('../app/sync.ts');
+        return await syncCommand({ projectDir: process.cwd(), print: (line) => io.out(`${line}\n`) });
+      }
+      case 'doctor': {
+        const { doctor } = await import('../app/doctor.ts');
+        return await doctor((line) => io.out(`${line}\n`));
+      }
+      default:
+        io.err(`pipe: unknown command '${command}'\n\n${usage}`);
+        return 'invalid';
+    }
+}
+
+function single(positionals: string[], form: string): string {
+  if (positionals.length !== 1 || !positionals[0]) throw new UsageError(`usage: ${form}`);
+  return positionals[0];
+}

@@ -1,0 +1,100 @@
+// The contract between the runner and a stage kind (one file per kind under stages/).
+//
+// A stage kind is a pure description plus a `run` function. The runner validates the stage's
+// parameters against `params` (JSON schema, ajv), hashes the files named by `inputPaths`,
+// fingerprints everything, and, on a cache miss, calls `run` in a child process with a context
+// whose `outDir` is a private temporary directory. When `run` resolves, the directory is moved into
+// the content-addressed cache atomically; when it throws, nothing is published.
+
+/** JSON schema of a kind's parameters (an object schema with `properties`). */
+export interface ParamsSchema {
+  type: 'object';
+  properties: Record<string, Record<string, unknown>>;
+  required?: string[];
+  additionalProperties?: false;
+}
+
+/** Where a stage runs. `cpu` is a count of CPU slots ('all' = every slot); `gpu` a count of GPUs. */
+export interface Resources {
+  cpu?: number | 'all';
+  gpu?: number;
+}
+
+export interface StageKind<P = Record<string, unknown>> {
+  /** The name used in pipeline files: `kind: extract-features`. */
+  name: string;
+  /** Bump whenever a change to `run` can change its artifacts: it is part of the fingerprint. */
+  version: number;
+  description: string;
+  params: ParamsSchema;
+  /**
+   * Input slots: slot name -> the kinds whose artifacts it accepts. A pipeline names upstream
+   * stages in `needs:`; each slot is bound to the one needed stage of an accepted kind (or
+   * explicitly, `needs: {slot: stage}`). A slot ending in `?` is optional.
+   */
+  inputs: Record<string, readonly string[]>;
+  /**
+   * Local files or directories among the (resolved) params whose content is an input: they are
+   * hashed into the fingerprint. Paths are resolved against the pipeline file's directory.
+   */
+  inputPaths?: (params: P) => string[];
+  /**
+   * The parameters as they enter the fingerprint, when two values can give the same artifacts:
+   * e.g. extract-features maps `fine_tune_at` to the block boundary it implies, so fine_tune_at
+   * 100 and 101 share one cache entry. Default: the resolved params as they are.
+   */
+  fingerprintParams?: (params: P) => Record<string, unknown>;
+  /** True when results depend on the TensorFlow runtime (tfjs version, native backend flavour). */
+  usesTensorflow: boolean;
+  /** Default resources; a stage may override them in the pipeline (`resources:`). */
+  resources?: Resources;
+  run(ctx: StageContext<P>): Promise<void>;
+}
+
+/** A metric point as MLflow models it: key, value, step, wall-clock timestamp (ms). */
+export interface MetricPoint {
+  key: string;
+  value: number;
+  step: number;
+  timestamp: number;
+}
+
+export interface StageContext<P = Record<string, unknown>> {
+  /** This stage's name in the pipeline (for messages only: it is not part of the fingerprint). */
+  stageName: string;
+  /** Resolved, validated parameters; paths are already absolute. */
+  params: P;
+  /** Slot name -> the upstream stage's artifact directory (read-only). */
+  inputs: Record<string, string>;
+  /** Where the stage writes its artifacts. Empty at start; published atomically on success. */
+  outDir: string;
+  /** A scratch directory that is deleted after the stage, whatever happens. */
+  tmpDir: string;
+  /** A directory that survives across runs for downloads and similar reusable inputs. */
+  downloadCacheDir: string;
+  /** The backend flavour chosen by the pipeline: 'cpu' (tfjs-node) or 'gpu' (tfjs-node-gpu). */
+  backend: 'cpu' | 'gpu';
+  /** A line for the run log (and the terminal in verbose mode). */
+  log(message: string): void;
+  /** Progress of the current step; `total` may be unknown. */
+  progress(done: number, total?: number, label?: string): void;
+  /** A metric point (per-epoch history uses step = epoch). Stored with the artifacts. */
+  metric(key: string, value: number, step?: number): void;
+  /**
+   * Declares a file under `outDir` (relative path) as a run artifact to show in MLflow, e.g.
+   * `plots/learning_curves.png`.
+   */
+  artifact(relPath: string): void;
+  /** Facts for the end-of-run summary and the MLflow note, e.g. {skipped_images: 3}. */
+  summary(facts: Record<string, string | number | boolean>): void;
+}
+
+/**
+ * The stage kinds a pipeline can name. The registry (src/stages/index.ts) is one; the use cases pass
+ * it down to analysis, so that the layers below never import the stages themselves.
+ */
+export interface StageKinds {
+  readonly names: readonly string[];
+  /** The kind named `name`, or undefined when no such kind exists. */
+  load(name: string): Promise<StageKind | undefined>;
+}

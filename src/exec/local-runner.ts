@@ -1,0 +1,55 @@
+// The local runner: stages start when their upstream stages are done, in parallel within the CPU
+// and GPU slots, each in its own child process. It emits events; it never prints.
+
+import type { ResultPromise } from 'execa';
+import type { RunSummary } from '../core/events.ts';
+import { RunBook, skippedOutcome, type ExecuteOptions, type Outcome, type Runner } from './run-book.ts';
+import { restore, runStage, type RunContext } from './run-stage.ts';
+import { Slots } from './slots.ts';
+import { stageJob } from './stage-job.ts';
+
+export const localRunner: Runner = async (options: ExecuteOptions): Promise<RunSummary> => {
+  const { plan, cache } = options;
+  const book = new RunBook(options);
+  const slots = new Slots(options.cpuSlots, options.gpuIds);
+  const done = new Map<string, Promise<Outcome>>();
+  const children = new Set<ResultPromise>();
+  book.onAbort(() => {
+    for (const child of children) child.kill('SIGTERM');
+  });
+
+  const runContext: RunContext = {
+    cache,
+    downloadCacheDir: options.downloadCacheDir,
+    backend: options.backend,
+    gpusConfigured: options.gpuIds.length > 0,
+    emit: book.emit,
+    children,
+    aborted: () => book.abortReason,
+  };
+
+  for (const stage of plan.stages) {
+    const upstream = stage.stage.upstream.map((name) => done.get(name) ?? Promise.resolve(skippedOutcome('missing')));
+    done.set(stage.name, (async () => {
+      const ups = await Promise.all(upstream);
+      const broken = stage.stage.upstream.filter((_, i) => ups[i]?.status === 'failed' || ups[i]?.status === 'skipped');
+      if (broken.length > 0) return book.finish(stage, skippedOutcome(`upstream stage '${broken.join("', '")}' did not complete`));
+      if (book.abortReason) return book.finish(stage, skippedOutcome(`not started: ${book.abortReason}`));
+      if (stage.cached) {
+        const entry = await cache.read(stage.fingerprint);
+        if (entry) return book.finish(stage, await restore(stage, entry, options));
+      }
+      const job = stageJob(plan, stage, options.backend);
+      const grant = await slots.acquire(job.cpu, job.gpu);
+      try {
+        if (book.abortReason) return book.finish(stage, skippedOutcome(`not started: ${book.abortReason}`));
+        return book.finish(stage, await runStage(job, grant.gpus, runContext, plan.pipeline.file.dir));
+      } finally {
+        grant.release();
+      }
+    })());
+  }
+
+  await Promise.all(done.values());
+  return book.close();
+};

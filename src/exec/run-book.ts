@@ -1,0 +1,127 @@
+// The bookkeeping every runner shares (here, or through a queue of workers), and the Runner type
+// that the use cases choose an implementation of: `localRunner` (src/exec/local-runner.ts) or
+// `queueRunner` (src/queue/submit.ts).
+
+import type { Cache } from '../cache/cache.ts';
+import type { RunEvent, RunListener, RunStartEvent, RunSummary, StageEndEvent, StageSummary } from '../core/events.ts';
+import { recordState, type Plan, type PlannedStage } from '../plan/plan.ts';
+
+export interface ExecuteOptions {
+  plan: Plan;
+  cache: Cache;
+  /** The run-start event minus what the executor fills in (type, stages). */
+  run: Omit<RunStartEvent, 'type' | 'stages'>;
+  statePath: string;
+  downloadCacheDir: string;
+  backend: 'cpu' | 'gpu';
+  cpuSlots: number;
+  /** Ids of the GPUs this run may hand out (CUDA_VISIBLE_DEVICES values). */
+  gpuIds: string[];
+  failFast: boolean;
+  listeners: RunListener[];
+  /** False for a sweep's merged run, whose stages belong to different trials: no run metrics. */
+  summaryMetrics?: boolean;
+  /** Aborts the run (SIGINT): running stages are stopped, nothing more starts. */
+  signal?: AbortSignal;
+}
+
+/** How a stage ended: the stage-end event without what the executor adds (its name, fingerprint). */
+export type Outcome = Omit<StageEndEvent, 'type' | 'stage' | 'fingerprint'>;
+
+/** Executes a plan and says how each stage ended. */
+export type Runner = (options: ExecuteOptions) => Promise<RunSummary>;
+
+export function skippedOutcome(error: string): Outcome {
+  return { status: 'skipped', durationMs: 0, error, metrics: [], artifacts: [], summary: {} };
+}
+
+/**
+ * The bookkeeping every way of executing a plan shares (here, or through a queue of workers): the
+ * run-start and stage-end events, the per-pipeline state of finished stages, --fail-fast and
+ * interruption, and the summary at the end.
+ */
+export class RunBook {
+  private readonly started = Date.now();
+  private readonly pending: Promise<unknown>[] = [];
+  private readonly outcomes = new Map<string, Outcome>();
+  private readonly abortHandlers: Array<(reason: string) => void> = [];
+  private stateWrites = Promise.resolve();
+  abortReason: string | undefined;
+
+  constructor(private readonly options: ExecuteOptions) {
+    options.signal?.addEventListener('abort', () => this.abort('interrupted'));
+    this.emit({
+      ...options.run,
+      type: 'run-start',
+      stages: options.plan.stages.map((s) => ({
+        name: s.name,
+        kind: s.kindName,
+        fingerprint: s.fingerprint,
+        cached: s.cached,
+        reasons: s.reasons,
+        params: s.stage.params,
+        needs: s.stage.upstream,
+      })),
+    });
+  }
+
+  readonly emit = (event: RunEvent): void => {
+    for (const listener of this.options.listeners) {
+      try {
+        const result = listener(event);
+        if (result) this.pending.push(result.catch(() => undefined));
+      } catch {
+        // A subscriber's failure never fails the run.
+      }
+    }
+  };
+
+  onAbort(handler: (reason: string) => void): void {
+    this.abortHandlers.push(handler);
+  }
+
+  abort(reason: string): void {
+    if (this.abortReason) return;
+    this.abortReason = reason;
+    for (const handler of this.abortHandlers) handler(reason);
+  }
+
+  outcome(stage: string): Outcome | undefined {
+    return this.outcomes.get(stage);
+  }
+
+  finish(stage: PlannedStage, outcome: Outcome): Outcome {
+    this.outcomes.set(stage.name, outcome);
+    this.emit({ type: 'stage-end', stage: stage.name, fingerprint: stage.fingerprint, ...outcome });
+    if (outcome.status === 'ran' || outcome.status === 'cached') {
+      this.stateWrites = this.stateWrites.then(() => recordState(this.options.statePath, stage.name, stage.fingerprint, stage.record)).catch(() => undefined);
+    }
+    if (outcome.status === 'failed' && this.options.failFast) this.abort(`--fail-fast: stage '${stage.name}' failed`);
+    return outcome;
+  }
+
+  async close(): Promise<RunSummary> {
+    const { options } = this;
+    await this.stateWrites;
+    const stages: StageSummary[] = options.plan.stages.map((s) => {
+      const o = this.outcomes.get(s.name) ?? skippedOutcome('not reached');
+      return { name: s.name, kind: s.kindName, status: o.status, durationMs: o.durationMs, fingerprint: s.fingerprint, error: o.error, reasons: s.reasons, summary: o.summary, ...(o.worker ? { worker: o.worker } : {}) };
+    });
+    const metrics: Record<string, number> = {};
+    for (const s of options.summaryMetrics === false ? [] : options.plan.stages) {
+      const points = [...(this.outcomes.get(s.name)?.metrics ?? [])].sort((a, b) => a.step - b.step || a.timestamp - b.timestamp);
+      for (const point of points) metrics[point.key] = point.value;
+    }
+    const summary: RunSummary = {
+      runId: options.run.runId,
+      pipeline: options.run.pipelineName,
+      status: stages.every((s) => s.status === 'ran' || s.status === 'cached') ? 'succeeded' : 'failed',
+      durationMs: Date.now() - this.started,
+      stages,
+      metrics,
+    };
+    this.emit({ type: 'run-end', summary, endedAt: Date.now() });
+    await Promise.all(this.pending);
+    return summary;
+  }
+}

@@ -1,0 +1,69 @@
+// A stage as a self-contained unit of work, the same for a local run and a queued one.
+
+import type { FingerprintRecord } from '../cache/fingerprint.ts';
+import type { Plan, PlannedStage } from '../plan/plan.ts';
+
+/**
+ * One stage as a self-contained unit of work: everything a process needs to compute its cache
+ * entry, whether that process is this runner or a `pipe worker` on another machine (which gets it
+ * as JSON). Inputs are named by fingerprint, so each side resolves them in its own view of the cache.
+ */
+export interface StageJob {
+  name: string;
+  fingerprint: string;
+  record: FingerprintRecord;
+  /** Re-run even if the entry exists (--force): the old entry is replaced. */
+  forced: boolean;
+  kind: string;
+  usesTensorflow: boolean;
+  params: Record<string, unknown>;
+  /** Input slot → the fingerprint of the upstream entry that fills it. */
+  inputs: Record<string, string>;
+  /** Every upstream stage's fingerprint (a worker restores their command outputs before a command runs). */
+  upstream: string[];
+  command?: string | string[];
+  /** Where a command runs: the pipeline file's directory. */
+  cwd: string;
+  env: Record<string, string>;
+  outs: string[];
+  metrics: string[];
+  timeout?: number;
+  cpu: number | 'all';
+  gpu: number;
+}
+
+export function stageJob(plan: Plan, stage: PlannedStage, backend: 'cpu' | 'gpu'): StageJob {
+  const a = stage.stage;
+  return {
+    name: stage.name,
+    fingerprint: stage.fingerprint,
+    record: stage.record,
+    forced: stage.forced,
+    kind: stage.kindName,
+    usesTensorflow: Boolean(a.kind?.usesTensorflow),
+    params: a.params,
+    inputs: Object.fromEntries(Object.entries(a.inputs).map(([slot, name]) => [slot, upstreamFingerprint(plan, name)])),
+    upstream: a.upstream.map((name) => upstreamFingerprint(plan, name)),
+    command: a.command,
+    cwd: plan.pipeline.file.dir,
+    env: a.env,
+    outs: a.outs,
+    metrics: a.metrics,
+    timeout: a.timeout,
+    cpu: a.resources.cpu ?? 1,
+    gpu: gpusWanted(stage, backend),
+  };
+}
+
+/** A TensorFlow stage on the GPU flavour takes one GPU unless its resources say otherwise. */
+function gpusWanted(stage: PlannedStage, backend: 'cpu' | 'gpu'): number {
+  const declared = stage.stage.decl.resources.gpu;
+  if (declared !== undefined) return declared;
+  return stage.stage.kind?.usesTensorflow && backend === 'gpu' ? 1 : (stage.stage.resources.gpu ?? 0);
+}
+
+function upstreamFingerprint(plan: Plan, name: string): string {
+  const found = plan.stages.find((s) => s.name === name);
+  if (!found) throw new Error(`bug: no planned stage ${name}`);
+  return found.fingerprint;
+}

@@ -1,0 +1,172 @@
+// The child process that runs one stage. The runner starts it with an IPC channel, sends one
+// StageSpec, and receives reports (log, progress, metric, artifact, summary) and a final `done`
+// or `error`. A crash, hang or out-of-memory here fails this stage only, never the runner.
+// When the runner goes away (even by SIGKILL) the IPC channel closes and this process exits,
+// taking a running command with it.
+
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { execa } from 'execa';
+import { loadKind } from '../stages/index.ts';
+import { hashPath } from '../util/hash.ts';
+import type { StageContext } from '../core/stage-kind.ts';
+
+export interface StageSpec {
+  stage: string;
+  kind: string;
+  params: Record<string, unknown>;
+  inputs: Record<string, string>;
+  outDir: string;
+  tmpDir: string;
+  downloadCacheDir: string;
+  backend: 'cpu' | 'gpu';
+  /** Command stages. */
+  command?: string | string[];
+  cwd: string;
+  env: Record<string, string>;
+  outs: string[];
+  metrics: string[];
+}
+
+export type ChildReport =
+  | { t: 'log'; line: string }
+  | { t: 'progress'; done: number; total?: number; label?: string }
+  | { t: 'metric'; key: string; value: number; step: number; timestamp: number }
+  | { t: 'artifact'; path: string }
+  | { t: 'summary'; facts: Record<string, string | number | boolean> }
+  | { t: 'done'; outs?: Record<string, string> }
+  | { t: 'error'; message: string; stack?: string };
+
+function send(report: ChildReport): Promise<void> {
+  return new Promise((resolve) => {
+    if (!process.send || !process.connected) return resolve();
+    process.send(report, undefined, {}, () => resolve());
+  });
+}
+
+async function runKind(spec: StageSpec): Promise<void> {
+  const kind = await loadKind(spec.kind);
+  if (!kind) throw new Error(`unknown stage kind '${spec.kind}'`);
+  let lastProgress = 0;
+  const ctx: StageContext = {
+    stageName: spec.stage,
+    params: spec.params,
+    inputs: spec.inputs,
+    outDir: spec.outDir,
+    tmpDir: spec.tmpDir,
+    downloadCacheDir: spec.downloadCacheDir,
+    backend: spec.backend,
+    log: (line) => void send({ t: 'log', line }),
+    progress: (done, total, label) => {
+      const now = Date.now();
+      // At most ~10 reports a second, but always the last one.
+      if (now - lastProgress < 100 && total !== undefined && done < total) return;
+      lastProgress = now;
+      void send({ t: 'progress', done, total, label });
+    },
+    metric: (key, value, step = 0) => void send({ t: 'metric', key, value, step, timestamp: Date.now() }),
+    artifact: (relPath) => void send({ t: 'artifact', path: relPath }),
+    summary: (facts) => void send({ t: 'summary', facts }),
+  };
+  await kind.run(ctx);
+  await send({ t: 'done' });
+}
+
+async function runCommand(spec: StageSpec): Promise<void> {
+  // As DVC does: declared outputs are removed first, so a stale file can't pass for a new one.
+  for (const out of spec.outs) await fs.rm(path.resolve(spec.cwd, out), { recursive: true, force: true });
+  const env = { ...spec.env, PIPE_STAGE: spec.stage, PIPE_OUT_DIR: spec.outDir };
+  // Its own process group, so that stopping the stage stops everything the command started (a
+  // shell's children too, which would otherwise keep running and hold the output pipes open).
+  const options = { cwd: spec.cwd, env, stdio: 'inherit' as const, reject: false, cleanup: false, detached: true };
+  const child = Array.isArray(spec.command)
+    ? execa(spec.command[0] ?? '', spec.command.slice(1), options)
+    : execa(spec.command ?? '', { ...options, shell: '/bin/sh' });
+  commandGroup = child.pid;
+  const result = await child;
+  commandGroup = undefined;
+  if (result.failed) {
+    const why = result.signal ? `was killed by ${result.signal}` : result.exitCode !== undefined ? `exited with code ${result.exitCode}` : String(result.message);
+    throw new Error(`command ${why}: ${result.command}`);
+  }
+  const outs: Record<string, string> = {};
+  for (const out of spec.outs) {
+    const source = path.resolve(spec.cwd, out);
+    try {
+      await fs.access(source);
+    } catch {
+      throw new Error(`declared output '${out}' was not created by the command`);
+    }
+    const target = path.join(spec.outDir, out);
+    await fs.mkdir(path.dirname(target), { recursive: true });
+    await fs.cp(source, target, { recursive: true });
+    outs[out] = await hashPath(target);
+  }
+  for (const file of spec.metrics) {
+    const source = path.resolve(spec.cwd, file);
+    const values = JSON.parse(await fs.readFile(source, 'utf8')) as unknown;
+    // The metrics file is also an artifact of the run: keep a copy in the entry.
+    const copy = path.join(spec.outDir, file);
+    await fs.mkdir(path.dirname(copy), { recursive: true });
+    await fs.copyFile(source, copy);
+    for (const [key, value] of flattenNumbers(values)) await send({ t: 'metric', key, value, step: 0, timestamp: Date.now() });
+    await send({ t: 'artifact', path: file });
+  }
+  await send({ t: 'done', outs });
+}
+
+function flattenNumbers(value: unknown, prefix = ''): Array<[string, number]> {
+  if (typeof value === 'number') return [[prefix, value]];
+  if (value && typeof value === 'object' && !Array.isArray(value)) {
+    return Object.entries(value).flatMap(([k, v]) => flattenNumbers(v, prefix ? `${prefix}.${k}` : k));
+  }
+  return [];
+}
+
+/** The process group of the running command, if one runs. */
+let commandGroup: number | undefined;
+
+function killCommand(signal: NodeJS.Signals): void {
+  if (commandGroup === undefined) return;
+  try {
+    process.kill(-commandGroup, signal);
+  } catch {
+    // already gone
+  }
+}
+
+async function main(): Promise<void> {
+  let finished = false;
+  process.on('disconnect', () => {
+    if (finished) return;
+    killCommand('SIGKILL');
+    process.exit(137);
+  });
+  // Stopped by the runner (SIGTERM) or Ctrl-C on the terminal: stop the command, then leave.
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(signal, () => {
+      if (commandGroup === undefined) process.exit(signal === 'SIGTERM' ? 143 : 130);
+      killCommand(signal);
+      setTimeout(() => {
+        killCommand('SIGKILL');
+        process.exit(signal === 'SIGTERM' ? 143 : 130);
+      }, 2000).unref();
+    });
+  }
+  const spec = await new Promise<StageSpec>((resolve) => process.once('message', (m) => resolve(m as StageSpec)));
+  try {
+    if (spec.command !== undefined) await runCommand(spec);
+    else await runKind(spec);
+    process.exitCode = 0;
+  } catch (error) {
+    const err = error as Error;
+    await send({ t: 'error', message: err.message ?? String(error), stack: err.stack });
+    process.exitCode = 1;
+  }
+  // Native libraries may keep the event loop alive; the stage is over.
+  finished = true;
+  process.disconnect?.();
+  setTimeout(() => process.exit(), 50).unref();
+}
+
+await main();

@@ -1,0 +1,162 @@
+// augment: the recipe's random augmentation, sampled up front. For each training image it draws
+// `views` independent augmentations — RandomFlip('horizontal') then RandomRotation(rotation), as
+// Keras 3 computes them (src/ml/augment.ts) — so that epoch e of training can read view e of every
+// image: the same distribution the tutorial's per-epoch augmentation has, but cacheable.
+//
+// Draws come from a seeded stream per (seed, view): view v is the same whatever `views` is, so
+// raising `views` from 10 to 20 keeps the first 10.
+//
+// Artifacts:
+//   views.json + views.u8   image set `views` (views = `views`, view-major: all images of view 0,
+//                           then view 1, …; labels, files and classes of the split's `train`)
+//   augment.json            the settings and every draw: per view a string of flips ('1' = flipped)
+//                           and the angles in degrees
+//   plots/augmentation.png  9 augmentations of the first training image (the recipe's picture)
+
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import {
+  augmentImage,
+  augmented,
+  createRng,
+  sampleTransform,
+  viewTransforms,
+  type AugmentSettings,
+} from '../ml/augment.ts';
+import { imageAt, imageBytes, readImageSet, type ImageSetMeta } from '../ml/dataset.ts';
+import { imageGrid } from '../ml/plots.ts';
+import type { StageContext, StageKind } from '../core/stage-kind.ts';
+
+export interface AugmentParams {
+  /** Augmented views per training image; the recipe's phase 1 has 10 epochs. Default 10. */
+  views?: number;
+  /** 'horizontal' (default) or 'none'. */
+  flip?: 'horizontal' | 'none';
+  /** RandomRotation factor: angles uniform in ±rotation·2π. Default 0.2. */
+  rotation?: number;
+  /** Seed of the draws. Default 42. */
+  seed?: number;
+}
+
+export interface AugmentRecord {
+  seed: number;
+  views: number;
+  flip: 'horizontal' | 'none';
+  rotation: number;
+  count: number;
+  /** Per view: '0'/'1' per image (flipped or not) and the angle of each image in degrees. */
+  draws: Array<{ flips: string; angles: number[] }>;
+}
+
+/** Images transformed per write (a chunk of the output; keeps memory small). */
+const CHUNK = 256;
+
+const augmentKind: StageKind<AugmentParams> = {
+  name: 'augment',
+  version: 1,
+  description:
+    "Samples the recipe's augmentation (horizontal flip, rotation with reflect fill) up front: `views` augmented copies of each training image.",
+  params: {
+    type: 'object',
+    properties: {
+      views: { type: 'integer', minimum: 1, maximum: 1000, default: 10, description: 'augmented views per training image (one per epoch)' },
+      flip: { type: 'string', enum: ['horizontal', 'none'], default: 'horizontal', description: 'RandomFlip mode' },
+      rotation: {
+        type: 'number',
+        minimum: 0,
+        maximum: 1,
+        default: 0.2,
+        description: 'RandomRotation factor: angles uniform in ±rotation·2π',
+      },
+      seed: { type: 'integer', default: 42, description: 'seed of the draws' },
+    },
+    additionalProperties: false,
+  },
+  inputs: { data: ['split'] },
+  usesTensorflow: false,
+  resources: { cpu: 1 },
+  run: runAugment,
+};
+
+export default augmentKind;
+
+async function runAugment(ctx: StageContext<AugmentParams>): Promise<void> {
+  const dataDir = ctx.inputs['data'];
+  if (!dataDir) throw new Error('augment needs the artifacts of a split stage (input `data`)');
+  const views = ctx.params.views ?? 10;
+  const seed = ctx.params.seed ?? 42;
+  const settings: AugmentSettings = { flip: ctx.params.flip ?? 'horizontal', rotation: ctx.params.rotation ?? 0.2 };
+
+  const train = await readImageSet(dataDir, 'train');
+  if (train.views !== 1) throw new Error(`the training set in ${dataDir} already has ${train.views} views`);
+  const { count, height, width, channels } = train;
+  const size = imageBytes(train);
+
+  const record: AugmentRecord = { seed, views, ...settings, count, draws: [] };
+  const started = Date.now();
+  const chunk = new Uint8Array(Math.min(CHUNK, Math.max(1, count)) * size);
+  const handle = await fs.open(path.join(ctx.outDir, 'views.u8'), 'w');
+  try {
+    for (let view = 0; view < views; view++) {
+      const transforms = viewTransforms(seed, view, count, settings);
+      for (let start = 0; start < count; start += CHUNK) {
+        const end = Math.min(count, start + CHUNK);
+        for (let i = start; i < end; i++) {
+          const out = chunk.subarray((i - start) * size, (i - start + 1) * size);
+          augmentImage(imageAt(train, i), out, height, width, channels, transforms[i]!);
+        }
+        await handle.write(chunk, 0, (end - start) * size);
+        ctx.progress(view * count + end, views * count, 'augment');
+      }
+      record.draws.push({
+        flips: transforms.map((t) => (t.flip ? '1' : '0')).join(''),
+        angles: transforms.map((t) => Math.round(((t.angle * 180) / Math.PI) * 1e4) / 1e4),
+      });
+    }
+  } finally {
+    await handle.close();
+  }
+  const meta: ImageSetMeta = {
+    count,
+    height,
+    width,
+    channels,
+    views,
+    classNames: train.classNames,
+    labels: train.labels,
+    files: train.files,
+  };
+  await fs.writeFile(path.join(ctx.outDir, 'views.json'), JSON.stringify(meta));
+  await fs.writeFile(path.join(ctx.outDir, 'augment.json'), JSON.stringify(record) + '\n');
+  const seconds = (Date.now() - started) / 1000;
+  ctx.log(`${views} views of ${count} images (${height}×${width}) in ${seconds.toFixed(1)} s`);
+
+  if (count > 0) await writePicture(ctx, imageAt(train, 0), meta, seed, settings);
+  ctx.summary({ views, augmented_images: views * count });
+}
+
+/** 9 augmentations of the first training image, drawn from their own stream (not the views'). */
+async function writePicture(
+  ctx: StageContext<AugmentParams>,
+  first: Uint8Array,
+  meta: ImageSetMeta,
+  seed: number,
+  settings: AugmentSettings,
+): Promise<void> {
+  const rng = createRng(seed, -1);
+  const samples = Array.from({ length: 9 }, () => sampleTransform(rng, settings));
+  const images = samples.map((t) => ({
+    data: augmented(first, meta.height, meta.width, meta.channels, t),
+    height: meta.height,
+    width: meta.width,
+    channels: meta.channels,
+  }));
+  const titles = samples.map((t) => {
+    const degrees = (t.angle * 180) / Math.PI;
+    return `${t.flip ? 'flipped, ' : ''}${degrees >= 0 ? '+' : '−'}${Math.abs(degrees).toFixed(1)}°`;
+  });
+  const png = await imageGrid(images, titles, { cols: 3, title: meta.files[0] });
+  await fs.mkdir(path.join(ctx.outDir, 'plots'), { recursive: true });
+  await fs.writeFile(path.join(ctx.outDir, 'plots', 'augmentation.png'), png);
+  ctx.artifact('plots/augmentation.png');
+}

@@ -1,0 +1,371 @@
+// fetch: a folder of class sub-folders of images (a URL of a zip, a local zip or a local directory)
+// into image sets, decoded and resized exactly as Keras `image_dataset_from_directory` does.
+//
+// Layout (after descending into a lone top folder such as `cats_and_dogs_filtered/`):
+//   <root>/train/<class>/…, <root>/validation/<class>/… (and <root>/test/<class>/…)
+//       → image sets `train`, `validation` (, `test`)
+//   <root>/<class>/…
+//       → image set `all`
+// Classes are the sorted sub-folder names (Keras's class indices); every subset must have the same
+// classes. Images are found recursively in each class folder (.bmp .gif .jpeg .jpg .png, any case).
+// Undecodable files are skipped, named in the log and counted (summary `skipped_images`).
+//
+// Artifacts: `<set>.json` + `<set>.u8` per image set (src/ml/dataset.ts), `fetch.json` (what was
+// read: source, checksum, layout, counts per class, skipped files) and `plots/samples.png` (a 3×3
+// grid of training images with their class names, the recipe's first picture).
+
+import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { download, readDownloadRecord, sha256File } from '../util/download.ts';
+import { writeImageSet, type ImageSet } from '../ml/dataset.ts';
+import { comparePaths, listImageFiles, loadImages, IMAGE_EXTENSIONS } from '../ml/images.ts';
+import { createRng, shuffle } from '../ml/augment.ts';
+import { imageGrid } from '../ml/plots.ts';
+import { loadTf } from '../ml/tf.ts';
+import type { StageContext, StageKind } from '../core/stage-kind.ts';
+import { extractZip } from '../util/zip.ts';
+
+export const DEFAULT_SOURCE = 'https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip';
+
+/** Subset folder names recognised at the data root, in output order. */
+export const SUBSET_NAMES = ['train', 'validation', 'test'] as const;
+export type SubsetName = (typeof SUBSET_NAMES)[number];
+
+export interface FetchParams {
+  /** http(s) URL of a zip, a local zip file or a local directory. */
+  source?: string;
+  /** Expected sha256 of the zip (URL or local zip). */
+  sha256?: string;
+  /** [height, width] of the stored images. Default [160, 160]. */
+  image_size?: [number, number];
+  /** Subset folders to read (default: whichever of train, validation, test exist). */
+  subsets?: SubsetName[];
+}
+
+/** What `fetch.json` records. */
+export interface FetchRecord {
+  source: string;
+  /** sha256 of the zip that was read (absent for a directory). */
+  sha256?: string;
+  layout: 'subsets' | 'flat';
+  /** The data root, relative to the source (e.g. `cats_and_dogs_filtered`), '' for the source itself. */
+  root: string;
+  imageSize: [number, number];
+  classNames: string[];
+  /** Image set name -> images per class (decoded ones). */
+  sets: Record<string, Record<string, number>>;
+  skipped: Array<{ file: string; reason: string }>;
+}
+
+const IGNORED_FOLDERS = new Set(['__MACOSX']);
+
+export function isUrl(source: string): boolean {
+  return /^https?:\/\//i.test(source);
+}
+
+function resolved(params: FetchParams): Required<Omit<FetchParams, 'sha256' | 'subsets'>> & FetchParams {
+  return { ...params, source: params.source ?? DEFAULT_SOURCE, image_size: params.image_size ?? [160, 160] };
+}
+
+const fetchKind: StageKind<FetchParams> = {
+  name: 'fetch',
+  version: 1,
+  description:
+    'Reads an image-classification folder (zip URL, local zip or directory) into image sets, decoded and resized as Keras image_dataset_from_directory does.',
+  params: {
+    type: 'object',
+    properties: {
+      source: {
+        type: 'string',
+        minLength: 1,
+        default: DEFAULT_SOURCE,
+        description: 'http(s) URL of a zip, a local zip file or a local directory of class folders',
+      },
+      sha256: { type: 'string', pattern: '^[0-9a-fA-F]{64}$', description: 'expected sha256 of the zip' },
+      image_size: {
+        type: 'array',
+        items: { type: 'integer', minimum: 1, maximum: 4096 },
+        minItems: 2,
+        maxItems: 2,
+        default: [160, 160],
+        description: '[height, width] of the stored images',
+      },
+      subsets: {
+        type: 'array',
+        items: { type: 'string', enum: [...SUBSET_NAMES] },
+        minItems: 1,
+        uniqueItems: true,
+        description: 'subset folders to read (default: whichever of train, validation, test exist)',
+      },
+    },
+    additionalProperties: false,
+  },
+  inputs: {},
+  inputPaths: (params) => {
+    const source = params.source ?? DEFAULT_SOURCE;
+    return isUrl(source) ? [] : [source];
+  },
+  usesTensorflow: true,
+  resources: { cpu: 1 },
+  run: runFetch,
+};
+
+export default fetchKind;
+
+async function runFetch(ctx: StageContext<FetchParams>): Promise<void> {
+  const params = resolved(ctx.params);
+  const size: [number, number] = [params.image_size[0], params.image_size[1]];
+  const { dir: sourceDir, sha256, isDirectory } = await materialise(ctx, params);
+
+  const { root, layout, sets } = await detectLayout(sourceDir, params.subsets, params.source);
+  const rootLabel = path.relative(sourceDir, root).split(path.sep).join('/');
+  // How a folder is named in messages: a real path for a directory source, else inside the zip.
+  const folderLabel = (rel: string) =>
+    isDirectory ? path.join(sourceDir, rootLabel, rel) : `${joinLabel(rootLabel, rel) || '.'} in ${params.source}`;
+  const classNames = await checkClasses(root, layout, sets, folderLabel);
+  ctx.log(
+    `${layout === 'flat' ? 'class folders' : `subsets ${sets.join(', ')}`} in ${displayRoot(params.source, rootLabel)}; ` +
+      `classes: ${classNames.join(', ')}`,
+  );
+
+  // List every file first, so that progress has a total.
+  const listings: Array<{ set: string; files: string[]; labels: number[] }> = [];
+  for (const set of sets) {
+    const files: string[] = [];
+    const labels: number[] = [];
+    for (const [label, className] of classNames.entries()) {
+      const classRel = layout === 'flat' ? className : `${set}/${className}`;
+      const found = await listImageFiles(path.join(root, classRel));
+      if (found.length === 0) {
+        throw new Error(`class folder ${folderLabel(classRel)} has no images (${IMAGE_EXTENSIONS.join(' ')})`);
+      }
+      for (const file of found) {
+        files.push(`${classRel}/${file}`);
+        labels.push(label);
+      }
+    }
+    listings.push({ set: layout === 'flat' ? 'all' : set, files, labels });
+  }
+  const total = listings.reduce((n, l) => n + l.files.length, 0);
+
+  const tf = loadTf(ctx.backend);
+  const record: FetchRecord = {
+    source: params.source,
+    ...(sha256 ? { sha256 } : {}),
+    layout,
+    root: rootLabel,
+    imageSize: size,
+    classNames,
+    sets: {},
+    skipped: [],
+  };
+  const written: Record<string, ImageSet> = {};
+  let done = 0;
+  for (const listing of listings) {
+    const loaded = await loadImages(tf, root, listing.files, size, (n) => ctx.progress(done + n, total, 'decode'));
+    done += listing.files.length;
+    for (const skip of loaded.skipped) {
+      ctx.log(`skipped ${joinLabel(rootLabel, skip.file)}: ${skip.reason}`);
+      record.skipped.push({ file: joinLabel(rootLabel, skip.file), reason: skip.reason });
+    }
+    const labels = loaded.kept.map((i) => listing.labels[i]!);
+    const files = loaded.kept.map((i) => listing.files[i]!);
+    const perClass: Record<string, number> = {};
+    for (const [label, className] of classNames.entries()) {
+      const count = labels.filter((l) => l === label).length;
+      if (count === 0) {
+        const classRel = layout === 'flat' ? className : `${listing.set}/${className}`;
+        throw new Error(`class folder ${folderLabel(classRel)} has no decodable images`);
+      }
+      perClass[className] = count;
+    }
+    const set: ImageSet = {
+      count: files.length,
+      height: size[0],
+      width: size[1],
+      channels: 3,
+      views: 1,
+      classNames,
+      labels,
+      files,
+      pixels: loaded.pixels,
+    };
+    await writeImageSet(ctx.outDir, listing.set, set);
+    written[listing.set] = set;
+    record.sets[listing.set] = perClass;
+    ctx.log(
+      `${listing.set}: ${files.length} images (${classNames.map((c) => `${c} ${perClass[c]}`).join(', ')})`,
+    );
+  }
+  await fs.writeFile(path.join(ctx.outDir, 'fetch.json'), JSON.stringify(record, null, 2) + '\n');
+
+  const shown = written['train'] ?? written['all'] ?? Object.values(written)[0]!;
+  await writeSamples(ctx, shown);
+
+  const facts: Record<string, number | string> = { classes: classNames.join(', '), skipped_images: record.skipped.length };
+  for (const [name, set] of Object.entries(written)) facts[`${name}_images`] = set.count;
+  ctx.summary(facts);
+}
+
+/** The source as a local directory: downloads and/or extracts a zip when needed. */
+async function materialise(
+  ctx: StageContext<FetchParams>,
+  params: ReturnType<typeof resolved>,
+): Promise<{ dir: string; sha256?: string; isDirectory: boolean }> {
+  const { source } = params;
+  let zipPath: string;
+  if (isUrl(source)) {
+    zipPath = await download({
+      url: source,
+      sha256: params.sha256,
+      cacheDir: ctx.downloadCacheDir,
+      onProgress: (received, total) => ctx.progress(received, total, 'download'),
+      log: ctx.log,
+    });
+    const record = await readDownloadRecord(zipPath);
+    if (!params.sha256 && record) {
+      ctx.log(`downloaded ${source} (sha256 ${record.sha256}; pin it with \`sha256:\` to verify later downloads)`);
+    }
+  } else {
+    // Relative paths are relative to the pipeline file's directory, the stage process's cwd.
+    const local = source === '~' || source.startsWith('~/') ? path.join(os.homedir(), source.slice(1)) : path.resolve(source);
+    let stat;
+    try {
+      stat = await fs.stat(local);
+    } catch {
+      throw new Error(`source ${source} does not exist`);
+    }
+    if (stat.isDirectory()) {
+      if (params.sha256) throw new Error(`sha256 applies to a zip, but source ${source} is a directory`);
+      return { dir: local, isDirectory: true };
+    }
+    if (!(await isZipFile(local))) {
+      throw new Error(`source ${source} is neither a directory nor a zip file`);
+    }
+    zipPath = local;
+    if (params.sha256) {
+      const actual = await sha256File(local);
+      if (actual !== params.sha256.toLowerCase()) {
+        throw new Error(`checksum mismatch for ${source}: expected sha256 ${params.sha256.toLowerCase()}, got ${actual}`);
+      }
+    }
+  }
+  const dir = path.join(ctx.tmpDir, 'extracted');
+  ctx.log(`extracting ${path.basename(zipPath)}`);
+  await extractZip(zipPath, dir, { onProgress: (done, total) => ctx.progress(done, total, 'extract') });
+  const sha256 = params.sha256?.toLowerCase() ?? (await readDownloadRecord(zipPath))?.sha256 ?? (await sha256File(zipPath));
+  return { dir, sha256, isDirectory: false };
+}
+
+async function isZipFile(file: string): Promise<boolean> {
+  const handle = await fs.open(file, 'r');
+  try {
+    const { buffer, bytesRead } = await handle.read(Buffer.alloc(4), 0, 4, 0);
+    return bytesRead === 4 && buffer.readUInt32LE(0) === 0x04034b50;
+  } finally {
+    await handle.close();
+  }
+}
+
+async function subfolders(dir: string): Promise<string[]> {
+  const entries = await fs.readdir(dir, { withFileTypes: true });
+  return entries
+    .filter((e) => e.isDirectory() && !e.name.startsWith('.') && !IGNORED_FOLDERS.has(e.name))
+    .map((e) => e.name)
+    .sort(comparePaths);
+}
+
+async function hasFiles(dir: string): Promise<boolean> {
+  const entries = await fs.readdir(dir, { withFileTypes: true });
+  return entries.some((e) => e.isFile() && !e.name.startsWith('.'));
+}
+
+/** Finds the data root and its layout. */
+export async function detectLayout(
+  sourceDir: string,
+  wanted: readonly SubsetName[] | undefined,
+  sourceLabel: string = sourceDir,
+): Promise<{ root: string; layout: 'subsets' | 'flat'; sets: string[] }> {
+  let root = sourceDir;
+  for (;;) {
+    const folders = await subfolders(root);
+    const present = SUBSET_NAMES.filter((name) => folders.includes(name));
+    if (wanted) {
+      const missing = wanted.filter((name) => !folders.includes(name));
+      if (missing.length === 0) return { root, layout: 'subsets', sets: [...wanted] };
+    } else if (present.includes('train')) {
+      return { root, layout: 'subsets', sets: present };
+    }
+    // A lone top folder (the zip's `cats_and_dogs_filtered/`): look inside it.
+    const only = folders[0];
+    if (folders.length === 1 && only !== undefined && !(await hasFiles(root))) {
+      const inner = path.join(root, only);
+      if ((await subfolders(inner)).length > 0) {
+        root = inner;
+        continue;
+      }
+    }
+    if (wanted) {
+      const missing = wanted.filter((name) => !folders.includes(name));
+      throw new Error(`subset folder${missing.length > 1 ? 's' : ''} ${missing.join(', ')} not found in ${sourceLabel}`);
+    }
+    return { root, layout: 'flat', sets: ['all'] };
+  }
+}
+
+/** Sorted class names, the same in every subset, at least two. */
+async function checkClasses(
+  root: string,
+  layout: 'subsets' | 'flat',
+  sets: string[],
+  folderLabel: (rel: string) => string,
+): Promise<string[]> {
+  let reference: string[] | undefined;
+  let referenceSet = '';
+  for (const set of sets) {
+    const rel = layout === 'flat' ? '' : set;
+    const classes = await subfolders(path.join(root, rel));
+    const where = folderLabel(rel);
+    if (classes.length === 0) {
+      throw new Error(
+        `no class folders in ${where}: expected one sub-folder of images per class` +
+          (layout === 'flat' ? ' (or train/ and validation/ folders holding them)' : ''),
+      );
+    }
+    if (classes.length === 1) {
+      throw new Error(`only one class folder (${classes[0]}) in ${where}: a classifier needs at least two`);
+    }
+    if (reference && classes.join('\n') !== reference.join('\n')) {
+      throw new Error(
+        `subset ${set} has classes ${classes.join(', ')} but ${referenceSet} has ${reference.join(', ')}: ` +
+          `every subset needs the same class folders`,
+      );
+    }
+    reference ??= classes;
+    referenceSet ||= set;
+  }
+  return reference ?? [];
+}
+
+async function writeSamples(ctx: StageContext<FetchParams>, set: ImageSet): Promise<void> {
+  const order = shuffle([...Array(set.count).keys()], createRng(0));
+  const picked = order.slice(0, 9);
+  const size = set.height * set.width * set.channels;
+  const png = await imageGrid(
+    picked.map((i) => ({ data: set.pixels.subarray(i * size, (i + 1) * size), height: set.height, width: set.width })),
+    picked.map((i) => set.classNames[set.labels[i]!] ?? String(set.labels[i])),
+    { cols: 3 },
+  );
+  await fs.mkdir(path.join(ctx.outDir, 'plots'), { recursive: true });
+  await fs.writeFile(path.join(ctx.outDir, 'plots', 'samples.png'), png);
+  ctx.artifact('plots/samples.png');
+}
+
+function joinLabel(root: string, rel: string): string {
+  return root ? `${root}/${rel}` : rel;
+}
+
+function displayRoot(source: string, root: string): string {
+  return root ? `${source} (${root}/)` : source;
+}

@@ -1,0 +1,286 @@
+// fine-tune: phase 2 of the recipe. `base.trainable = True; for layer in base.layers[:fine_tune_at]:
+// layer.trainable = False`, then RMSprop at a tenth of the head's rate (1e-5), BatchNormalization
+// still in inference mode (gamma and beta train, the moving statistics never change: DESIGN §6).
+//
+// Only the top of the base runs: extract-features cached, per view, the activation at the block
+// boundary at or below fine_tune_at (src/ml/mobilenet.ts `boundaryFor`), so each step runs the
+// layers from the boundary to `out_relu` (those below fine_tune_at frozen but computed), then the
+// head (pooling → dropout → dense, starting from train-head's weights), forward and backward.
+// Epoch e trains on view (e mod views) of every training image.
+//
+// Epoch numbering continues from the head's as the recipe does it:
+//   total_epochs = initial_epochs + fine_tune_epochs
+//   model.fit(..., epochs=total_epochs, initial_epoch=history.epoch[-1])
+// `history.epoch[-1]` is the index of the head's last epoch (9 after 10 epochs), so Keras runs
+// epochs 9..19: eleven epochs, the first one numbered like the head's last. That is the recipe,
+// and the default (`keras_initial_epoch_quirk: true`); with false, epochs 10..19 run (exactly
+// `epochs` of them).
+//
+// Artifacts: base/ (the whole MobileNetV2 with the fine-tuned weights, tfjs layers format),
+// head.json + head.bin (the fine-tuned head), history.json (this phase's history, Keras-like),
+// head_history.json (train-head's, for the learning curves), meta.json.
+
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import type { Tensor, Tensor4D, Variable } from '@tensorflow/tfjs-node';
+import { loadFeatureBase, readFeatures } from '../ml/features.ts';
+import { HeadVariables, headParamCount, readHead, writeHead } from '../ml/head.ts';
+import { buildTop, saveLayersModel } from '../ml/mobilenet.ts';
+import { loadTf } from '../ml/tf.ts';
+import {
+  type History,
+  type OptimizerName,
+  type Task,
+  deriveSeed,
+  epochLine,
+  evaluateBatches,
+  fit,
+  inferenceForward,
+  makeOptimizer,
+  optimizerNames,
+} from '../ml/train.ts';
+import type { StageContext, StageKind } from '../core/stage-kind.ts';
+import type { TrainHeadMeta } from './train-head.ts';
+
+export interface FineTuneParams {
+  /** Keras layer index: base.layers[:fine_tune_at] stay frozen. Must match the activations' boundary. */
+  fine_tune_at: number;
+  /** The recipe's fine_tune_epochs. Default 10. */
+  epochs?: number;
+  /** Default 1e-5 (base_learning_rate / 10). */
+  learning_rate?: number;
+  /** Default 'rmsprop'. */
+  optimizer?: OptimizerName;
+  /** Default 32. */
+  batch_size?: number;
+  /** Seeds the shuffling and the dropout masks. Default 0. */
+  seed?: number;
+  /** Continue at `initial_epoch = history.epoch[-1]` as the recipe does (one extra epoch). Default true. */
+  keras_initial_epoch_quirk?: boolean;
+}
+
+type Resolved = Required<FineTuneParams>;
+
+export function resolveFineTuneParams(params: FineTuneParams): Resolved {
+  return {
+    fine_tune_at: params.fine_tune_at,
+    epochs: params.epochs ?? 10,
+    learning_rate: params.learning_rate ?? 1e-5,
+    optimizer: params.optimizer ?? 'rmsprop',
+    batch_size: params.batch_size ?? 32,
+    seed: params.seed ?? 0,
+    keras_initial_epoch_quirk: params.keras_initial_epoch_quirk ?? true,
+  };
+}
+
+/**
+ * The epochs phase 2 runs, as Keras's `fit(epochs=total, initial_epoch=start)` numbers them:
+ * total = head epochs + fine-tune epochs; start = the head's last epoch index (the recipe) or the
+ * one after it.
+ */
+export function fineTuneEpochs(
+  headEpochs: number,
+  headLastEpoch: number,
+  fineTuneEpochCount: number,
+  kerasQuirk: boolean,
+): { initialEpoch: number; epochs: number } {
+  return { initialEpoch: kerasQuirk ? headLastEpoch : headLastEpoch + 1, epochs: headEpochs + fineTuneEpochCount };
+}
+
+export interface FineTuneMeta {
+  format: 'pipe-fine-tune/1';
+  classNames: string[];
+  task: Task;
+  fineTuneAt: number;
+  /** The layer whose output the top starts from, and the first layer of the top. */
+  boundary: { layerName: string; index: number; topStart: number; shape: number[] };
+  model: { architecture: 'mobilenet_v2'; alpha: number; inputShape: [number, number, number]; layers: number };
+  trainableParams: { base: number; head: number; total: number };
+  trainableVariables: number;
+  /** Keras `fit(epochs=..., initial_epoch=...)` of this phase. */
+  initialEpoch: number;
+  epochs: number;
+  /** Epochs of the head phase (the recipe's initial_epochs): where fine-tuning starts on the curves. */
+  headEpochs: number;
+  final: { loss: number; accuracy: number; val_loss: number; val_accuracy: number };
+  params: Resolved;
+}
+
+const kind: StageKind<FineTuneParams> = {
+  name: 'fine-tune',
+  version: 1,
+  description:
+    'Fine-tunes the top of the base from fine_tune_at together with the head (RMSprop, BatchNormalization ' +
+    'in inference mode) on the cached boundary activations, as phase 2 of the Keras transfer-learning recipe.',
+  params: {
+    type: 'object',
+    properties: {
+      fine_tune_at: { type: 'integer', minimum: 1, description: 'Keras layer index of the first trainable layer of the base (the recipe: 100); must imply the boundary of the activations' },
+      epochs: { type: 'integer', minimum: 1, default: 10, description: 'fine_tune_epochs of the recipe' },
+      learning_rate: { type: 'number', exclusiveMinimum: 0, default: 1e-5, description: 'the recipe: base_learning_rate / 10' },
+      optimizer: { enum: [...optimizerNames], default: 'rmsprop', description: 'Keras RMSprop (ρ 0.9, ε 1e-7), Adam or SGD' },
+      batch_size: { type: 'integer', minimum: 1, default: 32, description: 'batch size' },
+      seed: { type: 'integer', default: 0, description: 'seed of the shuffles and the dropout' },
+      keras_initial_epoch_quirk: { type: 'boolean', default: true, description: "as the recipe, fit(epochs=initial+fine, initial_epoch=history.epoch[-1]): one epoch more, numbered from the head's last epoch" },
+    },
+    required: ['fine_tune_at'],
+    additionalProperties: false,
+  },
+  inputs: { activations: ['extract-features'], head: ['train-head'] },
+  usesTensorflow: true,
+  resources: { cpu: 'all' },
+  run,
+};
+
+export default kind;
+
+async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
+  const params = resolveFineTuneParams(ctx.params);
+  const activationsDir = ctx.inputs['activations'];
+  const headDir = ctx.inputs['head'];
+  if (!activationsDir) throw new Error('fine-tune needs its activations input (an extract-features stage with fine_tune_at)');
+  if (!headDir) throw new Error('fine-tune needs its head input (a train-head stage)');
+  if (!Number.isInteger(params.fine_tune_at)) throw new Error('fine-tune needs the parameter fine_tune_at (a Keras layer index)');
+
+  const tf = loadTf(ctx.backend);
+  const [headWeights, headMeta, headHistoryText] = await Promise.all([
+    readHead(headDir),
+    fs.readFile(path.join(headDir, 'meta.json'), 'utf8').then((text) => JSON.parse(text) as TrainHeadMeta),
+    fs.readFile(path.join(headDir, 'history.json'), 'utf8'),
+  ]);
+  const { model: base, meta, boundary } = await loadFeatureBase(tf, activationsDir, { fineTuneAt: params.fine_tune_at });
+  if (!boundary) throw new Error(`the features in ${activationsDir} hold no boundary activations`);
+  if (meta.classNames.join('\n') !== headWeights.classNames.join('\n')) {
+    throw new Error(
+      `the head was trained on classes ${headWeights.classNames.join(', ')} but the activations are of ${meta.classNames.join(', ')}`,
+    );
+  }
+  const task = headWeights.task;
+  const layerCount = base.layers.length;
+  if (params.fine_tune_at >= layerCount) {
+    throw new Error(`fine_tune_at ${params.fine_tune_at} leaves nothing to fine-tune: the base has ${layerCount} layers`);
+  }
+
+  const top = buildTop(tf, base, boundary);
+  const head = new HeadVariables(tf, headWeights);
+  const optimizer = makeOptimizer(tf, params.optimizer, params.learning_rate);
+  const baseVars = top.trainableWeights.map((weight) => weight.read() as Variable);
+  const [h, w, c] = boundary.shape;
+  let validation: Tensor4D | undefined;
+  let current: { view: number; tensor: Tensor4D } | undefined;
+  try {
+    const baseParams = baseVars.reduce((sum, v) => sum + v.size, 0);
+    const headParams = headParamCount(headWeights);
+    ctx.log(
+      `fine-tuning layers ${params.fine_tune_at}–${layerCount - 1} of ${layerCount} (from ${base.layers[params.fine_tune_at]!.name}); ` +
+        `the top runs from the cached output of ${boundary.layerName} (${h}×${w}×${c})`,
+    );
+    ctx.log(
+      `trainable parameters: ${fmt(baseParams)} in the base + ${fmt(headParams)} in the head = ${fmt(baseParams + headParams)} ` +
+        `(${baseVars.length + 2} variables); BatchNormalization in inference mode`,
+    );
+
+    const validationFeatures = await readFeatures(activationsDir, meta, 'validation', 'boundary');
+    validation = tf.tensor4d(validationFeatures.data, [meta.sets.validation.count, h, w, c]);
+    const trainSet = meta.sets.views;
+    // The top with BatchNormalization in inference mode, folded into the convolutions (the same
+    // values and gradients as top.apply(x, {training: false}), faster backward).
+    const topForward = inferenceForward(tf, top);
+    const forward = (x: Tensor, training: boolean, dropoutSeed: number) =>
+      tf.tidy(() => head.logitsOfActivation(topForward(x), training, dropoutSeed));
+    const gather = (source: Tensor, rows: number[]) => tf.gather(source, tf.tensor1d(rows, 'int32'));
+    const validationInput = validation;
+    const validate = () =>
+      evaluateBatches(tf, {
+        task,
+        labels: meta.sets.validation.labels,
+        batchSize: params.batch_size,
+        inputs: (indices) => gather(validationInput, indices),
+        forward: (x) => forward(x, false, 0),
+      });
+
+    const range = fineTuneEpochs(headMeta.epochs, headMeta.lastEpoch, params.epochs, params.keras_initial_epoch_quirk);
+    const epochCount = range.epochs - range.initialEpoch;
+    ctx.log(
+      `fit(epochs=${range.epochs}, initial_epoch=${range.initialEpoch}): ${epochCount} epochs` +
+        (params.keras_initial_epoch_quirk ? ' (the recipe continues at history.epoch[-1], one epoch more than fine_tune_epochs)' : ''),
+    );
+    const history: History = await fit(tf, {
+      task,
+      vars: [...baseVars, ...head.vars],
+      optimizer,
+      labels: trainSet.labels,
+      epochs: range.epochs,
+      initialEpoch: range.initialEpoch,
+      batchSize: params.batch_size,
+      // Its own streams: with the head's seed, the first epochs would repeat the head's shuffles.
+      seed: deriveSeed(params.seed, 'fine-tune'),
+      beforeEpoch: async (epoch) => {
+        const view = epoch % trainSet.views;
+        if (current?.view === view) return;
+        current?.tensor.dispose();
+        current = undefined;
+        const features = await readFeatures(activationsDir, meta, 'views', 'boundary', { view });
+        current = { view, tensor: tf.tensor4d(features.data, [trainSet.count, h, w, c]) };
+      },
+      inputs: (_epoch, indices) => gather(current!.tensor, indices),
+      forward,
+      validate,
+      onBatch: (epoch, done, total) =>
+        ctx.progress((epoch - range.initialEpoch) * total + done, epochCount * total, 'fine-tuning'),
+      onEpoch: (record) => {
+        for (const key of ['loss', 'accuracy', 'val_loss', 'val_accuracy'] as const) ctx.metric(key, record[key], record.epoch);
+        ctx.log(epochLine(record, range.epochs));
+      },
+    });
+
+    await saveLayersModel(base, path.join(ctx.outDir, 'base'));
+    await writeHead(ctx.outDir, head.weights());
+    await fs.writeFile(path.join(ctx.outDir, 'history.json'), JSON.stringify(history, null, 1) + '\n');
+    await fs.writeFile(path.join(ctx.outDir, 'head_history.json'), headHistoryText);
+    const last = history.epoch.length - 1;
+    const result: FineTuneMeta = {
+      format: 'pipe-fine-tune/1',
+      classNames: meta.classNames,
+      task,
+      fineTuneAt: params.fine_tune_at,
+      boundary: { layerName: boundary.layerName, index: boundary.index, topStart: boundary.topStart, shape: boundary.shape },
+      model: { architecture: 'mobilenet_v2', alpha: meta.model.alpha, inputShape: meta.model.inputShape, layers: layerCount },
+      trainableParams: { base: baseParams, head: headParams, total: baseParams + headParams },
+      trainableVariables: baseVars.length + 2,
+      initialEpoch: range.initialEpoch,
+      epochs: range.epochs,
+      headEpochs: headMeta.epochs,
+      final: {
+        loss: history.loss[last]!,
+        accuracy: history.accuracy[last]!,
+        val_loss: history.val_loss[last]!,
+        val_accuracy: history.val_accuracy[last]!,
+      },
+      params,
+    };
+    await fs.writeFile(path.join(ctx.outDir, 'meta.json'), JSON.stringify(result, null, 1) + '\n');
+    ctx.artifact('history.json');
+    ctx.summary({
+      fine_tune_at: params.fine_tune_at,
+      trainable_params: baseParams + headParams,
+      epochs_run: epochCount,
+      val_accuracy: round(result.final.val_accuracy),
+      val_loss: round(result.final.val_loss),
+    });
+  } finally {
+    optimizer.dispose();
+    head.dispose();
+    current?.tensor.dispose();
+    validation?.dispose();
+    base.dispose();
+  }
+}
+
+function fmt(n: number): string {
+  return n.toLocaleString('en-US');
+}
+
+function round(value: number): number {
+  return Math.round(value * 10000) / 10000;
+}
