@@ -13,6 +13,8 @@ export interface CommandOptions {
   'dry-run'?: boolean;
   sweep?: string[];
   objective?: string;
+  samples?: string;
+  seed?: string;
   host?: string;
   stop?: boolean;
   queue?: string;

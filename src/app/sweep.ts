@@ -23,7 +23,11 @@ export async function sweepCommand(file: string, values: CommandOptions, io: Io)
     return 'invalid';
   }
   const pipelineFile = loaded.file;
-  const { trials, diagnostics } = expandTrials(pipelineFile, values.sweep ?? []);
+  const sampling = {
+    samples: values.samples !== undefined ? wholeNumber('--samples', values.samples, 1) : undefined,
+    seed: values.seed !== undefined ? wholeNumber('--seed', values.seed, 0) : undefined,
+  };
+  const { trials, diagnostics } = expandTrials(pipelineFile, values.sweep ?? [], sampling);
   const overridden = new Set((values.param ?? []).map((p) => p.split('=')[0]));
   for (const trial of trials) {
     for (const name of Object.keys(trial.values)) {
@@ -122,6 +126,12 @@ export async function sweepCommand(file: string, values: CommandOptions, io: Io)
   await parent?.finish(rows.map((r) => ({ id: r.trial.id, label: r.trial.label, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), table).catch((error: Error) => io.err(`tracking: ${error.message}\n`));
   if (values.json) io.out(`${JSON.stringify({ sweep: sweepId, objective, direction, trials: rows.map((r) => ({ id: r.trial.id, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), stages: summary.stages }, null, 2)}\n`);
   return rows.every((r) => r.status === 'succeeded') ? 'ok' : 'failed';
+}
+
+function wholeNumber(flag: string, text: string, min: number): number {
+  const n = Number(text);
+  if (!/^\s*\d+\s*$/.test(text) || !Number.isSafeInteger(n) || n < min) throw new UsageError(`${flag} ${text}: expected a whole number ≥ ${min}`);
+  return n;
 }
 
 function formatTrialTable(rows: Array<{ trial: Trial; status: string; error?: string; metrics: Record<string, number> }>, objective: string): string {

@@ -12,7 +12,8 @@ Usage:
   pipe run FILE [-p NAME=VALUE]... [--force STAGE]... [--fail-fast] [--jobs N] [--json] [--verbose] [--no-track]
                [--queue redis://HOST:PORT] [--cache DIR]
   pipe status FILE [-p NAME=VALUE]... [--json]
-  pipe sweep FILE [-S NAME=V1,V2]... [-p NAME=VALUE]... [--dry-run] [--objective METRIC] [--json] [--queue URL]
+  pipe sweep FILE [-S NAME=V1,V2 | -S NAME=DIST(…)]... [--samples N] [--seed N] [-p NAME=VALUE]... [--dry-run]
+               [--objective METRIC] [--json] [--queue URL]
   pipe worker --queue redis://HOST:PORT [--cpus N] [--gpus N] [--cache DIR] [--name NAME]
   pipe gc [FILE...] [--dry-run]
   pipe predict MODEL IMAGE...
@@ -37,6 +38,9 @@ Options:
   --fail-fast              stop everything at the first failed stage
   --jobs N                 CPU slots (default: the number of cores)
   --backend auto|cpu|gpu   override the pipeline's tfjs backend
+  -S, --sweep NAME=V1,V2   sweep: these values of a param (crossed with the other -S and the grid)
+  -S NAME=DIST(A,B)        sweep: draw the param from loguniform(…), uniform(…), int(…) or choice(…)
+  --samples N, --seed N    sweep: how many points of the sampled space, and which design (default seed 0)
   --json                   print the result as JSON on stdout
   --verbose                show every stage's output
   --no-track               do not record an MLflow run
@@ -59,6 +63,8 @@ const runOptions = {
   'dry-run': { type: 'boolean' },
   sweep: { type: 'string', short: 'S', multiple: true },
   objective: { type: 'string' },
+  samples: { type: 'string' },
+  seed: { type: 'string' },
   host: { type: 'string' },
   stop: { type: 'boolean' },
   queue: { type: 'string' },

@@ -27,6 +27,9 @@ export async function restore(stage: PlannedStage, entry: CacheEntry, options: P
   return { ...(await cachedOutcome(entry)), durationMs: Date.now() - t0 };
 }
 
+/** Distinguishes concurrent restores of one output by this process (sweeps restore trials in parallel). */
+let restoreCount = 0;
+
 /** Puts a command stage's declared outputs back into the workspace `dir`, where they differ. */
 export async function restoreOuts(entry: CacheEntry, dir: string): Promise<void> {
   for (const [out, hash] of Object.entries(entry.result.outs ?? {})) {
@@ -39,7 +42,7 @@ export async function restoreOuts(entry: CacheEntry, dir: string): Promise<void>
     }
     if (current === hash) continue;
     // Copy next to the target, then swap it in, so a reader never sees half a file.
-    const tmp = `${target}.pipe-restore-${process.pid}`;
+    const tmp = `${target}.pipe-restore-${process.pid}-${++restoreCount}`;
     await fs.rm(tmp, { recursive: true, force: true });
     await fs.mkdir(path.dirname(target), { recursive: true });
     await fs.cp(path.join(entry.outDir, out), tmp, { recursive: true });

@@ -42,6 +42,12 @@ export interface StageDecl {
 
 export interface SweepDecl {
   grid?: Record<string, unknown[]>;
+  /** Sampled dimensions: `{loguniform: [1e-6, 1e-4]}`, `{choice: [...]}`, `{uniform: [a, b]}`, `{int: [a, b]}`. */
+  space?: Record<string, unknown>;
+  /** How many points of the space to draw. */
+  samples?: number;
+  /** Which quasi-random design (default 0). */
+  seed?: number;
   trials?: Array<Record<string, unknown>>;
   objective?: string;
   direction?: 'maximize' | 'minimize';

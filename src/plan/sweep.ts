@@ -7,8 +7,9 @@ import type { Diagnostic } from '../core/diagnostics.ts';
 import { at } from '../core/diagnostics.ts';
 import type { RunEvent, RunListener, RunSummary, StageEndEvent } from '../core/events.ts';
 import { canonicalJson } from '../cache/fingerprint.ts';
-import { checkParamValue, rangeOf, type PipelineFile } from '../pipeline/pipeline.ts';
+import { article, checkParamValue, rangeOf, type ParamDecl, type PipelineFile } from '../pipeline/pipeline.ts';
 import type { Plan, PlannedStage } from './plan.ts';
+import { makeDistribution, parseDistributionArg, readDistribution, sampleAt, type Distribution, type DistributionKind } from './space.ts';
 
 export interface Trial {
   /** t1, t2, …: stable within a sweep definition (grid order, then explicit trials). */
@@ -18,11 +19,25 @@ export interface Trial {
   label: string;
 }
 
-/** Expands the sweep section and `-S` flags into trials, or the problems found. */
-export function expandTrials(file: PipelineFile, cliSweeps: string[]): { trials: Trial[]; diagnostics: Diagnostic[] } {
+export interface SampleOptions {
+  /** `--samples N`: how many points of the sampled space (overrides `sweep.samples`). */
+  samples?: number;
+  /** `--seed N`: which design (overrides `sweep.seed`; default 0). */
+  seed?: number;
+}
+
+/**
+ * Expands the sweep section and `-S` flags into trials, or the problems found. Trials are, in this
+ * order: each sample of the sampled space (`space:` and `-S NAME=dist(…)`) crossed with every
+ * combination of the grid (`grid:` and `-S NAME=V1,V2`) — sample-major, so that `samples: 2N` keeps
+ * the first N samples' trials and their ids —, then the explicit `trials:`. Identical combinations
+ * are one trial.
+ */
+export function expandTrials(file: PipelineFile, cliSweeps: string[], options: SampleOptions = {}): { trials: Trial[]; diagnostics: Diagnostic[] } {
   const diagnostics: Diagnostic[] = [];
   const declared = new Map(file.params.map((p) => [p.name, p]));
   const grid = new Map<string, unknown[]>();
+  const space = new Map<string, Distribution>();
   for (const [name, list] of Object.entries(file.sweep?.grid ?? {})) {
     const decl = declared.get(name);
     if (!decl) {
@@ -35,31 +50,72 @@ export function expandTrials(file: PipelineFile, cliSweeps: string[]): { trials:
     });
     grid.set(name, list);
   }
+  for (const [name, raw] of Object.entries(file.sweep?.space ?? {})) {
+    const decl = declared.get(name);
+    const field = `sweep.space.${name}`;
+    if (!decl) {
+      diagnostics.push(at(file.source, rangeOf(file.doc, ['sweep', 'space', name], 'key'), 'unknown-param', field, `unknown param '${name}' (declared params: ${[...declared.keys()].join(', ')})`));
+      continue;
+    }
+    const dist = readDistribution(raw);
+    const problem = typeof dist === 'string' ? dist : distributionProblem(decl, dist);
+    if (problem !== undefined) diagnostics.push(at(file.source, rangeOf(file.doc, ['sweep', 'space', name]), 'bad-param-type', field, `param '${name}': ${problem}`));
+    else if (typeof dist !== 'string') space.set(name, dist);
+  }
   for (const arg of cliSweeps) {
     const eq = arg.indexOf('=');
     const name = eq > 0 ? arg.slice(0, eq) : '';
     const decl = declared.get(name);
     const where = { code: 'bad-override' as const, file: '<command line>', line: 0, col: 0, length: 0, field: `-S ${arg}` };
     if (!decl) {
-      diagnostics.push({ ...where, code: 'unknown-param', message: eq > 0 ? `unknown param '${name}' (params of ${file.source.path}: ${[...declared.keys()].join(', ')})` : 'expected NAME=V1,V2,...' });
+      diagnostics.push({ ...where, code: 'unknown-param', message: eq > 0 ? `unknown param '${name}' (params of ${file.source.path}: ${[...declared.keys()].join(', ')})` : 'expected NAME=V1,V2,... or NAME=DIST(…)' });
       continue;
     }
-    const values: unknown[] = [];
-    for (const text of arg.slice(eq + 1).split(',')) {
-      const converted = convertOverride(decl, text);
-      if ('error' in converted) diagnostics.push({ ...where, message: `param '${name}': ${converted.error}` });
-      else values.push(converted.value);
+    const text = arg.slice(eq + 1);
+    const form = parseDistributionArg(text);
+    if (form === undefined) {
+      const values: unknown[] = [];
+      for (const item of text.split(',')) {
+        const converted = convertOverride(decl, item);
+        if ('error' in converted) diagnostics.push({ ...where, message: `param '${name}': ${converted.error}` });
+        else values.push(converted.value);
+      }
+      grid.set(name, values);
+      space.delete(name);
+      continue;
     }
-    grid.set(name, values);
+    const dist = typeof form === 'string' ? form : cliDistribution(decl, form.kind, form.args);
+    const problem = typeof dist === 'string' ? dist : distributionProblem(decl, dist);
+    if (problem !== undefined) diagnostics.push({ ...where, message: `param '${name}': ${problem}` });
+    else if (typeof dist !== 'string') {
+      space.set(name, dist);
+      grid.delete(name);
+    }
   }
 
-  const combos: Array<Record<string, unknown>> = [{}];
-  for (const [name, list] of grid) {
-    const next: Array<Record<string, unknown>> = [];
-    for (const combo of combos) for (const value of list) next.push({ ...combo, [name]: value });
-    combos.splice(0, combos.length, ...next);
+  const samples = options.samples ?? file.sweep?.samples;
+  const seed = options.seed ?? file.sweep?.seed ?? 0;
+  if (space.size > 0 && samples === undefined) {
+    const range = rangeOf(file.doc, ['sweep', 'space'], 'key');
+    if (file.sweep?.space) diagnostics.push(at(file.source, range, 'schema', 'sweep.samples', 'a sampled space needs a number of samples: add `samples: N` to sweep:, or give --samples N'));
+    else diagnostics.push({ code: 'bad-override', file: '<command line>', line: 0, col: 0, length: 0, field: '-S', message: 'a sampled space needs a number of samples: give --samples N' });
   }
-  if (grid.size === 0) combos.splice(0, combos.length);
+  let gridCombos: Array<Record<string, unknown>> = [{}];
+  for (const [name, list] of grid) {
+    gridCombos = gridCombos.flatMap((combo) => list.map((value) => ({ ...combo, [name]: value })));
+  }
+  const combos: Array<Record<string, unknown>> = [];
+  if (space.size > 0 && samples !== undefined) {
+    const names = [...space.keys()];
+    const dims = [...space.values()];
+    for (let i = 0; i < samples; i++) {
+      const point = sampleAt(dims, i, seed);
+      const drawn = Object.fromEntries(names.map((name, d) => [name, point[d]]));
+      for (const combo of gridCombos) combos.push({ ...combo, ...drawn });
+    }
+  } else if (grid.size > 0) {
+    combos.push(...gridCombos);
+  }
   for (const [i, explicit] of (file.sweep?.trials ?? []).entries()) {
     for (const [name, value] of Object.entries(explicit)) {
       const decl = declared.get(name);
@@ -160,6 +216,37 @@ export function mergePlans(trials: Trial[], plans: Map<string, Plan>): SweepPlan
   const first = plans.values().next().value as Plan | undefined;
   if (!first) throw new Error('bug: no trial plans');
   return { plan: { pipeline: first.pipeline, stages }, nodes, trialStages };
+}
+
+/** Whether distribution `dist` can give values of the param `decl` (type, bounds, enum). */
+function distributionProblem(decl: ParamDecl, dist: Distribution): string | undefined {
+  if (dist.kind === 'choice') {
+    for (const value of dist.values) {
+      const problem = checkParamValue(decl, value);
+      if (problem) return `choice: ${problem}`;
+    }
+    return undefined;
+  }
+  const wanted = dist.kind === 'int' ? ['integer', 'number'] : ['number'];
+  if (!wanted.includes(decl.type)) {
+    return `${dist.kind} draws ${dist.kind === 'int' ? 'integers' : 'numbers'}, but the param is ${article(decl.type)}${decl.type === 'integer' ? ' (use int or choice)' : ' (use choice)'}`;
+  }
+  for (const bound of [dist.low, dist.high]) {
+    const problem = checkParamValue(decl, bound);
+    if (problem) return `${dist.kind}: ${problem}`;
+  }
+  return undefined;
+}
+
+/** A distribution from `-S NAME=kind(args)`: choice values typed by the param, bounds as numbers. */
+function cliDistribution(decl: ParamDecl, kind: DistributionKind, args: string[]): Distribution | string {
+  const typed: unknown[] = [];
+  for (const arg of args) {
+    const converted = kind === 'choice' ? convertOverride(decl, arg) : arg !== '' && Number.isFinite(Number(arg)) ? { value: Number(arg) } : { error: `${kind}: expected a number, got '${arg}'` };
+    if ('error' in converted) return converted.error;
+    typed.push(converted.value);
+  }
+  return makeDistribution(kind, typed);
 }
 
 /** What demultiplexing needs of each trial's prepared run. */
