@@ -1,8 +1,10 @@
 // The pure logic of `npm run bench` (bench/lib.ts, bench/report.ts); the benchmark itself is not run.
+import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { countMacs, evaluateTargets, formatDuration, layerShapes, markdownTable, parseBenchOptions, type LayerShape } from '../../bench/lib.ts';
 import { spliceReadme } from '../../bench/render.ts';
+import { fromRepo, repoRoot } from '../../bench/shared.ts';
 import { kerasWork, pipeWork, renderMarkdown, withTargets, type BenchResult } from '../../bench/report.ts';
 import { buildMobileNetV2, describeMobileNetV2, type MobileNetV2Options } from '../../src/ml/mobilenet.ts';
 import { loadTf } from '../../src/ml/tf.ts';
@@ -85,7 +87,9 @@ test('parseBenchOptions: defaults, and every problem at once', () => {
     assert.is(ok.options.limit, 20);
     assert.equal(ok.options.epochs, { initial: 1, fineTune: 2 });
     assert.is(ok.options.kerasSweep, 'extrapolate');
-    assert.is(ok.options.data, '/work/shared/data/cats_and_dogs/train');
+    // ../shared beside the repository, wherever it is cloned
+    assert.is(ok.options.data, path.resolve(repoRoot, '..', 'shared', 'data', 'cats_and_dogs', 'train'));
+    assert.is(fromRepo(ok.options.weights), path.join('..', 'shared', 'weights', 'mobilenet_v2_1.0_no_top_imagenet_coral.h5'));
   }
   const bad = parseBenchOptions({ only: 'keras,warm,gpu', limit: '0', epochs: '3', 'keras-sweep': 'guess' });
   assert.ok('problems' in bad);
