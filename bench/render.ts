@@ -1,11 +1,12 @@
 // Renders a benchmark result again (after the report format changed, or to publish it):
 //
 //   npx tsx bench/render.ts bench/results/<date>.json            rewrites <date>.md (and latest.md if it is the newest)
-//   npx tsx bench/render.ts bench/results/<date>.json --readme   also puts its table into README.md's "## Benchmarks"
+//   npx tsx bench/render.ts bench/results/<date>.json --readme   also puts its table into bench/README.md's "## Latest results"
 //   npx tsx bench/render.ts bench/results/<date>.json --note NOTE.md   stores a closing note (markdown) in the JSON first
 //
-// README.md: only the text between the markers <!-- bench:start --> and <!-- bench:end --> is
-// replaced; without them a "## Benchmarks" section holding them is added before "## Tests".
+// bench/README.md: only the text between the markers <!-- bench:start --> and <!-- bench:end --> is
+// replaced; without them a "## Benchmarks" section holding them is added before "## Tests" (or at
+// the end). The top-level README.md keeps a short table of the latest result, updated by hand.
 
 import { existsSync } from 'node:fs';
 import { copyFile, readdir, readFile, writeFile } from 'node:fs/promises';
@@ -48,9 +49,10 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.a
   if (newest === path.basename(file)) await copyFile(md, path.join(dir, 'latest.md'));
   process.stdout.write(`wrote ${md}${newest === path.basename(file) ? ' and latest.md' : ''}\n`);
   if (values.readme) {
-    const readmePath = path.join(root, 'README.md');
-    const link = path.relative(root, md);
+    const readmePath = path.join(root, 'bench', 'README.md');
+    // the link is relative to bench/README.md, where the section goes
+    const link = path.relative(path.dirname(readmePath), path.resolve(md));
     await writeFile(readmePath, spliceReadme(await readFile(readmePath, 'utf8'), renderReadmeSection(result, link)));
-    process.stdout.write(`updated README.md (## Benchmarks, from ${link})\n`);
+    process.stdout.write(`updated bench/README.md (Latest results, from ${link})\n`);
   }
 }
