@@ -1,6 +1,8 @@
 // The pure parts of `npm run bench` (bench/run.ts): options, FLOP counting, targets, the markdown
 // table. No I/O here, so that test/bench/ can check them in milliseconds.
 
+import { sharedPhotos, sharedWeights } from './shared.ts';
+
 // ---- options ----
 
 export const MEASUREMENTS = ['keras', 'pipe', 'refit', 'warm', 'sweep', 'throughput'] as const;
@@ -32,8 +34,9 @@ export interface RawOptions {
 }
 
 export const DEFAULTS = {
-  data: '/work/shared/data/cats_and_dogs/train',
-  weights: '/work/shared/weights/mobilenet_v2_1.0_no_top_imagenet_coral.h5',
+  // ../shared beside the repository (bench/shared.ts), wherever it is cloned
+  data: sharedPhotos,
+  weights: sharedWeights,
   outDir: 'bench/results',
   refitAt: 120,
 };

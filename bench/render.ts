@@ -1,22 +1,35 @@
 // Renders a benchmark result again (after the report format changed, or to publish it):
 //
 //   npx tsx bench/render.ts bench/results/<date>.json            rewrites <date>.md (and latest.md if it is the newest)
-//   npx tsx bench/render.ts bench/results/<date>.json --readme   also puts its table into README.md's "## Benchmarks"
+//   npx tsx bench/render.ts bench/results/<date>.json --readme   also puts its table into bench/README.md's "## Latest results"
+//                                                                 and a short one into README.md's "Current figures"
 //   npx tsx bench/render.ts bench/results/<date>.json --note NOTE.md   stores a closing note (markdown) in the JSON first
 //
-// README.md: only the text between the markers <!-- bench:start --> and <!-- bench:end --> is
-// replaced; without them a "## Benchmarks" section holding them is added before "## Tests".
+// bench/README.md: only the text between the markers <!-- bench:start --> and <!-- bench:end --> is
+// replaced; without them a "## Benchmarks" section holding them is added before "## Tests" (or at
+// the end). The top-level README.md shows a short table of it between <!-- bench-summary:start -->
+// and <!-- bench-summary:end -->.
 
 import { existsSync } from 'node:fs';
 import { copyFile, readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { renderMarkdown, renderReadmeSection, withTargets, type BenchResult } from './report.ts';
+import { renderMarkdown, renderReadmeSection, renderSummary, withTargets, type BenchResult } from './report.ts';
 
 const root = path.resolve(fileURLToPath(new URL('..', import.meta.url)));
 const START = '<!-- bench:start -->';
 const END = '<!-- bench:end -->';
+const SUMMARY_START = '<!-- bench-summary:start -->';
+const SUMMARY_END = '<!-- bench-summary:end -->';
+
+/** README.md with `summary` between its summary markers, or undefined when it has none. */
+export function spliceSummary(readme: string, summary: string): string | undefined {
+  const start = readme.indexOf(SUMMARY_START);
+  const end = readme.indexOf(SUMMARY_END);
+  if (start < 0 || end < start) return undefined;
+  return `${readme.slice(0, start)}${SUMMARY_START}\n${summary.trim()}\n${readme.slice(end)}`;
+}
 
 /** README text with `section` between the markers (added as "## Benchmarks" before `## Tests` when missing). */
 export function spliceReadme(readme: string, section: string): string {
@@ -48,9 +61,17 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.a
   if (newest === path.basename(file)) await copyFile(md, path.join(dir, 'latest.md'));
   process.stdout.write(`wrote ${md}${newest === path.basename(file) ? ' and latest.md' : ''}\n`);
   if (values.readme) {
-    const readmePath = path.join(root, 'README.md');
-    const link = path.relative(root, md);
+    const readmePath = path.join(root, 'bench', 'README.md');
+    // the link is relative to bench/README.md, where the section goes
+    const link = path.relative(path.dirname(readmePath), path.resolve(md));
     await writeFile(readmePath, spliceReadme(await readFile(readmePath, 'utf8'), renderReadmeSection(result, link)));
-    process.stdout.write(`updated README.md (## Benchmarks, from ${link})\n`);
+    process.stdout.write(`updated bench/README.md (Latest results, from ${link})\n`);
+    const topPath = path.join(root, 'README.md');
+    const top = spliceSummary(await readFile(topPath, 'utf8'), renderSummary(result, 'bench/README.md'));
+    if (top === undefined) process.stdout.write(`README.md has no ${SUMMARY_START} … ${SUMMARY_END} markers: its short table was not updated\n`);
+    else {
+      await writeFile(topPath, top);
+      process.stdout.write('updated README.md (Current figures)\n');
+    }
   }
 }

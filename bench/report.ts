@@ -223,6 +223,41 @@ export function renderReadmeSection(r: BenchResult, resultsLink: string): string
   return out.join('\n');
 }
 
+/**
+ * The short table the top-level README.md shows: when, on what machine at what load, and the
+ * headline figures of both sides; the rest is in bench/README.md (`benchReadme`, a link from README.md).
+ */
+export function renderSummary(r: BenchResult, benchReadme: string): string {
+  const m = r.machine;
+  const k = r.keras;
+  const ep = r.inputs.epochs;
+  const loadAt = (l: number[] | undefined) => (l?.[0] === undefined ? '—' : l[0].toFixed(1));
+  const versions = k?.versions ? ` (${Object.entries(k.versions).filter(([name]) => name !== 'numpy').map(([name, v]) => `${name} ${String(v)}`).join(', ')})` : '';
+  const whole = k ? `${formatDuration(k.wallS)} (a whole new run)` : '—';
+  const rows: string[][] = [
+    [`whole recipe (${ep.initial} + ${ep.fineTune + 1} epochs, evaluation), cold cache`, r.pipe ? formatDuration(r.pipe.wallS) : '—', k ? formatDuration(k.wallS) : '—'],
+    ['test accuracy', acc(r.pipe?.testAccuracy), acc(k?.testAccuracy)],
+  ];
+  if (r.refit) rows.push([`again with only \`fine_tune_at\` = ${r.options.refitAt}`, formatDuration(r.refit.wallS), whole]);
+  if (r.warm) rows.push(['warm re-run, nothing changed', formatDuration(r.warm.wallS), whole]);
+  if (r.sweep) {
+    const ks = r.kerasSweep;
+    rows.push(['sweep, 3 `fine_tune_at` × 2 learning rates (in the cache of the runs above)', formatDuration(r.sweep.wallS), ks ? `${formatDuration(ks.totalS)} (${ks.mode})` : '—']);
+  }
+  if (r.pipe || k) rows.push(['peak memory (RSS of the process tree)', formatMb(r.pipe?.memory.treeMb), formatMb(k?.memory.treeMb)]);
+  return [
+    `The latest \`npm run bench\` (${r.date}${r.partial ? ', partial: the benchmark did not finish' : ''}, pipe at commit \`${r.pipeSource.commit.slice(0, 12)}\`): ` +
+      `${m.cores} cores (${m.cpuModel}), ${m.ramGiB} GiB RAM, no GPU, tfjs-node ${m.tfjs ?? '?'} on libtensorflow ${m.libtensorflow ?? '?'}, ` +
+      `pipe and the tutorial's Keras code${versions} run one after the other on the same photos${r.inputs.limit ? ` (the first ${r.inputs.limit} of each class)` : ''} and weights. ` +
+      `Load average (1 min): ${loadAt(m.loadAverage.start)} at the start, ${loadAt(m.loadAverage.end)} at the end (other jobs may share the machine). ` +
+      'Wall times are whole processes, spawn to exit.',
+    '',
+    markdownTable(['measurement', 'pipe', 'Keras recipe'], rows),
+    '',
+    `The full report (profile, per-stage times, the targets and what bounds them), the earlier measurements and how to run the benchmark: [bench/README.md](${benchReadme}).`,
+  ].join('\n');
+}
+
 /** Machine, inputs, the side-by-side table, the targets. */
 export function renderHeadline(r: BenchResult): string[] {
   const out: string[] = [];

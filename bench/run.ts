@@ -24,7 +24,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { MEASUREMENTS, parseBenchOptions, formatDuration, type BenchOptions } from './lib.ts';
+import { DEFAULTS, MEASUREMENTS, parseBenchOptions, formatDuration, type BenchOptions } from './lib.ts';
+import { fromRepo } from './shared.ts';
 import { timedRun, loadAverage, type TimedRun } from './proc.ts';
 import {
   renderMarkdown,
@@ -46,8 +47,8 @@ const IMAGE = /\.(bmp|gif|jpe?g|png)$/i;
 
 const USAGE = `npm run bench -- [options]
 
-  --data DIR            the photos (default ${'/work/shared/data/cats_and_dogs/train'})
-  --weights FILE        MobileNetV2 no-top .h5 (default /work/shared/weights/mobilenet_v2_1.0_no_top_imagenet_coral.h5)
+  --data DIR            the photos (default ${fromRepo(DEFAULTS.data)}, beside the repository)
+  --weights FILE        MobileNetV2 no-top .h5 (default ${fromRepo(DEFAULTS.weights)})
   --out-dir DIR         where the results go (default bench/results)
   --only LIST           run only these of ${MEASUREMENTS.join(',')}
   --skip LIST           run all but these
@@ -210,7 +211,7 @@ let result: BenchResult = {
     node: process.versions.node,
     loadAverage: { start: loadAverage() },
   },
-  inputs: { data: options.data, weights: options.weights, ...(options.limit ? { limit: options.limit } : {}), epochs },
+  inputs: { data: fromRepo(options.data), weights: fromRepo(options.weights), ...(options.limit ? { limit: options.limit } : {}), epochs },
   options: { only: [...options.only], kerasSweep: options.kerasSweep, refitAt: options.refitAt },
   pipeSource: { commit: source.commit, from: source.from, dirty: source.dirty, dir: path.relative(root, source.dir) || '.' },
   targets: [],

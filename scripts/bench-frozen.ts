@@ -2,12 +2,14 @@
 // the folded path (src/ml/frozen.ts), same weights, same batch. Run on a quiet machine:
 //
 //   npx tsx scripts/bench-frozen.ts [--alpha 1.0] [--size 160] [--batch 32] [--reps 5] [--weights FILE]
+//   (the weights default to ../shared/weights/mobilenet_v2_1.0_no_top_imagenet_coral.h5 beside the repository)
 
 import { parseArgs } from 'node:util';
 import type { Tensor, Tensor4D } from '@tensorflow/tfjs-node';
 import { foldNetwork } from '../src/ml/frozen.ts';
 import { loadMobileNetV2 } from '../src/ml/mobilenet.ts';
 import { loadTf } from '../src/ml/tf.ts';
+import { sharedWeights } from '../bench/shared.ts';
 
 const { values } = parseArgs({
   options: {
@@ -15,7 +17,7 @@ const { values } = parseArgs({
     size: { type: 'string', default: '160' },
     batch: { type: 'string', default: '32' },
     reps: { type: 'string', default: '5' },
-    weights: { type: 'string', default: '/work/shared/weights/mobilenet_v2_1.0_no_top_imagenet_coral.h5' },
+    weights: { type: 'string', default: sharedWeights },
   },
 });
 const alpha = Number(values.alpha);

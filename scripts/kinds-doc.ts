@@ -6,7 +6,7 @@ const lines: string[] = [];
 for (const name of kindNames) {
   const kind = await loadKind(name);
   if (!kind) continue;
-  lines.push(`#### \`${kind.name}\``, '', kind.description, '');
+  lines.push(`### \`${kind.name}\``, '', kind.description, '');
   const inputs = Object.entries(kind.inputs).map(([slot, kinds]) => `\`${slot}\` (${kinds.join(' or ')})`);
   lines.push(`Inputs: ${inputs.length ? inputs.join(', ') : 'none'}. ${kind.usesTensorflow ? 'TensorFlow stage.' : ''}`, '');
   lines.push('| param | type | default | meaning |', '| --- | --- | --- | --- |');

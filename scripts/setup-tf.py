@@ -10,7 +10,7 @@
         lib/libtensorflow.so.2.9.1, lib/libtensorflow.so -> libtensorflow_cc.so.2
         lib/libtensorflow_framework.so -> libtensorflow_framework.so.2
         include/                                                       (tensorflow/include/)
-        pipe-libtensorflow.json                                        (what src/runtime.ts reads)
+        pipe-libtensorflow.json                                        (what src/exec/runtime.ts reads)
       Every extracted file is checked against the sha256 in the wheel's RECORD. The new tree is
       built beside DEPS_DIR and swapped in with renames, so a half-written deps/ is never seen.
 

@@ -17,11 +17,13 @@ child.stdout.on('data', (chunk) => {
   process.stdout.write(chunk);
 });
 child.on('close', (code, signal) => {
-  const total = Number(/Total:\s+(\d+)/.exec(output)?.[1] ?? NaN);
-  const passed = Number(/Passed:\s+(\d+)/.exec(output)?.[1] ?? NaN);
-  const skipped = Number(/Skipped:\s+(\d+)/.exec(output)?.[1] ?? 0);
+  // uvu colours the figures even with FORCE_COLOR=0; its Total counts the tests that ran (not the skipped).
+  const plain = output.replace(/\x1b\[[0-9;]*m/g, '');
+  const total = Number(/Total:\s+(\d+)/.exec(plain)?.[1] ?? NaN);
+  const passed = Number(/Passed:\s+(\d+)/.exec(plain)?.[1] ?? NaN);
+  const skipped = Number(/Skipped:\s+(\d+)/.exec(plain)?.[1] ?? 0);
   if (Number.isFinite(total) && Number.isFinite(passed)) {
-    const failed = total - passed - skipped;
+    const failed = total - passed;
     process.stdout.write(`\n${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ''}\n`);
     process.exitCode = failed > 0 || code !== 0 ? 1 : 0;
   } else {

@@ -1,5 +1,5 @@
 // `pipe run|sweep --queue redis://…`: the plan is made here, cached stages are restored here, and
-// the stages that have to run go to the `pipe worker`s as one BullMQ flow per stage (see queue.ts).
+// the stages that have to run go to the `pipe worker`s as one BullMQ flow per stage (see protocol.ts).
 // This process then follows the jobs: the workers' progress events become this run's events (so the
 // terminal, the run log and the MLflow tracker see what a local run shows), and each finished job
 // becomes a stage-end read back from the shared cache. MLflow runs are made here, once per run or

@@ -1,9 +1,11 @@
 // The pure logic of `npm run bench` (bench/lib.ts, bench/report.ts); the benchmark itself is not run.
+import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { countMacs, evaluateTargets, formatDuration, layerShapes, markdownTable, parseBenchOptions, type LayerShape } from '../../bench/lib.ts';
-import { spliceReadme } from '../../bench/render.ts';
-import { kerasWork, pipeWork, renderMarkdown, withTargets, type BenchResult } from '../../bench/report.ts';
+import { spliceReadme, spliceSummary } from '../../bench/render.ts';
+import { fromRepo, repoRoot } from '../../bench/shared.ts';
+import { kerasWork, pipeWork, renderMarkdown, renderSummary, withTargets, type BenchResult } from '../../bench/report.ts';
 import { buildMobileNetV2, describeMobileNetV2, type MobileNetV2Options } from '../../src/ml/mobilenet.ts';
 import { loadTf } from '../../src/ml/tf.ts';
 
@@ -85,7 +87,9 @@ test('parseBenchOptions: defaults, and every problem at once', () => {
     assert.is(ok.options.limit, 20);
     assert.equal(ok.options.epochs, { initial: 1, fineTune: 2 });
     assert.is(ok.options.kerasSweep, 'extrapolate');
-    assert.is(ok.options.data, '/work/shared/data/cats_and_dogs/train');
+    // ../shared beside the repository, wherever it is cloned
+    assert.is(ok.options.data, path.resolve(repoRoot, '..', 'shared', 'data', 'cats_and_dogs', 'train'));
+    assert.is(fromRepo(ok.options.weights), path.join('..', 'shared', 'weights', 'mobilenet_v2_1.0_no_top_imagenet_coral.h5'));
   }
   const bad = parseBenchOptions({ only: 'keras,warm,gpu', limit: '0', epochs: '3', 'keras-sweep': 'guess' });
   assert.ok('problems' in bad);
@@ -180,6 +184,39 @@ test('spliceReadme: adds a Benchmarks section before Tests once, then replaces o
   assert.match(first, /## The main job\n\ntext\n\n## Benchmarks\n\n.*\n\n<!-- bench:start -->\ntable 1\n<!-- bench:end -->\n\n## Tests\n/);
   const second = spliceReadme(first.replace('npm test', 'npm test (edited)'), 'table 2');
   assert.is(second, first.replace('table 1', 'table 2').replace('npm test', 'npm test (edited)'));
+});
+
+test('renderSummary and spliceSummary: the short table of README.md, replaced only between its markers', () => {
+  const memory = { treeMb: 2048, processMb: 1500, processCommand: 'node', mlflowMb: 300, samples: 10 };
+  const proc = { command: 'x', exitCode: 0, startedAt: '', loadAverage: { start: [1, 1, 1], end: [2, 2, 2] }, memory, log: 'l' };
+  const result = withTargets({
+    format: 'pipe-bench/1',
+    date: '2026-11-28T06:00:00Z',
+    partial: false,
+    notes: [],
+    machine: { cores: 2, cpuModel: 'AMD EPYC', ramGiB: 24, os: 'Linux', node: '20', tfjs: '4.22.0', libtensorflow: '2.21.0', loadAverage: { start: [5.17, 3.85, 2.57], end: [2.23, 2.44, 2.6] } },
+    inputs: { data: 'd', weights: 'w', epochs: { initial: 10, fineTune: 10 } },
+    options: { only: ['keras', 'pipe', 'refit'], kerasSweep: 'extrapolate', refitAt: 120 },
+    pipeSource: { commit: 'ee280c6b31dc6bac', from: 'HEAD', dirty: false, dir: 'x' },
+    keras: { ...proc, wallS: 1600, fineTuneAt: 100, fineTuneLr: 1e-5, timesS: { total: 1590, recipe: 1500 }, testAccuracy: 0.975, versions: { tensorflow: '2.21.0', keras: '3.15.1', numpy: '2.4.6' } },
+    pipe: { ...proc, wallS: 800, runDir: 'r', status: 'succeeded', testAccuracy: 0.98, stages: [] },
+    refit: { ...proc, wallS: 400, runDir: 'r2', status: 'succeeded', testAccuracy: 0.985, stages: [] },
+    targets: [],
+  } satisfies BenchResult);
+  const summary = renderSummary(result, 'bench/README.md');
+  assert.match(summary, 'The latest `npm run bench` (2026-11-28T06:00:00Z, pipe at commit `ee280c6b31dc`)');
+  assert.match(summary, "Keras code (tensorflow 2.21.0, keras 3.15.1) run one after the other");
+  assert.match(summary, 'Load average (1 min): 5.2 at the start, 2.2 at the end');
+  assert.match(summary, '| whole recipe (10 + 11 epochs, evaluation), cold cache | 13m20s | 26m40s |');
+  assert.match(summary, '| test accuracy | 0.980 | 0.975 |');
+  assert.match(summary, '| again with only `fine_tune_at` = 120 | 6m40s | 26m40s (a whole new run) |');
+  assert.match(summary, '| peak memory (RSS of the process tree) | 2.00 GiB | 2.00 GiB |');
+  assert.not.match(summary, 'warm re-run');
+  assert.match(summary, '[bench/README.md](bench/README.md)');
+
+  const readme = '# pipe\n\n### Current figures\n\n<!-- bench-summary:start -->\nold\n<!-- bench-summary:end -->\n\n## Pipeline files\n';
+  assert.is(spliceSummary(readme, 'new\n'), readme.replace('old', 'new'));
+  assert.is(spliceSummary('# pipe\n\nno markers\n', 'new'), undefined);
 });
 
 test.run();

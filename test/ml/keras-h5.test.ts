@@ -3,9 +3,13 @@ import * as assert from 'uvu/assert';
 import { assignLayerWeights, readKerasH5, shortWeightName, type LayerWeights } from '../../src/ml/keras-h5.ts';
 import { buildMobileNetV2, describeMobileNetV2 } from '../../src/ml/mobilenet.ts';
 import { loadTf } from '../../src/ml/tf.ts';
+import { missingShared, sharedWeights } from '../../bench/shared.ts';
 
 const tf = loadTf('cpu');
-const SHARED_WEIGHTS = '/work/shared/weights/mobilenet_v2_1.0_no_top_imagenet_coral.h5';
+const SHARED_WEIGHTS = sharedWeights;
+const noWeights = missingShared(SHARED_WEIGHTS);
+if (noWeights) console.log(`test/ml/keras-h5: skipping the tests on the real weights: ${noWeights}`);
+const withWeights = noWeights ? test.skip : test;
 
 async function failure(promise: Promise<unknown>): Promise<string> {
   try {
@@ -27,7 +31,7 @@ test('shortWeightName', () => {
   assert.is(shortWeightName('moving_variance'), 'moving_variance');
 });
 
-test('the shared weights file: Keras layout read completely, every weight assigned and shape-checked', async () => {
+withWeights('the shared weights file: Keras layout read completely, every weight assigned and shape-checked', async () => {
   const file = await readKerasH5(SHARED_WEIGHTS);
   assert.equal(file.layerNames, describeMobileNetV2().map((l) => l.name));
   assert.is(file.backend, 'tensorflow');
@@ -59,7 +63,7 @@ test('the shared weights file: Keras layout read completely, every weight assign
   model.dispose();
 });
 
-test('missing, extra and mis-shaped weights are all reported at once, naming layer and weight', async () => {
+withWeights('missing, extra and mis-shaped weights are all reported at once, naming layer and weight', async () => {
   const file = await readKerasH5(SHARED_WEIGHTS);
   const model = buildMobileNetV2(tf, { alpha: 1.0, inputSize: 96, seed: 1 });
   const before = model.getLayer('Conv1').getWeights()[0]!.dataSync().slice(0, 4);

@@ -22,10 +22,16 @@ import {
 } from '../../src/ml/mobilenet.ts';
 import { loadTf } from '../../src/ml/tf.ts';
 import { tempDir } from '../helpers/run-kind.ts';
+import { missingShared, sharedPhotos, sharedWeights } from '../../bench/shared.ts';
 
 const tf = loadTf('cpu');
-const SHARED_WEIGHTS = '/work/shared/weights/mobilenet_v2_1.0_no_top_imagenet_coral.h5';
-const PHOTOS = '/work/shared/data/cats_and_dogs/train';
+const SHARED_WEIGHTS = sharedWeights;
+const PHOTOS = sharedPhotos;
+const noWeights = missingShared(SHARED_WEIGHTS);
+const noPhotos = missingShared(SHARED_WEIGHTS, PHOTOS);
+if (noPhotos) console.log(`test/ml/mobilenet: skipping the tests on the real weights and photos: ${noPhotos}`);
+const withWeights = noWeights ? test.skip : test;
+const withWeightsAndPhotos = noPhotos ? test.skip : test;
 
 // Keras's `MobileNetV2(include_top=False).layers`, one line per block: the stem, the inverted
 // residual blocks 0–16 (block 0 is `expanded_conv`, without an expansion conv; stride-2 blocks 1, 3,
@@ -314,7 +320,7 @@ test('weights sources: the keras-applications URL, specs, a tfjs model directory
   await fs.rm(dir, { recursive: true, force: true });
 });
 
-test('weights from a URL go through the download cache, with the sha256 checked', async () => {
+withWeights('weights from a URL go through the download cache, with the sha256 checked', async () => {
   const bytes = readFileSync(SHARED_WEIGHTS);
   let requests = 0;
   const server = http.createServer((req, res) => {
@@ -346,7 +352,7 @@ test('weights from a URL go through the download cache, with the sha256 checked'
   }
 });
 
-test('real weights on real photos: pooled features separate cats from dogs', async () => {
+withWeightsAndPhotos('real weights on real photos: pooled features separate cats from dogs', async () => {
   const perClass = 16;
   const size: [number, number] = [160, 160];
   const images: Uint8Array[] = [];
