@@ -2,7 +2,8 @@
 //
 //   <root>/entries/<fingerprint>/   a complete, immutable entry:
 //       record.json    the fingerprint record (why this entry exists)
-//       result.json    duration, summary facts, declared artifacts, output hashes
+//       result.json    duration, summary facts, declared artifacts, output hashes, and the size and
+//                      sha256 of every file of out/ and metrics.jsonl (checked before an entry is used)
 //       metrics.jsonl  every metric point the stage reported
 //       log.txt        the stage's output
 //       out/           the artifacts
@@ -11,7 +12,8 @@
 //
 // An entry is written under tmp/ and renamed into entries/ in one step, so a reader sees a
 // complete entry or none. A killed writer leaves only a tmp/ directory and a lock naming a dead
-// process; both are recognised as stale and removed. Entries are never modified after publishing.
+// process; both are recognised as stale and removed. Entries are never modified after publishing;
+// one found changed (a flipped byte, a half-copied file) is removed, never used, and recomputed.
 //
 // The cache may be shared by several machines (`pipe worker`s on an NFS-style directory): rename
 // is atomic there too, so two workers never publish one entry half-way. A lock holder on another
@@ -25,7 +27,7 @@ import * as path from 'node:path';
 import type { FingerprintRecord } from './fingerprint.ts';
 import type { MetricPoint } from '../core/stage-kind.ts';
 import { processAlive } from '../util/files.ts';
-import { diskUsage } from '../util/hash.ts';
+import { diskUsage, hashFile, listFiles } from '../util/hash.ts';
 
 export interface EntryResult {
   durationMs: number;
@@ -35,6 +37,16 @@ export interface EntryResult {
   artifacts: string[];
   /** Command stages: content hash of each declared output (relative path → hash). */
   outs?: Record<string, string>;
+  /**
+   * Size and sha256 of each file of the entry as published (path relative to the entry: `out/…`,
+   * `metrics.jsonl`). Entries published before pipe recorded these have none, and are used unchecked.
+   */
+  checksums?: Record<string, FileChecksum>;
+}
+
+export interface FileChecksum {
+  size: number;
+  sha256: string;
 }
 
 export interface Staging {
@@ -53,6 +65,8 @@ export interface CacheEntry {
 
 export class Cache {
   readonly root: string;
+  /** Entries this Cache published or found intact: one object serves one run (or one worker job). */
+  private readonly intact = new Set<string>();
 
   constructor(root: string) {
     this.root = root;
@@ -84,6 +98,47 @@ export class Cache {
     }
   }
 
+  /**
+   * The entry, if it is intact: every file it recorded at publishing has its size and sha256 still.
+   * A damaged entry is removed (so that it is recomputed, never used) and `onDamaged` told what is
+   * wrong with it. An entry that cannot be read (a torn result.json) goes the same way.
+   */
+  async readIntact(fingerprint: string, onDamaged: (problem: string) => void): Promise<CacheEntry | undefined> {
+    const entry = await this.read(fingerprint);
+    const problem = entry ? await this.damage(entry) : await this.unreadable(fingerprint);
+    if (problem === undefined) return entry;
+    onDamaged(`cache entry ${fingerprint.slice(0, 10)} is damaged: ${problem}; removed it`);
+    await this.remove(fingerprint);
+    return undefined;
+  }
+
+  /** What is wrong with an entry's files, if anything (checked once per Cache object). */
+  private async damage(entry: CacheEntry): Promise<string | undefined> {
+    if (this.intact.has(entry.fingerprint)) return undefined;
+    for (const [file, expected] of Object.entries(entry.result.checksums ?? {})) {
+      const actual = await checksumOf(path.join(entry.dir, file)).catch(() => undefined);
+      if (!actual) return `${file} is missing`;
+      if (actual.size !== expected.size) return `${file} has ${actual.size} bytes, ${expected.size} when published`;
+      if (actual.sha256 !== expected.sha256) return `${file} has changed since it was published (sha256 ${actual.sha256.slice(0, 12)}…, recorded ${expected.sha256.slice(0, 12)}…)`;
+    }
+    this.intact.add(entry.fingerprint);
+    return undefined;
+  }
+
+  /** Why an entry directory that exists cannot be read; undefined when there is no entry. */
+  private async unreadable(fingerprint: string): Promise<string | undefined> {
+    const dir = this.entryDir(fingerprint);
+    if (!(await exists(dir))) return undefined;
+    for (const file of ['record.json', 'result.json']) {
+      try {
+        JSON.parse(await fs.readFile(path.join(dir, file), 'utf8'));
+      } catch (error) {
+        return `${file} cannot be read (${(error as Error).message})`;
+      }
+    }
+    return undefined;
+  }
+
   async readMetrics(fingerprint: string): Promise<MetricPoint[]> {
     return readMetricsFile(path.join(this.entryDir(fingerprint), 'metrics.jsonl'));
   }
@@ -101,11 +156,13 @@ export class Cache {
    * entry first, ours is discarded: both computed the same fingerprint, so either is right.
    */
   async publish(staging: Staging, result: EntryResult): Promise<CacheEntry> {
-    await fs.writeFile(path.join(staging.dir, 'result.json'), JSON.stringify(result, null, 2));
+    const checksums = await checksumsOf(staging.dir);
+    await fs.writeFile(path.join(staging.dir, 'result.json'), JSON.stringify({ ...result, checksums }, null, 2));
     const target = this.entryDir(staging.fingerprint);
     await fs.mkdir(path.dirname(target), { recursive: true });
     try {
       await fs.rename(staging.dir, target);
+      this.intact.add(staging.fingerprint); // just checksummed
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       if (code !== 'EEXIST' && code !== 'ENOTEMPTY') throw error;
@@ -197,6 +254,7 @@ export class Cache {
 
   /** Removes an entry: renamed away first so that no reader sees it half-deleted. */
   async remove(fingerprint: string): Promise<void> {
+    this.intact.delete(fingerprint);
     const dir = this.entryDir(fingerprint);
     const grave = path.join(this.root, 'tmp', `${fingerprint}.gc.${process.pid}.${randomBytes(4).toString('hex')}`);
     await fs.mkdir(path.dirname(grave), { recursive: true });
@@ -261,6 +319,24 @@ export async function readMetricsFile(file: string): Promise<MetricPoint[]> {
     }
   }
   return points;
+}
+
+/** The files of an entry that are checked before it is used: its artifacts and its metrics. */
+async function checksumsOf(entryDir: string): Promise<Record<string, FileChecksum>> {
+  const files = (await listFiles(path.join(entryDir, 'out'))).map((rel) => `out/${rel}`);
+  if (await exists(path.join(entryDir, 'metrics.jsonl'))) files.push('metrics.jsonl');
+  const checksums: Record<string, FileChecksum> = {};
+  for (const file of files) checksums[file] = await checksumOf(path.join(entryDir, file));
+  return checksums;
+}
+
+async function checksumOf(file: string): Promise<FileChecksum> {
+  const { size } = await fs.stat(file);
+  return { size, sha256: await hashFile(file) };
+}
+
+async function exists(file: string): Promise<boolean> {
+  return fs.access(file).then(() => true, () => false);
 }
 
 async function readdirSafe(dir: string): Promise<string[]> {
