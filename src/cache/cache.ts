@@ -223,24 +223,58 @@ export class Cache {
   }
 
   /**
-   * Removes tmp/ directories left by processes that no longer run on this host, and those of
-   * other hosts untouched for a day (a shared cache: their writers cannot be asked).
+   * What crashed or killed processes left behind: tmp/ directories (entries being written, entries
+   * being removed) and lock files whose process no longer runs on this host, and those of other
+   * hosts (a shared cache: their writers cannot be asked) untouched for a day, or for a lock, not
+   * refreshed for its lease. Never anything of a live process of this host.
    */
-  async cleanStale(): Promise<number> {
-    let removed = 0;
-    const tmp = path.join(this.root, 'tmp');
-    for (const name of await readdirSafe(tmp)) {
-      const [, pidText, , ...host] = name.split('.');
-      const pid = Number(pidText);
-      if (!Number.isInteger(pid)) continue;
-      const local = host.length === 0 || host.join('.') === hostTag();
-      const stale = local ? !processAlive(pid) : Date.now() - ((await fs.stat(path.join(tmp, name)).catch(() => undefined))?.mtimeMs ?? Date.now()) > 86_400_000;
-      if (stale) {
-        await fs.rm(path.join(tmp, name), { recursive: true, force: true });
-        removed++;
+  async findStale(): Promise<StaleItem[]> {
+    return [...(await this.staleTmp()), ...(await this.staleLocks())];
+  }
+
+  /** Removes what findStale found (each renamed away first, as an entry is). */
+  async removeStale(items: StaleItem[]): Promise<void> {
+    for (const item of items) {
+      const grave = `${item.path}.removing.${process.pid}`;
+      try {
+        await fs.rename(item.path, grave);
+      } catch {
+        continue; // removed or taken over meanwhile
       }
+      await fs.rm(grave, { recursive: true, force: true });
     }
-    return removed;
+  }
+
+  /** Removes stale tmp/ directories and locks; returns how many. */
+  async cleanStale(): Promise<number> {
+    const stale = await this.findStale();
+    await this.removeStale(stale);
+    return stale.length;
+  }
+
+  private async staleTmp(): Promise<StaleItem[]> {
+    const tmp = path.join(this.root, 'tmp');
+    const stale: StaleItem[] = [];
+    for (const name of await readdirSafe(tmp)) {
+      const file = path.join(tmp, name);
+      const why = await staleWriter(tmpWriter(name), file, STALE_TMP_MS);
+      if (why) stale.push({ kind: 'tmp', path: file, why });
+    }
+    return stale;
+  }
+
+  private async staleLocks(): Promise<StaleItem[]> {
+    const locks = path.join(this.root, 'locks');
+    const stale: StaleItem[] = [];
+    for (const name of await readdirSafe(locks)) {
+      const file = path.join(locks, name);
+      // <fingerprint>.lock, or <fingerprint>.lock.stale.<pid>: a lock being taken over (or removed).
+      const taker = /\.lock\.(?:stale|removing)\.(\d+)$/.exec(name);
+      const writer = taker ? { pid: Number(taker[1]), host: hostTag() } : await lockWriter(file);
+      const why = await staleWriter(writer, file, LOCK_LEASE_MS);
+      if (why) stale.push({ kind: 'lock', path: file, why });
+    }
+    return stale;
   }
 
   async list(): Promise<Array<{ fingerprint: string; dir: string }>> {
@@ -265,6 +299,50 @@ export class Cache {
     }
     await fs.rm(grave, { recursive: true, force: true });
   }
+}
+
+/** Something a crashed or killed process left in the cache, and why it is known to be abandoned. */
+export interface StaleItem {
+  kind: 'tmp' | 'lock';
+  path: string;
+  why: string;
+}
+
+/** Another host's tmp/ directory untouched this long is abandoned. */
+const STALE_TMP_MS = 86_400_000;
+
+/** Which process wrote a tmp/ directory, from its name (undefined fields: not in the name). */
+function tmpWriter(name: string): { pid?: number; host?: string } {
+  // Anything being removed by removeStale: <name>.removing.<pid>.
+  const removing = /\.removing\.(\d+)$/.exec(name);
+  if (removing) return { pid: Number(removing[1]), host: hostTag() };
+  const parts = name.split('.');
+  // <fingerprint>.gc.<pid>.<nonce>: an entry being removed (by this host: its name has no host).
+  if (parts[1] === 'gc') return { pid: Number(parts[2]), host: hostTag() };
+  // <fingerprint>.<pid>.<nonce>[.<host>] (older names have no host: this one's).
+  const [, pidText, , ...host] = parts;
+  return { pid: Number(pidText), host: host.length === 0 ? hostTag() : host.join('.') };
+}
+
+async function lockWriter(file: string): Promise<{ pid?: number; host?: string }> {
+  const holder = await readLock(file);
+  return holder ? { pid: holder.pid, host: holder.host === os.hostname() ? hostTag() : holder.host } : {};
+}
+
+/**
+ * Why what `writer` left at `file` is abandoned, or undefined while it may be in use: its process
+ * is dead (this host), or it was not touched for `maxAgeMs` (another host, or no known writer).
+ */
+async function staleWriter(writer: { pid?: number; host?: string }, file: string, maxAgeMs: number): Promise<string | undefined> {
+  const local = writer.host === hostTag();
+  if (local && writer.pid !== undefined && Number.isInteger(writer.pid) && writer.pid > 0) {
+    return processAlive(writer.pid) ? undefined : `process ${writer.pid} is gone`;
+  }
+  const mtimeMs = (await fs.stat(file).catch(() => undefined))?.mtimeMs;
+  if (mtimeMs === undefined) return undefined;
+  const age = Date.now() - mtimeMs;
+  if (age <= maxAgeMs) return undefined;
+  return `${writer.host ? `written on ${writer.host}, ` : ''}untouched for ${Math.round(age / 60_000)} min`;
 }
 
 export interface LockInfo {
