@@ -21,7 +21,7 @@
 // lock nobody refreshed for LOCK_LEASE_MS is stale wherever its holder was.
 
 import { randomBytes } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { constants as fsConstants, promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { FingerprintRecord } from './fingerprint.ts';
@@ -298,6 +298,43 @@ export class Cache {
       return;
     }
     await fs.rm(grave, { recursive: true, force: true });
+  }
+}
+
+/**
+ * What to tell the user when `error` (thrown by a file operation) is about the cache at `root`:
+ * which directory, why it cannot be written (a read-only file system, permissions, a file in the
+ * way) and what to do. Undefined when the error is not about the cache.
+ */
+export async function cacheWriteProblem(root: string, error: unknown): Promise<string | undefined> {
+  const failed = (error as NodeJS.ErrnoException | undefined)?.path;
+  if (typeof failed !== 'string' || !isInside(root, path.resolve(failed))) return undefined;
+  const reason = (await whyNotWritable(root)) ?? (error as Error).message;
+  return `cannot write to the cache ${root}: ${reason}. Make it a writable directory, or choose another with --cache DIR (or \`cache:\` in the pipeline file)`;
+}
+
+function isInside(dir: string, file: string): boolean {
+  const rel = path.relative(dir, file);
+  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+}
+
+/** Why nothing can be created below `dir` (checked on the nearest part of it that exists). */
+async function whyNotWritable(dir: string): Promise<string | undefined> {
+  let existing = path.resolve(dir);
+  let stat = await fs.stat(existing).catch(() => undefined);
+  while (!stat && path.dirname(existing) !== existing) {
+    existing = path.dirname(existing);
+    stat = await fs.stat(existing).catch(() => undefined);
+  }
+  if (stat && !stat.isDirectory()) return `${existing} is a file, not a directory`;
+  try {
+    await fs.access(existing, fsConstants.W_OK);
+    return undefined;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EROFS') return `${existing} is on a read-only file system`;
+    if (code === 'EACCES' || code === 'EPERM') return `permission denied on ${existing}`;
+    return (error as Error).message;
   }
 }
 

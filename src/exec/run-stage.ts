@@ -8,7 +8,8 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
 import type { Cache, CacheEntry, Staging } from '../cache/cache.ts';
-import { readMetricsFile } from '../cache/cache.ts';
+import { cacheWriteProblem, readMetricsFile } from '../cache/cache.ts';
+import { messageOf } from '../core/errors.ts';
 import type { RunEvent } from '../core/events.ts';
 import type { MetricPoint } from '../core/stage-kind.ts';
 import type { PlannedStage } from '../plan/plan.ts';
@@ -119,6 +120,17 @@ export class StageProcess {
  * local run's pipeline directory; a worker leaves that to the submitter).
  */
 export async function runStage(stage: StageJob, gpus: string[], run: RunContext, workspace?: string): Promise<Outcome> {
+  try {
+    return await computeEntry(stage, gpus, run, workspace);
+  } catch (error) {
+    // The cache (or the workspace) cannot be written: this stage fails with why, the run goes on
+    // and its stage table says so.
+    const problem = (await cacheWriteProblem(run.cache.root, error)) ?? messageOf(error);
+    return { status: 'failed', durationMs: 0, error: problem, metrics: [], artifacts: [], summary: {} };
+  }
+}
+
+async function computeEntry(stage: StageJob, gpus: string[], run: RunContext, workspace?: string): Promise<Outcome> {
   const { cache, emit } = run;
   const say = (line: string) => emit({ type: 'stage-log', stage: stage.name, stream: 'log', line });
   const release = await cache.lock(stage.fingerprint, (holder) => say(`waiting: process ${holder.pid} on ${holder.host} is computing this stage`));

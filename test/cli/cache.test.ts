@@ -1,6 +1,7 @@
 // The cache through the real CLI: an entry whose files changed after publishing (a flipped byte, a
 // half-copied file) is detected, removed and recomputed; never used.
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { execa } from 'execa';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -56,6 +57,41 @@ test('a half-copied output (truncated) is detected the same way', async () => {
   assert.is(second.exitCode, 0, second.stderr);
   assert.match(second.stderr, /out\/a\.txt has 3 bytes, 13 when published/);
   assert.is(readFileSync(path.join(dir, 'a.txt'), 'utf8'), 'hello, cache\n');
+});
+
+// A cache that cannot be written: the stage that would write it fails saying which directory and
+// what to do, its dependents are skipped, the stage table is printed, exit 1; no raw EROFS/ENOTDIR.
+function assertCacheProblem(result: { exitCode: number; stderr: string }, cache: string, reason: RegExp) {
+  assert.is(result.exitCode, 1, result.stderr);
+  const message = new RegExp(`^one\\s+failed\\s+.*cannot write to the cache ${cache.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: ${reason.source}\\. Make it a writable directory, or choose another with --cache DIR`, 'm');
+  assert.match(result.stderr, message);
+  assert.match(result.stderr, /^count\s+skipped\s+.*upstream stage 'one' did not complete/m);
+  assert.not.match(result.stderr, /^pipe run: E[A-Z]+:/m);
+}
+
+const twoStages = 'name: ro\nstages:\n  one:\n    run: "echo 1 > one.txt"\n    outs: [one.txt]\n  count:\n    run: "wc -c < one.txt > n.txt"\n    deps: [one.txt]\n    outs: [n.txt]\n';
+
+test('a cache path that is a file: a clear failure naming the cache, and the stage table', async () => {
+  const dir = project({ 'p.yaml': twoStages, 'not-a-dir': 'x' });
+  const result = await pipe(dir, ['run', 'p.yaml', '--cache', 'not-a-dir']);
+  const cache = path.join(dir, 'not-a-dir');
+  assertCacheProblem(result, cache, new RegExp(`${cache.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} is a file, not a directory`));
+});
+
+test('a cache on a read-only file system (a read-only tmpfs; needs mount, as root in CI)', async () => {
+  const dir = project({ 'p.yaml': twoStages });
+  const cache = path.join(dir, 'ro-cache');
+  mkdirSync(cache);
+  const mounted = await execa('mount', ['-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', cache], { reject: false });
+  if (mounted.exitCode !== 0) {
+    console.log(`  (read-only mount not possible here: ${String(mounted.stderr).trim()}; the file case above covers the message)`);
+    return;
+  }
+  try {
+    assertCacheProblem(await pipe(dir, ['run', 'p.yaml', '--cache', 'ro-cache']), cache, /.* is on a read-only file system/);
+  } finally {
+    await execa('umount', [cache], { reject: false });
+  }
 });
 
 test.run();
