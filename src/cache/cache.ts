@@ -179,9 +179,10 @@ export class Cache {
 
   /**
    * Waits until this process may compute `fingerprint`: another live process computing the same
-   * entry holds its lock. Returns a release function. `onWait` is called once if we had to wait.
+   * entry holds its lock. Returns a release function. `onWait` is called once if we had to wait;
+   * the wait ends with an error when `stopped` gives a reason (an interrupted run).
    */
-  async lock(fingerprint: string, onWait?: (holder: LockInfo) => void): Promise<() => Promise<void>> {
+  async lock(fingerprint: string, onWait?: (holder: LockInfo) => void, stopped?: () => string | undefined): Promise<() => Promise<void>> {
     const file = path.join(this.root, 'locks', `${fingerprint}.lock`);
     await fs.mkdir(path.dirname(file), { recursive: true });
     const me: LockInfo = { pid: process.pid, host: os.hostname(), since: Date.now() };
@@ -218,6 +219,8 @@ export class Cache {
         onWait?.(holder);
         told = true;
       }
+      const reason = stopped?.();
+      if (reason) throw new Error(`stopped while waiting for process ${holder.pid} on ${holder.host}: ${reason}`);
       await sleep(200);
     }
   }

@@ -133,7 +133,7 @@ export async function runStage(stage: StageJob, gpus: string[], run: RunContext,
 async function computeEntry(stage: StageJob, gpus: string[], run: RunContext, workspace?: string): Promise<Outcome> {
   const { cache, emit } = run;
   const say = (line: string) => emit({ type: 'stage-log', stage: stage.name, stream: 'log', line });
-  const release = await cache.lock(stage.fingerprint, (holder) => say(`waiting: process ${holder.pid} on ${holder.host} is computing this stage`));
+  const release = await cache.lock(stage.fingerprint, (holder) => say(`waiting: process ${holder.pid} on ${holder.host} is computing this stage`), run.aborted);
   try {
     // Whoever held the lock may have published the entry meanwhile (unless we are forced).
     const existing = stage.forced ? undefined : await cache.readIntact(stage.fingerprint, (problem) => say(`${problem}: the stage runs again`));

@@ -62,4 +62,16 @@ test('an intact entry is used; one published before checksums were recorded is u
   assert.ok(await new Cache(fresh.root).readIntact(fingerprint, noDamage));
 });
 
+test('waiting for a lock ends when the run is stopped', async () => {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'pipe-cache-'));
+  const release = await new Cache(root).lock('c'.repeat(64));
+  let reason: string | undefined;
+  setTimeout(() => (reason = 'interrupted by SIGTERM'), 300);
+  let waited = false;
+  const error = await new Cache(root).lock('c'.repeat(64), () => (waited = true), () => reason).then(() => undefined, (e: Error) => e);
+  assert.ok(waited);
+  assert.match(error?.message ?? '', new RegExp(`^stopped while waiting for process ${process.pid} on .*: interrupted by SIGTERM$`));
+  await release();
+});
+
 test.run();
