@@ -13,7 +13,8 @@ import type { Tensor } from '@tensorflow/tfjs-node';
 import type { CommandStatus } from '../core/io.ts';
 import { CLASSIFIER_FORMAT, type ClassifierMetadata } from '../ml/head.ts';
 import { decodeAndResize } from '../ml/images.ts';
-import { type Flavour, loadTf } from '../ml/tf.ts';
+import { loadTf } from '../ml/tf.ts';
+import type { Flavour } from '../core/stage-kind.ts';
 
 
 /** The model.json of a saved classifier, from an evaluate artifact dir, its model/ dir or the file itself. */
@@ -30,7 +31,7 @@ export async function findModelJson(modelPath: string): Promise<string> {
 export interface PredictOptions {
   /** Where per-image errors go (default: `out`). */
   err?: (line: string) => void;
-  backend?: Flavour;
+  flavour?: Flavour;
 }
 
 /**
@@ -45,7 +46,7 @@ export async function predict(
 ): Promise<CommandStatus> {
   const err = options.err ?? out;
   const modelJson = await findModelJson(modelDir);
-  const tf = loadTf(options.backend ?? 'cpu');
+  const tf = loadTf(options.flavour ?? 'cpu');
   const model = await tf.loadLayersModel(tf.io.fileSystem(modelJson));
   try {
     const meta = model.getUserDefinedMetadata() as Partial<ClassifierMetadata> | undefined;

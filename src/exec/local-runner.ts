@@ -21,7 +21,7 @@ export const localRunner: Runner = async (options: ExecuteOptions): Promise<RunS
   const runContext: RunContext = {
     cache,
     downloadCacheDir: options.downloadCacheDir,
-    backend: options.backend,
+    flavour: options.flavour,
     gpusConfigured: options.gpuIds.length > 0,
     emit: book.emit,
     children,
@@ -39,7 +39,7 @@ export const localRunner: Runner = async (options: ExecuteOptions): Promise<RunS
         const entry = await cache.read(stage.fingerprint);
         if (entry) return book.finish(stage, await restore(stage, entry, options));
       }
-      const job = stageJob(plan, stage, options.backend);
+      const job = stageJob(plan, stage, options.flavour);
       const grant = await slots.acquire(job.cpu, job.gpu);
       try {
         if (book.abortReason) return book.finish(stage, skippedOutcome(`not started: ${book.abortReason}`));

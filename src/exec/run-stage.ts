@@ -10,6 +10,7 @@ import { execa, type ResultPromise } from 'execa';
 import type { Cache, CacheEntry } from '../cache/cache.ts';
 import { readMetricsFile } from '../cache/cache.ts';
 import type { RunEvent } from '../core/events.ts';
+import type { Flavour } from '../core/stage-kind.ts';
 import type { MetricPoint } from '../core/stage-kind.ts';
 import type { PlannedStage } from '../plan/plan.ts';
 import { hashPath } from '../util/hash.ts';
@@ -64,7 +65,7 @@ async function cachedOutcome(entry: CacheEntry): Promise<Outcome> {
 export interface RunContext {
   cache: Cache;
   downloadCacheDir: string;
-  backend: 'cpu' | 'gpu';
+  flavour: Flavour;
   /** This process hands out GPUs: every child gets CUDA_VISIBLE_DEVICES (empty when it got none). */
   gpusConfigured: boolean;
   emit: (event: RunEvent) => void;
@@ -127,7 +128,7 @@ async function runInChild(stage: StageJob, gpus: string[], run: RunContext): Pro
     outDir: staging.outDir,
     tmpDir,
     downloadCacheDir: run.downloadCacheDir,
-    backend: run.backend,
+    flavour: run.flavour,
     command: a.command,
     cwd: a.cwd,
     env: a.env,

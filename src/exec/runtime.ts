@@ -9,11 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Flavour } from '../ml/tf.ts';
-
-export type { Flavour };
-/** What a pipeline may ask for: a flavour, or `auto` (gpu when it is installed and a GPU is visible). */
-export type RequestedFlavour = Flavour | 'auto';
+import type { Flavour, RequestedFlavour } from '../core/stage-kind.ts';
 
 export const FLAVOUR_PACKAGES: Readonly<Record<Flavour, string>> = {
   cpu: '@tensorflow/tfjs-node',

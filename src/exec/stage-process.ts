@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { execa } from 'execa';
 import { loadKind } from '../stages/index.ts';
 import { hashPath } from '../util/hash.ts';
-import type { StageContext } from '../core/stage-kind.ts';
+import type { Flavour, StageContext } from '../core/stage-kind.ts';
 
 export interface StageSpec {
   stage: string;
@@ -19,7 +19,7 @@ export interface StageSpec {
   outDir: string;
   tmpDir: string;
   downloadCacheDir: string;
-  backend: 'cpu' | 'gpu';
+  flavour: Flavour;
   /** Command stages. */
   command?: string | string[];
   cwd: string;
@@ -55,7 +55,7 @@ async function runKind(spec: StageSpec): Promise<void> {
     outDir: spec.outDir,
     tmpDir: spec.tmpDir,
     downloadCacheDir: spec.downloadCacheDir,
-    backend: spec.backend,
+    flavour: spec.flavour,
     log: (line) => void send({ t: 'log', line }),
     progress: (done, total, label) => {
       const now = Date.now();

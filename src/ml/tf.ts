@@ -2,9 +2,9 @@
 // '@tensorflow/tfjs-node' directly, so that `backend: gpu` swaps in '@tensorflow/tfjs-node-gpu'.
 
 import { createRequire } from 'node:module';
+import type { Flavour } from '../core/stage-kind.ts';
 
 export type Tf = typeof import('@tensorflow/tfjs-node');
-export type Flavour = 'cpu' | 'gpu';
 
 const require = createRequire(import.meta.url);
 const packageOf: Record<Flavour, string> = {

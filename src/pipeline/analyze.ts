@@ -12,10 +12,9 @@ import {
   simplifyErrors,
   type ParamDecl,
   type PipelineFile,
-  type Resources,
   type StageDecl,
 } from './pipeline.ts';
-import type { StageKind, StageKinds } from '../core/stage-kind.ts';
+import type { Resources, StageKind, StageKinds } from '../core/stage-kind.ts';
 
 export const COMMAND_KIND = 'command';
 

@@ -72,12 +72,12 @@ async function executeOnQueue(options: ExecuteOptions, target: QueueTarget): Pro
     }
   }
   const flows: FlowJob[] = remote.map((stage) => {
-    const job = stageJob(plan, stage, options.backend);
+    const job = stageJob(plan, stage, options.flavour);
     const data: StageJobData = {
       job: { ...job, cwd: path.relative(target.projectDir, job.cwd) || '.' },
       runId,
       cacheDir: cache.root,
-      backend: options.backend,
+      backend: options.flavour,
       releases: releases.get(stage.name)!,
       submitter,
     };

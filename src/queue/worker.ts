@@ -91,7 +91,7 @@ export async function workerCommand(values: CommandOptions, io: Io): Promise<Com
         outcome = await runStage(stage, grant.gpus, {
           cache,
           downloadCacheDir: paths.downloadsDir,
-          backend: data.backend,
+          flavour: data.backend,
           gpusConfigured: gpus.length > 0,
           emit: forward,
           children,

@@ -124,7 +124,7 @@ async function run(ctx: StageContext<EvaluateParams>): Promise<void> {
   if (meta.format !== 'pipe-fine-tune/1' && meta.format !== 'pipe-train-head/1') {
     throw new Error(`evaluate: ${modelDir}/meta.json is neither a fine-tune nor a train-head result`);
   }
-  const tf = loadTf(ctx.backend);
+  const tf = loadTf(ctx.flavour);
   const headWeights = await readHead(modelDir);
   const task: Task = headWeights.task;
   const classNames = headWeights.classNames;

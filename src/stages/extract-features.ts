@@ -152,7 +152,7 @@ async function run(ctx: StageContext<ExtractFeaturesParams>): Promise<void> {
     }
   }
 
-  const tf = loadTf(ctx.backend);
+  const tf = loadTf(ctx.flavour);
   let lastShown = 0;
   const { model, weights } = await loadMobileNetV2(tf, {
     alpha: params.alpha,

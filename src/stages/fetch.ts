@@ -149,7 +149,7 @@ async function runFetch(ctx: StageContext<FetchParams>): Promise<void> {
   }
   const total = listings.reduce((n, l) => n + l.files.length, 0);
 
-  const tf = loadTf(ctx.backend);
+  const tf = loadTf(ctx.flavour);
   const record: FetchRecord = {
     source: params.source,
     ...(sha256 ? { sha256 } : {}),

@@ -142,7 +142,7 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
   if (!headDir) throw new Error('fine-tune needs its head input (a train-head stage)');
   if (!Number.isInteger(params.fine_tune_at)) throw new Error('fine-tune needs the parameter fine_tune_at (a Keras layer index)');
 
-  const tf = loadTf(ctx.backend);
+  const tf = loadTf(ctx.flavour);
   const [headWeights, headMeta, headHistoryText] = await Promise.all([
     readHead(headDir),
     fs.readFile(path.join(headDir, 'meta.json'), 'utf8').then((text) => JSON.parse(text) as TrainHeadMeta),

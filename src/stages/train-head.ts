@@ -108,7 +108,7 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
   if (!meta.pooled) {
     throw new Error(`train-head needs pooled features, but the extract-features stage behind ${featuresDir} ran with pooled: false`);
   }
-  const tf = loadTf(ctx.backend);
+  const tf = loadTf(ctx.flavour);
   const task = taskFor(meta.classNames.length);
   const trainSet = meta.sets.views;
   const views = trainSet.views;

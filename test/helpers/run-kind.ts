@@ -36,7 +36,7 @@ export async function runKind<P>(
     outDir,
     tmpDir,
     downloadCacheDir: options.downloadCacheDir ?? tempDir('pipe-downloads-'),
-    backend: 'cpu',
+    flavour: 'cpu',
     log: (message) => {
       run.logs.push(message);
       if (process.env['PIPE_TEST_VERBOSE']) console.log(`[${kind.name}] ${message}`);
