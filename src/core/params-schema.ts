@@ -5,6 +5,8 @@
 // list), enum, items, default and required; other keywords (minimum, pattern, …) only constrain
 // values and leave the type as it is.
 
+import { Ajv, type ValidateFunction } from 'ajv';
+
 type JsonTypeName = 'string' | 'number' | 'integer' | 'boolean' | 'null' | 'array' | 'object';
 
 /** The schema of one parameter. */
@@ -34,10 +36,23 @@ type TypeOfName<Name, S> = Name extends 'string'
       : Name extends 'null'
         ? null
         : Name extends 'array'
-          ? Array<S extends { items: infer Items } ? ValueOf<Items> : unknown>
+          ? ArrayOf<S extends { items: infer Items } ? ValueOf<Items> : unknown, S>
           : Name extends 'object'
             ? Record<string, unknown>
             : never;
+
+/** An array with `minItems` = `maxItems` = N is a tuple of N (e.g. an image size [height, width]). */
+type ArrayOf<Item, S> = S extends { minItems: infer N extends number; maxItems: infer M extends number }
+  ? [N] extends [M]
+    ? TupleOf<Item, N>
+    : Item[]
+  : Item[];
+
+type TupleOf<Item, N extends number, Acc extends Item[] = []> = number extends N
+  ? Item[]
+  : Acc['length'] extends N
+    ? Acc
+    : TupleOf<Item, N, [...Acc, Item]>;
 
 /** The TypeScript type of the values a parameter schema accepts. */
 export type ValueOf<S> = S extends { enum: readonly (infer Member)[] }
@@ -61,3 +76,19 @@ export type ParamsOf<S extends ParamsSchema> = Flatten<
     -readonly [K in Exclude<keyof S['properties'], PresentNames<S>>]?: ValueOf<S['properties'][K]>;
   }
 >;
+
+const ajv = new Ajv({ allErrors: true, strict: false, useDefaults: true, verbose: true });
+const validators = new WeakMap<ParamsSchema, ValidateFunction>();
+
+/**
+ * The validator of a kind's parameters. It fills in the schema's defaults in the object it checks
+ * (ajv's useDefaults), which is how a kind's code gets `ParamsOf<schema>`; unknown names are errors.
+ */
+export function paramsValidator(schema: ParamsSchema): ValidateFunction {
+  let validate = validators.get(schema);
+  if (!validate) {
+    validate = ajv.compile({ ...schema, additionalProperties: false });
+    validators.set(schema, validate);
+  }
+  return validate;
+}

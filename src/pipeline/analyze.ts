@@ -3,7 +3,6 @@
 
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Ajv } from 'ajv';
 import { at, type Diagnostic, type Result } from '../core/diagnostics.ts';
 import {
   checkParamValue,
@@ -15,6 +14,7 @@ import {
   type StageDecl,
 } from './pipeline.ts';
 import type { Resources, StageKind, StageKinds } from '../core/stage-kind.ts';
+import { paramsValidator } from '../core/params-schema.ts';
 
 export const COMMAND_KIND = 'command';
 
@@ -161,18 +161,6 @@ function interpolate(
   return { value, refs };
 }
 
-const kindAjv = new Ajv({ allErrors: true, strict: false, useDefaults: true, verbose: true });
-const kindValidators = new WeakMap<StageKind, ReturnType<typeof kindAjv.compile>>();
-
-function validatorFor(kind: StageKind) {
-  let validate = kindValidators.get(kind);
-  if (!validate) {
-    validate = kindAjv.compile({ ...kind.params, additionalProperties: false });
-    kindValidators.set(kind, validate);
-  }
-  return validate;
-}
-
 export interface AnalyzeOptions {
   /** The stage kinds a pipeline may name (src/stages/index.ts's registry). */
   kinds: StageKinds;
@@ -289,7 +277,7 @@ export async function analyze(file: PipelineFile, options: AnalyzeOptions): Prom
     }
     const withInterp = interpolate(stage.with, params, reportMissingParam('with'));
     const resolved = structuredClone(withInterp.value) as Record<string, unknown>;
-    const validate = validatorFor(kind);
+    const validate = paramsValidator(kind.params);
     if (!validate(resolved)) {
       for (const error of simplifyErrors(validate.errors ?? [])) {
         const keys = error.instancePath.split('/').slice(1);

@@ -31,16 +31,9 @@ import { loadMobileNetV2, saveLayersModel } from '../ml/mobilenet.ts';
 import { confusionMatrix, imageGrid, learningCurves } from '../ml/plots.ts';
 import { type Tf, loadTf } from '../ml/tf.ts';
 import { type History, type Task, evaluateBatches, logitUnits, probabilities } from '../ml/train.ts';
-import type { StageContext, StageKind } from '../core/stage-kind.ts';
+import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import type { FineTuneMeta } from './fine-tune.ts';
 import type { TrainHeadMeta } from './train-head.ts';
-
-export interface EvaluateParams {
-  /** Images per forward pass. Default 32 (Keras's evaluate batch). */
-  batch_size?: number;
-  /** Test images in the predictions picture (the recipe: 9, a 3×3 grid). Default 9. */
-  picture_images?: number;
-}
 
 /** One test image's prediction, as predictions.json lists them. */
 export interface TestPrediction {
@@ -51,20 +44,24 @@ export interface TestPrediction {
   probability: number;
 }
 
+const paramsSchema = {
+  type: 'object',
+  properties: {
+    batch_size: { type: 'integer', minimum: 1, default: 32, description: 'batch size' },
+    picture_images: { type: 'integer', minimum: 1, maximum: 64, default: 9, description: 'test images in the predictions picture (the recipe: 9)' },
+  },
+  additionalProperties: false,
+} as const satisfies ParamsSchema;
+
+export type EvaluateParams = ParamsOf<typeof paramsSchema>;
+
 const kind: StageKind<EvaluateParams> = {
   name: 'evaluate',
   version: 1,
   description:
     'Test loss and accuracy, predictions picture, confusion matrix and learning curves; saves the whole ' +
     'trained model (raw pixels in, logits out) in tfjs layers format for pipe predict.',
-  params: {
-    type: 'object',
-    properties: {
-      batch_size: { type: 'integer', minimum: 1, default: 32, description: 'batch size' },
-      picture_images: { type: 'integer', minimum: 1, maximum: 64, default: 9, description: 'test images in the predictions picture (the recipe: 9)' },
-    },
-    additionalProperties: false,
-  },
+  params: paramsSchema,
   inputs: { model: ['fine-tune', 'train-head'], data: ['split'], 'features?': ['extract-features'], 'head?': ['train-head'] },
   usesTensorflow: true,
   resources: { cpu: 'all' },
@@ -113,8 +110,8 @@ async function histories(ctx: StageContext<EvaluateParams>, modelDir: string, me
 }
 
 async function run(ctx: StageContext<EvaluateParams>): Promise<void> {
-  const batchSize = ctx.params.batch_size ?? 32;
-  const pictureCount = ctx.params.picture_images ?? 9;
+  const batchSize = ctx.params.batch_size;
+  const pictureCount = ctx.params.picture_images;
   const modelDir = ctx.inputs['model'];
   const dataDir = ctx.inputs['data'];
   if (!modelDir) throw new Error('evaluate needs its model input (a fine-tune or train-head stage)');

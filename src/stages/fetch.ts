@@ -23,7 +23,7 @@ import { comparePaths, listImageFiles, loadImages, IMAGE_EXTENSIONS } from '../m
 import { createRng, shuffle } from '../ml/augment.ts';
 import { imageGrid } from '../ml/plots.ts';
 import { loadTf } from '../ml/tf.ts';
-import type { StageContext, StageKind } from '../core/stage-kind.ts';
+import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import { extractZip } from '../util/zip.ts';
 
 export const DEFAULT_SOURCE = 'https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip';
@@ -31,17 +31,6 @@ export const DEFAULT_SOURCE = 'https://storage.googleapis.com/mledu-datasets/cat
 /** Subset folder names recognised at the data root, in output order. */
 export const SUBSET_NAMES = ['train', 'validation', 'test'] as const;
 export type SubsetName = (typeof SUBSET_NAMES)[number];
-
-export interface FetchParams {
-  /** http(s) URL of a zip, a local zip file or a local directory. */
-  source?: string;
-  /** Expected sha256 of the zip (URL or local zip). */
-  sha256?: string;
-  /** [height, width] of the stored images. Default [160, 160]. */
-  image_size?: [number, number];
-  /** Subset folders to read (default: whichever of train, validation, test exist). */
-  subsets?: SubsetName[];
-}
 
 /** What `fetch.json` records. */
 export interface FetchRecord {
@@ -64,48 +53,45 @@ export function isUrl(source: string): boolean {
   return /^https?:\/\//i.test(source);
 }
 
-function resolved(params: FetchParams): Required<Omit<FetchParams, 'sha256' | 'subsets'>> & FetchParams {
-  return { ...params, source: params.source ?? DEFAULT_SOURCE, image_size: params.image_size ?? [160, 160] };
-}
+const paramsSchema = {
+  type: 'object',
+  properties: {
+    source: {
+      type: 'string',
+      minLength: 1,
+      default: DEFAULT_SOURCE,
+      description: 'http(s) URL of a zip, a local zip file or a local directory of class folders',
+    },
+    sha256: { type: 'string', pattern: '^[0-9a-fA-F]{64}$', description: 'expected sha256 of the zip' },
+    image_size: {
+      type: 'array',
+      items: { type: 'integer', minimum: 1, maximum: 4096 },
+      minItems: 2,
+      maxItems: 2,
+      default: [160, 160],
+      description: '[height, width] of the stored images',
+    },
+    subsets: {
+      type: 'array',
+      items: { type: 'string', enum: [...SUBSET_NAMES] },
+      minItems: 1,
+      uniqueItems: true,
+      description: 'subset folders to read (default: whichever of train, validation, test exist)',
+    },
+  },
+  additionalProperties: false,
+} as const satisfies ParamsSchema;
+
+export type FetchParams = ParamsOf<typeof paramsSchema>;
 
 const fetchKind: StageKind<FetchParams> = {
   name: 'fetch',
   version: 1,
   description:
     'Reads an image-classification folder (zip URL, local zip or directory) into image sets, decoded and resized as Keras image_dataset_from_directory does.',
-  params: {
-    type: 'object',
-    properties: {
-      source: {
-        type: 'string',
-        minLength: 1,
-        default: DEFAULT_SOURCE,
-        description: 'http(s) URL of a zip, a local zip file or a local directory of class folders',
-      },
-      sha256: { type: 'string', pattern: '^[0-9a-fA-F]{64}$', description: 'expected sha256 of the zip' },
-      image_size: {
-        type: 'array',
-        items: { type: 'integer', minimum: 1, maximum: 4096 },
-        minItems: 2,
-        maxItems: 2,
-        default: [160, 160],
-        description: '[height, width] of the stored images',
-      },
-      subsets: {
-        type: 'array',
-        items: { type: 'string', enum: [...SUBSET_NAMES] },
-        minItems: 1,
-        uniqueItems: true,
-        description: 'subset folders to read (default: whichever of train, validation, test exist)',
-      },
-    },
-    additionalProperties: false,
-  },
+  params: paramsSchema,
   inputs: {},
-  inputPaths: (params) => {
-    const source = params.source ?? DEFAULT_SOURCE;
-    return isUrl(source) ? [] : [source];
-  },
+  inputPaths: (params) => (isUrl(params.source) ? [] : [params.source]),
   usesTensorflow: true,
   resources: { cpu: 1 },
   run: runFetch,
@@ -114,8 +100,8 @@ const fetchKind: StageKind<FetchParams> = {
 export default fetchKind;
 
 async function runFetch(ctx: StageContext<FetchParams>): Promise<void> {
-  const params = resolved(ctx.params);
-  const size: [number, number] = [params.image_size[0], params.image_size[1]];
+  const params = ctx.params;
+  const size = params.image_size;
   const { dir: sourceDir, sha256, isDirectory } = await materialise(ctx, params);
 
   const { root, layout, sets } = await detectLayout(sourceDir, params.subsets, params.source);
@@ -211,7 +197,7 @@ async function runFetch(ctx: StageContext<FetchParams>): Promise<void> {
 /** The source as a local directory: downloads and/or extracts a zip when needed. */
 async function materialise(
   ctx: StageContext<FetchParams>,
-  params: ReturnType<typeof resolved>,
+  params: FetchParams,
 ): Promise<{ dir: string; sha256?: string; isDirectory: boolean }> {
   const { source } = params;
   let zipPath: string;

@@ -20,21 +20,8 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { createRng, shuffle } from '../ml/augment.ts';
 import { imageBytes, readImageSet, writeImageSet, type ImageSet } from '../ml/dataset.ts';
-import type { StageContext, StageKind } from '../core/stage-kind.ts';
+import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import { exists } from '../util/files.ts';
-
-export interface SplitParams {
-  /** Seed of every shuffle. Default 42. */
-  seed?: number;
-  /** Batch size of the recipe's batch-wise test cut. Default 32. */
-  batch_size?: number;
-  /** train + validation data: share of the validation batches (rounded down) that become `test`. Default 0.2. */
-  test_batch_fraction?: number;
-  /** Single-set data (stratified): share of each class for `test`. Default 0.1. */
-  test_fraction?: number;
-  /** Single-set data (stratified): share of each class for `validation`. Default 0.2. */
-  validation_fraction?: number;
-}
 
 export interface SplitRecord {
   rule: 'recipe' | 'keep' | 'stratified';
@@ -55,40 +42,44 @@ export interface SplitRecord {
 const SETS = ['train', 'validation', 'test'] as const;
 type SetName = (typeof SETS)[number];
 
+const paramsSchema = {
+  type: 'object',
+  properties: {
+    seed: { type: 'integer', default: 42, description: 'seed of the shuffles' },
+    batch_size: { type: 'integer', minimum: 1, default: 32, description: 'batch size of the recipe\'s test cut' },
+    test_batch_fraction: {
+      type: 'number',
+      minimum: 0,
+      exclusiveMaximum: 1,
+      default: 0.2,
+      description: 'train + validation data: share of the validation batches (rounded down) that become test',
+    },
+    test_fraction: {
+      type: 'number',
+      minimum: 0,
+      exclusiveMaximum: 1,
+      default: 0.1,
+      description: 'single-set data: share of each class for test',
+    },
+    validation_fraction: {
+      type: 'number',
+      minimum: 0,
+      exclusiveMaximum: 1,
+      default: 0.2,
+      description: 'single-set data: share of each class for validation',
+    },
+  },
+  additionalProperties: false,
+} as const satisfies ParamsSchema;
+
+export type SplitParams = ParamsOf<typeof paramsSchema>;
+
 const splitKind: StageKind<SplitParams> = {
   name: 'split',
   version: 1,
   description:
     'Shuffles the fetched images (seeded) and splits them into train, validation and test: the recipe\'s batch-wise cut of the validation set, or a stratified split of a single set.',
-  params: {
-    type: 'object',
-    properties: {
-      seed: { type: 'integer', default: 42, description: 'seed of the shuffles' },
-      batch_size: { type: 'integer', minimum: 1, default: 32, description: 'batch size of the recipe\'s test cut' },
-      test_batch_fraction: {
-        type: 'number',
-        minimum: 0,
-        exclusiveMaximum: 1,
-        default: 0.2,
-        description: 'train + validation data: share of the validation batches (rounded down) that become test',
-      },
-      test_fraction: {
-        type: 'number',
-        minimum: 0,
-        exclusiveMaximum: 1,
-        default: 0.1,
-        description: 'single-set data: share of each class for test',
-      },
-      validation_fraction: {
-        type: 'number',
-        minimum: 0,
-        exclusiveMaximum: 1,
-        default: 0.2,
-        description: 'single-set data: share of each class for validation',
-      },
-    },
-    additionalProperties: false,
-  },
+  params: paramsSchema,
   inputs: { data: ['fetch'] },
   usesTensorflow: false,
   resources: { cpu: 1 },
@@ -100,8 +91,8 @@ export default splitKind;
 async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
   const dataDir = ctx.inputs['data'];
   if (!dataDir) throw new Error('split needs the artifacts of a fetch stage (input `data`)');
-  const seed = ctx.params.seed ?? 42;
-  const batchSize = ctx.params.batch_size ?? 32;
+  const seed = ctx.params.seed;
+  const batchSize = ctx.params.batch_size;
   const present: string[] = [];
   for (const name of ['train', 'validation', 'test', 'all']) {
     if (await exists(path.join(dataDir, `${name}.json`))) present.push(name);
@@ -110,7 +101,7 @@ async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
   let record: SplitRecord;
   let sets: Record<SetName, { source: ImageSet; order: number[] }>;
   if (present.includes('train') && present.includes('validation')) {
-    const testFraction = ctx.params.test_batch_fraction ?? 0.2;
+    const testFraction = ctx.params.test_batch_fraction;
     const train = await readImageSet(dataDir, 'train');
     const validation = await readImageSet(dataDir, 'validation');
     checkSameClasses(train, validation, 'validation');
@@ -150,8 +141,8 @@ async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
     }
   } else if (present.length === 1 && (present[0] === 'all' || present[0] === 'train')) {
     const name = present[0];
-    const testFraction = ctx.params.test_fraction ?? 0.1;
-    const validationFraction = ctx.params.validation_fraction ?? 0.2;
+    const testFraction = ctx.params.test_fraction;
+    const validationFraction = ctx.params.validation_fraction;
     const all = await readImageSet(dataDir, name);
     const parts = stratify(all, validationFraction, testFraction, createRng(seed, 4));
     sets = {
