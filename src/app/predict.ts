@@ -15,6 +15,7 @@ import { CLASSIFIER_FORMAT, type ClassifierMetadata } from '../ml/head.ts';
 import { decodeAndResize } from '../ml/images.ts';
 import { loadTf } from '../ml/tf.ts';
 import type { Flavour } from '../core/stage-kind.ts';
+import { InputError } from '../core/errors.ts';
 
 
 /** The model.json of a saved classifier, from an evaluate artifact dir, its model/ dir or the file itself. */
@@ -25,7 +26,7 @@ export async function findModelJson(modelPath: string): Promise<string> {
   for (const candidate of candidates) {
     if (await fs.stat(candidate).then((s) => s.isFile(), () => false)) return candidate;
   }
-  throw new Error(`no saved model at ${modelPath}: expected ${candidates.join(' or ')} (the model/ directory of an evaluate stage)`);
+  throw new InputError(`no saved model at ${modelPath}: expected ${candidates.join(' or ')} (the model/ directory of an evaluate stage)`);
 }
 
 export interface PredictOptions {
@@ -51,7 +52,7 @@ export async function predict(
   try {
     const meta = model.getUserDefinedMetadata() as Partial<ClassifierMetadata> | undefined;
     if (meta?.format !== CLASSIFIER_FORMAT || !meta.classNames || !meta.inputShape || !meta.task) {
-      throw new Error(`${modelJson} is not a classifier saved by an evaluate stage (no ${CLASSIFIER_FORMAT} metadata)`);
+      throw new InputError(`${modelJson} is not a classifier saved by an evaluate stage (no ${CLASSIFIER_FORMAT} metadata)`);
     }
     const { classNames, task } = meta;
     const [height, width] = meta.inputShape;

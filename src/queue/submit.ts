@@ -18,6 +18,7 @@ import {
   CANCEL_CHANNEL, EDGE_QUEUE, PREFIX, STAGE_QUEUE, edgeJobId, parseQueueUrl, stageJobId,
   type StageJobData, type StageJobProgress, type StageJobResult,
 } from './protocol.ts';
+import { UnavailableError } from '../core/errors.ts';
 
 export interface QueueTarget {
   url: string;
@@ -241,7 +242,7 @@ async function ping(url: string, connection: ReturnType<typeof parseQueueUrl>): 
     await client.connect();
     await client.ping();
   } catch (error) {
-    throw new Error(`cannot reach the queue at ${url}: ${(error as Error).message}`);
+    throw new UnavailableError(`cannot reach the queue at ${url}: ${(error as Error).message}`);
   } finally {
     client.disconnect();
   }

@@ -11,7 +11,7 @@ import { Job, Queue, UnrecoverableError, Worker } from 'bullmq';
 import type { ResultPromise } from 'execa';
 import { Redis } from 'ioredis';
 import { Cache } from '../cache/cache.ts';
-import { UsageError } from '../core/errors.ts';
+import { StageError, UsageError } from '../core/errors.ts';
 import type { CommandStatus, Io } from '../core/io.ts';
 import type { CommandOptions } from '../app/options.ts';
 import type { RunEvent } from '../core/events.ts';
@@ -105,7 +105,7 @@ export async function workerCommand(values: CommandOptions, io: Io): Promise<Com
       if (outcome.status === 'failed') {
         say(`${stage.name} failed after ${formatDuration(Date.now() - started)}: ${outcome.error}`);
         if (cancelled) throw new UnrecoverableError(outcome.error ?? cancelled);
-        throw new Error(outcome.error ?? 'failed');
+        throw new StageError(outcome.error ?? 'failed');
       }
       // The entry is published: let the stages that wait for it go.
       for (const id of data.releases) {

@@ -26,6 +26,7 @@ import {
 import { imageAt, imageBytes, readImageSet, type ImageSetMeta } from '../ml/dataset.ts';
 import { imageGrid } from '../ml/plots.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
+import { InputError } from '../core/errors.ts';
 
 export interface AugmentRecord {
   seed: number;
@@ -75,13 +76,13 @@ export default augmentKind;
 
 async function runAugment(ctx: StageContext<AugmentParams>): Promise<void> {
   const dataDir = ctx.inputs['data'];
-  if (!dataDir) throw new Error('augment needs the artifacts of a split stage (input `data`)');
+  if (!dataDir) throw new Error('bug: augment needs the artifacts of a split stage (input `data`)');
   const views = ctx.params.views;
   const seed = ctx.params.seed;
   const settings: AugmentSettings = { flip: ctx.params.flip, rotation: ctx.params.rotation };
 
   const train = await readImageSet(dataDir, 'train');
-  if (train.views !== 1) throw new Error(`the training set in ${dataDir} already has ${train.views} views`);
+  if (train.views !== 1) throw new InputError(`the training set in ${dataDir} already has ${train.views} views`);
   const { count, height, width, channels } = train;
   const size = imageBytes(train);
 

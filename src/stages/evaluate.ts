@@ -34,6 +34,7 @@ import { type History, type Task, evaluateBatches, logitUnits, probabilities } f
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import type { FineTuneMeta } from './fine-tune.ts';
 import type { TrainHeadMeta } from './train-head.ts';
+import { InputError } from '../core/errors.ts';
 
 /** One test image's prediction, as predictions.json lists them. */
 export interface TestPrediction {
@@ -88,14 +89,14 @@ async function loadBase(tf: Tf, ctx: StageContext<EvaluateParams>, modelDir: str
   }
   const featuresDir = ctx.inputs['features'];
   if (!featuresDir) {
-    throw new Error(
+    throw new InputError(
       'evaluate after train-head needs its features input: the extract-features stage the head was trained on ' +
         '(bind it with needs: {features: STAGE})',
     );
   }
   const features = await readFeaturesMeta(featuresDir);
   if (features.classNames.join('\n') !== meta.classNames.join('\n')) {
-    throw new Error(`the features in ${featuresDir} are of classes ${features.classNames.join(', ')}, the head of ${meta.classNames.join(', ')}`);
+    throw new InputError(`the features in ${featuresDir} are of classes ${features.classNames.join(', ')}, the head of ${meta.classNames.join(', ')}`);
   }
   return (await loadFeatureBase(tf, featuresDir)).model;
 }
@@ -114,12 +115,12 @@ async function run(ctx: StageContext<EvaluateParams>): Promise<void> {
   const pictureCount = ctx.params.picture_images;
   const modelDir = ctx.inputs['model'];
   const dataDir = ctx.inputs['data'];
-  if (!modelDir) throw new Error('evaluate needs its model input (a fine-tune or train-head stage)');
-  if (!dataDir) throw new Error('evaluate needs its data input (a split stage)');
+  if (!modelDir) throw new Error('bug: evaluate needs its model input (a fine-tune or train-head stage)');
+  if (!dataDir) throw new Error('bug: evaluate needs its data input (a split stage)');
 
   const meta = await readJson<ModelMeta>(path.join(modelDir, 'meta.json'));
   if (meta.format !== 'pipe-fine-tune/1' && meta.format !== 'pipe-train-head/1') {
-    throw new Error(`evaluate: ${modelDir}/meta.json is neither a fine-tune nor a train-head result`);
+    throw new InputError(`evaluate: ${modelDir}/meta.json is neither a fine-tune nor a train-head result`);
   }
   const tf = loadTf(ctx.flavour);
   const headWeights = await readHead(modelDir);
@@ -127,15 +128,15 @@ async function run(ctx: StageContext<EvaluateParams>): Promise<void> {
   const classNames = headWeights.classNames;
   const testSet = await readImageSet(dataDir, 'test');
   if (testSet.classNames.join('\n') !== classNames.join('\n')) {
-    throw new Error(`the test images are of classes ${testSet.classNames.join(', ')}, the model of ${classNames.join(', ')}`);
+    throw new InputError(`the test images are of classes ${testSet.classNames.join(', ')}, the model of ${classNames.join(', ')}`);
   }
-  if (testSet.count === 0) throw new Error(`the split in ${dataDir} has no test images`);
+  if (testSet.count === 0) throw new InputError(`the split in ${dataDir} has no test images`);
 
   const base = await loadBase(tf, ctx, modelDir, meta);
   const [h, w] = (base.inputs[0]!.shape.slice(1) as number[]) as [number, number];
   if (testSet.height !== h || testSet.width !== w || testSet.channels !== 3) {
     base.dispose();
-    throw new Error(`the test images are ${testSet.height}×${testSet.width}×${testSet.channels}, the model takes ${h}×${w}×3`);
+    throw new InputError(`the test images are ${testSet.height}×${testSet.width}×${testSet.channels}, the model takes ${h}×${w}×3`);
   }
   ctx.log(`evaluating ${meta.format === 'pipe-fine-tune/1' ? `the fine-tuned model (fine_tune_at ${meta.fineTuneAt})` : 'the head on the frozen base'} on ${testSet.count} test images`);
 
@@ -274,7 +275,7 @@ async function checkSavedModel(
     });
     const scale = logits.reduce((max, v) => Math.max(max, Math.abs(v)), 1);
     if (!(gap <= 1e-3 * scale)) {
-      throw new Error(`the saved model's logits differ from the evaluated ones by ${gap} (a bug in saving the model)`);
+      throw new Error(`bug: the saved model's logits differ from the evaluated ones by ${gap}`);
     }
     return gap;
   } finally {

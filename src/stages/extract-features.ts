@@ -30,6 +30,7 @@ import {
 } from '../ml/mobilenet.ts';
 import { loadTf } from '../ml/tf.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
+import { InputError } from '../core/errors.ts';
 
 /** Weights named by a local path (not `none`, `imagenet` or a URL). */
 function localWeightsPath(weights: string): string | undefined {
@@ -94,10 +95,10 @@ export default kind;
 async function run(ctx: StageContext<ExtractFeaturesParams>): Promise<void> {
   const params = ctx.params;
   if (!params.pooled && params.fine_tune_at === null) {
-    throw new Error('extract-features has nothing to do: pooled is false and fine_tune_at is null');
+    throw new InputError('extract-features has nothing to do: pooled is false and fine_tune_at is null');
   }
   const dataDir = ctx.inputs['data'];
-  if (!dataDir) throw new Error('extract-features needs its data input (a split stage)');
+  if (!dataDir) throw new Error('bug: extract-features needs its data input (a split stage)');
   const viewsDir = ctx.inputs['views'];
 
   const jobs: SetJob[] = [
@@ -111,13 +112,13 @@ async function run(ctx: StageContext<ExtractFeaturesParams>): Promise<void> {
   for (const job of jobs) {
     const { meta } = job;
     if (meta.height !== first.height || meta.width !== first.width || meta.channels !== 3) {
-      throw new Error(
+      throw new InputError(
         `image set ${job.slot}/${job.imageSet} is ${meta.height}×${meta.width}×${meta.channels}, ` +
           `expected ${first.height}×${first.width}×3 like ${jobs[0]!.slot}/${jobs[0]!.imageSet}`,
       );
     }
     if (JSON.stringify(meta.classNames) !== JSON.stringify(first.classNames)) {
-      throw new Error(`image set ${job.slot}/${job.imageSet} has classes ${meta.classNames.join(', ')}, expected ${first.classNames.join(', ')}`);
+      throw new InputError(`image set ${job.slot}/${job.imageSet} has classes ${meta.classNames.join(', ')}, expected ${first.classNames.join(', ')}`);
     }
   }
 
@@ -181,7 +182,7 @@ async function run(ctx: StageContext<ExtractFeaturesParams>): Promise<void> {
         const size = imageBytes(meta);
         const expected = rows * size;
         const { size: actual } = await pixels.stat();
-        if (actual !== expected) throw new Error(`image set ${job.slot}/${job.imageSet}: ${actual} bytes, expected ${expected}`);
+        if (actual !== expected) throw new InputError(`image set ${job.slot}/${job.imageSet}: ${actual} bytes, expected ${expected}`);
         const buffer = new Uint8Array(params.batch_size * size);
         for (let start = 0; start < rows; start += params.batch_size) {
           const n = Math.min(params.batch_size, rows - start);
@@ -260,7 +261,7 @@ async function readFully(handle: fs.FileHandle, buffer: Uint8Array, length: numb
   let done = 0;
   while (done < length) {
     const { bytesRead } = await handle.read(buffer, done, length - done, position + done);
-    if (bytesRead === 0) throw new Error('unexpected end of image data');
+    if (bytesRead === 0) throw new InputError('unexpected end of image data');
     done += bytesRead;
   }
 }

@@ -25,6 +25,7 @@ import { imageGrid } from '../ml/plots.ts';
 import { loadTf } from '../ml/tf.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import { extractZip } from '../util/zip.ts';
+import { InputError } from '../core/errors.ts';
 
 export const DEFAULT_SOURCE = 'https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip';
 
@@ -124,7 +125,7 @@ async function runFetch(ctx: StageContext<FetchParams>): Promise<void> {
       const classRel = layout === 'flat' ? className : `${set}/${className}`;
       const found = await listImageFiles(path.join(root, classRel));
       if (found.length === 0) {
-        throw new Error(`class folder ${folderLabel(classRel)} has no images (${IMAGE_EXTENSIONS.join(' ')})`);
+        throw new InputError(`class folder ${folderLabel(classRel)} has no images (${IMAGE_EXTENSIONS.join(' ')})`);
       }
       for (const file of found) {
         files.push(`${classRel}/${file}`);
@@ -162,7 +163,7 @@ async function runFetch(ctx: StageContext<FetchParams>): Promise<void> {
       const count = labels.filter((l) => l === label).length;
       if (count === 0) {
         const classRel = layout === 'flat' ? className : `${listing.set}/${className}`;
-        throw new Error(`class folder ${folderLabel(classRel)} has no decodable images`);
+        throw new InputError(`class folder ${folderLabel(classRel)} has no decodable images`);
       }
       perClass[className] = count;
     }
@@ -220,20 +221,20 @@ async function materialise(
     try {
       stat = await fs.stat(local);
     } catch {
-      throw new Error(`source ${source} does not exist`);
+      throw new InputError(`source ${source} does not exist`);
     }
     if (stat.isDirectory()) {
-      if (params.sha256) throw new Error(`sha256 applies to a zip, but source ${source} is a directory`);
+      if (params.sha256) throw new InputError(`sha256 applies to a zip, but source ${source} is a directory`);
       return { dir: local, isDirectory: true };
     }
     if (!(await isZipFile(local))) {
-      throw new Error(`source ${source} is neither a directory nor a zip file`);
+      throw new InputError(`source ${source} is neither a directory nor a zip file`);
     }
     zipPath = local;
     if (params.sha256) {
       const actual = await sha256File(local);
       if (actual !== params.sha256.toLowerCase()) {
-        throw new Error(`checksum mismatch for ${source}: expected sha256 ${params.sha256.toLowerCase()}, got ${actual}`);
+        throw new InputError(`checksum mismatch for ${source}: expected sha256 ${params.sha256.toLowerCase()}, got ${actual}`);
       }
     }
   }
@@ -294,7 +295,7 @@ export async function detectLayout(
     }
     if (wanted) {
       const missing = wanted.filter((name) => !folders.includes(name));
-      throw new Error(`subset folder${missing.length > 1 ? 's' : ''} ${missing.join(', ')} not found in ${sourceLabel}`);
+      throw new InputError(`subset folder${missing.length > 1 ? 's' : ''} ${missing.join(', ')} not found in ${sourceLabel}`);
     }
     return { root, layout: 'flat', sets: ['all'] };
   }
@@ -314,16 +315,16 @@ async function checkClasses(
     const classes = await subfolders(path.join(root, rel));
     const where = folderLabel(rel);
     if (classes.length === 0) {
-      throw new Error(
+      throw new InputError(
         `no class folders in ${where}: expected one sub-folder of images per class` +
           (layout === 'flat' ? ' (or train/ and validation/ folders holding them)' : ''),
       );
     }
     if (classes.length === 1) {
-      throw new Error(`only one class folder (${classes[0]}) in ${where}: a classifier needs at least two`);
+      throw new InputError(`only one class folder (${classes[0]}) in ${where}: a classifier needs at least two`);
     }
     if (reference && classes.join('\n') !== reference.join('\n')) {
-      throw new Error(
+      throw new InputError(
         `subset ${set} has classes ${classes.join(', ')} but ${referenceSet} has ${reference.join(', ')}: ` +
           `every subset needs the same class folders`,
       );

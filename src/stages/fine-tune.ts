@@ -40,6 +40,7 @@ import {
 } from '../ml/train.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import type { TrainHeadMeta } from './train-head.ts';
+import { InputError } from '../core/errors.ts';
 
 /**
  * The epochs phase 2 runs, as Keras's `fit(epochs=total, initial_epoch=start)` numbers them:
@@ -110,9 +111,9 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
   const params = ctx.params;
   const activationsDir = ctx.inputs['activations'];
   const headDir = ctx.inputs['head'];
-  if (!activationsDir) throw new Error('fine-tune needs its activations input (an extract-features stage with fine_tune_at)');
-  if (!headDir) throw new Error('fine-tune needs its head input (a train-head stage)');
-  if (!Number.isInteger(params.fine_tune_at)) throw new Error('fine-tune needs the parameter fine_tune_at (a Keras layer index)');
+  if (!activationsDir) throw new Error('bug: fine-tune needs its activations input (an extract-features stage with fine_tune_at)');
+  if (!headDir) throw new Error('bug: fine-tune needs its head input (a train-head stage)');
+  if (!Number.isInteger(params.fine_tune_at)) throw new Error('bug: fine-tune needs the parameter fine_tune_at (a Keras layer index)');
 
   const tf = loadTf(ctx.flavour);
   const [headWeights, headMeta, headHistoryText] = await Promise.all([
@@ -121,16 +122,16 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
     fs.readFile(path.join(headDir, 'history.json'), 'utf8'),
   ]);
   const { model: base, meta, boundary } = await loadFeatureBase(tf, activationsDir, { fineTuneAt: params.fine_tune_at });
-  if (!boundary) throw new Error(`the features in ${activationsDir} hold no boundary activations`);
+  if (!boundary) throw new InputError(`the features in ${activationsDir} hold no boundary activations`);
   if (meta.classNames.join('\n') !== headWeights.classNames.join('\n')) {
-    throw new Error(
+    throw new InputError(
       `the head was trained on classes ${headWeights.classNames.join(', ')} but the activations are of ${meta.classNames.join(', ')}`,
     );
   }
   const task = headWeights.task;
   const layerCount = base.layers.length;
   if (params.fine_tune_at >= layerCount) {
-    throw new Error(`fine_tune_at ${params.fine_tune_at} leaves nothing to fine-tune: the base has ${layerCount} layers`);
+    throw new InputError(`fine_tune_at ${params.fine_tune_at} leaves nothing to fine-tune: the base has ${layerCount} layers`);
   }
 
   const top = buildTop(tf, base, boundary);

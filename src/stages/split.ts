@@ -22,6 +22,7 @@ import { createRng, shuffle } from '../ml/augment.ts';
 import { imageBytes, readImageSet, writeImageSet, type ImageSet } from '../ml/dataset.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import { exists } from '../util/files.ts';
+import { InputError } from '../core/errors.ts';
 
 export interface SplitRecord {
   rule: 'recipe' | 'keep' | 'stratified';
@@ -90,7 +91,7 @@ export default splitKind;
 
 async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
   const dataDir = ctx.inputs['data'];
-  if (!dataDir) throw new Error('split needs the artifacts of a fetch stage (input `data`)');
+  if (!dataDir) throw new Error('bug: split needs the artifacts of a fetch stage (input `data`)');
   const seed = ctx.params.seed;
   const batchSize = ctx.params.batch_size;
   const present: string[] = [];
@@ -119,13 +120,13 @@ async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
     } else {
       const testCount = recipeTestCount(validation.count, batchSize, testFraction);
       if (testCount === 0 && testFraction > 0) {
-        throw new Error(
+        throw new InputError(
           `the test set would be empty: ${validation.count} validation images make ` +
             `${Math.ceil(validation.count / batchSize)} batches of ${batchSize}, and test_batch_fraction ${testFraction} of them is less than one batch`,
         );
       }
       if (testCount >= validation.count) {
-        throw new Error(`the validation set would be empty: test takes all ${validation.count} validation images`);
+        throw new InputError(`the validation set would be empty: test takes all ${validation.count} validation images`);
       }
       sets = {
         train: { source: train, order: trainOrder },
@@ -156,7 +157,7 @@ async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
       validation_fraction: validationFraction,
     };
   } else {
-    throw new Error(
+    throw new InputError(
       `cannot split the fetched sets ${present.join(', ') || '(none)'} in ${dataDir}: ` +
         'expected train and validation, or a single set (all or train)',
     );
@@ -204,7 +205,7 @@ export function stratify(
     const testCount = Math.round(members.length * testFraction);
     const validationCount = Math.round(members.length * validationFraction);
     if (members.length - testCount - validationCount < 1) {
-      throw new Error(
+      throw new InputError(
         `class ${className} has ${members.length} images: too few to keep any for training after ` +
           `validation_fraction ${validationFraction} and test_fraction ${testFraction}`,
       );
@@ -216,7 +217,7 @@ export function stratify(
   for (const name of ['validation', 'test'] as const) {
     const fraction = name === 'test' ? testFraction : validationFraction;
     if (parts[name].length === 0 && fraction > 0) {
-      throw new Error(`the ${name} set would be empty: ${set.labels.length} images are too few for ${name}_fraction ${fraction}`);
+      throw new InputError(`the ${name} set would be empty: ${set.labels.length} images are too few for ${name}_fraction ${fraction}`);
     }
   }
   return parts;
@@ -238,10 +239,10 @@ function indexes(count: number): number[] {
 
 function checkSameClasses(a: ImageSet, b: ImageSet, name: string): void {
   if (a.classNames.join('\n') !== b.classNames.join('\n')) {
-    throw new Error(`${name} has classes ${b.classNames.join(', ')} but train has ${a.classNames.join(', ')}`);
+    throw new InputError(`${name} has classes ${b.classNames.join(', ')} but train has ${a.classNames.join(', ')}`);
   }
   if (a.height !== b.height || a.width !== b.width || a.channels !== b.channels) {
-    throw new Error(`${name} images are ${b.height}×${b.width}×${b.channels}, train images ${a.height}×${a.width}×${a.channels}`);
+    throw new InputError(`${name} images are ${b.height}×${b.width}×${b.channels}, train images ${a.height}×${a.width}×${a.channels}`);
   }
 }
 

@@ -29,6 +29,7 @@ import {
   taskFor,
 } from '../ml/train.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
+import { InputError } from '../core/errors.ts';
 
 /** What train-head records in meta.json (read by fine-tune and evaluate). */
 export interface TrainHeadMeta {
@@ -78,10 +79,10 @@ export default kind;
 async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
   const params = ctx.params;
   const featuresDir = ctx.inputs['features'];
-  if (!featuresDir) throw new Error('train-head needs its features input (an extract-features stage)');
+  if (!featuresDir) throw new Error('bug: train-head needs its features input (an extract-features stage)');
   const meta = await readFeaturesMeta(featuresDir);
   if (!meta.pooled) {
-    throw new Error(`train-head needs pooled features, but the extract-features stage behind ${featuresDir} ran with pooled: false`);
+    throw new InputError(`train-head needs pooled features, but the extract-features stage behind ${featuresDir} ran with pooled: false`);
   }
   const tf = loadTf(ctx.flavour);
   const task = taskFor(meta.classNames.length);
