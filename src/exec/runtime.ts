@@ -321,8 +321,7 @@ export function resolveFlavour(requested: RequestedFlavour, options: ResolveOpti
       return count() > 0 ? 'gpu' : 'cpu';
     }
     default: {
-      const unexpected: never = requested;
-      unreachable(unexpected, 'flavour');
+      unreachable(requested, 'flavour');
     }
   }
 }

@@ -303,8 +303,7 @@ export function foldNetwork(tf: Tf, model: LayersModel, outputs: string[]): Froz
               y = tf.addN(step.inputs.map(read));
               break;
             default: {
-              const never: never = step;
-              unreachable(never, 'step');
+              unreachable(step, 'step');
             }
           }
           values.set(step.name, y);

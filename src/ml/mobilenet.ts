@@ -353,8 +353,7 @@ function makeLayer(tf: Tf, spec: LayerSpec, init: (index: number) => ReturnType<
     case 'input':
       throw new Error('bug: input layers are made with tf.input');
     default: {
-      const never: never = spec;
-      unreachable(never, 'layer kind');
+      unreachable(spec, 'layer kind');
     }
   }
 }
@@ -550,8 +549,7 @@ export async function loadMobileNetV2(
       break;
     }
     default: {
-      const never: never = source;
-      unreachable(never, 'weights source');
+      unreachable(source, 'weights source');
     }
   }
   return { model, weights: info };

@@ -648,8 +648,7 @@ export function inferenceForward(tf: Tf, model: tfTypes.LayersModel): (x: Tensor
             break;
           }
           default: {
-            const never: never = step;
-            unreachable(never, 'step');
+            unreachable(step, 'step');
           }
         }
       }
