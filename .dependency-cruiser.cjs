@@ -13,8 +13,8 @@ const layers = [
   'pipeline', //  YAML → validated pipeline → analyzed DAG
   'stages', //    the stage kinds and their registry
   'ml', //        TensorFlow.js: MobileNetV2, training, images, plots
-  'core', //      errors, diagnostics, events, Io, the stage-kind contract
   'util', //      hashing, files, formats, downloads, zip
+  'core', //      errors, diagnostics, events, Io, the stage-kind contract (the bottom: every layer may throw a PipeError)
 ];
 
 const upward = layers.map((layer, i) => ({

@@ -13,7 +13,9 @@ import type { Tensor } from '@tensorflow/tfjs-node';
 import type { CommandStatus } from '../core/io.ts';
 import { CLASSIFIER_FORMAT, type ClassifierMetadata } from '../ml/head.ts';
 import { decodeAndResize } from '../ml/images.ts';
-import { type Flavour, loadTf } from '../ml/tf.ts';
+import { loadTf } from '../ml/tf.ts';
+import type { Flavour } from '../core/stage-kind.ts';
+import { InputError } from '../core/errors.ts';
 
 
 /** The model.json of a saved classifier, from an evaluate artifact dir, its model/ dir or the file itself. */
@@ -24,13 +26,13 @@ export async function findModelJson(modelPath: string): Promise<string> {
   for (const candidate of candidates) {
     if (await fs.stat(candidate).then((s) => s.isFile(), () => false)) return candidate;
   }
-  throw new Error(`no saved model at ${modelPath}: expected ${candidates.join(' or ')} (the model/ directory of an evaluate stage)`);
+  throw new InputError(`no saved model at ${modelPath}: expected ${candidates.join(' or ')} (the model/ directory of an evaluate stage)`);
 }
 
 export interface PredictOptions {
   /** Where per-image errors go (default: `out`). */
   err?: (line: string) => void;
-  backend?: Flavour;
+  flavour?: Flavour;
 }
 
 /**
@@ -45,12 +47,12 @@ export async function predict(
 ): Promise<CommandStatus> {
   const err = options.err ?? out;
   const modelJson = await findModelJson(modelDir);
-  const tf = loadTf(options.backend ?? 'cpu');
+  const tf = loadTf(options.flavour ?? 'cpu');
   const model = await tf.loadLayersModel(tf.io.fileSystem(modelJson));
   try {
     const meta = model.getUserDefinedMetadata() as Partial<ClassifierMetadata> | undefined;
     if (meta?.format !== CLASSIFIER_FORMAT || !meta.classNames || !meta.inputShape || !meta.task) {
-      throw new Error(`${modelJson} is not a classifier saved by an evaluate stage (no ${CLASSIFIER_FORMAT} metadata)`);
+      throw new InputError(`${modelJson} is not a classifier saved by an evaluate stage (no ${CLASSIFIER_FORMAT} metadata)`);
     }
     const { classNames, task } = meta;
     const [height, width] = meta.inputShape;

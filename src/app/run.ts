@@ -9,6 +9,7 @@ import { isMap, isScalar } from 'yaml';
 import { analyze, parseOverride, type AnalyzedPipeline, type Override } from '../pipeline/analyze.ts';
 import { InterruptedError, UsageError } from '../core/errors.ts';
 import type { CommandStatus, Io } from '../core/io.ts';
+import type { Flavour, RequestedFlavour } from '../core/stage-kind.ts';
 import { printDiagnostics } from '../render/diagnostics.ts';
 import type { CommandOptions } from './options.ts';
 import { dedupeDiagnostics, type Diagnostic } from '../core/diagnostics.ts';
@@ -27,7 +28,7 @@ export interface Prepared {
   file: PipelineFile;
   pipeline: AnalyzedPipeline;
   plan: Plan;
-  flavour: 'cpu' | 'gpu';
+  flavour: Flavour;
 }
 
 export function overridesFrom(values: CommandOptions): Override[] {
@@ -64,9 +65,9 @@ export async function prepare(
     printDiagnostics(io, dedupeDiagnostics(problems), texts);
     return undefined;
   }
-  const requested = (values.backend as 'auto' | 'cpu' | 'gpu' | undefined) ?? pipelineFile.backend;
+  const requested = (values.backend as RequestedFlavour | undefined) ?? pipelineFile.flavour;
   if (!['auto', 'cpu', 'gpu'].includes(requested)) throw new UsageError(`--backend ${requested}: expected auto, cpu or gpu`);
-  let flavour: 'cpu' | 'gpu';
+  let flavour: Flavour;
   try {
     flavour = resolveFlavour(requested);
   } catch (error) {
@@ -204,7 +205,7 @@ export async function executePrepared(
       },
       statePath: statePath(paths, file.name),
       downloadCacheDir: paths.downloadsDir,
-      backend: flavour,
+      flavour,
       cpuSlots: values.jobs ? Math.max(1, Number(values.jobs)) : os.availableParallelism(),
       gpuIds: gpuIds(),
       failFast: Boolean(values['fail-fast']),

@@ -28,6 +28,7 @@ import type { FingerprintRecord } from './fingerprint.ts';
 import type { MetricPoint } from '../core/stage-kind.ts';
 import { processAlive } from '../util/files.ts';
 import { diskUsage, hashFile, listFiles } from '../util/hash.ts';
+import { UnavailableError } from '../core/errors.ts';
 
 export interface EntryResult {
   durationMs: number;
@@ -169,7 +170,7 @@ export class Cache {
       await fs.rm(staging.dir, { recursive: true, force: true });
     }
     const entry = await this.read(staging.fingerprint);
-    if (!entry) throw new Error(`cache entry ${staging.fingerprint} vanished after publishing`);
+    if (!entry) throw new UnavailableError(`cache entry ${staging.fingerprint} vanished right after publishing (removed by a concurrent pipe gc?)`);
     return entry;
   }
 

@@ -82,7 +82,7 @@ export function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-/** Ends an exhaustive switch: the compiler checks that `value` cannot happen. */
-export function unreachable(value: never): never {
-  throw new Error(`unreachable: ${JSON.stringify(value)}`);
+/** Ends an exhaustive switch: the compiler checks that `value` cannot happen; if it does, it is a bug. */
+export function unreachable(value: never, what = 'value'): never {
+  throw new Error(`bug: unexpected ${what} ${JSON.stringify(value)}`);
 }

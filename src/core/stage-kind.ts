@@ -6,13 +6,15 @@
 // whose `outDir` is a private temporary directory. When `run` resolves, the directory is moved into
 // the content-addressed cache atomically; when it throws, nothing is published.
 
-/** JSON schema of a kind's parameters (an object schema with `properties`). */
-export interface ParamsSchema {
-  type: 'object';
-  properties: Record<string, Record<string, unknown>>;
-  required?: string[];
-  additionalProperties?: false;
-}
+import type { ParamsSchema } from './params-schema.ts';
+
+export type { ParamsOf, ParamsSchema } from './params-schema.ts';
+
+/** The TensorFlow.js package a run uses: 'cpu' = @tensorflow/tfjs-node, 'gpu' = @tensorflow/tfjs-node-gpu. */
+export type Flavour = 'cpu' | 'gpu';
+
+/** A flavour as a pipeline or `--backend` asks for it: 'auto' = gpu when set up and a GPU is visible. */
+export type RequestedFlavour = Flavour | 'auto';
 
 /** Where a stage runs. `cpu` is a count of CPU slots ('all' = every slot); `gpu` a count of GPUs. */
 export interface Resources {
@@ -26,6 +28,7 @@ export interface StageKind<P = Record<string, unknown>> {
   /** Bump whenever a change to `run` can change its artifacts: it is part of the fingerprint. */
   version: number;
   description: string;
+  /** The one source of the parameters: types (ParamsOf), defaults (applied by ajv), constraints. */
   params: ParamsSchema;
   /**
    * Input slots: slot name -> the kinds whose artifacts it accepts. A pipeline names upstream
@@ -62,7 +65,7 @@ export interface MetricPoint {
 export interface StageContext<P = Record<string, unknown>> {
   /** This stage's name in the pipeline (for messages only: it is not part of the fingerprint). */
   stageName: string;
-  /** Resolved, validated parameters; paths are already absolute. */
+  /** Validated parameters with the schema's defaults filled in. */
   params: P;
   /** Slot name -> the upstream stage's artifact directory (read-only). */
   inputs: Record<string, string>;
@@ -72,8 +75,8 @@ export interface StageContext<P = Record<string, unknown>> {
   tmpDir: string;
   /** A directory that survives across runs for downloads and similar reusable inputs. */
   downloadCacheDir: string;
-  /** The backend flavour chosen by the pipeline: 'cpu' (tfjs-node) or 'gpu' (tfjs-node-gpu). */
-  backend: 'cpu' | 'gpu';
+  /** The tfjs flavour of the run (the pipeline's `backend:`, or `--backend`). */
+  flavour: Flavour;
   /** A line for the run log (and the terminal in verbose mode). */
   log(message: string): void;
   /** Progress of the current step; `total` may be unknown. */

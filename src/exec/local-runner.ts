@@ -20,7 +20,7 @@ export const localRunner: Runner = async (options: ExecuteOptions): Promise<RunS
   const runContext: RunContext = {
     cache,
     downloadCacheDir: options.downloadCacheDir,
-    backend: options.backend,
+    flavour: options.flavour,
     gpusConfigured: options.gpuIds.length > 0,
     emit: book.emit,
     children,
@@ -38,7 +38,7 @@ export const localRunner: Runner = async (options: ExecuteOptions): Promise<RunS
         const entry = await cache.readIntact(stage.fingerprint, (problem) => book.emit({ type: 'stage-log', stage: stage.name, stream: 'log', line: `${problem}: the stage runs again` }));
         if (entry) return book.finish(stage, await restore(stage, entry, options));
       }
-      const job = stageJob(plan, stage, options.backend);
+      const job = stageJob(plan, stage, options.flavour);
       const grant = await slots.acquire(job.cpu, job.gpu);
       try {
         if (book.abortReason) return book.finish(stage, skippedOutcome(`not started: ${book.abortReason}`));

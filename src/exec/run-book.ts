@@ -3,6 +3,7 @@
 // `queueRunner` (src/queue/submit.ts).
 
 import type { Cache } from '../cache/cache.ts';
+import type { Flavour } from '../core/stage-kind.ts';
 import type { RunEvent, RunListener, RunStartEvent, RunSummary, StageEndEvent, StageSummary } from '../core/events.ts';
 import { recordState, type Plan, type PlannedStage } from '../plan/plan.ts';
 
@@ -13,7 +14,7 @@ export interface ExecuteOptions {
   run: Omit<RunStartEvent, 'type' | 'stages'>;
   statePath: string;
   downloadCacheDir: string;
-  backend: 'cpu' | 'gpu';
+  flavour: Flavour;
   cpuSlots: number;
   /** Ids of the GPUs this run may hand out (CUDA_VISIBLE_DEVICES values). */
   gpuIds: string[];

@@ -11,6 +11,7 @@ import type { Cache, CacheEntry, Staging } from '../cache/cache.ts';
 import { cacheWriteProblem, readMetricsFile } from '../cache/cache.ts';
 import { messageOf } from '../core/errors.ts';
 import type { RunEvent } from '../core/events.ts';
+import type { Flavour } from '../core/stage-kind.ts';
 import type { MetricPoint } from '../core/stage-kind.ts';
 import type { PlannedStage } from '../plan/plan.ts';
 import { hashPath } from '../util/hash.ts';
@@ -68,7 +69,7 @@ async function cachedOutcome(entry: CacheEntry): Promise<Outcome> {
 export interface RunContext {
   cache: Cache;
   downloadCacheDir: string;
-  backend: 'cpu' | 'gpu';
+  flavour: Flavour;
   /** This process hands out GPUs: every child gets CUDA_VISIBLE_DEVICES (empty when it got none). */
   gpusConfigured: boolean;
   emit: (event: RunEvent) => void;
@@ -240,7 +241,7 @@ function stageSpec(stage: StageJob, run: RunContext, staging: Staging, tmpDir: s
     outDir: staging.outDir,
     tmpDir,
     downloadCacheDir: run.downloadCacheDir,
-    backend: run.backend,
+    flavour: run.flavour,
     command: stage.command,
     cwd: stage.cwd,
     env: stage.env,

@@ -9,11 +9,8 @@ import { execFileSync } from 'node:child_process';
 import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Flavour } from '../ml/tf.ts';
-
-export type { Flavour };
-/** What a pipeline may ask for: a flavour, or `auto` (gpu when it is installed and a GPU is visible). */
-export type RequestedFlavour = Flavour | 'auto';
+import type { Flavour, RequestedFlavour } from '../core/stage-kind.ts';
+import { UnavailableError, unreachable } from '../core/errors.ts';
 
 export const FLAVOUR_PACKAGES: Readonly<Record<Flavour, string>> = {
   cpu: '@tensorflow/tfjs-node',
@@ -286,13 +283,12 @@ export function gpuIds(options: RuntimeOptions = {}): string[] {
   return listGpus(options).map((gpu) => gpu.uuid ?? String(gpu.index));
 }
 
-/** A flavour was asked for that cannot run here. */
-export class FlavourError extends Error {
+/** A flavour was asked for that cannot run here (not installed): unavailable. */
+export class FlavourError extends UnavailableError {
   readonly reason: 'flavour-not-installed';
   readonly flavour: Flavour;
   constructor(flavour: Flavour, message: string) {
     super(message);
-    this.name = 'FlavourError';
     this.reason = 'flavour-not-installed';
     this.flavour = flavour;
   }
@@ -325,8 +321,7 @@ export function resolveFlavour(requested: RequestedFlavour, options: ResolveOpti
       return count() > 0 ? 'gpu' : 'cpu';
     }
     default: {
-      const unexpected: never = requested;
-      throw new Error(`unknown backend flavour ${String(unexpected)}`);
+      unreachable(requested, 'flavour');
     }
   }
 }

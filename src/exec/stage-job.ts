@@ -2,6 +2,7 @@
 
 import type { FingerprintRecord } from '../cache/fingerprint.ts';
 import type { Plan, PlannedStage } from '../plan/plan.ts';
+import type { Flavour } from '../core/stage-kind.ts';
 
 /**
  * One stage as a self-contained unit of work: everything a process needs to compute its cache
@@ -32,7 +33,7 @@ export interface StageJob {
   gpu: number;
 }
 
-export function stageJob(plan: Plan, stage: PlannedStage, backend: 'cpu' | 'gpu'): StageJob {
+export function stageJob(plan: Plan, stage: PlannedStage, flavour: Flavour): StageJob {
   const a = stage.stage;
   return {
     name: stage.name,
@@ -51,15 +52,15 @@ export function stageJob(plan: Plan, stage: PlannedStage, backend: 'cpu' | 'gpu'
     metrics: a.metrics,
     timeout: a.timeout,
     cpu: a.resources.cpu ?? 1,
-    gpu: gpusWanted(stage, backend),
+    gpu: gpusWanted(stage, flavour),
   };
 }
 
 /** A TensorFlow stage on the GPU flavour takes one GPU unless its resources say otherwise. */
-function gpusWanted(stage: PlannedStage, backend: 'cpu' | 'gpu'): number {
+function gpusWanted(stage: PlannedStage, flavour: Flavour): number {
   const declared = stage.stage.decl.resources.gpu;
   if (declared !== undefined) return declared;
-  return stage.stage.kind?.usesTensorflow && backend === 'gpu' ? 1 : (stage.stage.resources.gpu ?? 0);
+  return stage.stage.kind?.usesTensorflow && flavour === 'gpu' ? 1 : (stage.stage.resources.gpu ?? 0);
 }
 
 function upstreamFingerprint(plan: Plan, name: string): string {

@@ -11,7 +11,8 @@ import * as path from 'node:path';
 import { execa } from 'execa';
 import { loadKind } from '../stages/index.ts';
 import { hashPath } from '../util/hash.ts';
-import type { StageContext } from '../core/stage-kind.ts';
+import type { Flavour, StageContext } from '../core/stage-kind.ts';
+import { StageError, UnavailableError } from '../core/errors.ts';
 
 export interface StageSpec {
   stage: string;
@@ -21,7 +22,7 @@ export interface StageSpec {
   outDir: string;
   tmpDir: string;
   downloadCacheDir: string;
-  backend: 'cpu' | 'gpu';
+  flavour: Flavour;
   /** Command stages. */
   command?: string | string[];
   cwd: string;
@@ -48,7 +49,7 @@ function send(report: ChildReport): Promise<void> {
 
 async function runKind(spec: StageSpec): Promise<void> {
   const kind = await loadKind(spec.kind);
-  if (!kind) throw new Error(`unknown stage kind '${spec.kind}'`);
+  if (!kind) throw new UnavailableError(`this pipe has no stage kind '${spec.kind}' (a worker older than the submitter?)`);
   let lastProgress = 0;
   const ctx: StageContext = {
     stageName: spec.stage,
@@ -57,7 +58,7 @@ async function runKind(spec: StageSpec): Promise<void> {
     outDir: spec.outDir,
     tmpDir: spec.tmpDir,
     downloadCacheDir: spec.downloadCacheDir,
-    backend: spec.backend,
+    flavour: spec.flavour,
     log: (line) => void send({ t: 'log', line }),
     progress: (done, total, label) => {
       const now = Date.now();
@@ -88,7 +89,7 @@ async function runCommand(spec: StageSpec): Promise<void> {
   commandRunning = false;
   if (result.failed) {
     const why = result.signal ? `was killed by ${result.signal}` : result.exitCode !== undefined ? `exited with code ${result.exitCode}` : String(result.message);
-    throw new Error(`command ${why}: ${result.command}`);
+    throw new StageError(`command ${why}: ${result.command}`);
   }
   const outs: Record<string, string> = {};
   for (const out of spec.outs) {
@@ -96,7 +97,7 @@ async function runCommand(spec: StageSpec): Promise<void> {
     try {
       await fs.access(source);
     } catch {
-      throw new Error(`declared output '${out}' was not created by the command`);
+      throw new StageError(`declared output '${out}' was not created by the command`);
     }
     const target = path.join(spec.outDir, out);
     await fs.mkdir(path.dirname(target), { recursive: true });

@@ -11,6 +11,7 @@
 
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { InputError } from '../core/errors.ts';
 
 export interface ImageSetMeta {
   count: number;
@@ -44,10 +45,10 @@ export function imageAt(set: ImageSet, index: number, view = 0): Uint8Array {
 export async function writeImageSet(dir: string, name: string, set: ImageSet): Promise<void> {
   const expected = set.count * set.views * imageBytes(set);
   if (set.pixels.length !== expected) {
-    throw new Error(`image set ${name}: ${set.pixels.length} bytes of pixels, expected ${expected}`);
+    throw new Error(`bug: image set ${name}: ${set.pixels.length} bytes of pixels, expected ${expected}`);
   }
   if (set.labels.length !== set.count || set.files.length !== set.count) {
-    throw new Error(`image set ${name}: labels/files do not match count ${set.count}`);
+    throw new Error(`bug: image set ${name}: labels/files do not match count ${set.count}`);
   }
   const { pixels, ...meta } = set;
   await fs.mkdir(dir, { recursive: true });
@@ -61,7 +62,7 @@ export async function readImageSetMeta(dir: string, name: string): Promise<Image
   try {
     text = await fs.readFile(file, 'utf8');
   } catch (cause) {
-    throw new Error(`missing image set ${name} in ${dir}`, { cause });
+    throw new InputError(`missing image set ${name} in ${dir}`, { cause });
   }
   return JSON.parse(text) as ImageSetMeta;
 }
@@ -72,7 +73,7 @@ export async function readImageSet(dir: string, name: string): Promise<ImageSet>
   const pixels = new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
   const expected = meta.count * meta.views * imageBytes(meta);
   if (pixels.length !== expected) {
-    throw new Error(`image set ${name} in ${dir}: ${pixels.length} bytes, expected ${expected}`);
+    throw new InputError(`image set ${name} in ${dir}: ${pixels.length} bytes, expected ${expected}`);
   }
   return { ...meta, pixels };
 }

@@ -25,6 +25,7 @@ import * as path from 'node:path';
 import type { LayersModel } from '@tensorflow/tfjs-node';
 import { boundaryFor, loadMobileNetV2, type Boundary, type Shape3, type WeightsInfo } from './mobilenet.ts';
 import type { Tf } from './tf.ts';
+import { InputError } from '../core/errors.ts';
 
 export const FEATURES_FORMAT = 'pipe-features/1';
 export const FEATURES_META_FILE = 'features.json';
@@ -86,11 +87,11 @@ export async function readFeaturesMeta(dir: string): Promise<FeaturesMeta> {
   try {
     text = await fs.readFile(path.join(dir, FEATURES_META_FILE), 'utf8');
   } catch (cause) {
-    throw new Error(`no features in ${dir}: ${FEATURES_META_FILE} is missing`, { cause });
+    throw new InputError(`no features in ${dir}: ${FEATURES_META_FILE} is missing`, { cause });
   }
   const meta = JSON.parse(text) as FeaturesMeta;
   if (meta.format !== FEATURES_FORMAT) {
-    throw new Error(`features in ${dir} have format ${String(meta.format)}, expected ${FEATURES_FORMAT}`);
+    throw new InputError(`features in ${dir} have format ${String(meta.format)}, expected ${FEATURES_FORMAT}`);
   }
   return meta;
 }
@@ -179,7 +180,7 @@ export class FeatureWriter {
   /** Appends `values.length / rowSize` rows. */
   async append(values: Float32Array): Promise<void> {
     if (values.length % this.rowSize !== 0) {
-      throw new Error(`${this.file}: ${values.length} values are not whole rows of ${this.rowSize}`);
+      throw new Error(`bug: ${this.file}: ${values.length} values are not whole rows of ${this.rowSize}`);
     }
     const data = this.dtype === 'float16' ? float32ToFloat16(values) : values;
     await this.handle.write(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
@@ -213,14 +214,14 @@ export async function readFeatures(
   const file = kind === 'pooled' ? setMeta.pooled : setMeta.boundary;
   const rowShape = kind === 'pooled' ? (meta.pooled ? [meta.pooled.dim] : undefined) : meta.boundary?.shape;
   const dtype: FeatureDtype = kind === 'pooled' ? 'float32' : (meta.boundary?.dtype ?? 'float32');
-  if (!file || !rowShape) throw new Error(`features in ${dir} have no ${kind} values for ${set}`);
+  if (!file || !rowShape) throw new InputError(`features in ${dir} have no ${kind} values for ${set}`);
   const rowSize = rowShape.reduce((a, b) => a * b, 1);
   const bytesPerValue = dtype === 'float16' ? 2 : 4;
   let firstRow = 0;
   let rows = setMeta.count * setMeta.views;
   if (options.view !== undefined) {
     if (!Number.isInteger(options.view) || options.view < 0 || options.view >= setMeta.views) {
-      throw new Error(`features ${set}: view ${options.view} out of range (0…${setMeta.views - 1})`);
+      throw new Error(`bug: features ${set}: view ${options.view} out of range (0…${setMeta.views - 1})`);
     }
     firstRow = options.view * setMeta.count;
     rows = setMeta.count;
@@ -231,12 +232,12 @@ export async function readFeatures(
   try {
     const { size } = await handle.stat();
     const expected = setMeta.count * setMeta.views * rowSize * bytesPerValue;
-    if (size !== expected) throw new Error(`${path.join(dir, file)}: ${size} bytes, expected ${expected}`);
+    if (size !== expected) throw new InputError(`${path.join(dir, file)}: ${size} bytes, expected ${expected}`);
     const view = new Uint8Array(buffer);
     let done = 0;
     while (done < bytes) {
       const { bytesRead } = await handle.read(view, done, bytes - done, firstRow * rowSize * bytesPerValue + done);
-      if (bytesRead === 0) throw new Error(`${path.join(dir, file)}: unexpected end of file`);
+      if (bytesRead === 0) throw new InputError(`${path.join(dir, file)}: unexpected end of file`);
       done += bytesRead;
     }
   } finally {
@@ -267,7 +268,7 @@ export async function loadFeatureBase(
     const wanted = boundaryFor(options.fineTuneAt, model.layers);
     if (!meta.boundary || wanted.layerName !== meta.boundary.layerName) {
       model.dispose();
-      throw new Error(
+      throw new InputError(
         `fine_tune_at ${options.fineTuneAt} cuts MobileNetV2 at ${wanted.layerName}, but the features in ${dir} ` +
           (meta.boundary ? `hold activations of ${meta.boundary.layerName}` : 'hold no boundary activations'),
       );

@@ -15,6 +15,7 @@
 import type { LayersModel, Tensor, Tensor1D, Tensor4D } from '@tensorflow/tfjs-node';
 import type { Boundary, Shape3 } from './mobilenet.ts';
 import type { Tf } from './tf.ts';
+import { unreachable } from '../core/errors.ts';
 
 type Padding = [[number, number], [number, number]];
 
@@ -79,7 +80,7 @@ function samePadding(size: number, kernel: number, stride: number): [number, num
 function pair(value: unknown): [number, number] {
   if (typeof value === 'number') return [value, value];
   if (Array.isArray(value) && value.length === 2) return [Number(value[0]), Number(value[1])];
-  throw new Error(`expected a number or a pair, got ${JSON.stringify(value)}`);
+  throw new Error(`bug: expected a number or a pair, got ${JSON.stringify(value)}`);
 }
 
 /**
@@ -87,14 +88,14 @@ function pair(value: unknown): [number, number] {
  * BatchNormalization in inference mode. Throws on layer types or settings it cannot fold.
  */
 export function foldNetwork(tf: Tf, model: LayersModel, outputs: string[]): FrozenNet {
-  if (outputs.length === 0) throw new Error('foldNetwork: no outputs asked for');
+  if (outputs.length === 0) throw new Error('bug: foldNetwork: no outputs asked for');
   const infos = new Map<string, LayerInfo>();
   model.layers.forEach((layer, index) => {
     const inputs = (layer.inboundNodes[0]?.inboundLayers ?? []).map((source) => source.name);
     infos.set(layer.name, { layer, index, className: layer.getClassName(), config: layer.getConfig(), inputs, consumers: [] });
   });
   const wanted = new Set(outputs);
-  for (const name of outputs) if (!infos.has(name)) throw new Error(`foldNetwork: ${model.name} has no layer ${name}`);
+  for (const name of outputs) if (!infos.has(name)) throw new Error(`bug: foldNetwork: ${model.name} has no layer ${name}`);
 
   // Only the layers the outputs depend on.
   const needed = new Set<string>();
@@ -109,7 +110,7 @@ export function foldNetwork(tf: Tf, model: LayersModel, outputs: string[]): Froz
 
   const inputLayers = order.filter((name) => infos.get(name)!.className === 'InputLayer');
   const modelInput = model.inputs[0]!.sourceLayer.name;
-  if (inputLayers.some((name) => name !== modelInput)) throw new Error('foldNetwork: only single-input models are supported');
+  if (inputLayers.some((name) => name !== modelInput)) throw new Error('bug: foldNetwork: only single-input models are supported');
 
   /** `next` is `name`'s only consumer, of class `className`, and `name` itself is not an output. */
   const soleConsumer = (name: string, className: string): LayerInfo | undefined => {
@@ -129,7 +130,7 @@ export function foldNetwork(tf: Tf, model: LayersModel, outputs: string[]): Froz
   const alias = new Map<string, string>([[modelInput, modelInput]]);
   const source = (name: string) => {
     const carried = alias.get(name);
-    if (carried === undefined) throw new Error(`foldNetwork: layer ${name} was folded away but is needed`);
+    if (carried === undefined) throw new Error(`bug: foldNetwork: layer ${name} was folded away but is needed`);
     return carried;
   };
   const skipped = new Set<string>();
@@ -144,11 +145,11 @@ export function foldNetwork(tf: Tf, model: LayersModel, outputs: string[]): Froz
         case 'DepthwiseConv2D': {
           const depthwise = className === 'DepthwiseConv2D';
           const activation = config['activation'];
-          if (activation !== 'linear') throw new Error(`foldNetwork: ${name}: activation ${String(activation)} is not supported`);
+          if (activation !== 'linear') throw new Error(`bug: foldNetwork: ${name}: activation ${String(activation)} is not supported`);
           const [sh, sw] = pair(config['strides']);
           const [dh, dw] = pair(config['dilationRate'] ?? 1);
-          if (sh !== sw || dh !== 1 || dw !== 1) throw new Error(`foldNetwork: ${name}: strides ${sh}×${sw} / dilation not supported`);
-          if (depthwise && config['depthMultiplier'] !== 1) throw new Error(`foldNetwork: ${name}: depth multiplier ≠ 1`);
+          if (sh !== sw || dh !== 1 || dw !== 1) throw new Error(`bug: foldNetwork: ${name}: strides ${sh}×${sw} / dilation not supported`);
+          if (depthwise && config['depthMultiplier'] !== 1) throw new Error(`bug: foldNetwork: ${name}: depth multiplier ≠ 1`);
           let pad = config['padding'] as 'same' | 'valid';
           let input = source(info.inputs[0]!);
           const layers = [name];
@@ -222,7 +223,7 @@ export function foldNetwork(tf: Tf, model: LayersModel, outputs: string[]): Froz
           break;
         }
         case 'ReLU': {
-          if (!isRelu6(info)) throw new Error(`foldNetwork: ${name}: only ReLU(max_value=6) is supported`);
+          if (!isRelu6(info)) throw new Error(`bug: foldNetwork: ${name}: only ReLU(max_value=6) is supported`);
           alias.set(name, name);
           steps.push({ op: 'relu6', name, layers: [name], input: source(info.inputs[0]!) });
           break;
@@ -239,7 +240,7 @@ export function foldNetwork(tf: Tf, model: LayersModel, outputs: string[]): Froz
           break;
         }
         default:
-          throw new Error(`foldNetwork: ${name}: layer type ${className} is not supported`);
+          throw new Error(`bug: foldNetwork: ${name}: layer type ${className} is not supported`);
       }
     }
   } catch (error) {
@@ -302,8 +303,7 @@ export function foldNetwork(tf: Tf, model: LayersModel, outputs: string[]): Froz
               y = tf.addN(step.inputs.map(read));
               break;
             default: {
-              const never: never = step;
-              throw new Error(`unknown step ${JSON.stringify(never)}`);
+              unreachable(step, 'step');
             }
           }
           values.set(step.name, y);
@@ -322,13 +322,13 @@ export function foldNetwork(tf: Tf, model: LayersModel, outputs: string[]): Froz
 function batchNormWeights(tf: Tf, info: LayerInfo, channels: number): [Tensor1D, Tensor1D, Tensor1D, Tensor1D] {
   const axis = info.config['axis'];
   if (!(axis === -1 || axis === 3 || (Array.isArray(axis) && axis.length === 1 && (axis[0] === -1 || axis[0] === 3)))) {
-    throw new Error(`foldNetwork: ${info.layer.name}: only channels-last BatchNormalization is supported`);
+    throw new Error(`bug: foldNetwork: ${info.layer.name}: only channels-last BatchNormalization is supported`);
   }
   const weights = info.layer.getWeights().map((weight) => tf.clone(weight)) as Tensor1D[];
   const gamma = info.config['scale'] === false ? tf.ones([channels]) as Tensor1D : weights.shift()!;
   const beta = info.config['center'] === false ? tf.zeros([channels]) as Tensor1D : weights.shift()!;
   const [mean, variance] = weights;
-  if (!mean || !variance) throw new Error(`foldNetwork: ${info.layer.name}: missing moving statistics`);
+  if (!mean || !variance) throw new Error(`bug: foldNetwork: ${info.layer.name}: missing moving statistics`);
   return [gamma, beta, mean, variance];
 }
 

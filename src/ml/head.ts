@@ -13,6 +13,7 @@ import * as path from 'node:path';
 import type * as tfTypes from '@tensorflow/tfjs-node';
 import type { Tf } from './tf.ts';
 import { type Task, dropout as applyDropout, glorotUniform, logitUnits, rng } from './train.ts';
+import { InputError } from '../core/errors.ts';
 
 type Tensor = tfTypes.Tensor;
 type Variable = tfTypes.Variable;
@@ -92,13 +93,13 @@ export async function readHead(dir: string): Promise<HeadWeights> {
   try {
     file = JSON.parse(await fs.readFile(path.join(dir, 'head.json'), 'utf8')) as HeadFile;
   } catch (cause) {
-    throw new Error(`no head weights (head.json) in ${dir}`, { cause });
+    throw new InputError(`no head weights (head.json) in ${dir}`, { cause });
   }
-  if (file.format !== HEAD_FORMAT) throw new Error(`${dir}/head.json: unknown format ${String(file.format)}`);
+  if (file.format !== HEAD_FORMAT) throw new InputError(`${dir}/head.json: unknown format ${String(file.format)}`);
   const buffer = await fs.readFile(path.join(dir, 'head.bin'));
   const kernelSize = file.inputDim * file.units;
   if (buffer.byteLength !== (kernelSize + file.units) * 4) {
-    throw new Error(`${dir}/head.bin: ${buffer.byteLength} bytes, expected ${(kernelSize + file.units) * 4}`);
+    throw new InputError(`${dir}/head.bin: ${buffer.byteLength} bytes, expected ${(kernelSize + file.units) * 4}`);
   }
   const values = new Float32Array(buffer.buffer.slice(buffer.byteOffset, buffer.byteOffset + buffer.byteLength));
   return {
@@ -203,7 +204,7 @@ export function buildClassifier(tf: Tf, base: tfTypes.LayersModel, head: HeadWei
   for (const layer of base.layers.slice(1)) {
     const inputs = (layer.inboundNodes[0]?.inboundLayers ?? []).map((source) => {
       const tensor = outputs.get(source.name);
-      if (!tensor) throw new Error(`buildClassifier: layer ${layer.name} reads ${source.name}, which is not computed before it`);
+      if (!tensor) throw new Error(`bug: buildClassifier: layer ${layer.name} reads ${source.name}, which is not computed before it`);
       return tensor;
     });
     outputs.set(layer.name, layer.apply(inputs.length === 1 ? inputs[0]! : inputs) as tfTypes.SymbolicTensor);

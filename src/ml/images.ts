@@ -9,6 +9,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { Tf } from './tf.ts';
+import { InputError } from '../core/errors.ts';
 
 /** The extensions Keras accepts (compared case-insensitively). */
 export const IMAGE_EXTENSIONS = ['.bmp', '.gif', '.jpeg', '.jpg', '.png'] as const;
@@ -55,14 +56,14 @@ export function decodeAndResize(tf: Tf, bytes: Uint8Array, size: readonly [numbe
     try {
       decoded = tf.node.decodeImage(bytes, 3, 'int32', false);
     } catch (error) {
-      throw new Error(firstLine(error));
+      throw new InputError(firstLine(error));
     }
-    if (!decoded) throw new Error('not a BMP, GIF, JPEG or PNG image');
+    if (!decoded) throw new InputError('not a BMP, GIF, JPEG or PNG image');
     const image = decoded as import('@tensorflow/tfjs-node').Tensor3D;
     if (image.rank !== 3 || image.shape[2] !== 3) {
-      throw new Error(`decoded to an unexpected shape [${image.shape.join(', ')}]`);
+      throw new InputError(`decoded to an unexpected shape [${image.shape.join(', ')}]`);
     }
-    if (image.shape[0] === 0 || image.shape[1] === 0) throw new Error('the image is empty');
+    if (image.shape[0] === 0 || image.shape[1] === 0) throw new InputError('the image is empty');
     return resizeKeras(tf, image, size);
   });
   try {

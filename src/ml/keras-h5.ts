@@ -15,6 +15,7 @@
 import { promises as fs } from 'node:fs';
 import type { LayersModel } from '@tensorflow/tfjs-node';
 import type { Tf } from './tf.ts';
+import { InputError } from '../core/errors.ts';
 
 /** One weight as a file stores it. */
 export interface NamedWeight {
@@ -115,9 +116,9 @@ export async function readKerasH5(file: string): Promise<KerasH5Weights> {
   try {
     hdf5 = await isHdf5(file);
   } catch (cause) {
-    throw new Error(`cannot read weights file ${file}: ${(cause as Error).message}`, { cause });
+    throw new InputError(`cannot read weights file ${file}: ${(cause as Error).message}`, { cause });
   }
-  if (!hdf5) throw new Error(`${file} is not an HDF5 file (no HDF5 signature)`);
+  if (!hdf5) throw new InputError(`${file} is not an HDF5 file (no HDF5 signature)`);
   const h5wasm = await loadH5wasm();
   const h5file = new h5wasm.File(file, 'r');
   try {
@@ -126,26 +127,26 @@ export async function readKerasH5(file: string): Promise<KerasH5Weights> {
     if (nested instanceof h5wasm.Group) root = nested;
     const layerNamesAttr = root.attrs['layer_names'];
     if (!layerNamesAttr) {
-      throw new Error(`${file} is not a Keras weights file: no layer_names attribute`);
+      throw new InputError(`${file} is not a Keras weights file: no layer_names attribute`);
     }
     const layerNames = stringList(layerNamesAttr.value);
     const weights: LayerWeights = new Map();
     for (const layerName of layerNames) {
       const group = root.get(layerName);
-      if (!(group instanceof h5wasm.Group)) throw new Error(`${file}: layer ${layerName} has no group`);
+      if (!(group instanceof h5wasm.Group)) throw new InputError(`${file}: layer ${layerName} has no group`);
       const weightNames = stringList(group.attrs['weight_names']?.value);
       if (weightNames.length === 0) continue;
       const layerWeights = weightNames.map((fullName): NamedWeight => {
         const dataset = group.get(fullName);
         if (!(dataset instanceof h5wasm.Dataset)) {
-          throw new Error(`${file}: layer ${layerName}: weight ${fullName} has no dataset`);
+          throw new InputError(`${file}: layer ${layerName}: weight ${fullName} has no dataset`);
         }
         const raw = dataset.value;
         const shape = (dataset.shape ?? []).map(Number);
         let values: Float32Array;
         if (raw instanceof Float32Array) values = raw;
         else if (raw instanceof Float64Array) values = Float32Array.from(raw);
-        else throw new Error(`${file}: layer ${layerName}: weight ${fullName} is not a float array (${dataset.dtype})`);
+        else throw new InputError(`${file}: layer ${layerName}: weight ${fullName} is not a float array (${dataset.dtype})`);
         return { name: shortWeightName(fullName), fullName, shape, values };
       });
       weights.set(layerName, layerWeights);
@@ -217,7 +218,7 @@ export function assignLayerWeights(tf: Tf, model: LayersModel, weights: LayerWei
   if (problems.length > 0) {
     const shown = problems.slice(0, 20);
     if (problems.length > shown.length) shown.push(`… and ${problems.length - shown.length} more`);
-    throw new Error(`weights ${source} do not fit ${model.name}:\n  ${shown.join('\n  ')}`);
+    throw new InputError(`weights ${source} do not fit ${model.name}:\n  ${shown.join('\n  ')}`);
   }
   let params = 0;
   let count = 0;

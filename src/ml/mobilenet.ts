@@ -16,6 +16,7 @@ import type { LayersModel, SymbolicTensor, Tensor, layers as tfLayers } from '@t
 import { download, sha256File } from '../util/download.ts';
 import { assignLayerWeights, readKerasH5, shortWeightName, type NamedWeight } from './keras-h5.ts';
 import type { Tf } from './tf.ts';
+import { InputError, unreachable } from '../core/errors.ts';
 
 type Layer = tfLayers.Layer;
 
@@ -108,7 +109,7 @@ function sizeOf(inputSize: MobileNetV2Options['inputSize']): [number, number] {
   const size = inputSize ?? 224;
   const [h, w] = typeof size === 'number' ? [size, size] : size;
   if (!Number.isInteger(h) || !Number.isInteger(w) || h < 32 || w < 32) {
-    throw new Error(`MobileNetV2 input size must be at least 32×32 pixels, got ${h}×${w}`);
+    throw new InputError(`image_size: MobileNetV2 takes images of at least 32×32 pixels (whole numbers), got ${h}×${w}`);
   }
   return [h, w];
 }
@@ -125,7 +126,7 @@ export function kerasModelName(alpha: number, rows: number): string {
 /** The layers of Keras's MobileNetV2 (include_top=False), in Keras's order, with shapes and parameter counts. */
 export function describeMobileNetV2(options: MobileNetV2Options = {}): LayerSpec[] {
   const alpha = options.alpha ?? 1.0;
-  if (!(alpha > 0)) throw new Error(`MobileNetV2 alpha must be positive, got ${alpha}`);
+  if (!(alpha > 0)) throw new InputError(`alpha: expected a positive MobileNetV2 width multiplier, got ${alpha}`);
   const [rows, cols] = sizeOf(options.inputSize);
   const specs: LayerSpec[] = [];
   let block = BLOCK_STEM;
@@ -267,10 +268,10 @@ function blockStarts(names: readonly string[]): number[] {
  */
 export function boundaryFor(fineTuneAt: number, layers: readonly NamedLayer[]): Boundary {
   if (!Number.isInteger(fineTuneAt) || fineTuneAt < 0) {
-    throw new Error(`fine_tune_at must be an integer ≥ 0, got ${fineTuneAt}`);
+    throw new InputError(`fine_tune_at: expected a Keras layer index (an integer ≥ 0), got ${fineTuneAt}`);
   }
   if (layers[0]?.name !== 'input_1' || layers[layers.length - 1]?.name !== 'out_relu') {
-    throw new Error('boundaryFor expects the MobileNetV2 layer list (input_1 … out_relu)');
+    throw new Error('bug: boundaryFor expects the MobileNetV2 layer list (input_1 … out_relu)');
   }
   const starts = blockStarts(layers.map((layer) => layer.name));
   let start = 1;
@@ -282,10 +283,10 @@ export function boundaryFor(fineTuneAt: number, layers: readonly NamedLayer[]): 
 
 function shapeOf(outputShape: unknown, name: string): Shape3 {
   const shape = Array.isArray(outputShape) && Array.isArray(outputShape[0]) ? outputShape[0] : outputShape;
-  if (!Array.isArray(shape)) throw new Error(`layer ${name} has no output shape`);
+  if (!Array.isArray(shape)) throw new Error(`bug: layer ${name} has no output shape`);
   const dims = shape.length === 4 ? shape.slice(1) : shape;
   if (dims.length !== 3 || !dims.every((d) => typeof d === 'number')) {
-    throw new Error(`layer ${name}: expected an output shape [h, w, c], got ${JSON.stringify(shape)}`);
+    throw new Error(`bug: layer ${name}: expected an output shape [h, w, c], got ${JSON.stringify(shape)}`);
   }
   return dims as Shape3;
 }
@@ -350,10 +351,9 @@ function makeLayer(tf: Tf, spec: LayerSpec, init: (index: number) => ReturnType<
     case 'add':
       return tf.layers.add({ name });
     case 'input':
-      throw new Error('input layers are made with tf.input');
+      throw new Error('bug: input layers are made with tf.input');
     default: {
-      const never: never = spec;
-      throw new Error(`unknown layer kind ${JSON.stringify(never)}`);
+      unreachable(spec, 'layer kind');
     }
   }
 }
@@ -375,11 +375,11 @@ function makeLayer(tf: Tf, spec: LayerSpec, init: (index: number) => ReturnType<
 export function buildTop(tf: Tf, model: LayersModel, boundary: Boundary): LayersModel {
   const layers = model.layers;
   if (boundary.topStart >= layers.length) {
-    throw new Error(`fine_tune_at ${boundary.fineTuneAt} leaves no layer to fine-tune (the base has ${layers.length})`);
+    throw new InputError(`fine_tune_at ${boundary.fineTuneAt} leaves no layer to fine-tune (the base has ${layers.length})`);
   }
   const cut = layers[boundary.index];
   if (cut?.name !== boundary.layerName) {
-    throw new Error(`boundary ${boundary.layerName} is not layer ${boundary.index} of ${model.name}`);
+    throw new Error(`bug: boundary ${boundary.layerName} is not layer ${boundary.index} of ${model.name}`);
   }
   const input = tf.input({ shape: boundary.shape, name: `${boundary.layerName}_activation` });
   const outputs = new Map<string, SymbolicTensor>([[boundary.layerName, input]]);
@@ -389,7 +389,7 @@ export function buildTop(tf: Tf, model: LayersModel, boundary: Boundary): Layers
     const inputs = inbound.map((source) => {
       const tensor = outputs.get(source.name);
       if (!tensor) {
-        throw new Error(`layer ${layer.name} reads ${source.name}, which is below the boundary ${boundary.layerName}`);
+        throw new Error(`bug: layer ${layer.name} reads ${source.name}, which is below the boundary ${boundary.layerName}`);
       }
       return tensor;
     });
@@ -447,7 +447,7 @@ function pythonFloat(value: number): string {
  */
 export function imagenetWeightsUrl(alpha: number, rows: number): string {
   if (!IMAGENET_ALPHAS.includes(alpha)) {
-    throw new Error(`no ImageNet weights for alpha ${alpha}: keras-applications publishes ${IMAGENET_ALPHAS.join(', ')}`);
+    throw new InputError(`weights imagenet: no ImageNet weights for alpha ${alpha}; keras-applications publishes alpha ${IMAGENET_ALPHAS.join(', ')}`);
   }
   const size = IMAGENET_ROWS.includes(rows) ? rows : 224;
   return (
@@ -505,7 +505,7 @@ export async function loadMobileNetV2(
   };
   const checkSha = (actual: string, what: string) => {
     if (options.sha256 !== undefined && actual !== options.sha256.toLowerCase()) {
-      throw new Error(`weights ${what}: expected sha256 ${options.sha256}, got ${actual}`);
+      throw new InputError(`weights ${what}: expected sha256 ${options.sha256}, got ${actual}`);
     }
   };
 
@@ -518,7 +518,7 @@ export async function loadMobileNetV2(
     case 'imagenet':
     case 'url': {
       const url = source.kind === 'url' ? source.url : imagenetWeightsUrl(alpha, model.inputs[0]!.shape[1] as number);
-      if (!options.cacheDir) throw new Error(`weights ${options.weights}: a download cache directory is needed`);
+      if (!options.cacheDir) throw new Error(`bug: weights ${options.weights}: a download cache directory is needed`);
       options.log?.(`weights: ${url}`);
       const file = await download({
         url,
@@ -549,8 +549,7 @@ export async function loadMobileNetV2(
       break;
     }
     default: {
-      const never: never = source;
-      throw new Error(`unknown weights source ${JSON.stringify(never)}`);
+      unreachable(source, 'weights source');
     }
   }
   return { model, weights: info };

@@ -43,7 +43,7 @@ export async function imageGrid(
   titles: readonly string[] = [],
   options: ImageGridOptions = {},
 ): Promise<Buffer> {
-  if (images.length === 0) throw new Error('imageGrid: no images');
+  if (images.length === 0) throw new Error('bug: imageGrid: no images');
   const cols = Math.max(1, Math.min(options.cols ?? 3, images.length));
   const rows = Math.ceil(images.length / cols);
   const tile = options.tileSize ?? 224;
@@ -91,7 +91,7 @@ function imageCanvas(image: GridImage) {
   const channels = image.channels ?? 3;
   const count = image.width * image.height;
   if (image.data.length < count * channels) {
-    throw new Error(`imageGrid: ${image.data.length} bytes for a ${image.height}×${image.width}×${channels} image`);
+    throw new Error(`bug: imageGrid: ${image.data.length} bytes for a ${image.height}×${image.width}×${channels} image`);
   }
   const rgba = new Uint8ClampedArray(count * 4);
   for (let i = 0; i < count; i++) {
@@ -367,7 +367,7 @@ export async function confusionMatrix(
 ): Promise<Buffer> {
   const n = classNames.length;
   if (n === 0 || matrix.length !== n || matrix.some((row) => row.length !== n)) {
-    throw new Error(`confusionMatrix: expected a ${n}×${n} matrix for classes ${classNames.join(', ')}`);
+    throw new Error(`bug: confusionMatrix: expected a ${n}×${n} matrix for classes ${classNames.join(', ')}`);
   }
   const cell = Math.max(60, Math.min(140, Math.floor(560 / n)));
   const measure = createCanvas(10, 10).getContext('2d');

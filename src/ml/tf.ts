@@ -2,9 +2,10 @@
 // '@tensorflow/tfjs-node' directly, so that `backend: gpu` swaps in '@tensorflow/tfjs-node-gpu'.
 
 import { createRequire } from 'node:module';
+import type { Flavour } from '../core/stage-kind.ts';
+import { UnavailableError } from '../core/errors.ts';
 
 export type Tf = typeof import('@tensorflow/tfjs-node');
-export type Flavour = 'cpu' | 'gpu';
 
 const require = createRequire(import.meta.url);
 const packageOf: Record<Flavour, string> = {
@@ -18,7 +19,7 @@ let loaded: { flavour: Flavour; tf: Tf } | undefined;
 export function loadTf(flavour: Flavour = 'cpu'): Tf {
   if (loaded) {
     if (loaded.flavour !== flavour) {
-      throw new Error(`tfjs flavour ${loaded.flavour} is already loaded; cannot switch to ${flavour}`);
+      throw new Error(`bug: tfjs flavour ${loaded.flavour} is already loaded; cannot switch to ${flavour}`);
     }
     return loaded.tf;
   }
@@ -28,7 +29,7 @@ export function loadTf(flavour: Flavour = 'cpu'): Tf {
   try {
     tf = require(name) as Tf;
   } catch (cause) {
-    throw new Error(
+    throw new UnavailableError(
       `cannot load ${name}: run \`npm run setup${flavour === 'gpu' ? ' -- --gpu' : ''}\` ` +
         `to install it with its native TensorFlow library`,
       { cause },

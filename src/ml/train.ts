@@ -19,6 +19,7 @@
 
 import type { Tf } from './tf.ts';
 import type * as tfTypes from '@tensorflow/tfjs-node';
+import { InputError, unreachable } from '../core/errors.ts';
 
 type Tensor = tfTypes.Tensor;
 type Scalar = tfTypes.Scalar;
@@ -29,7 +30,7 @@ export type Task = { kind: 'binary' } | { kind: 'multiclass'; classes: number };
 
 /** The task implied by the number of classes, as the recipe's head is chosen. */
 export function taskFor(classCount: number): Task {
-  if (classCount < 2) throw new Error(`need at least two classes, got ${classCount}`);
+  if (classCount < 2) throw new InputError(`the data has ${classCount} class${classCount === 1 ? '' : 'es'}: a classifier needs at least two class folders`);
   return classCount === 2 ? { kind: 'binary' } : { kind: 'multiclass', classes: classCount };
 }
 
@@ -76,7 +77,7 @@ export function shuffledIndices(n: number, random: () => number): number[] {
 
 /** Consecutive batches of `size`; the last one is smaller when `size` does not divide the count. */
 export function batchesOf<T>(items: readonly T[], size: number): T[][] {
-  if (!(size >= 1)) throw new Error(`batch size must be at least 1, got ${size}`);
+  if (!(size >= 1)) throw new Error(`bug: batch size must be at least 1, got ${size}`);
   const out: T[][] = [];
   for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
   return out;
@@ -318,7 +319,7 @@ export function trainStep(
   } finally {
     tf.dispose(Object.values(grads).filter((g): g is Tensor => g != null));
   }
-  if (!logits) throw new Error('trainStep: compute() returned no logits');
+  if (!logits) throw new Error('bug: trainStep: compute() returned no logits');
   return { loss: value, logits };
 }
 
@@ -539,7 +540,7 @@ type ForwardStep =
  */
 export function inferenceForward(tf: Tf, model: tfTypes.LayersModel): (x: Tensor) => Tensor {
   if (model.inputs.length !== 1 || model.outputs.length !== 1) {
-    throw new Error(`inferenceForward: ${model.name} must have one input and one output`);
+    throw new Error(`bug: inferenceForward: ${model.name} must have one input and one output`);
   }
   const input = model.inputs[0]!;
   const output = model.outputs[0]!;
@@ -605,7 +606,7 @@ export function inferenceForward(tf: Tf, model: tfTypes.LayersModel): (x: Tensor
     const config = bn.getConfig() as { axis?: number | number[]; center?: boolean; scale?: boolean };
     const axis = [config.axis ?? -1].flat();
     if (config.center === false || config.scale === false || !(axis.length === 1 && (axis[0] === -1 || axis[0] === 3))) {
-      throw new Error(`inferenceForward: ${bn.name}: only channels-last BatchNormalization with center and scale`);
+      throw new Error(`bug: inferenceForward: ${bn.name}: only channels-last BatchNormalization with center and scale`);
     }
     const scale = gamma!.mul(tf.rsqrt(variance!.add(epsilon)));
     return { scale, shift: beta!.sub(mean!.mul(scale)) };
@@ -647,8 +648,7 @@ export function inferenceForward(tf: Tf, model: tfTypes.LayersModel): (x: Tensor
             break;
           }
           default: {
-            const never: never = step;
-            throw new Error(`unknown step ${JSON.stringify(never)}`);
+            unreachable(step, 'step');
           }
         }
       }

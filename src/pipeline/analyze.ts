@@ -3,7 +3,6 @@
 
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Ajv } from 'ajv';
 import { at, type Diagnostic, type Result } from '../core/diagnostics.ts';
 import {
   checkParamValue,
@@ -12,10 +11,10 @@ import {
   simplifyErrors,
   type ParamDecl,
   type PipelineFile,
-  type Resources,
   type StageDecl,
 } from './pipeline.ts';
-import type { StageKind, StageKinds } from '../core/stage-kind.ts';
+import type { Resources, StageKind, StageKinds } from '../core/stage-kind.ts';
+import { paramsValidator } from '../core/params-schema.ts';
 
 export const COMMAND_KIND = 'command';
 
@@ -162,18 +161,6 @@ function interpolate(
   return { value, refs };
 }
 
-const kindAjv = new Ajv({ allErrors: true, strict: false, useDefaults: true, verbose: true });
-const kindValidators = new WeakMap<StageKind, ReturnType<typeof kindAjv.compile>>();
-
-function validatorFor(kind: StageKind) {
-  let validate = kindValidators.get(kind);
-  if (!validate) {
-    validate = kindAjv.compile({ ...kind.params, additionalProperties: false });
-    kindValidators.set(kind, validate);
-  }
-  return validate;
-}
-
 export interface AnalyzeOptions {
   /** The stage kinds a pipeline may name (src/stages/index.ts's registry). */
   kinds: StageKinds;
@@ -185,219 +172,309 @@ export interface AnalyzeOptions {
 }
 
 export async function analyze(file: PipelineFile, options: AnalyzeOptions): Promise<Result<AnalyzedPipeline>> {
-  const { source, doc } = file;
   const diagnostics: Diagnostic[] = [];
-  const cwd = options.cwd ?? process.cwd();
-  const commandLine = '<command line>';
-
-  // 1. Params: defaults, then overrides typed by their declaration.
-  const declared = new Map(file.params.map((p) => [p.name, p]));
-  const params: Record<string, unknown> = {};
-  for (const decl of file.params) {
-    params[decl.name] = decl.type === 'path' && typeof decl.default === 'string' ? resolvePathValue(decl.default, file.dir) : decl.default;
+  const params = resolveParams(file, options, diagnostics);
+  const scope: Scope = {
+    file,
+    params,
+    declared: file.params.map((p) => p.name),
+    byName: new Map(file.stages.map((s) => [s.name, s])),
+    kinds: await loadKinds(file, options.kinds),
+    kindNames: options.kinds.names,
+    diagnostics,
+  };
+  const analyzed: AnalyzedStage[] = [];
+  for (const stage of file.stages) {
+    checkNeeds(scope, stage);
+    const env = interpolateEnv(scope, stage);
+    const result = stage.run !== undefined ? analyzeCommandStage(scope, stage, env) : analyzeKindStage(scope, stage, env);
+    if (result) analyzed.push(result);
   }
+  linkStages(file, analyzed, scope.byName);
+  reportCycle(file, analyzed, diagnostics);
+  if (diagnostics.length > 0) return { ok: false, diagnostics };
+  return { ok: true, value: { file, params, stages: topologicalOrder(analyzed) } };
+}
+
+/** What analysing one stage needs to know about the pipeline; problems go to `diagnostics`. */
+interface Scope {
+  file: PipelineFile;
+  /** Every pipeline param's resolved value. */
+  params: Record<string, unknown>;
+  /** The names of the declared params, for messages. */
+  declared: string[];
+  byName: Map<string, StageDecl>;
+  /** The kinds the pipeline names that exist. */
+  kinds: Map<string, StageKind>;
+  /** Every kind there is, for messages. */
+  kindNames: readonly string[];
+  diagnostics: Diagnostic[];
+}
+
+const COMMAND_LINE = '<command line>';
+
+/** 1. Params: defaults, then trial values, then `-p` overrides typed by their declaration. */
+function resolveParams(file: PipelineFile, options: AnalyzeOptions, diagnostics: Diagnostic[]): Record<string, unknown> {
+  const cwd = options.cwd ?? process.cwd();
+  const declared = new Map(file.params.map((p) => [p.name, p]));
+  const valueOf = (decl: ParamDecl, value: unknown, base: string) => (decl.type === 'path' && typeof value === 'string' ? resolvePathValue(value, base) : value);
+  const params: Record<string, unknown> = {};
+  for (const decl of file.params) params[decl.name] = valueOf(decl, decl.default, file.dir);
   for (const [name, value] of Object.entries(options.values ?? {})) {
     const decl = declared.get(name);
-    if (!decl) continue;
-    params[name] = decl.type === 'path' && typeof value === 'string' ? resolvePathValue(value, cwd) : value;
+    if (decl) params[name] = valueOf(decl, value, cwd);
   }
   for (const override of options.overrides ?? []) {
     const decl = declared.get(override.name);
     if (!decl) {
       const known = [...declared.keys()];
-      diagnostics.push({
-        code: 'unknown-param', file: commandLine, line: 0, col: 0, length: 0, field: override.origin,
-        message: `unknown param '${override.name}' (${known.length ? `params of ${source.path}: ${known.join(', ')}` : `${source.path} declares no params`})`,
-      });
+      const where = known.length ? `params of ${file.source.path}: ${known.join(', ')}` : `${file.source.path} declares no params`;
+      diagnostics.push(commandLineDiagnostic('unknown-param', override.origin, `unknown param '${override.name}' (${where})`));
       continue;
     }
     const converted = convertOverride(decl, override.text);
     if ('error' in converted) {
-      diagnostics.push({ code: 'bad-override', file: commandLine, line: 0, col: 0, length: 0, field: override.origin, message: `param '${decl.name}': ${converted.error}` });
+      diagnostics.push(commandLineDiagnostic('bad-override', override.origin, `param '${decl.name}': ${converted.error}`));
       continue;
     }
-    params[decl.name] = decl.type === 'path' && typeof converted.value === 'string' ? resolvePathValue(converted.value, cwd) : converted.value;
+    params[decl.name] = valueOf(decl, converted.value, cwd);
   }
+  return params;
+}
 
-  // 2. Stages: kinds, params, inputs.
-  const byName = new Map(file.stages.map((s) => [s.name, s]));
+function commandLineDiagnostic(code: Diagnostic['code'], field: string, message: string): Diagnostic {
+  return { code, file: COMMAND_LINE, line: 0, col: 0, length: 0, field, message };
+}
+
+/** 2. Kinds: the ones the pipeline names, loaded once each (unknown names are reported per stage). */
+async function loadKinds(file: PipelineFile, registry: StageKinds): Promise<Map<string, StageKind>> {
   const kinds = new Map<string, StageKind>();
   for (const stage of file.stages) {
     if (stage.kind && !kinds.has(stage.kind)) {
-      const kind = await options.kinds.load(stage.kind);
+      const kind = await registry.load(stage.kind);
       if (kind) kinds.set(stage.kind, kind);
     }
   }
+  return kinds;
+}
 
-  const analyzed: AnalyzedStage[] = [];
-  for (const stage of file.stages) {
-    const base = ['stages', stage.name];
-    const field = (...rest: Array<string | number>) => [...base, ...rest].join('.');
-    const reportMissingParam = (root: string) => (keys: Array<string | number>, name: string) => {
-      diagnostics.push(
-        at(source, rangeOf(doc, [...base, root, ...keys]), 'missing-param', field(root, ...keys),
-          `unknown param '${name}' in \${params.${name}} (${declared.size ? `declared params: ${[...declared.keys()].join(', ')}` : 'the pipeline declares no params'})`),
-      );
-    };
+/** Where a stage's problems are reported: its field paths and its YAML nodes. */
+function stageField(stage: StageDecl, ...rest: Array<string | number>): string {
+  return ['stages', stage.name, ...rest].join('.');
+}
 
-    // needs: names must exist.
-    const needsList = Array.isArray(stage.needs) ? stage.needs : Object.values(stage.needs);
-    for (const [i, needed] of needsList.entries()) {
-      if (!byName.has(needed)) {
-        const keys = Array.isArray(stage.needs) ? ['needs', i] : ['needs', Object.keys(stage.needs)[i] ?? ''];
-        diagnostics.push(at(source, rangeOf(doc, [...base, ...keys]), 'missing-stage', field(...keys), `no stage named '${needed}' (stages: ${[...byName.keys()].join(', ')})`));
-      }
-      if (needed === stage.name) {
-        diagnostics.push(at(source, rangeOf(doc, [...base, 'needs']), 'cycle', field('needs'), `stage '${stage.name}' needs itself`));
-      }
+function stageRange(scope: Scope, stage: StageDecl, keys: Array<string | number>, which: 'value' | 'key' = 'value') {
+  return rangeOf(scope.file.doc, ['stages', stage.name, ...keys], which);
+}
+
+function report(scope: Scope, range: [number, number] | undefined, code: Diagnostic['code'], field: string, message: string): void {
+  scope.diagnostics.push(at(scope.file.source, range, code, field, message));
+}
+
+/** `${params.NAME}` substituted in a stage field; unknown names are reported at their node. */
+function interpolateField(scope: Scope, stage: StageDecl, root: string, value: unknown): Interpolation {
+  return interpolate(value, scope.params, (keys, name) => {
+    const known = scope.declared.length ? `declared params: ${scope.declared.join(', ')}` : 'the pipeline declares no params';
+    report(scope, stageRange(scope, stage, [root, ...keys]), 'missing-param', stageField(stage, root, ...keys), `unknown param '${name}' in \${params.${name}} (${known})`);
+  });
+}
+
+/** needs: every name is a stage, and not this one. */
+function checkNeeds(scope: Scope, stage: StageDecl): void {
+  const names = needsOf(stage);
+  for (const [i, needed] of names.entries()) {
+    if (!scope.byName.has(needed)) {
+      const keys = Array.isArray(stage.needs) ? ['needs', i] : ['needs', Object.keys(stage.needs)[i] ?? ''];
+      report(scope, stageRange(scope, stage, keys), 'missing-stage', stageField(stage, ...keys), `no stage named '${needed}' (stages: ${[...scope.byName.keys()].join(', ')})`);
     }
-
-    const env: Record<string, string> = {};
-    const envInterp = interpolate(stage.env, params, reportMissingParam('env'));
-    for (const [k, v] of Object.entries(envInterp.value as Record<string, unknown>)) env[k] = typeof v === 'string' ? v : JSON.stringify(v);
-
-    if (stage.run !== undefined) {
-      const commandInterp = interpolate(stage.run, params, reportMissingParam('run'));
-      const deps = interpolate(stage.deps, params, reportMissingParam('deps')).value as unknown[];
-      const outs = interpolate(stage.outs, params, reportMissingParam('outs')).value as unknown[];
-      const metrics = interpolate(stage.metrics, params, reportMissingParam('metrics')).value as unknown[];
-      const referenced: Record<string, unknown> = {};
-      for (const name of [...commandInterp.refs, ...envInterp.refs].sort()) if (name in params) referenced[name] = params[name];
-      analyzed.push({
-        name: stage.name,
-        decl: stage,
-        kindName: COMMAND_KIND,
-        params: referenced,
-        command: Array.isArray(commandInterp.value) ? (commandInterp.value as unknown[]).map(String) : String(commandInterp.value),
-        inputs: {},
-        upstream: [],
-        deps: deps.map(String),
-        outs: outs.map(String),
-        metrics: metrics.map(String),
-        env,
-        resources: { cpu: 1, gpu: 0, ...stage.resources },
-        timeout: stage.timeout,
-        inputPaths: [],
-      });
-      continue;
-    }
-
-    const kindName = stage.kind ?? '';
-    const kind = kinds.get(kindName);
-    if (!kind) {
-      diagnostics.push(at(source, rangeOf(doc, [...base, 'kind']), 'unknown-kind', field('kind'), `unknown stage kind '${kindName}' (expected one of: ${options.kinds.names.join(', ')}, or 'run:' for a command)`));
-      continue;
-    }
-    const withInterp = interpolate(stage.with, params, reportMissingParam('with'));
-    const resolved = structuredClone(withInterp.value) as Record<string, unknown>;
-    const validate = validatorFor(kind);
-    if (!validate(resolved)) {
-      for (const error of simplifyErrors(validate.errors ?? [])) {
-        const keys = error.instancePath.split('/').slice(1);
-        if (error.keyword === 'additionalProperties') {
-          const extra = String((error.params as { additionalProperty: string }).additionalProperty);
-          diagnostics.push(
-            at(source, rangeOf(doc, [...base, 'with', ...keys, extra], 'key'), 'unknown-param', field('with', ...keys, extra),
-              `unknown parameter '${extra}' for stage kind '${kind.name}' (expected one of: ${Object.keys(kind.params.properties).join(', ')})`),
-          );
-          continue;
-        }
-        const node = keys[0];
-        const rawValue = node !== undefined ? stage.with[node] : undefined;
-        const via = typeof rawValue === 'string' && WHOLE_REF.test(rawValue) ? ` (from ${rawValue.trim()})` : '';
-        const keyPath = error.keyword === 'required' ? [] : keys;
-        diagnostics.push(
-          at(source, rangeOf(doc, [...base, 'with', ...keyPath], error.keyword === 'required' ? 'key' : 'value') ?? rangeOf(doc, [...base, 'kind']),
-            'bad-param-type', field('with', ...keyPath), `${describeSchemaError(error)}${via}`),
-        );
-      }
-      continue;
-    }
-
-    // Bind input slots to needed stages.
-    const inputs: Record<string, string> = {};
-    const needs = stage.needs;
-    const slots = Object.entries(kind.inputs).map(([slot, accepts]) => ({ slot: slot.replace(/\?$/, ''), optional: slot.endsWith('?'), accepts }));
-    const kindOf = (name: string) => {
-      const s = byName.get(name);
-      return s?.run !== undefined ? COMMAND_KIND : s?.kind;
-    };
-    if (!Array.isArray(needs)) {
-      for (const [slot, target] of Object.entries(needs)) {
-        const spec = slots.find((s) => s.slot === slot);
-        if (!spec) {
-          diagnostics.push(at(source, rangeOf(doc, [...base, 'needs', slot], 'key'), 'bad-input', field('needs', slot), `stage kind '${kind.name}' has no input '${slot}' (inputs: ${slots.map((s) => s.slot).join(', ') || 'none'})`));
-          continue;
-        }
-        const targetKind = kindOf(target);
-        if (targetKind && !spec.accepts.includes(targetKind)) {
-          diagnostics.push(at(source, rangeOf(doc, [...base, 'needs', slot]), 'bad-input', field('needs', slot), `input '${slot}' takes a stage of kind ${spec.accepts.join(' or ')}, but '${target}' is ${targetKind}`));
-          continue;
-        }
-        if (byName.has(target)) inputs[slot] = target;
-      }
-    }
-    const needList = Array.isArray(needs) ? needs : [];
-    for (const spec of slots) {
-      if (inputs[spec.slot]) continue;
-      const candidates = needList.filter((n) => spec.accepts.includes(kindOf(n) ?? ''));
-      if (candidates.length === 1 && candidates[0]) {
-        inputs[spec.slot] = candidates[0];
-      } else if (candidates.length > 1) {
-        diagnostics.push(at(source, rangeOf(doc, [...base, 'needs']), 'bad-input', field('needs'), `input '${spec.slot}' could be any of ${candidates.join(', ')}: bind it with needs: {${spec.slot}: STAGE}`));
-      } else if (!spec.optional && (Array.isArray(needs) || !(spec.slot in needs))) {
-        diagnostics.push(
-          at(source, rangeOf(doc, [...base, stage.needs && needList.length ? 'needs' : 'kind']), 'bad-input', field('needs'),
-            `stage kind '${kind.name}' needs a stage of kind ${spec.accepts.join(' or ')} for its input '${spec.slot}'`),
-        );
-      }
-    }
-
-    const inputPaths = (kind.inputPaths?.(resolved as never) ?? []).map((p) => resolvePathValue(p.startsWith('.') || p.startsWith('/') || p.startsWith('~') ? p : `./${p}`, file.dir));
-    analyzed.push({
-      name: stage.name,
-      decl: stage,
-      kindName: kind.name,
-      kind,
-      params: resolved,
-      inputs,
-      upstream: [],
-      deps: [],
-      outs: [],
-      metrics: [],
-      env,
-      resources: { ...(kind.resources ?? { cpu: 1 }), ...stage.resources },
-      timeout: stage.timeout,
-      inputPaths,
-    });
+    if (needed === stage.name) report(scope, stageRange(scope, stage, ['needs']), 'cycle', stageField(stage, 'needs'), `stage '${stage.name}' needs itself`);
   }
+}
 
-  // 3. Edges: needs, bound inputs, and command deps that are another stage's outs.
+function needsOf(stage: StageDecl): string[] {
+  return Array.isArray(stage.needs) ? stage.needs : Object.values(stage.needs);
+}
+
+interface StageEnv {
+  env: Record<string, string>;
+  /** The params the env references (part of a command stage's params). */
+  refs: Set<string>;
+}
+
+function interpolateEnv(scope: Scope, stage: StageDecl): StageEnv {
+  const interpolated = interpolateField(scope, stage, 'env', stage.env);
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(interpolated.value as Record<string, unknown>)) env[k] = typeof v === 'string' ? v : JSON.stringify(v);
+  return { env, refs: interpolated.refs };
+}
+
+/** A `run:` stage: its command, deps, outs and metrics with params substituted. */
+function analyzeCommandStage(scope: Scope, stage: StageDecl, { env, refs }: StageEnv): AnalyzedStage {
+  const command = interpolateField(scope, stage, 'run', stage.run);
+  const strings = (root: 'deps' | 'outs' | 'metrics') => (interpolateField(scope, stage, root, stage[root]).value as unknown[]).map(String);
+  const deps = strings('deps');
+  const outs = strings('outs');
+  const metrics = strings('metrics');
+  // The params a command uses are its params: they enter its fingerprint.
+  const referenced: Record<string, unknown> = {};
+  for (const name of [...command.refs, ...refs].sort()) if (name in scope.params) referenced[name] = scope.params[name];
+  return {
+    name: stage.name,
+    decl: stage,
+    kindName: COMMAND_KIND,
+    params: referenced,
+    command: Array.isArray(command.value) ? (command.value as unknown[]).map(String) : String(command.value),
+    inputs: {},
+    upstream: [],
+    deps,
+    outs,
+    metrics,
+    env,
+    resources: { cpu: 1, gpu: 0, ...stage.resources },
+    timeout: stage.timeout,
+    inputPaths: [],
+  };
+}
+
+/** A `kind:` stage: a known kind, params valid against its schema, input slots bound. */
+function analyzeKindStage(scope: Scope, stage: StageDecl, { env }: StageEnv): AnalyzedStage | undefined {
+  const kindName = stage.kind ?? '';
+  const kind = scope.kinds.get(kindName);
+  if (!kind) {
+    const expected = `expected one of: ${scope.kindNames.join(', ')}, or 'run:' for a command`;
+    report(scope, stageRange(scope, stage, ['kind']), 'unknown-kind', stageField(stage, 'kind'), `unknown stage kind '${kindName}' (${expected})`);
+    return undefined;
+  }
+  const params = resolveStageParams(scope, stage, kind);
+  if (!params) return undefined;
+  const inputs = bindInputs(scope, stage, kind);
+  const local = (p: string) => (p.startsWith('.') || p.startsWith('/') || p.startsWith('~') ? p : `./${p}`);
+  const inputPaths = (kind.inputPaths?.(params as never) ?? []).map((p) => resolvePathValue(local(p), scope.file.dir));
+  return {
+    name: stage.name,
+    decl: stage,
+    kindName: kind.name,
+    kind,
+    params,
+    inputs,
+    upstream: [],
+    deps: [],
+    outs: [],
+    metrics: [],
+    env,
+    resources: { ...(kind.resources ?? { cpu: 1 }), ...stage.resources },
+    timeout: stage.timeout,
+    inputPaths,
+  };
+}
+
+/** 3. Stage params: `with:` interpolated, checked against the kind's schema, defaults filled in by ajv. */
+function resolveStageParams(scope: Scope, stage: StageDecl, kind: StageKind): Record<string, unknown> | undefined {
+  const resolved = structuredClone(interpolateField(scope, stage, 'with', stage.with).value) as Record<string, unknown>;
+  const validate = paramsValidator(kind.params);
+  if (validate(resolved)) return resolved;
+  for (const error of simplifyErrors(validate.errors ?? [])) {
+    const keys = error.instancePath.split('/').slice(1);
+    if (error.keyword === 'additionalProperties') {
+      const extra = String((error.params as { additionalProperty: string }).additionalProperty);
+      const expected = `expected one of: ${Object.keys(kind.params.properties).join(', ')}`;
+      report(scope, stageRange(scope, stage, ['with', ...keys, extra], 'key'), 'unknown-param', stageField(stage, 'with', ...keys, extra), `unknown parameter '${extra}' for stage kind '${kind.name}' (${expected})`);
+      continue;
+    }
+    const node = keys[0];
+    const rawValue = node !== undefined ? stage.with[node] : undefined;
+    const via = typeof rawValue === 'string' && WHOLE_REF.test(rawValue) ? ` (from ${rawValue.trim()})` : '';
+    const keyPath = error.keyword === 'required' ? [] : keys;
+    const range = stageRange(scope, stage, ['with', ...keyPath], error.keyword === 'required' ? 'key' : 'value') ?? stageRange(scope, stage, ['kind']);
+    report(scope, range, 'bad-param-type', stageField(stage, 'with', ...keyPath), `${describeSchemaError(error)}${via}`);
+  }
+  return undefined;
+}
+
+interface Slot {
+  slot: string;
+  optional: boolean;
+  accepts: readonly string[];
+}
+
+/** 4. Inputs: each of the kind's slots bound to a needed stage of an accepted kind. */
+function bindInputs(scope: Scope, stage: StageDecl, kind: StageKind): Record<string, string> {
+  const slots: Slot[] = Object.entries(kind.inputs).map(([slot, accepts]) => ({ slot: slot.replace(/\?$/, ''), optional: slot.endsWith('?'), accepts }));
+  const inputs = Array.isArray(stage.needs) ? {} : bindExplicitInputs(scope, stage, kind, slots, stage.needs);
+  const needList = Array.isArray(stage.needs) ? stage.needs : [];
+  for (const spec of slots) {
+    if (inputs[spec.slot]) continue;
+    const candidates = needList.filter((n) => spec.accepts.includes(kindOf(scope, n) ?? ''));
+    if (candidates.length === 1 && candidates[0]) {
+      inputs[spec.slot] = candidates[0];
+    } else if (candidates.length > 1) {
+      report(scope, stageRange(scope, stage, ['needs']), 'bad-input', stageField(stage, 'needs'), `input '${spec.slot}' could be any of ${candidates.join(', ')}: bind it with needs: {${spec.slot}: STAGE}`);
+    } else if (!spec.optional && (Array.isArray(stage.needs) || !(spec.slot in stage.needs))) {
+      const range = stageRange(scope, stage, [stage.needs && needList.length ? 'needs' : 'kind']);
+      report(scope, range, 'bad-input', stageField(stage, 'needs'), `stage kind '${kind.name}' needs a stage of kind ${spec.accepts.join(' or ')} for its input '${spec.slot}'`);
+    }
+  }
+  return inputs;
+}
+
+/** `needs: {slot: stage}`: each slot exists and the stage is of a kind it accepts. */
+function bindExplicitInputs(scope: Scope, stage: StageDecl, kind: StageKind, slots: Slot[], needs: Record<string, string>): Record<string, string> {
+  const inputs: Record<string, string> = {};
+  for (const [slot, target] of Object.entries(needs)) {
+    const spec = slots.find((s) => s.slot === slot);
+    if (!spec) {
+      const known = slots.map((s) => s.slot).join(', ') || 'none';
+      report(scope, stageRange(scope, stage, ['needs', slot], 'key'), 'bad-input', stageField(stage, 'needs', slot), `stage kind '${kind.name}' has no input '${slot}' (inputs: ${known})`);
+      continue;
+    }
+    const targetKind = kindOf(scope, target);
+    if (targetKind && !spec.accepts.includes(targetKind)) {
+      report(scope, stageRange(scope, stage, ['needs', slot]), 'bad-input', stageField(stage, 'needs', slot), `input '${slot}' takes a stage of kind ${spec.accepts.join(' or ')}, but '${target}' is ${targetKind}`);
+      continue;
+    }
+    if (scope.byName.has(target)) inputs[slot] = target;
+  }
+  return inputs;
+}
+
+/** The kind name of stage `name` (`command` for a run: stage), or undefined when there is none. */
+function kindOf(scope: Scope, name: string): string | undefined {
+  const stage = scope.byName.get(name);
+  return stage?.run !== undefined ? COMMAND_KIND : stage?.kind;
+}
+
+/** 5. Edges: needs, bound inputs, and command deps that are another stage's outs (those deps are not hashed). */
+function linkStages(file: PipelineFile, analyzed: AnalyzedStage[], byName: Map<string, StageDecl>): void {
   const outsOwner = new Map<string, string>();
   for (const s of analyzed) for (const out of s.outs) outsOwner.set(path.resolve(file.dir, out), s.name);
   for (const s of analyzed) {
-    const up = new Set<string>([...(Array.isArray(s.decl.needs) ? s.decl.needs : Object.values(s.decl.needs)), ...Object.values(s.inputs)]);
+    const up = new Set<string>([...needsOf(s.decl), ...Object.values(s.inputs)]);
     for (const dep of s.deps) {
       const abs = path.resolve(file.dir, dep);
-      let owner: string | undefined;
-      for (const [out, name] of outsOwner) {
-        if (abs === out || abs.startsWith(out + path.sep) || out.startsWith(abs + path.sep)) owner = name;
-      }
+      const owner = ownerOf(abs, outsOwner);
       if (owner && owner !== s.name) up.add(owner);
       else s.inputPaths.push(abs);
     }
     s.upstream = [...up].filter((n) => byName.has(n) && n !== s.name).sort();
   }
+}
 
-  // 4. Cycles.
-  const cycle = findCycle(analyzed);
-  if (cycle) {
-    const first = cycle[0] ?? '';
-    diagnostics.push(at(source, rangeOf(doc, ['stages', first, 'needs']) ?? rangeOf(doc, ['stages', first], 'key'), 'cycle', `stages.${first}.needs`, `dependency cycle: ${cycle.join(' → ')}`));
+/** The stage whose out is `abs`, contains it or lies inside it (the last one declared wins). */
+function ownerOf(abs: string, outsOwner: Map<string, string>): string | undefined {
+  let owner: string | undefined;
+  for (const [out, name] of outsOwner) {
+    if (abs === out || abs.startsWith(out + path.sep) || out.startsWith(abs + path.sep)) owner = name;
   }
+  return owner;
+}
 
-  if (diagnostics.length > 0) return { ok: false, diagnostics };
-  return { ok: true, value: { file, params, stages: topologicalOrder(analyzed) } };
+/** 6. Cycles: one is reported at the `needs:` of its first stage. */
+function reportCycle(file: PipelineFile, analyzed: AnalyzedStage[], diagnostics: Diagnostic[]): void {
+  const cycle = findCycle(analyzed);
+  if (!cycle) return;
+  const first = cycle[0] ?? '';
+  const range = rangeOf(file.doc, ['stages', first, 'needs']) ?? rangeOf(file.doc, ['stages', first], 'key');
+  diagnostics.push(at(file.source, range, 'cycle', `stages.${first}.needs`, `dependency cycle: ${cycle.join(' → ')}`));
 }
 
 /** A cycle as a list of names that starts and ends with the same stage, or undefined. */

@@ -7,6 +7,7 @@ import { Ajv, type ErrorObject } from 'ajv';
 import { Document, LineCounter, isMap, isNode, isPair, isScalar, parseDocument, type Node } from 'yaml';
 import schema from '../../schema/pipeline.schema.json' with { type: 'json' };
 import { at, type Diagnostic, type SourceFile } from '../core/diagnostics.ts';
+import type { RequestedFlavour, Resources } from '../core/stage-kind.ts';
 
 export type ParamType = 'string' | 'number' | 'integer' | 'boolean' | 'path' | 'array' | 'object' | 'null';
 
@@ -18,11 +19,6 @@ export interface ParamDecl {
   minimum?: number;
   maximum?: number;
   enum?: unknown[];
-}
-
-export interface Resources {
-  cpu?: number | 'all';
-  gpu?: number;
 }
 
 export interface StageDecl {
@@ -61,7 +57,8 @@ export interface PipelineFile {
   name: string;
   description?: string;
   experiment: string;
-  backend: 'auto' | 'cpu' | 'gpu';
+  /** The pipeline's `backend:` field: the tfjs flavour it asks for. */
+  flavour: RequestedFlavour;
   tracking: { uri?: string; enabled: boolean };
   /** `cache:` resolved against the file's directory. */
   cache?: string;
@@ -155,7 +152,7 @@ export function parsePipeline(text: string, displayPath: string, dir: string): L
       name,
       description: raw['description'] as string | undefined,
       experiment: (raw['experiment'] as string | undefined) ?? name,
-      backend: (raw['backend'] as PipelineFile['backend'] | undefined) ?? 'auto',
+      flavour: (raw['backend'] as RequestedFlavour | undefined) ?? 'auto',
       tracking: { uri: tracking.uri, enabled: tracking.enabled ?? true },
       cache: typeof raw['cache'] === 'string' ? path.resolve(dir, raw['cache']) : undefined,
       params,

@@ -11,6 +11,7 @@
 
 import type { RedisOptions } from 'bullmq';
 import { UsageError } from '../core/errors.ts';
+import type { Flavour } from '../core/stage-kind.ts';
 import type { Outcome } from '../exec/run-book.ts';
 import type { StageJob } from '../exec/stage-job.ts';
 
@@ -26,7 +27,8 @@ export interface StageJobData {
   runId: string;
   /** The cache as the submitter sees it; a worker started with --cache uses its own path. */
   cacheDir: string;
-  backend: 'cpu' | 'gpu';
+  /** The run's tfjs flavour (the wire name stays `backend`: workers of an older pipe read it). */
+  backend: Flavour;
   /** Edge jobs (in EDGE_QUEUE) to remove when this stage's entry is in the cache. */
   releases: string[];
   submitter: string;

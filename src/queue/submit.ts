@@ -18,6 +18,7 @@ import {
   CANCEL_CHANNEL, EDGE_QUEUE, PREFIX, STAGE_QUEUE, edgeJobId, parseQueueUrl, stageJobId,
   type StageJobData, type StageJobProgress, type StageJobResult,
 } from './protocol.ts';
+import { UnavailableError } from '../core/errors.ts';
 
 export interface QueueTarget {
   url: string;
@@ -73,12 +74,12 @@ async function executeOnQueue(options: ExecuteOptions, target: QueueTarget): Pro
     }
   }
   const flows: FlowJob[] = remote.map((stage) => {
-    const job = stageJob(plan, stage, options.backend);
+    const job = stageJob(plan, stage, options.flavour);
     const data: StageJobData = {
       job: { ...job, cwd: path.relative(target.projectDir, job.cwd) || '.' },
       runId,
       cacheDir: cache.root,
-      backend: options.backend,
+      backend: options.flavour,
       releases: releases.get(stage.name)!,
       submitter,
     };
@@ -242,7 +243,7 @@ async function ping(url: string, connection: ReturnType<typeof parseQueueUrl>): 
     await client.connect();
     await client.ping();
   } catch (error) {
-    throw new Error(`cannot reach the queue at ${url}: ${(error as Error).message}`);
+    throw new UnavailableError(`cannot reach the queue at ${url}: ${(error as Error).message}`);
   } finally {
     client.disconnect();
   }

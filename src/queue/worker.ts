@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { Job, Queue, UnrecoverableError, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { Cache } from '../cache/cache.ts';
-import { UsageError } from '../core/errors.ts';
+import { StageError, UsageError } from '../core/errors.ts';
 import type { CommandStatus, Io } from '../core/io.ts';
 import type { CommandOptions } from '../app/options.ts';
 import type { RunEvent } from '../core/events.ts';
@@ -90,7 +90,7 @@ export async function workerCommand(values: CommandOptions, io: Io): Promise<Com
         outcome = await runStage(stage, grant.gpus, {
           cache,
           downloadCacheDir: paths.downloadsDir,
-          backend: data.backend,
+          flavour: data.backend,
           gpusConfigured: gpus.length > 0,
           emit: forward,
           children,
@@ -104,7 +104,7 @@ export async function workerCommand(values: CommandOptions, io: Io): Promise<Com
       if (outcome.status === 'failed') {
         say(`${stage.name} failed after ${formatDuration(Date.now() - started)}: ${outcome.error}`);
         if (cancelled) throw new UnrecoverableError(outcome.error ?? cancelled);
-        throw new Error(outcome.error ?? 'failed');
+        throw new StageError(outcome.error ?? 'failed');
       }
       // The entry is published: let the stages that wait for it go.
       for (const id of data.releases) {

@@ -25,18 +25,8 @@ import {
 } from '../ml/augment.ts';
 import { imageAt, imageBytes, readImageSet, type ImageSetMeta } from '../ml/dataset.ts';
 import { imageGrid } from '../ml/plots.ts';
-import type { StageContext, StageKind } from '../core/stage-kind.ts';
-
-export interface AugmentParams {
-  /** Augmented views per training image; the recipe's phase 1 has 10 epochs. Default 10. */
-  views?: number;
-  /** 'horizontal' (default) or 'none'. */
-  flip?: 'horizontal' | 'none';
-  /** RandomRotation factor: angles uniform in ±rotation·2π. Default 0.2. */
-  rotation?: number;
-  /** Seed of the draws. Default 42. */
-  seed?: number;
-}
+import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
+import { InputError } from '../core/errors.ts';
 
 export interface AugmentRecord {
   seed: number;
@@ -51,27 +41,31 @@ export interface AugmentRecord {
 /** Images transformed per write (a chunk of the output; keeps memory small). */
 const CHUNK = 256;
 
+const paramsSchema = {
+  type: 'object',
+  properties: {
+    views: { type: 'integer', minimum: 1, maximum: 1000, default: 10, description: 'augmented views per training image (one per epoch)' },
+    flip: { type: 'string', enum: ['horizontal', 'none'], default: 'horizontal', description: 'RandomFlip mode' },
+    rotation: {
+      type: 'number',
+      minimum: 0,
+      maximum: 1,
+      default: 0.2,
+      description: 'RandomRotation factor: angles uniform in ±rotation·2π',
+    },
+    seed: { type: 'integer', default: 42, description: 'seed of the draws' },
+  },
+  additionalProperties: false,
+} as const satisfies ParamsSchema;
+
+export type AugmentParams = ParamsOf<typeof paramsSchema>;
+
 const augmentKind: StageKind<AugmentParams> = {
   name: 'augment',
   version: 1,
   description:
     "Samples the recipe's augmentation (horizontal flip, rotation with reflect fill) up front: `views` augmented copies of each training image.",
-  params: {
-    type: 'object',
-    properties: {
-      views: { type: 'integer', minimum: 1, maximum: 1000, default: 10, description: 'augmented views per training image (one per epoch)' },
-      flip: { type: 'string', enum: ['horizontal', 'none'], default: 'horizontal', description: 'RandomFlip mode' },
-      rotation: {
-        type: 'number',
-        minimum: 0,
-        maximum: 1,
-        default: 0.2,
-        description: 'RandomRotation factor: angles uniform in ±rotation·2π',
-      },
-      seed: { type: 'integer', default: 42, description: 'seed of the draws' },
-    },
-    additionalProperties: false,
-  },
+  params: paramsSchema,
   inputs: { data: ['split'] },
   usesTensorflow: false,
   resources: { cpu: 1 },
@@ -82,13 +76,13 @@ export default augmentKind;
 
 async function runAugment(ctx: StageContext<AugmentParams>): Promise<void> {
   const dataDir = ctx.inputs['data'];
-  if (!dataDir) throw new Error('augment needs the artifacts of a split stage (input `data`)');
-  const views = ctx.params.views ?? 10;
-  const seed = ctx.params.seed ?? 42;
-  const settings: AugmentSettings = { flip: ctx.params.flip ?? 'horizontal', rotation: ctx.params.rotation ?? 0.2 };
+  if (!dataDir) throw new Error('bug: augment needs the artifacts of a split stage (input `data`)');
+  const views = ctx.params.views;
+  const seed = ctx.params.seed;
+  const settings: AugmentSettings = { flip: ctx.params.flip, rotation: ctx.params.rotation };
 
   const train = await readImageSet(dataDir, 'train');
-  if (train.views !== 1) throw new Error(`the training set in ${dataDir} already has ${train.views} views`);
+  if (train.views !== 1) throw new InputError(`the training set in ${dataDir} already has ${train.views} views`);
   const { count, height, width, channels } = train;
   const size = imageBytes(train);
 

@@ -31,16 +31,10 @@ import { loadMobileNetV2, saveLayersModel } from '../ml/mobilenet.ts';
 import { confusionMatrix, imageGrid, learningCurves } from '../ml/plots.ts';
 import { type Tf, loadTf } from '../ml/tf.ts';
 import { type History, type Task, evaluateBatches, logitUnits, probabilities } from '../ml/train.ts';
-import type { StageContext, StageKind } from '../core/stage-kind.ts';
+import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import type { FineTuneMeta } from './fine-tune.ts';
 import type { TrainHeadMeta } from './train-head.ts';
-
-export interface EvaluateParams {
-  /** Images per forward pass. Default 32 (Keras's evaluate batch). */
-  batch_size?: number;
-  /** Test images in the predictions picture (the recipe: 9, a 3×3 grid). Default 9. */
-  picture_images?: number;
-}
+import { InputError } from '../core/errors.ts';
 
 /** One test image's prediction, as predictions.json lists them. */
 export interface TestPrediction {
@@ -51,20 +45,24 @@ export interface TestPrediction {
   probability: number;
 }
 
+const paramsSchema = {
+  type: 'object',
+  properties: {
+    batch_size: { type: 'integer', minimum: 1, default: 32, description: 'batch size' },
+    picture_images: { type: 'integer', minimum: 1, maximum: 64, default: 9, description: 'test images in the predictions picture (the recipe: 9)' },
+  },
+  additionalProperties: false,
+} as const satisfies ParamsSchema;
+
+export type EvaluateParams = ParamsOf<typeof paramsSchema>;
+
 const kind: StageKind<EvaluateParams> = {
   name: 'evaluate',
   version: 1,
   description:
     'Test loss and accuracy, predictions picture, confusion matrix and learning curves; saves the whole ' +
     'trained model (raw pixels in, logits out) in tfjs layers format for pipe predict.',
-  params: {
-    type: 'object',
-    properties: {
-      batch_size: { type: 'integer', minimum: 1, default: 32, description: 'batch size' },
-      picture_images: { type: 'integer', minimum: 1, maximum: 64, default: 9, description: 'test images in the predictions picture (the recipe: 9)' },
-    },
-    additionalProperties: false,
-  },
+  params: paramsSchema,
   inputs: { model: ['fine-tune', 'train-head'], data: ['split'], 'features?': ['extract-features'], 'head?': ['train-head'] },
   usesTensorflow: true,
   resources: { cpu: 'all' },
@@ -91,14 +89,14 @@ async function loadBase(tf: Tf, ctx: StageContext<EvaluateParams>, modelDir: str
   }
   const featuresDir = ctx.inputs['features'];
   if (!featuresDir) {
-    throw new Error(
+    throw new InputError(
       'evaluate after train-head needs its features input: the extract-features stage the head was trained on ' +
         '(bind it with needs: {features: STAGE})',
     );
   }
   const features = await readFeaturesMeta(featuresDir);
   if (features.classNames.join('\n') !== meta.classNames.join('\n')) {
-    throw new Error(`the features in ${featuresDir} are of classes ${features.classNames.join(', ')}, the head of ${meta.classNames.join(', ')}`);
+    throw new InputError(`the features in ${featuresDir} are of classes ${features.classNames.join(', ')}, the head of ${meta.classNames.join(', ')}`);
   }
   return (await loadFeatureBase(tf, featuresDir)).model;
 }
@@ -113,32 +111,32 @@ async function histories(ctx: StageContext<EvaluateParams>, modelDir: string, me
 }
 
 async function run(ctx: StageContext<EvaluateParams>): Promise<void> {
-  const batchSize = ctx.params.batch_size ?? 32;
-  const pictureCount = ctx.params.picture_images ?? 9;
+  const batchSize = ctx.params.batch_size;
+  const pictureCount = ctx.params.picture_images;
   const modelDir = ctx.inputs['model'];
   const dataDir = ctx.inputs['data'];
-  if (!modelDir) throw new Error('evaluate needs its model input (a fine-tune or train-head stage)');
-  if (!dataDir) throw new Error('evaluate needs its data input (a split stage)');
+  if (!modelDir) throw new Error('bug: evaluate needs its model input (a fine-tune or train-head stage)');
+  if (!dataDir) throw new Error('bug: evaluate needs its data input (a split stage)');
 
   const meta = await readJson<ModelMeta>(path.join(modelDir, 'meta.json'));
   if (meta.format !== 'pipe-fine-tune/1' && meta.format !== 'pipe-train-head/1') {
-    throw new Error(`evaluate: ${modelDir}/meta.json is neither a fine-tune nor a train-head result`);
+    throw new InputError(`evaluate: ${modelDir}/meta.json is neither a fine-tune nor a train-head result`);
   }
-  const tf = loadTf(ctx.backend);
+  const tf = loadTf(ctx.flavour);
   const headWeights = await readHead(modelDir);
   const task: Task = headWeights.task;
   const classNames = headWeights.classNames;
   const testSet = await readImageSet(dataDir, 'test');
   if (testSet.classNames.join('\n') !== classNames.join('\n')) {
-    throw new Error(`the test images are of classes ${testSet.classNames.join(', ')}, the model of ${classNames.join(', ')}`);
+    throw new InputError(`the test images are of classes ${testSet.classNames.join(', ')}, the model of ${classNames.join(', ')}`);
   }
-  if (testSet.count === 0) throw new Error(`the split in ${dataDir} has no test images`);
+  if (testSet.count === 0) throw new InputError(`the split in ${dataDir} has no test images`);
 
   const base = await loadBase(tf, ctx, modelDir, meta);
   const [h, w] = (base.inputs[0]!.shape.slice(1) as number[]) as [number, number];
   if (testSet.height !== h || testSet.width !== w || testSet.channels !== 3) {
     base.dispose();
-    throw new Error(`the test images are ${testSet.height}×${testSet.width}×${testSet.channels}, the model takes ${h}×${w}×3`);
+    throw new InputError(`the test images are ${testSet.height}×${testSet.width}×${testSet.channels}, the model takes ${h}×${w}×3`);
   }
   ctx.log(`evaluating ${meta.format === 'pipe-fine-tune/1' ? `the fine-tuned model (fine_tune_at ${meta.fineTuneAt})` : 'the head on the frozen base'} on ${testSet.count} test images`);
 
@@ -277,7 +275,7 @@ async function checkSavedModel(
     });
     const scale = logits.reduce((max, v) => Math.max(max, Math.abs(v)), 1);
     if (!(gap <= 1e-3 * scale)) {
-      throw new Error(`the saved model's logits differ from the evaluated ones by ${gap} (a bug in saving the model)`);
+      throw new Error(`bug: the saved model's logits differ from the evaluated ones by ${gap}`);
     }
     return gap;
   } finally {

@@ -15,7 +15,6 @@ import {
   FeatureWriter,
   featureFileName,
   writeFeaturesMeta,
-  type FeatureDtype,
   type FeatureSetMeta,
   type FeatureSetName,
   type FeaturesMeta,
@@ -30,41 +29,8 @@ import {
   type Boundary,
 } from '../ml/mobilenet.ts';
 import { loadTf } from '../ml/tf.ts';
-import type { StageContext, StageKind } from '../core/stage-kind.ts';
-
-export interface ExtractFeaturesParams {
-  /** `imagenet` (default), `none` (seeded random init), an http(s) URL, a Keras .h5 file or a tfjs model directory. */
-  weights?: string;
-  /** Expected sha256 of the weights file (downloads and local files). */
-  weights_sha256?: string;
-  /** MobileNetV2 width multiplier. Default 1.0. */
-  alpha?: number;
-  /** Images per forward pass. Default 32. Not part of the fingerprint: it does not change the values. */
-  batch_size?: number;
-  /** Store the 1280-d GlobalAveragePooling of `out_relu` per image. Default true. */
-  pooled?: boolean;
-  /** Keras index of the first fine-tuned layer: also store the activations entering the top. Default null. */
-  fine_tune_at?: number | null;
-  /** Storage type of the boundary activations (pooled features are always float32). Default float32. */
-  dtype?: FeatureDtype;
-  /** Seed of the random initialisation for `weights: none`. Default 0. */
-  seed?: number;
-}
-
-type Resolved = Required<Omit<ExtractFeaturesParams, 'weights_sha256'>> & Pick<ExtractFeaturesParams, 'weights_sha256'>;
-
-function resolve(params: ExtractFeaturesParams): Resolved {
-  return {
-    weights: params.weights ?? 'imagenet',
-    weights_sha256: params.weights_sha256,
-    alpha: params.alpha ?? 1.0,
-    batch_size: params.batch_size ?? 32,
-    pooled: params.pooled ?? true,
-    fine_tune_at: params.fine_tune_at ?? null,
-    dtype: params.dtype ?? 'float32',
-    seed: params.seed ?? 0,
-  };
-}
+import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
+import { InputError } from '../core/errors.ts';
 
 /** Weights named by a local path (not `none`, `imagenet` or a URL). */
 function localWeightsPath(weights: string): string | undefined {
@@ -80,33 +46,37 @@ interface SetJob {
   meta: ImageSetMeta;
 }
 
+const paramsSchema = {
+  type: 'object',
+  properties: {
+    weights: { type: 'string', minLength: 1, default: 'imagenet', description: "'imagenet' (the official keras-applications file for alpha and size), 'none' (random, seeded), a Keras .h5 file, an http(s) URL of one, or a tfjs model directory" },
+    weights_sha256: { type: 'string', pattern: '^[0-9a-fA-F]{64}$', description: 'expected sha256 of a downloaded weights file' },
+    alpha: { type: 'number', exclusiveMinimum: 0, default: 1.0, description: 'MobileNetV2 width multiplier (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)' },
+    batch_size: { type: 'integer', minimum: 1, default: 32, description: 'images per forward pass (not in the fingerprint: it does not change the values)' },
+    pooled: { type: 'boolean', default: true, description: 'store the 1280-d GlobalAveragePooling of out_relu per image (for train-head)' },
+    fine_tune_at: { type: ['integer', 'null'], minimum: 0, default: null, description: 'Keras layer index of the first fine-tuned layer: also store the activations entering the top, at the block boundary at or below it (for fine-tune and evaluate)' },
+    dtype: { enum: ['float32', 'float16'], default: 'float32', description: 'storage type of those activations (float16 halves their size)' },
+    seed: { type: 'integer', default: 0, description: "seed of the random initialisation with weights 'none'" },
+  },
+  additionalProperties: false,
+} as const satisfies ParamsSchema;
+
+export type ExtractFeaturesParams = ParamsOf<typeof paramsSchema>;
+
 const kind: StageKind<ExtractFeaturesParams> = {
   name: 'extract-features',
   version: 1,
   description:
     'Runs the frozen MobileNetV2 base once over every training view and the validation and test images; ' +
     'stores pooled features and, with fine_tune_at, the activations entering the fine-tuned top.',
-  params: {
-    type: 'object',
-    properties: {
-      weights: { type: 'string', minLength: 1, default: 'imagenet', description: "'imagenet' (the official keras-applications file for alpha and size), 'none' (random, seeded), a Keras .h5 file, an http(s) URL of one, or a tfjs model directory" },
-      weights_sha256: { type: 'string', pattern: '^[0-9a-fA-F]{64}$', description: 'expected sha256 of a downloaded weights file' },
-      alpha: { type: 'number', exclusiveMinimum: 0, default: 1.0, description: 'MobileNetV2 width multiplier (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)' },
-      batch_size: { type: 'integer', minimum: 1, default: 32, description: 'images per forward pass (not in the fingerprint: it does not change the values)' },
-      pooled: { type: 'boolean', default: true, description: 'store the 1280-d GlobalAveragePooling of out_relu per image (for train-head)' },
-      fine_tune_at: { type: ['integer', 'null'], minimum: 0, default: null, description: 'Keras layer index of the first fine-tuned layer: also store the activations entering the top, at the block boundary at or below it (for fine-tune and evaluate)' },
-      dtype: { enum: ['float32', 'float16'], default: 'float32', description: 'storage type of those activations (float16 halves their size)' },
-      seed: { type: 'integer', default: 0, description: "seed of the random initialisation with weights 'none'" },
-    },
-    additionalProperties: false,
-  },
+  params: paramsSchema,
   inputs: { data: ['split'], 'views?': ['augment'] },
   inputPaths: (params) => {
-    const local = localWeightsPath(resolve(params).weights);
+    const local = localWeightsPath(params.weights);
     return local ? [local] : [];
   },
   fingerprintParams: (params) => {
-    const { batch_size: _batchSize, fine_tune_at, seed, ...rest } = resolve(params);
+    const { batch_size: _batchSize, fine_tune_at, seed, ...rest } = params;
     const layers = describeMobileNetV2({ alpha: rest.alpha, inputSize: 224 });
     return {
       ...rest,
@@ -123,12 +93,12 @@ const kind: StageKind<ExtractFeaturesParams> = {
 export default kind;
 
 async function run(ctx: StageContext<ExtractFeaturesParams>): Promise<void> {
-  const params = resolve(ctx.params);
+  const params = ctx.params;
   if (!params.pooled && params.fine_tune_at === null) {
-    throw new Error('extract-features has nothing to do: pooled is false and fine_tune_at is null');
+    throw new InputError('extract-features has nothing to do: pooled is false and fine_tune_at is null');
   }
   const dataDir = ctx.inputs['data'];
-  if (!dataDir) throw new Error('extract-features needs its data input (a split stage)');
+  if (!dataDir) throw new Error('bug: extract-features needs its data input (a split stage)');
   const viewsDir = ctx.inputs['views'];
 
   const jobs: SetJob[] = [
@@ -142,17 +112,17 @@ async function run(ctx: StageContext<ExtractFeaturesParams>): Promise<void> {
   for (const job of jobs) {
     const { meta } = job;
     if (meta.height !== first.height || meta.width !== first.width || meta.channels !== 3) {
-      throw new Error(
+      throw new InputError(
         `image set ${job.slot}/${job.imageSet} is ${meta.height}×${meta.width}×${meta.channels}, ` +
           `expected ${first.height}×${first.width}×3 like ${jobs[0]!.slot}/${jobs[0]!.imageSet}`,
       );
     }
     if (JSON.stringify(meta.classNames) !== JSON.stringify(first.classNames)) {
-      throw new Error(`image set ${job.slot}/${job.imageSet} has classes ${meta.classNames.join(', ')}, expected ${first.classNames.join(', ')}`);
+      throw new InputError(`image set ${job.slot}/${job.imageSet} has classes ${meta.classNames.join(', ')}, expected ${first.classNames.join(', ')}`);
     }
   }
 
-  const tf = loadTf(ctx.backend);
+  const tf = loadTf(ctx.flavour);
   let lastShown = 0;
   const { model, weights } = await loadMobileNetV2(tf, {
     alpha: params.alpha,
@@ -212,7 +182,7 @@ async function run(ctx: StageContext<ExtractFeaturesParams>): Promise<void> {
         const size = imageBytes(meta);
         const expected = rows * size;
         const { size: actual } = await pixels.stat();
-        if (actual !== expected) throw new Error(`image set ${job.slot}/${job.imageSet}: ${actual} bytes, expected ${expected}`);
+        if (actual !== expected) throw new InputError(`image set ${job.slot}/${job.imageSet}: ${actual} bytes, expected ${expected}`);
         const buffer = new Uint8Array(params.batch_size * size);
         for (let start = 0; start < rows; start += params.batch_size) {
           const n = Math.min(params.batch_size, rows - start);
@@ -291,7 +261,7 @@ async function readFully(handle: fs.FileHandle, buffer: Uint8Array, length: numb
   let done = 0;
   while (done < length) {
     const { bytesRead } = await handle.read(buffer, done, length - done, position + done);
-    if (bytesRead === 0) throw new Error('unexpected end of image data');
+    if (bytesRead === 0) throw new InputError('unexpected end of image data');
     done += bytesRead;
   }
 }

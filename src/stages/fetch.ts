@@ -23,25 +23,15 @@ import { comparePaths, listImageFiles, loadImages, IMAGE_EXTENSIONS } from '../m
 import { createRng, shuffle } from '../ml/augment.ts';
 import { imageGrid } from '../ml/plots.ts';
 import { loadTf } from '../ml/tf.ts';
-import type { StageContext, StageKind } from '../core/stage-kind.ts';
+import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import { extractZip } from '../util/zip.ts';
+import { InputError } from '../core/errors.ts';
 
 export const DEFAULT_SOURCE = 'https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip';
 
 /** Subset folder names recognised at the data root, in output order. */
 export const SUBSET_NAMES = ['train', 'validation', 'test'] as const;
 export type SubsetName = (typeof SUBSET_NAMES)[number];
-
-export interface FetchParams {
-  /** http(s) URL of a zip, a local zip file or a local directory. */
-  source?: string;
-  /** Expected sha256 of the zip (URL or local zip). */
-  sha256?: string;
-  /** [height, width] of the stored images. Default [160, 160]. */
-  image_size?: [number, number];
-  /** Subset folders to read (default: whichever of train, validation, test exist). */
-  subsets?: SubsetName[];
-}
 
 /** What `fetch.json` records. */
 export interface FetchRecord {
@@ -64,48 +54,45 @@ export function isUrl(source: string): boolean {
   return /^https?:\/\//i.test(source);
 }
 
-function resolved(params: FetchParams): Required<Omit<FetchParams, 'sha256' | 'subsets'>> & FetchParams {
-  return { ...params, source: params.source ?? DEFAULT_SOURCE, image_size: params.image_size ?? [160, 160] };
-}
+const paramsSchema = {
+  type: 'object',
+  properties: {
+    source: {
+      type: 'string',
+      minLength: 1,
+      default: DEFAULT_SOURCE,
+      description: 'http(s) URL of a zip, a local zip file or a local directory of class folders',
+    },
+    sha256: { type: 'string', pattern: '^[0-9a-fA-F]{64}$', description: 'expected sha256 of the zip' },
+    image_size: {
+      type: 'array',
+      items: { type: 'integer', minimum: 1, maximum: 4096 },
+      minItems: 2,
+      maxItems: 2,
+      default: [160, 160],
+      description: '[height, width] of the stored images',
+    },
+    subsets: {
+      type: 'array',
+      items: { type: 'string', enum: [...SUBSET_NAMES] },
+      minItems: 1,
+      uniqueItems: true,
+      description: 'subset folders to read (default: whichever of train, validation, test exist)',
+    },
+  },
+  additionalProperties: false,
+} as const satisfies ParamsSchema;
+
+export type FetchParams = ParamsOf<typeof paramsSchema>;
 
 const fetchKind: StageKind<FetchParams> = {
   name: 'fetch',
   version: 1,
   description:
     'Reads an image-classification folder (zip URL, local zip or directory) into image sets, decoded and resized as Keras image_dataset_from_directory does.',
-  params: {
-    type: 'object',
-    properties: {
-      source: {
-        type: 'string',
-        minLength: 1,
-        default: DEFAULT_SOURCE,
-        description: 'http(s) URL of a zip, a local zip file or a local directory of class folders',
-      },
-      sha256: { type: 'string', pattern: '^[0-9a-fA-F]{64}$', description: 'expected sha256 of the zip' },
-      image_size: {
-        type: 'array',
-        items: { type: 'integer', minimum: 1, maximum: 4096 },
-        minItems: 2,
-        maxItems: 2,
-        default: [160, 160],
-        description: '[height, width] of the stored images',
-      },
-      subsets: {
-        type: 'array',
-        items: { type: 'string', enum: [...SUBSET_NAMES] },
-        minItems: 1,
-        uniqueItems: true,
-        description: 'subset folders to read (default: whichever of train, validation, test exist)',
-      },
-    },
-    additionalProperties: false,
-  },
+  params: paramsSchema,
   inputs: {},
-  inputPaths: (params) => {
-    const source = params.source ?? DEFAULT_SOURCE;
-    return isUrl(source) ? [] : [source];
-  },
+  inputPaths: (params) => (isUrl(params.source) ? [] : [params.source]),
   usesTensorflow: true,
   resources: { cpu: 1 },
   run: runFetch,
@@ -114,8 +101,8 @@ const fetchKind: StageKind<FetchParams> = {
 export default fetchKind;
 
 async function runFetch(ctx: StageContext<FetchParams>): Promise<void> {
-  const params = resolved(ctx.params);
-  const size: [number, number] = [params.image_size[0], params.image_size[1]];
+  const params = ctx.params;
+  const size = params.image_size;
   const { dir: sourceDir, sha256, isDirectory } = await materialise(ctx, params);
 
   const { root, layout, sets } = await detectLayout(sourceDir, params.subsets, params.source);
@@ -138,7 +125,7 @@ async function runFetch(ctx: StageContext<FetchParams>): Promise<void> {
       const classRel = layout === 'flat' ? className : `${set}/${className}`;
       const found = await listImageFiles(path.join(root, classRel));
       if (found.length === 0) {
-        throw new Error(`class folder ${folderLabel(classRel)} has no images (${IMAGE_EXTENSIONS.join(' ')})`);
+        throw new InputError(`class folder ${folderLabel(classRel)} has no images (${IMAGE_EXTENSIONS.join(' ')})`);
       }
       for (const file of found) {
         files.push(`${classRel}/${file}`);
@@ -149,7 +136,7 @@ async function runFetch(ctx: StageContext<FetchParams>): Promise<void> {
   }
   const total = listings.reduce((n, l) => n + l.files.length, 0);
 
-  const tf = loadTf(ctx.backend);
+  const tf = loadTf(ctx.flavour);
   const record: FetchRecord = {
     source: params.source,
     ...(sha256 ? { sha256 } : {}),
@@ -176,7 +163,7 @@ async function runFetch(ctx: StageContext<FetchParams>): Promise<void> {
       const count = labels.filter((l) => l === label).length;
       if (count === 0) {
         const classRel = layout === 'flat' ? className : `${listing.set}/${className}`;
-        throw new Error(`class folder ${folderLabel(classRel)} has no decodable images`);
+        throw new InputError(`class folder ${folderLabel(classRel)} has no decodable images`);
       }
       perClass[className] = count;
     }
@@ -211,7 +198,7 @@ async function runFetch(ctx: StageContext<FetchParams>): Promise<void> {
 /** The source as a local directory: downloads and/or extracts a zip when needed. */
 async function materialise(
   ctx: StageContext<FetchParams>,
-  params: ReturnType<typeof resolved>,
+  params: FetchParams,
 ): Promise<{ dir: string; sha256?: string; isDirectory: boolean }> {
   const { source } = params;
   let zipPath: string;
@@ -234,20 +221,20 @@ async function materialise(
     try {
       stat = await fs.stat(local);
     } catch {
-      throw new Error(`source ${source} does not exist`);
+      throw new InputError(`source ${source} does not exist`);
     }
     if (stat.isDirectory()) {
-      if (params.sha256) throw new Error(`sha256 applies to a zip, but source ${source} is a directory`);
+      if (params.sha256) throw new InputError(`sha256 applies to a zip, but source ${source} is a directory`);
       return { dir: local, isDirectory: true };
     }
     if (!(await isZipFile(local))) {
-      throw new Error(`source ${source} is neither a directory nor a zip file`);
+      throw new InputError(`source ${source} is neither a directory nor a zip file`);
     }
     zipPath = local;
     if (params.sha256) {
       const actual = await sha256File(local);
       if (actual !== params.sha256.toLowerCase()) {
-        throw new Error(`checksum mismatch for ${source}: expected sha256 ${params.sha256.toLowerCase()}, got ${actual}`);
+        throw new InputError(`checksum mismatch for ${source}: expected sha256 ${params.sha256.toLowerCase()}, got ${actual}`);
       }
     }
   }
@@ -308,7 +295,7 @@ export async function detectLayout(
     }
     if (wanted) {
       const missing = wanted.filter((name) => !folders.includes(name));
-      throw new Error(`subset folder${missing.length > 1 ? 's' : ''} ${missing.join(', ')} not found in ${sourceLabel}`);
+      throw new InputError(`subset folder${missing.length > 1 ? 's' : ''} ${missing.join(', ')} not found in ${sourceLabel}`);
     }
     return { root, layout: 'flat', sets: ['all'] };
   }
@@ -328,16 +315,16 @@ async function checkClasses(
     const classes = await subfolders(path.join(root, rel));
     const where = folderLabel(rel);
     if (classes.length === 0) {
-      throw new Error(
+      throw new InputError(
         `no class folders in ${where}: expected one sub-folder of images per class` +
           (layout === 'flat' ? ' (or train/ and validation/ folders holding them)' : ''),
       );
     }
     if (classes.length === 1) {
-      throw new Error(`only one class folder (${classes[0]}) in ${where}: a classifier needs at least two`);
+      throw new InputError(`only one class folder (${classes[0]}) in ${where}: a classifier needs at least two`);
     }
     if (reference && classes.join('\n') !== reference.join('\n')) {
-      throw new Error(
+      throw new InputError(
         `subset ${set} has classes ${classes.join(', ')} but ${referenceSet} has ${reference.join(', ')}: ` +
           `every subset needs the same class folders`,
       );

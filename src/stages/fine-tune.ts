@@ -29,7 +29,6 @@ import { buildTop, saveLayersModel } from '../ml/mobilenet.ts';
 import { loadTf } from '../ml/tf.ts';
 import {
   type History,
-  type OptimizerName,
   type Task,
   deriveSeed,
   epochLine,
@@ -39,39 +38,9 @@ import {
   makeOptimizer,
   optimizerNames,
 } from '../ml/train.ts';
-import type { StageContext, StageKind } from '../core/stage-kind.ts';
+import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import type { TrainHeadMeta } from './train-head.ts';
-
-export interface FineTuneParams {
-  /** Keras layer index: base.layers[:fine_tune_at] stay frozen. Must match the activations' boundary. */
-  fine_tune_at: number;
-  /** The recipe's fine_tune_epochs. Default 10. */
-  epochs?: number;
-  /** Default 1e-5 (base_learning_rate / 10). */
-  learning_rate?: number;
-  /** Default 'rmsprop'. */
-  optimizer?: OptimizerName;
-  /** Default 32. */
-  batch_size?: number;
-  /** Seeds the shuffling and the dropout masks. Default 0. */
-  seed?: number;
-  /** Continue at `initial_epoch = history.epoch[-1]` as the recipe does (one extra epoch). Default true. */
-  keras_initial_epoch_quirk?: boolean;
-}
-
-type Resolved = Required<FineTuneParams>;
-
-export function resolveFineTuneParams(params: FineTuneParams): Resolved {
-  return {
-    fine_tune_at: params.fine_tune_at,
-    epochs: params.epochs ?? 10,
-    learning_rate: params.learning_rate ?? 1e-5,
-    optimizer: params.optimizer ?? 'rmsprop',
-    batch_size: params.batch_size ?? 32,
-    seed: params.seed ?? 0,
-    keras_initial_epoch_quirk: params.keras_initial_epoch_quirk ?? true,
-  };
-}
+import { InputError } from '../core/errors.ts';
 
 /**
  * The epochs phase 2 runs, as Keras's `fit(epochs=total, initial_epoch=start)` numbers them:
@@ -103,8 +72,25 @@ export interface FineTuneMeta {
   /** Epochs of the head phase (the recipe's initial_epochs): where fine-tuning starts on the curves. */
   headEpochs: number;
   final: { loss: number; accuracy: number; val_loss: number; val_accuracy: number };
-  params: Resolved;
+  params: FineTuneParams;
 }
+
+const paramsSchema = {
+  type: 'object',
+  properties: {
+    fine_tune_at: { type: 'integer', minimum: 1, description: 'Keras layer index of the first trainable layer of the base (the recipe: 100); must imply the boundary of the activations' },
+    epochs: { type: 'integer', minimum: 1, default: 10, description: 'fine_tune_epochs of the recipe' },
+    learning_rate: { type: 'number', exclusiveMinimum: 0, default: 1e-5, description: 'the recipe: base_learning_rate / 10' },
+    optimizer: { enum: [...optimizerNames], default: 'rmsprop', description: 'Keras RMSprop (ρ 0.9, ε 1e-7), Adam or SGD' },
+    batch_size: { type: 'integer', minimum: 1, default: 32, description: 'batch size' },
+    seed: { type: 'integer', default: 0, description: 'seed of the shuffles and the dropout' },
+    keras_initial_epoch_quirk: { type: 'boolean', default: true, description: "as the recipe, fit(epochs=initial+fine, initial_epoch=history.epoch[-1]): one epoch more, numbered from the head's last epoch" },
+  },
+  required: ['fine_tune_at'],
+  additionalProperties: false,
+} as const satisfies ParamsSchema;
+
+export type FineTuneParams = ParamsOf<typeof paramsSchema>;
 
 const kind: StageKind<FineTuneParams> = {
   name: 'fine-tune',
@@ -112,20 +98,7 @@ const kind: StageKind<FineTuneParams> = {
   description:
     'Fine-tunes the top of the base from fine_tune_at together with the head (RMSprop, BatchNormalization ' +
     'in inference mode) on the cached boundary activations, as phase 2 of the Keras transfer-learning recipe.',
-  params: {
-    type: 'object',
-    properties: {
-      fine_tune_at: { type: 'integer', minimum: 1, description: 'Keras layer index of the first trainable layer of the base (the recipe: 100); must imply the boundary of the activations' },
-      epochs: { type: 'integer', minimum: 1, default: 10, description: 'fine_tune_epochs of the recipe' },
-      learning_rate: { type: 'number', exclusiveMinimum: 0, default: 1e-5, description: 'the recipe: base_learning_rate / 10' },
-      optimizer: { enum: [...optimizerNames], default: 'rmsprop', description: 'Keras RMSprop (ρ 0.9, ε 1e-7), Adam or SGD' },
-      batch_size: { type: 'integer', minimum: 1, default: 32, description: 'batch size' },
-      seed: { type: 'integer', default: 0, description: 'seed of the shuffles and the dropout' },
-      keras_initial_epoch_quirk: { type: 'boolean', default: true, description: "as the recipe, fit(epochs=initial+fine, initial_epoch=history.epoch[-1]): one epoch more, numbered from the head's last epoch" },
-    },
-    required: ['fine_tune_at'],
-    additionalProperties: false,
-  },
+  params: paramsSchema,
   inputs: { activations: ['extract-features'], head: ['train-head'] },
   usesTensorflow: true,
   resources: { cpu: 'all' },
@@ -135,30 +108,30 @@ const kind: StageKind<FineTuneParams> = {
 export default kind;
 
 async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
-  const params = resolveFineTuneParams(ctx.params);
+  const params = ctx.params;
   const activationsDir = ctx.inputs['activations'];
   const headDir = ctx.inputs['head'];
-  if (!activationsDir) throw new Error('fine-tune needs its activations input (an extract-features stage with fine_tune_at)');
-  if (!headDir) throw new Error('fine-tune needs its head input (a train-head stage)');
-  if (!Number.isInteger(params.fine_tune_at)) throw new Error('fine-tune needs the parameter fine_tune_at (a Keras layer index)');
+  if (!activationsDir) throw new Error('bug: fine-tune needs its activations input (an extract-features stage with fine_tune_at)');
+  if (!headDir) throw new Error('bug: fine-tune needs its head input (a train-head stage)');
+  if (!Number.isInteger(params.fine_tune_at)) throw new Error('bug: fine-tune needs the parameter fine_tune_at (a Keras layer index)');
 
-  const tf = loadTf(ctx.backend);
+  const tf = loadTf(ctx.flavour);
   const [headWeights, headMeta, headHistoryText] = await Promise.all([
     readHead(headDir),
     fs.readFile(path.join(headDir, 'meta.json'), 'utf8').then((text) => JSON.parse(text) as TrainHeadMeta),
     fs.readFile(path.join(headDir, 'history.json'), 'utf8'),
   ]);
   const { model: base, meta, boundary } = await loadFeatureBase(tf, activationsDir, { fineTuneAt: params.fine_tune_at });
-  if (!boundary) throw new Error(`the features in ${activationsDir} hold no boundary activations`);
+  if (!boundary) throw new InputError(`the features in ${activationsDir} hold no boundary activations`);
   if (meta.classNames.join('\n') !== headWeights.classNames.join('\n')) {
-    throw new Error(
+    throw new InputError(
       `the head was trained on classes ${headWeights.classNames.join(', ')} but the activations are of ${meta.classNames.join(', ')}`,
     );
   }
   const task = headWeights.task;
   const layerCount = base.layers.length;
   if (params.fine_tune_at >= layerCount) {
-    throw new Error(`fine_tune_at ${params.fine_tune_at} leaves nothing to fine-tune: the base has ${layerCount} layers`);
+    throw new InputError(`fine_tune_at ${params.fine_tune_at} leaves nothing to fine-tune: the base has ${layerCount} layers`);
   }
 
   const top = buildTop(tf, base, boundary);

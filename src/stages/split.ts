@@ -20,21 +20,9 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { createRng, shuffle } from '../ml/augment.ts';
 import { imageBytes, readImageSet, writeImageSet, type ImageSet } from '../ml/dataset.ts';
-import type { StageContext, StageKind } from '../core/stage-kind.ts';
+import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import { exists } from '../util/files.ts';
-
-export interface SplitParams {
-  /** Seed of every shuffle. Default 42. */
-  seed?: number;
-  /** Batch size of the recipe's batch-wise test cut. Default 32. */
-  batch_size?: number;
-  /** train + validation data: share of the validation batches (rounded down) that become `test`. Default 0.2. */
-  test_batch_fraction?: number;
-  /** Single-set data (stratified): share of each class for `test`. Default 0.1. */
-  test_fraction?: number;
-  /** Single-set data (stratified): share of each class for `validation`. Default 0.2. */
-  validation_fraction?: number;
-}
+import { InputError } from '../core/errors.ts';
 
 export interface SplitRecord {
   rule: 'recipe' | 'keep' | 'stratified';
@@ -55,40 +43,44 @@ export interface SplitRecord {
 const SETS = ['train', 'validation', 'test'] as const;
 type SetName = (typeof SETS)[number];
 
+const paramsSchema = {
+  type: 'object',
+  properties: {
+    seed: { type: 'integer', default: 42, description: 'seed of the shuffles' },
+    batch_size: { type: 'integer', minimum: 1, default: 32, description: 'batch size of the recipe\'s test cut' },
+    test_batch_fraction: {
+      type: 'number',
+      minimum: 0,
+      exclusiveMaximum: 1,
+      default: 0.2,
+      description: 'train + validation data: share of the validation batches (rounded down) that become test',
+    },
+    test_fraction: {
+      type: 'number',
+      minimum: 0,
+      exclusiveMaximum: 1,
+      default: 0.1,
+      description: 'single-set data: share of each class for test',
+    },
+    validation_fraction: {
+      type: 'number',
+      minimum: 0,
+      exclusiveMaximum: 1,
+      default: 0.2,
+      description: 'single-set data: share of each class for validation',
+    },
+  },
+  additionalProperties: false,
+} as const satisfies ParamsSchema;
+
+export type SplitParams = ParamsOf<typeof paramsSchema>;
+
 const splitKind: StageKind<SplitParams> = {
   name: 'split',
   version: 1,
   description:
     'Shuffles the fetched images (seeded) and splits them into train, validation and test: the recipe\'s batch-wise cut of the validation set, or a stratified split of a single set.',
-  params: {
-    type: 'object',
-    properties: {
-      seed: { type: 'integer', default: 42, description: 'seed of the shuffles' },
-      batch_size: { type: 'integer', minimum: 1, default: 32, description: 'batch size of the recipe\'s test cut' },
-      test_batch_fraction: {
-        type: 'number',
-        minimum: 0,
-        exclusiveMaximum: 1,
-        default: 0.2,
-        description: 'train + validation data: share of the validation batches (rounded down) that become test',
-      },
-      test_fraction: {
-        type: 'number',
-        minimum: 0,
-        exclusiveMaximum: 1,
-        default: 0.1,
-        description: 'single-set data: share of each class for test',
-      },
-      validation_fraction: {
-        type: 'number',
-        minimum: 0,
-        exclusiveMaximum: 1,
-        default: 0.2,
-        description: 'single-set data: share of each class for validation',
-      },
-    },
-    additionalProperties: false,
-  },
+  params: paramsSchema,
   inputs: { data: ['fetch'] },
   usesTensorflow: false,
   resources: { cpu: 1 },
@@ -99,9 +91,9 @@ export default splitKind;
 
 async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
   const dataDir = ctx.inputs['data'];
-  if (!dataDir) throw new Error('split needs the artifacts of a fetch stage (input `data`)');
-  const seed = ctx.params.seed ?? 42;
-  const batchSize = ctx.params.batch_size ?? 32;
+  if (!dataDir) throw new Error('bug: split needs the artifacts of a fetch stage (input `data`)');
+  const seed = ctx.params.seed;
+  const batchSize = ctx.params.batch_size;
   const present: string[] = [];
   for (const name of ['train', 'validation', 'test', 'all']) {
     if (await exists(path.join(dataDir, `${name}.json`))) present.push(name);
@@ -110,7 +102,7 @@ async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
   let record: SplitRecord;
   let sets: Record<SetName, { source: ImageSet; order: number[] }>;
   if (present.includes('train') && present.includes('validation')) {
-    const testFraction = ctx.params.test_batch_fraction ?? 0.2;
+    const testFraction = ctx.params.test_batch_fraction;
     const train = await readImageSet(dataDir, 'train');
     const validation = await readImageSet(dataDir, 'validation');
     checkSameClasses(train, validation, 'validation');
@@ -128,13 +120,13 @@ async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
     } else {
       const testCount = recipeTestCount(validation.count, batchSize, testFraction);
       if (testCount === 0 && testFraction > 0) {
-        throw new Error(
+        throw new InputError(
           `the test set would be empty: ${validation.count} validation images make ` +
             `${Math.ceil(validation.count / batchSize)} batches of ${batchSize}, and test_batch_fraction ${testFraction} of them is less than one batch`,
         );
       }
       if (testCount >= validation.count) {
-        throw new Error(`the validation set would be empty: test takes all ${validation.count} validation images`);
+        throw new InputError(`the validation set would be empty: test takes all ${validation.count} validation images`);
       }
       sets = {
         train: { source: train, order: trainOrder },
@@ -150,8 +142,8 @@ async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
     }
   } else if (present.length === 1 && (present[0] === 'all' || present[0] === 'train')) {
     const name = present[0];
-    const testFraction = ctx.params.test_fraction ?? 0.1;
-    const validationFraction = ctx.params.validation_fraction ?? 0.2;
+    const testFraction = ctx.params.test_fraction;
+    const validationFraction = ctx.params.validation_fraction;
     const all = await readImageSet(dataDir, name);
     const parts = stratify(all, validationFraction, testFraction, createRng(seed, 4));
     sets = {
@@ -165,7 +157,7 @@ async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
       validation_fraction: validationFraction,
     };
   } else {
-    throw new Error(
+    throw new InputError(
       `cannot split the fetched sets ${present.join(', ') || '(none)'} in ${dataDir}: ` +
         'expected train and validation, or a single set (all or train)',
     );
@@ -213,7 +205,7 @@ export function stratify(
     const testCount = Math.round(members.length * testFraction);
     const validationCount = Math.round(members.length * validationFraction);
     if (members.length - testCount - validationCount < 1) {
-      throw new Error(
+      throw new InputError(
         `class ${className} has ${members.length} images: too few to keep any for training after ` +
           `validation_fraction ${validationFraction} and test_fraction ${testFraction}`,
       );
@@ -225,7 +217,7 @@ export function stratify(
   for (const name of ['validation', 'test'] as const) {
     const fraction = name === 'test' ? testFraction : validationFraction;
     if (parts[name].length === 0 && fraction > 0) {
-      throw new Error(`the ${name} set would be empty: ${set.labels.length} images are too few for ${name}_fraction ${fraction}`);
+      throw new InputError(`the ${name} set would be empty: ${set.labels.length} images are too few for ${name}_fraction ${fraction}`);
     }
   }
   return parts;
@@ -247,10 +239,10 @@ function indexes(count: number): number[] {
 
 function checkSameClasses(a: ImageSet, b: ImageSet, name: string): void {
   if (a.classNames.join('\n') !== b.classNames.join('\n')) {
-    throw new Error(`${name} has classes ${b.classNames.join(', ')} but train has ${a.classNames.join(', ')}`);
+    throw new InputError(`${name} has classes ${b.classNames.join(', ')} but train has ${a.classNames.join(', ')}`);
   }
   if (a.height !== b.height || a.width !== b.width || a.channels !== b.channels) {
-    throw new Error(`${name} images are ${b.height}×${b.width}×${b.channels}, train images ${a.height}×${a.width}×${a.channels}`);
+    throw new InputError(`${name} images are ${b.height}×${b.width}×${b.channels}, train images ${a.height}×${a.width}×${a.channels}`);
   }
 }
 

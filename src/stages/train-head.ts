@@ -20,7 +20,6 @@ import { readFeatures, readFeaturesMeta } from '../ml/features.ts';
 import { HeadVariables, headParamCount, initHead, writeHead } from '../ml/head.ts';
 import { loadTf } from '../ml/tf.ts';
 import {
-  type OptimizerName,
   deriveSeed,
   epochLine,
   evaluateBatches,
@@ -29,35 +28,8 @@ import {
   optimizerNames,
   taskFor,
 } from '../ml/train.ts';
-import type { StageContext, StageKind } from '../core/stage-kind.ts';
-
-export interface TrainHeadParams {
-  /** Keras `fit(epochs=...)`. Default 10 (the recipe's initial_epochs). */
-  epochs?: number;
-  /** Default 1e-4 (the recipe's base_learning_rate). */
-  learning_rate?: number;
-  /** Default 'adam'. */
-  optimizer?: OptimizerName;
-  /** Dropout rate before the Dense layer. Default 0.2. */
-  dropout?: number;
-  /** Default 32. */
-  batch_size?: number;
-  /** Seeds the head's initialisation, the shuffling and the dropout masks. Default 0. */
-  seed?: number;
-}
-
-type Resolved = Required<TrainHeadParams>;
-
-export function resolveTrainHeadParams(params: TrainHeadParams): Resolved {
-  return {
-    epochs: params.epochs ?? 10,
-    learning_rate: params.learning_rate ?? 1e-4,
-    optimizer: params.optimizer ?? 'adam',
-    dropout: params.dropout ?? 0.2,
-    batch_size: params.batch_size ?? 32,
-    seed: params.seed ?? 0,
-  };
-}
+import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
+import { InputError } from '../core/errors.ts';
 
 /** What train-head records in meta.json (read by fine-tune and evaluate). */
 export interface TrainHeadMeta {
@@ -71,8 +43,23 @@ export interface TrainHeadMeta {
   trainableParams: number;
   initial: { val_loss: number; val_accuracy: number };
   final: { loss: number; accuracy: number; val_loss: number; val_accuracy: number };
-  params: Resolved;
+  params: TrainHeadParams;
 }
+
+const paramsSchema = {
+  type: 'object',
+  properties: {
+    epochs: { type: 'integer', minimum: 1, default: 10, description: 'epochs of phase 1 (the recipe: initial_epochs = 10); epoch e trains on view e mod views of each image' },
+    learning_rate: { type: 'number', exclusiveMinimum: 0, default: 1e-4, description: 'base_learning_rate of the recipe' },
+    optimizer: { enum: [...optimizerNames], default: 'adam', description: 'Keras Adam (β 0.9/0.999, ε 1e-7), RMSprop (ρ 0.9, ε 1e-7) or SGD' },
+    dropout: { type: 'number', minimum: 0, exclusiveMaximum: 1, default: 0.2, description: 'Dropout rate before the Dense logit' },
+    batch_size: { type: 'integer', minimum: 1, default: 32, description: 'batch size' },
+    seed: { type: 'integer', default: 0, description: 'seed of the initialisation, the shuffles and the dropout' },
+  },
+  additionalProperties: false,
+} as const satisfies ParamsSchema;
+
+export type TrainHeadParams = ParamsOf<typeof paramsSchema>;
 
 const kind: StageKind<TrainHeadParams> = {
   name: 'train-head',
@@ -80,18 +67,7 @@ const kind: StageKind<TrainHeadParams> = {
   description:
     'Trains the classification head (pooling, dropout, dense logit) on the frozen base\'s pooled features, ' +
     'as phase 1 of the Keras transfer-learning recipe.',
-  params: {
-    type: 'object',
-    properties: {
-      epochs: { type: 'integer', minimum: 1, default: 10, description: 'epochs of phase 1 (the recipe: initial_epochs = 10); epoch e trains on view e mod views of each image' },
-      learning_rate: { type: 'number', exclusiveMinimum: 0, default: 1e-4, description: 'base_learning_rate of the recipe' },
-      optimizer: { enum: [...optimizerNames], default: 'adam', description: 'Keras Adam (β 0.9/0.999, ε 1e-7), RMSprop (ρ 0.9, ε 1e-7) or SGD' },
-      dropout: { type: 'number', minimum: 0, exclusiveMaximum: 1, default: 0.2, description: 'Dropout rate before the Dense logit' },
-      batch_size: { type: 'integer', minimum: 1, default: 32, description: 'batch size' },
-      seed: { type: 'integer', default: 0, description: 'seed of the initialisation, the shuffles and the dropout' },
-    },
-    additionalProperties: false,
-  },
+  params: paramsSchema,
   inputs: { features: ['extract-features'] },
   usesTensorflow: true,
   resources: { cpu: 'all' },
@@ -101,14 +77,14 @@ const kind: StageKind<TrainHeadParams> = {
 export default kind;
 
 async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
-  const params = resolveTrainHeadParams(ctx.params);
+  const params = ctx.params;
   const featuresDir = ctx.inputs['features'];
-  if (!featuresDir) throw new Error('train-head needs its features input (an extract-features stage)');
+  if (!featuresDir) throw new Error('bug: train-head needs its features input (an extract-features stage)');
   const meta = await readFeaturesMeta(featuresDir);
   if (!meta.pooled) {
-    throw new Error(`train-head needs pooled features, but the extract-features stage behind ${featuresDir} ran with pooled: false`);
+    throw new InputError(`train-head needs pooled features, but the extract-features stage behind ${featuresDir} ran with pooled: false`);
   }
-  const tf = loadTf(ctx.backend);
+  const tf = loadTf(ctx.flavour);
   const task = taskFor(meta.classNames.length);
   const trainSet = meta.sets.views;
   const views = trainSet.views;

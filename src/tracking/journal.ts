@@ -365,7 +365,7 @@ async function createRunOnce(
   session: ReplaySession,
 ): Promise<RemoteRun> {
   const op = entry.op;
-  if (op.kind !== 'create-run') throw new Error('createRunOnce: not a create-run op');
+  if (op.kind !== 'create-run') throw new Error('bug: createRunOnce: not a create-run op');
   const experimentId = await client.getOrCreateExperiment(op.experimentName);
   if (session.inDoubt(entry.seq)) {
     const found = await client.searchRuns({
@@ -460,7 +460,7 @@ async function sendSimpleOp(client: MLflowClient, run: RemoteRun, op: JournalOp)
     }
     case 'create-run':
     case 'log-batch':
-      throw new Error(`sendSimpleOp: ${op.kind} is not a simple op`);
+      throw new Error(`bug: sendSimpleOp: ${op.kind} is not a simple op`);
     default: {
       const never: never = op;
       return never;

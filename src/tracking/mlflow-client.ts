@@ -5,6 +5,8 @@
 // A 4xx answer is an MLflowError with kind 'rejected' and MLflow's error_code: sending it again
 // would fail the same way.
 
+import { UnavailableError } from '../core/errors.ts';
+
 export type MLflowAuth =
   | { kind: 'basic'; username: string; password: string }
   | { kind: 'bearer'; token: string };
@@ -23,8 +25,8 @@ export function authFromEnv(env: NodeJS.ProcessEnv = process.env): MLflowAuth | 
 
 export type MLflowErrorKind = 'rejected' | 'unavailable';
 
-export class MLflowError extends Error {
-  override readonly name = 'MLflowError';
+/** The MLflow server refused a request or did not answer; either way something outside pipe (exit 1). */
+export class MLflowError extends UnavailableError {
   constructor(
     message: string,
     /** 'rejected': the server answered 4xx; 'unavailable': network error or 5xx after retries. */

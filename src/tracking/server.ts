@@ -8,6 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
+import { UnavailableError } from '../core/errors.ts';
 import { processAlive } from '../util/files.ts';
 
 export interface TrackingTarget {
@@ -19,8 +20,8 @@ export interface TrackingTarget {
 
 export type TrackingServerFailure = 'no-mlflow' | 'exited' | 'timeout' | 'busy-record';
 
-export class TrackingServerError extends Error {
-  override readonly name = 'TrackingServerError';
+/** The MLflow server cannot be started or reached: unavailable (exit 1). */
+export class TrackingServerError extends UnavailableError {
   constructor(
     message: string,
     readonly reason: TrackingServerFailure,

@@ -15,6 +15,7 @@ import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { exists, processAlive } from './files.ts';
+import { InputError, UnavailableError } from '../core/errors.ts';
 
 export interface DownloadOptions {
   url: string;
@@ -47,7 +48,7 @@ export async function download(options: DownloadOptions): Promise<string> {
   const { url, cacheDir } = options;
   const expected = options.sha256?.toLowerCase();
   if (expected !== undefined && !/^[0-9a-f]{64}$/.test(expected)) {
-    throw new Error(`download of ${url}: sha256 must be 64 hex digits, got "${options.sha256}"`);
+    throw new InputError(`download of ${url}: sha256 must be 64 hex digits, got "${options.sha256}"`);
   }
   await fs.mkdir(cacheDir, { recursive: true });
   const file = path.resolve(cacheDir, cacheFileName(url, expected));
@@ -61,7 +62,7 @@ export async function download(options: DownloadOptions): Promise<string> {
     const actual = await sha256File(`${file}.part`);
     if (expected !== undefined && actual !== expected) {
       await fs.rm(`${file}.part`, { force: true });
-      throw new Error(
+      throw new InputError(
         `checksum mismatch for ${url}: expected sha256 ${expected}, got ${actual}; the download was discarded`,
       );
     }
@@ -106,7 +107,7 @@ export function cacheFileName(url: string, sha256?: string): string {
 }
 
 /** An attempt failed in a way worth retrying (network error, 5xx, truncated body). */
-class RetryableError extends Error {}
+class RetryableError extends UnavailableError {}
 
 async function fetchWithRetries(options: DownloadOptions, part: string): Promise<void> {
   const retries = options.retries ?? 4;
@@ -119,7 +120,7 @@ async function fetchWithRetries(options: DownloadOptions, part: string): Promise
       const retryable = error instanceof RetryableError || isNetworkError(error);
       if (!retryable) throw error;
       if (attempt >= retries) {
-        throw new Error(`download of ${options.url} failed after ${attempt + 1} attempts: ${messageOf(error)}`, {
+        throw new UnavailableError(`download of ${options.url} failed after ${attempt + 1} attempts: ${messageOf(error)}`, {
           cause: error,
         });
       }
@@ -183,7 +184,7 @@ async function fetchOnce(options: DownloadOptions, part: string): Promise<void> 
       if (response.status >= 500 || response.status === 429 || response.status === 408) {
         throw new RetryableError(what);
       }
-      throw new Error(`download of ${url} failed: ${what}`);
+      throw new UnavailableError(`download of ${url} failed: ${what}`);
     }
     if (!response.body) throw new RetryableError('empty response body');
 

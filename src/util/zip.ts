@@ -11,6 +11,7 @@ import { createWriteStream, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import yauzl from 'yauzl';
+import { InputError } from '../core/errors.ts';
 
 export interface ExtractOptions {
   /** Called after each extracted entry: entries done and in total. */
@@ -37,7 +38,7 @@ export async function extractZip(
 ): Promise<ExtractResult> {
   const target = path.resolve(destDir);
   if (await pathExists(target)) {
-    throw new Error(`cannot extract ${zipPath}: ${target} already exists`);
+    throw new InputError(`cannot extract ${zipPath}: ${target} already exists`);
   }
   await fs.mkdir(path.dirname(target), { recursive: true });
   const staging = `${target}.extracting-${randomUUID().slice(0, 8)}`;
@@ -47,14 +48,14 @@ export async function extractZip(
     // decodeStrings: false so that yauzl hands us raw names and we report unsafe ones ourselves.
     zip = await yauzl.openPromise(zipPath, { lazyEntries: true, autoClose: false, decodeStrings: false });
   } catch (cause) {
-    throw new Error(`cannot open zip ${zipPath}: ${(cause as Error).message}`, { cause });
+    throw new InputError(`cannot open zip ${zipPath}: ${(cause as Error).message}`, { cause });
   }
   try {
     const entries: Array<{ entry: yauzl.Entry; name: string }> = [];
     for await (const entry of zip.eachEntry()) {
       const name = entryName(entry);
       const problem = unsafeReason(entry, name);
-      if (problem) throw new Error(`unsafe zip entry "${name}" in ${zipPath}: ${problem}`);
+      if (problem) throw new InputError(`unsafe zip entry "${name}" in ${zipPath}: ${problem}`);
       entries.push({ entry, name });
     }
 
@@ -79,7 +80,7 @@ export async function extractZip(
   } catch (error) {
     await fs.rm(staging, { recursive: true, force: true });
     if (error instanceof Error && error.message.startsWith('unsafe zip entry')) throw error;
-    throw new Error(`cannot extract ${zipPath}: ${(error as Error).message}`, { cause: error });
+    throw new InputError(`cannot extract ${zipPath}: ${(error as Error).message}`, { cause: error });
   } finally {
     zip.close();
   }

@@ -107,7 +107,7 @@ test('pipe predict classifies images with the saved model', async () => {
   assert.is(lines.length, 2, 'only the good images on stdout');
   assert.match(p.stderr, /broken\.jpg/);
   const missing = await pipe(dir, ['predict', path.join(dir, 'nowhere'), 'images/cats/cats.0.jpg']);
-  assert.is(missing.exitCode, 1);
+  assert.is(missing.exitCode, 2, 'a model directory that is not one is invalid input');
   assert.match(missing.stderr, /^pipe predict: no saved model at .*nowhere/m);
 });
 

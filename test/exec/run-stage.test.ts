@@ -24,7 +24,7 @@ function commandJob(dir: string, command: string[], timeout?: number): StageJob 
 
 function context(dir: string, events: RunEvent[] = [], abortReason?: () => string | undefined): RunContext {
   return {
-    cache: new Cache(path.join(dir, 'cache')), downloadCacheDir: path.join(dir, 'downloads'), backend: 'cpu', gpusConfigured: false,
+    cache: new Cache(path.join(dir, 'cache')), downloadCacheDir: path.join(dir, 'downloads'), flavour: 'cpu', gpusConfigured: false,
     emit: (event) => events.push(event), children: new Set<StageProcess>(), aborted: abortReason ?? (() => undefined),
   };
 }

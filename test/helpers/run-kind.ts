@@ -5,6 +5,7 @@ import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { MetricPoint, StageContext, StageKind } from '../../src/core/stage-kind.ts';
+import { paramsValidator } from '../../src/core/params-schema.ts';
 
 export interface KindRun {
   outDir: string;
@@ -19,12 +20,25 @@ export function tempDir(prefix = 'pipe-test-'): string {
   return mkdtempSync(path.join(os.tmpdir(), prefix));
 }
 
+/** `given` validated against the kind's schema, with its defaults filled in (as analysis does). */
+export function withDefaults<P>(kind: StageKind<P>, given: Partial<P>): P {
+  const params = structuredClone(given) as Record<string, unknown>;
+  const validate = paramsValidator(kind.params);
+  if (!validate(params)) throw new Error(`${kind.name} params ${JSON.stringify(given)}: ${JSON.stringify(validate.errors)}`);
+  return params as P;
+}
+
+/**
+ * Runs `kind` with `params` as a pipeline would give them: validated against the kind's schema,
+ * with its defaults filled in.
+ */
 export async function runKind<P>(
   kind: StageKind<P>,
-  params: P,
+  given: Partial<P>,
   inputs: Record<string, string> = {},
   options: { outDir?: string; downloadCacheDir?: string; quiet?: boolean } = {},
 ): Promise<KindRun> {
+  const params = withDefaults(kind, given);
   const outDir = options.outDir ?? tempDir('pipe-out-');
   mkdirSync(outDir, { recursive: true });
   const tmpDir = tempDir('pipe-scratch-');
@@ -36,7 +50,7 @@ export async function runKind<P>(
     outDir,
     tmpDir,
     downloadCacheDir: options.downloadCacheDir ?? tempDir('pipe-downloads-'),
-    backend: 'cpu',
+    flavour: 'cpu',
     log: (message) => {
       run.logs.push(message);
       if (process.env['PIPE_TEST_VERBOSE']) console.log(`[${kind.name}] ${message}`);

@@ -189,7 +189,7 @@ test('boundaryFor cuts at the highest block start at or below fine_tune_at', () 
   }
   assert.is(KERAS_LAYER_NAMES[100], 'block_11_expand_relu');
   assert.equal(boundaryFor(100, describeMobileNetV2({ alpha: 0.35, inputSize: 96 })).shape, [6, 6, 32]);
-  assert.throws(() => boundaryFor(-1, layers), /fine_tune_at must be an integer ≥ 0, got -1/);
+  assert.throws(() => boundaryFor(-1, layers), /fine_tune_at: expected a Keras layer index \(an integer ≥ 0\), got -1/);
 });
 
 test('the folded frozen path computes what the layers model computes (BN in inference mode)', () => {

@@ -56,7 +56,7 @@ test('imageGrid accepts gray and RGBA images, and rejects short pixel buffers', 
     await imageGrid([{ data: new Uint8Array(5), height: 4, width: 4 }], ['x']);
     assert.unreachable();
   } catch (error) {
-    assert.is((error as Error).message, 'imageGrid: 5 bytes for a 4×4×3 image');
+    assert.is((error as Error).message, 'bug: imageGrid: 5 bytes for a 4×4×3 image');
   }
 });
 
@@ -106,7 +106,7 @@ test('confusionMatrix draws an n×n chart and checks its input', async () => {
     await confusionMatrix([[1, 2]], ['a', 'b']);
     assert.unreachable();
   } catch (error) {
-    assert.is((error as Error).message, 'confusionMatrix: expected a 2×2 matrix for classes a, b');
+    assert.is((error as Error).message, 'bug: confusionMatrix: expected a 2×2 matrix for classes a, b');
   }
 });
 

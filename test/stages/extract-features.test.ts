@@ -3,11 +3,11 @@ import * as path from 'node:path';
 import type { Tensor, Tensor4D } from '@tensorflow/tfjs-node';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import kind from '../../src/stages/extract-features.ts';
+import kind, { type ExtractFeaturesParams } from '../../src/stages/extract-features.ts';
 import { imageAt, readImageSet, writeImageSet, type ImageSet } from '../../src/ml/dataset.ts';
 import { fromFloat16Bits, loadFeatureBase, readFeatures, readFeaturesMeta, toFloat16Bits } from '../../src/ml/features.ts';
 import { loadTf } from '../../src/ml/tf.ts';
-import { runKind, tempDir } from '../helpers/run-kind.ts';
+import { runKind, tempDir, withDefaults } from '../helpers/run-kind.ts';
 import { shapeImage } from '../helpers/images.ts';
 
 const tf = loadTf('cpu');
@@ -158,26 +158,26 @@ test('extract-features: boundary only, float32; and nothing to do is an error', 
 });
 
 test('fingerprint: fine_tune_at enters as its boundary; batch_size and an unused seed do not enter', () => {
-  const fp = kind.fingerprintParams!;
+  const fp = (given: Partial<ExtractFeaturesParams>) => kind.fingerprintParams!(withDefaults(kind, given));
   const base = { weights: '/w/mobilenet.h5' };
   assert.equal(fp({ ...base, fine_tune_at: 100 }), fp({ ...base, fine_tune_at: 101 }));
   assert.equal(fp({ ...base, fine_tune_at: 100 }), fp({ ...base, fine_tune_at: 98, batch_size: 8, seed: 3 }));
   assert.not.equal(fp({ ...base, fine_tune_at: 100 }), fp({ ...base, fine_tune_at: 97 }));
   assert.not.equal(fp({ ...base, fine_tune_at: 100 }), fp(base));
   assert.equal(fp({ ...base, fine_tune_at: 100 }), {
-    weights: '/w/mobilenet.h5', weights_sha256: undefined, alpha: 1, pooled: true, dtype: 'float32', boundary: 'block_10_project_BN',
+    weights: '/w/mobilenet.h5', alpha: 1, pooled: true, dtype: 'float32', boundary: 'block_10_project_BN',
   });
   assert.not.equal(fp({ weights: 'none', seed: 1 }), fp({ weights: 'none', seed: 2 }));
   assert.equal(fp({}), fp({ weights: 'imagenet', alpha: 1.0, pooled: true, fine_tune_at: null, dtype: 'float32' }));
 });
 
 test('inputPaths: local weights only', () => {
-  assert.equal(kind.inputPaths!({ weights: '/w/mobilenet.h5' }), ['/w/mobilenet.h5']);
-  assert.equal(kind.inputPaths!({ weights: 'models/base' }), ['models/base']);
-  assert.equal(kind.inputPaths!({ weights: 'imagenet' }), []);
-  assert.equal(kind.inputPaths!({ weights: 'none' }), []);
-  assert.equal(kind.inputPaths!({ weights: 'https://example.com/w.h5' }), []);
-  assert.equal(kind.inputPaths!({}), []);
+  assert.equal(kind.inputPaths!(withDefaults(kind, { weights: '/w/mobilenet.h5' })), ['/w/mobilenet.h5']);
+  assert.equal(kind.inputPaths!(withDefaults(kind, { weights: 'models/base' })), ['models/base']);
+  assert.equal(kind.inputPaths!(withDefaults(kind, { weights: 'imagenet' })), []);
+  assert.equal(kind.inputPaths!(withDefaults(kind, { weights: 'none' })), []);
+  assert.equal(kind.inputPaths!(withDefaults(kind, { weights: 'https://example.com/w.h5' })), []);
+  assert.equal(kind.inputPaths!(withDefaults(kind, {})), []);
   assert.equal(kind.inputs, { data: ['split'], 'views?': ['augment'] });
   assert.is(kind.usesTensorflow, true);
 });

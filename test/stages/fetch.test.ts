@@ -9,12 +9,12 @@ import { decodeAndResize } from '../../src/ml/images.ts';
 import { loadTf } from '../../src/ml/tf.ts';
 import fetchKind, { DEFAULT_SOURCE, type FetchParams, type FetchRecord } from '../../src/stages/fetch.ts';
 import { writeImageFolder } from '../helpers/images.ts';
-import { runKind, tempDir } from '../helpers/run-kind.ts';
+import { runKind, tempDir, withDefaults } from '../helpers/run-kind.ts';
 import { zipBytes, type ZipEntrySpec } from '../helpers/zip.ts';
 
 const tf = loadTf();
 
-async function failure(params: FetchParams, options: { downloadCacheDir?: string } = {}): Promise<string> {
+async function failure(params: Partial<FetchParams>, options: { downloadCacheDir?: string } = {}): Promise<string> {
   try {
     await runKind(fetchKind, params, {}, options);
   } catch (error) {
@@ -47,7 +47,7 @@ test('a directory with train/ and validation/ becomes two image sets, as Keras d
   await writeImageFolder(path.join(source, 'validation'), { classes: { dogs: 2, cats: 2 } });
   writeFileSync(path.join(source, 'train/cats/notes.txt'), 'not an image');
 
-  assert.equal(fetchKind.inputPaths?.({ source }), [source]);
+  assert.equal(fetchKind.inputPaths?.(withDefaults(fetchKind, { source })), [source]);
   const run = await runKind(fetchKind, { source, image_size: [24, 32] });
 
   const train = await readImageSet(run.outDir, 'train');
@@ -91,7 +91,7 @@ test('a zip URL with a lone top folder: downloads once, skips a broken image and
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/cats_and_dogs_filtered.zip`;
   const downloadCacheDir = tempDir();
   try {
-    assert.equal(fetchKind.inputPaths?.({ source: url }), []);
+    assert.equal(fetchKind.inputPaths?.(withDefaults(fetchKind, { source: url })), []);
     const run = await runKind(fetchKind, { source: url, image_size: [16, 16] }, {}, { downloadCacheDir });
     const train = await readImageSet(run.outDir, 'train');
     assert.is(train.count, 4);
@@ -133,7 +133,7 @@ test('class folders at the root of a local zip become the image set `all`', asyn
   assert.equal(all.labels, [0, 0, 1, 2, 2]);
   assert.equal(all.files[2], 'b/b.0.png');
   assert.not.ok(existsSync(path.join(run.outDir, 'train.json')));
-  assert.equal(fetchKind.inputPaths?.({ source: zipFile }), [zipFile]);
+  assert.equal(fetchKind.inputPaths?.(withDefaults(fetchKind, { source: zipFile })), [zipFile]);
 });
 
 test('`subsets` picks subset folders', async () => {
@@ -198,7 +198,7 @@ test('clear errors: one class, an empty class, different classes, a missing sour
 test('defaults: the official URL and 160×160', () => {
   assert.is(fetchKind.params.properties['source']?.['default'], DEFAULT_SOURCE);
   assert.equal(fetchKind.params.properties['image_size']?.['default'], [160, 160]);
-  assert.equal(fetchKind.inputPaths?.({}), []);
+  assert.equal(fetchKind.inputPaths?.(withDefaults(fetchKind, {})), []);
 });
 
 test.run();

@@ -44,7 +44,7 @@ function assertConsistent(set: ImageSet): void {
   }
 }
 
-async function split(dataDir: string, params: SplitParams = {}) {
+async function split(dataDir: string, params: Partial<SplitParams> = {}) {
   const run = await runKind(splitKind, params, { data: dataDir });
   const sets = {
     train: await readImageSet(run.outDir, 'train'),

@@ -1,0 +1,122 @@
+// Cache compatibility: the fingerprints of the shipped pipelines (and of every stage kind with its
+// defaults) are the ones computed at commit 89eb3d0, before the stage params moved to one JSON-schema
+// source. A change here means a cache written before no longer hits: bump a kind's `version` on
+// purpose instead. Input hashes and the runtime are fixed so that the values do not depend on the
+// machine.
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { analyze, parseOverride } from '../../src/pipeline/analyze.ts';
+import { parsePipeline } from '../../src/pipeline/pipeline.ts';
+import { fingerprintStages } from '../../src/plan/plan.ts';
+import { canonicalJson } from '../../src/cache/fingerprint.ts';
+import { stageKinds } from '../../src/stages/index.ts';
+
+const runtime = { tfjs: '4.22.0', flavour: 'cpu' };
+
+const minimal = `name: minimal
+params:
+  n: 3
+stages:
+  fetch: {kind: fetch}
+  fetch2: {kind: fetch, with: {source: ./data.zip, sha256: "${'a'.repeat(64)}", subsets: [train, test]}}
+  split: {kind: split, needs: [fetch]}
+  augment: {kind: augment, needs: [split]}
+  features: {kind: extract-features, needs: [split]}
+  activations: {kind: extract-features, needs: [split, augment], with: {weights: none, fine_tune_at: 60, seed: 7, weights_sha256: "${'b'.repeat(64)}"}}
+  local: {kind: extract-features, needs: [split], with: {weights: ./w.h5}}
+  head: {kind: train-head, needs: [features]}
+  fine-tune: {kind: fine-tune, needs: [activations, head], with: {fine_tune_at: 60}}
+  evaluate: {kind: evaluate, needs: {model: fine-tune, data: split, features: activations, head: head}}
+  evaluate-head: {kind: evaluate, needs: {model: head, data: split}}
+  cmd: {run: "echo \${params.n} > out.txt", outs: [out.txt], deps: [in.txt]}
+`;
+
+const scenarios: Record<string, { file: string; args: string[] }> = {
+  defaults: { file: 'mobilenet.yaml', args: [] },
+  shared: { file: 'mobilenet.yaml', args: ['data=../shared/data/cats_and_dogs/train', 'weights=../shared/weights/mobilenet_v2_1.0_no_top_imagenet_coral.h5'] },
+  trial: { file: 'mobilenet.yaml', args: ['fine_tune_at=60', 'fine_tune_learning_rate=0.00003', 'activations_dtype=float16', 'flip=none', 'weights=none'] },
+  minimal: { file: 'minimal', args: [] },
+  onepass: { file: 'mobilenet-onepass.yaml', args: [] },
+};
+
+/** Fingerprints at commit 89eb3d0 (scenario → stage → sha256). */
+const expected: Record<string, Record<string, string>> = {
+  defaults: {
+    fetch: 'a4202f992aa20ce31b1322586f02452d1e673b42261e9650561bd04b99e664db',
+    split: '4ddcc3f9c5620b27adb78de85aeb9445841ee5e0dfafc6c5ccb5d8663d2538d0',
+    augment: 'e15169d7a2ffbbff717a9337804838218be792c4faceef4cd989826fd15bef1c',
+    features: 'facc900985438d96518191f0e2fd38c599c489303a330dd243f4703a2dde3ef3',
+    activations: '2c09a8b7f2bfdc76d4124c9bf070e1a329d5536fe5bc7b9483b0643db7f6375c',
+    head: 'dbef188f630b09bc54eb6fc54c4dfc5326ab34096d0b75e842c02948fd0071a0',
+    'fine-tune': 'b9f64420cc28752d4d2dec98e8c7c518a64a9b2a47a55878f2da37b71a987641',
+    evaluate: 'e65595251438485a2bc62f2701e784893d69983dd581e864acc6e442fa1d79e6',
+  },
+  shared: {
+    fetch: '825be89f0fb6dea4bdd10c507a0c5e5263bb97e06dcff38d5b727fcef20c2bd9',
+    split: '9c818da7e7a4c90621843bef480dd5d683bbdaa8d94ef3533bbcd426b18f4c28',
+    augment: '3f4fa6258b8f9d1d85891a9e87f0f0d5d62c1354e228b7f18eb820fd1c474f30',
+    features: 'e1a8c4c3badd0776b64af812498ab7e94a4583f9f003fb05b19ee5cace03b64e',
+    activations: '921b33cc9ba7e9349c66673ccbd5d1778560dddf594f64039d66f0fffd7b694d',
+    head: '71ba153367f05cb279cc72658553314213d9d1df1911a4688f138fc14c52d299',
+    'fine-tune': '1fcdd6e6afee04edee0f4b2682ca33787ff5e194604e2c6a9db9f53c7ca9959f',
+    evaluate: '1d1ad12221f7f810a5cdc6dea797620fceb8bc2f9cac98723766c8ea5c89a084',
+  },
+  trial: {
+    fetch: 'a4202f992aa20ce31b1322586f02452d1e673b42261e9650561bd04b99e664db',
+    split: '4ddcc3f9c5620b27adb78de85aeb9445841ee5e0dfafc6c5ccb5d8663d2538d0',
+    augment: '5805ebf21c9a708a085b9da1683149b20c26fb91caaa9412769919faf7f76142',
+    features: '27dee8b8f73a3ca08da883c73b28e60799c91b735e5de22a36f8489aa66c5c0e',
+    activations: '5b2b47e3ee804a505734a217f3259dfa07d3aca6daa3a2298d041ee98f8939ef',
+    head: 'a1746afa4bb04faf51016f2429b3d78505ec4e9118d881cc907bb34c98b37c34',
+    'fine-tune': '9d8b6ab7331da0788013796a7d77a06bba99dd991e5f80ff4c4bd10420a0519f',
+    evaluate: '37961b0f036d83d1b11d9043932ded07a9f874ed6c6cafa4ca31951d510c2cdd',
+  },
+  minimal: {
+    fetch: 'a4202f992aa20ce31b1322586f02452d1e673b42261e9650561bd04b99e664db',
+    fetch2: 'd646684a0f836acddba462f91c12b98256430841f7f1073133e45d762f94e6ed',
+    split: '4ddcc3f9c5620b27adb78de85aeb9445841ee5e0dfafc6c5ccb5d8663d2538d0',
+    augment: 'e15169d7a2ffbbff717a9337804838218be792c4faceef4cd989826fd15bef1c',
+    features: '9630e9866ae15e191f0aa7a5bd44a5c9a06afc3ffdc44c7baf29e620469b2282',
+    activations: '8b5551f63c2a6067260c49489a26fd56e4a641cfdb643256a98ac200bb82c8c8',
+    local: 'befdb5f5907036a1d41a68fe28d42a625224abca633dc04b751a555cf2705150',
+    head: 'b9e55d052f412b267bdc5204c0d8f64ae2576845d7e72fb338862caee7fd2b05',
+    'fine-tune': '15edc40ba02c5a80ee51be1e61b32b44a06c0db01beaaf5afa5a4ec179d4a4db',
+    evaluate: '46bb1ef352cd1764c3fc666808fdba6e531ebc258d52680f683dc7dc1278fbe7',
+    'evaluate-head': '078bcbcbedcc22d205d7b574efed2d677092664b7600b50dab362ba45d95c67d',
+    cmd: '8f3f729f085f08dad38e04e75735ecc95b0b042f83d67e1b7f61fee0f0aff719',
+  },
+  onepass: {
+    fetch: 'a4202f992aa20ce31b1322586f02452d1e673b42261e9650561bd04b99e664db',
+    split: '4ddcc3f9c5620b27adb78de85aeb9445841ee5e0dfafc6c5ccb5d8663d2538d0',
+    augment: 'e15169d7a2ffbbff717a9337804838218be792c4faceef4cd989826fd15bef1c',
+    features: '724025018c68a66cb2751664ed5ecdb77dbdbef66dc7c35b0202c0d7f37f704b',
+    head: '8a6c5371734b815df82a3b1706fb5ad58a7b8b88554f79e41936b995993d34d2',
+    'fine-tune': '0dc8b98c8629f1790deafd3f2cccd7c730c43fa0fd5c5dafe069a732db405347',
+    evaluate: 'a6be5defdee2eba3bb5786dbff4453242d8ced11ab440d6532440535c2f93d38',
+  },
+};
+
+async function fingerprints(file: string, args: string[]) {
+  const text = file === 'minimal' ? minimal : readFileSync(fileURLToPath(new URL(`../../pipelines/${file}`, import.meta.url)), 'utf8');
+  const loaded = parsePipeline(text, file, '/project/pipelines');
+  assert.ok(loaded.file, JSON.stringify(loaded.diagnostics));
+  const overrides = args.map((arg) => parseOverride(arg)).filter((o) => o !== undefined);
+  const result = await analyze(loaded.file, { kinds: stageKinds, cwd: '/project', overrides });
+  assert.ok(result.ok, JSON.stringify(!result.ok && result.diagnostics));
+  const hashes = Object.fromEntries(result.value.stages.flatMap((s) => s.inputPaths).map((p) => [p, `sha256:${p}`]));
+  return fingerprintStages(result.value, hashes, runtime);
+}
+
+for (const [name, { file, args }] of Object.entries(scenarios)) {
+  test(`fingerprints of ${name} (${file} ${args.join(' ')}) are those of 89eb3d0`, async () => {
+    const stages = await fingerprints(file, args);
+    assert.equal(stages.map((s) => s.stage.name), Object.keys(expected[name] ?? {}));
+    for (const { stage, fingerprint, record } of stages) {
+      assert.is(fingerprint, expected[name]?.[stage.name], `${stage.name}: params ${canonicalJson(record.params)}`);
+    }
+  });
+}
+
+test.run();
