@@ -7,7 +7,7 @@ import type { Diagnostic } from '../core/diagnostics.ts';
 import { at } from '../core/diagnostics.ts';
 import type { RunEvent, RunListener, RunSummary, StageEndEvent } from '../core/events.ts';
 import { canonicalJson } from '../cache/fingerprint.ts';
-import { checkParamValue, rangeOf, type PipelineFile } from '../pipeline/pipeline.ts';
+import { checkParamValue, rangeOf, type ParamDecl, type PipelineFile } from '../pipeline/pipeline.ts';
 import type { Plan, PlannedStage } from './plan.ts';
 
 export interface Trial {
@@ -22,6 +22,20 @@ export interface Trial {
 export function expandTrials(file: PipelineFile, cliSweeps: string[]): { trials: Trial[]; diagnostics: Diagnostic[] } {
   const diagnostics: Diagnostic[] = [];
   const declared = new Map(file.params.map((p) => [p.name, p]));
+  const grid = gridOfFile(file, declared, diagnostics);
+  addSweepFlags(grid, cliSweeps, file, declared, diagnostics);
+  const combos = grid.size === 0 ? [] : gridPoints(grid);
+  for (const [i, explicit] of (file.sweep?.trials ?? []).entries()) {
+    checkExplicitTrial(file, declared, i, explicit, diagnostics);
+    combos.push(explicit);
+  }
+  return { trials: distinctTrials(combos), diagnostics };
+}
+
+type Declared = Map<string, ParamDecl>;
+
+/** The `sweep.grid` section: param → values, each checked against its declaration. */
+function gridOfFile(file: PipelineFile, declared: Declared, diagnostics: Diagnostic[]): Map<string, unknown[]> {
   const grid = new Map<string, unknown[]>();
   for (const [name, list] of Object.entries(file.sweep?.grid ?? {})) {
     const decl = declared.get(name);
@@ -35,6 +49,11 @@ export function expandTrials(file: PipelineFile, cliSweeps: string[]): { trials:
     });
     grid.set(name, list);
   }
+  return grid;
+}
+
+/** `-S name=v1,v2`: replaces the grid's values of `name` (or adds it), converted by the param's type. */
+function addSweepFlags(grid: Map<string, unknown[]>, cliSweeps: string[], file: PipelineFile, declared: Declared, diagnostics: Diagnostic[]): void {
   for (const arg of cliSweeps) {
     const eq = arg.indexOf('=');
     const name = eq > 0 ? arg.slice(0, eq) : '';
@@ -52,25 +71,28 @@ export function expandTrials(file: PipelineFile, cliSweeps: string[]): { trials:
     }
     grid.set(name, values);
   }
+}
 
-  const combos: Array<Record<string, unknown>> = [{}];
-  for (const [name, list] of grid) {
-    const next: Array<Record<string, unknown>> = [];
-    for (const combo of combos) for (const value of list) next.push({ ...combo, [name]: value });
-    combos.splice(0, combos.length, ...next);
-  }
-  if (grid.size === 0) combos.splice(0, combos.length);
-  for (const [i, explicit] of (file.sweep?.trials ?? []).entries()) {
-    for (const [name, value] of Object.entries(explicit)) {
-      const decl = declared.get(name);
-      if (!decl) diagnostics.push(at(file.source, rangeOf(file.doc, ['sweep', 'trials', i, name], 'key'), 'unknown-param', `sweep.trials.${i}.${name}`, `unknown param '${name}'`));
-      else {
-        const problem = checkParamValue(decl, value);
-        if (problem) diagnostics.push(at(file.source, rangeOf(file.doc, ['sweep', 'trials', i, name]), 'bad-param-type', `sweep.trials.${i}.${name}`, problem));
-      }
+/** Every combination of the grid's values, the first param outermost. */
+function gridPoints(grid: Map<string, unknown[]>): Array<Record<string, unknown>> {
+  let combos: Array<Record<string, unknown>> = [{}];
+  for (const [name, list] of grid) combos = combos.flatMap((combo) => list.map((value) => ({ ...combo, [name]: value })));
+  return combos;
+}
+
+function checkExplicitTrial(file: PipelineFile, declared: Declared, i: number, explicit: Record<string, unknown>, diagnostics: Diagnostic[]): void {
+  for (const [name, value] of Object.entries(explicit)) {
+    const decl = declared.get(name);
+    if (!decl) diagnostics.push(at(file.source, rangeOf(file.doc, ['sweep', 'trials', i, name], 'key'), 'unknown-param', `sweep.trials.${i}.${name}`, `unknown param '${name}'`));
+    else {
+      const problem = checkParamValue(decl, value);
+      if (problem) diagnostics.push(at(file.source, rangeOf(file.doc, ['sweep', 'trials', i, name]), 'bad-param-type', `sweep.trials.${i}.${name}`, problem));
     }
-    combos.push(explicit);
   }
+}
+
+/** t1, t2, … for each distinct combination (same values in any key order: one trial). */
+function distinctTrials(combos: Array<Record<string, unknown>>): Trial[] {
   const seen = new Set<string>();
   const trials: Trial[] = [];
   for (const values of combos) {
@@ -79,7 +101,7 @@ export function expandTrials(file: PipelineFile, cliSweeps: string[]): { trials:
     seen.add(key);
     trials.push({ id: `t${trials.length + 1}`, values, label: Object.entries(values).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`).join(' ') });
   }
-  return { trials, diagnostics };
+  return trials;
 }
 
 interface MergedNode {
@@ -97,28 +119,50 @@ export interface SweepPlan {
 
 /** Merges per-trial plans by fingerprint: one node per distinct stage computation. */
 export function mergePlans(trials: Trial[], plans: Map<string, Plan>): SweepPlan {
-  const byFingerprint = new Map<string, { planned: PlannedStage; trials: Map<string, string> }>();
-  const order: string[] = [];
+  const byFingerprint = groupByFingerprint(trials, plans);
+  const nameOf = nodeNames(trials, byFingerprint);
+  const nodes = new Map<string, MergedNode>();
+  const trialStages = new Map<string, Map<string, string>>();
+  const stages: PlannedStage[] = [];
+  for (const [fp, node] of byFingerprint) {
+    const name = nameOf.get(fp)!;
+    const planned: PlannedStage = { ...node.planned, name, stage: renamedStage(node, name, plans, nameOf) };
+    stages.push(planned);
+    nodes.set(name, { planned, trials: node.trials });
+    for (const [trialId, local] of node.trials) {
+      if (!trialStages.has(trialId)) trialStages.set(trialId, new Map());
+      trialStages.get(trialId)?.set(local, name);
+    }
+  }
+  const first = plans.values().next().value as Plan | undefined;
+  if (!first) throw new Error('bug: no trial plans');
+  return { plan: { pipeline: first.pipeline, stages }, nodes, trialStages };
+}
+
+/** Fingerprint → the stage computing it and its name in each trial, in order of first appearance. */
+function groupByFingerprint(trials: Trial[], plans: Map<string, Plan>): Map<string, MergedNode> {
+  const byFingerprint = new Map<string, MergedNode>();
   for (const trial of trials) {
-    const plan = plans.get(trial.id);
-    if (!plan) continue;
-    for (const stage of plan.stages) {
+    for (const stage of plans.get(trial.id)?.stages ?? []) {
       let node = byFingerprint.get(stage.fingerprint);
       if (!node) {
         node = { planned: stage, trials: new Map() };
         byFingerprint.set(stage.fingerprint, node);
-        order.push(stage.fingerprint);
       }
       node.trials.set(trial.id, stage.name);
     }
   }
-  // Name each node: the stage name when every trial shares it, else the name with the swept
-  // values its trials have in common, e.g. fine-tune[fine_tune_at=60 base_lr=0.0001].
+  return byFingerprint;
+}
+
+/**
+ * Names each node: the stage name when every trial shares it, else the name with the swept values
+ * its trials have in common, e.g. fine-tune[fine_tune_at=60 base_lr=0.0001] (their ids when none).
+ */
+function nodeNames(trials: Trial[], byFingerprint: Map<string, MergedNode>): Map<string, string> {
   const nameOf = new Map<string, string>();
   const taken = new Set<string>();
-  for (const fp of order) {
-    const node = byFingerprint.get(fp);
-    if (!node) continue;
+  for (const [fp, node] of byFingerprint) {
     const sharers = trials.filter((t) => node.trials.has(t.id));
     let name = node.planned.name;
     if (sharers.length < trials.length) {
@@ -130,36 +174,22 @@ export function mergePlans(trials: Trial[], plans: Map<string, Plan>): SweepPlan
     taken.add(name);
     nameOf.set(fp, name);
   }
-  const nodes = new Map<string, MergedNode>();
-  const trialStages = new Map<string, Map<string, string>>();
-  const stages: PlannedStage[] = [];
-  for (const fp of order) {
-    const node = byFingerprint.get(fp);
-    const name = nameOf.get(fp);
-    if (!node || !name) continue;
-    const [firstTrial, localName] = [...node.trials.entries()][0] ?? [];
-    const trialPlan = firstTrial ? plans.get(firstTrial) : undefined;
-    const fpOf = (local: string) => trialPlan?.stages.find((s) => s.name === local)?.fingerprint ?? '';
-    const rename = (local: string) => nameOf.get(fpOf(local)) ?? local;
-    const original = node.planned.stage;
-    const stage: AnalyzedStage = {
-      ...original,
-      name,
-      upstream: original.upstream.map(rename),
-      inputs: Object.fromEntries(Object.entries(original.inputs).map(([slot, up]) => [slot, rename(up)])),
-    };
-    const planned: PlannedStage = { ...node.planned, name, stage };
-    stages.push(planned);
-    nodes.set(name, { planned, trials: node.trials });
-    for (const [trialId, local] of node.trials) {
-      if (!trialStages.has(trialId)) trialStages.set(trialId, new Map());
-      trialStages.get(trialId)?.set(local, name);
-    }
-    void localName;
-  }
-  const first = plans.values().next().value as Plan | undefined;
-  if (!first) throw new Error('bug: no trial plans');
-  return { plan: { pipeline: first.pipeline, stages }, nodes, trialStages };
+  return nameOf;
+}
+
+/** The node's stage under its merged name, its upstream stages renamed to their merged names. */
+function renamedStage(node: MergedNode, name: string, plans: Map<string, Plan>, nameOf: Map<string, string>): AnalyzedStage {
+  const [firstTrial] = [...node.trials.keys()];
+  const trialPlan = firstTrial ? plans.get(firstTrial) : undefined;
+  const fpOf = (local: string) => trialPlan?.stages.find((s) => s.name === local)?.fingerprint ?? '';
+  const rename = (local: string) => nameOf.get(fpOf(local)) ?? local;
+  const original = node.planned.stage;
+  return {
+    ...original,
+    name,
+    upstream: original.upstream.map(rename),
+    inputs: Object.fromEntries(Object.entries(original.inputs).map(([slot, up]) => [slot, rename(up)])),
+  };
 }
 
 /** What demultiplexing needs of each trial's prepared run. */
