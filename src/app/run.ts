@@ -16,6 +16,7 @@ import { dedupeDiagnostics, type Diagnostic } from '../core/diagnostics.ts';
 import type { RunListener, RunSummary } from '../core/events.ts';
 import { stageKinds } from '../stages/index.ts';
 import { localRunner } from '../exec/local-runner.ts';
+import type { ExecuteOptions, Runner } from '../exec/run-book.ts';
 import { shortFingerprint } from '../cache/fingerprint.ts';
 import { loadPipeline, type PipelineFile } from '../pipeline/pipeline.ts';
 import { planPipeline, type Plan } from '../plan/plan.ts';
@@ -141,12 +142,19 @@ export interface RunOutcome {
   runDir: string;
 }
 
-export async function executePrepared(
-  prepared: Prepared,
-  values: CommandOptions,
-  io: Io,
-  extra: { sweep?: { id: string; trial: string }; parentRunId?: string; listeners?: RunListener[]; quiet?: boolean; runId?: string; runDir?: string; latest?: boolean; summaryMetrics?: boolean } = {},
-): Promise<RunOutcome> {
+/** What a sweep (or a caller other than `pipe run`) changes about executing a prepared run. */
+export interface ExecuteExtra {
+  sweep?: { id: string; trial: string };
+  parentRunId?: string;
+  listeners?: RunListener[];
+  quiet?: boolean;
+  runId?: string;
+  runDir?: string;
+  latest?: boolean;
+  summaryMetrics?: boolean;
+}
+
+export async function executePrepared(prepared: Prepared, values: CommandOptions, io: Io, extra: ExecuteExtra = {}): Promise<RunOutcome> {
   const { paths, file, pipeline, plan, flavour } = prepared;
   const runId = extra.runId ?? newRunId();
   const runDir = extra.runDir ?? path.join(paths.runsDir, file.name, runId);
@@ -156,53 +164,18 @@ export async function executePrepared(
   const cache = openCache(paths);
   await cache.cleanStale();
 
-  const verbose = Boolean(values.verbose);
-  const listeners: RunListener[] = [];
-  if (!extra.quiet) {
-    const write = values.json ? io.err : io.err;
-    listeners.push(io.isTTY ? ttyRenderer(write, { verbose }) : plainRenderer(write, { verbose }));
-  }
-  const logWriter = runLogWriter(path.join(runDir, 'log.txt'));
-  listeners.push(logWriter.listener, outputLinker(runDir, { latest: extra.latest ?? true }), ...(extra.listeners ?? []));
-
-  let tracker: import('../tracking/tracker.ts').Tracker | undefined;
-  if (file.tracking.enabled && !values['no-track'] && process.env['PIPE_NO_TRACK'] !== '1') {
-    try {
-      const { createTracker } = await import('../tracking/tracker.ts');
-      tracker = createTracker({
-        projectDir: paths.projectDir,
-        trackingUri: file.tracking.uri,
-        parentRunId: extra.parentRunId,
-        log: (line: string) => io.err(`${line}\n`),
-      });
-      listeners.push(tracker.listener);
-    } catch (error) {
-      io.err(`tracking: ${(error as Error).message} (the run goes on; \`pipe sync\` sends it later)\n`);
-    }
-  }
+  const { listeners, logWriter } = runListeners(values, io, extra, runDir);
+  const tracker = await startTracker(prepared, values, io, extra.parentRunId);
+  if (tracker) listeners.push(tracker.listener);
 
   const interruption = stopOnSignals();
   let summary: RunSummary;
   try {
-    const runner = values.queue
-      ? (await import('../queue/submit.ts')).queueRunner({ url: values.queue, retries: values.retries !== undefined ? retriesOf(values.retries) : 1, projectDir: paths.projectDir, log: (line) => io.err(`${line}\n`) })
-      : localRunner;
+    const runner = await chooseRunner(values, paths, io);
     summary = await runner({
       plan,
       cache,
-      run: {
-        runId,
-        runDir,
-        pipelineName: file.name,
-        pipelineFile: path.relative(paths.projectDir, path.resolve(file.dir, path.basename(file.source.path))) || file.source.path,
-        experiment: file.experiment,
-        pipelineYaml,
-        pipelineHash: createHash('sha256').update(file.source.text).digest('hex'),
-        params: pipeline.params,
-        backend: flavour === 'gpu' ? 'tensorflow-gpu' : 'tensorflow',
-        sweep: extra.sweep,
-        startedAt: Date.now(),
-      },
+      run: runStartOf(prepared, { runId, runDir, pipelineYaml, sweep: extra.sweep }),
       statePath: statePath(paths, file.name),
       downloadCacheDir: paths.downloadsDir,
       flavour,
@@ -215,14 +188,7 @@ export async function executePrepared(
     });
   } finally {
     interruption.dispose();
-    const tracked = await tracker?.close().catch((error: Error) => {
-      io.err(`tracking: ${error.message}\n`);
-      return undefined;
-    });
-    for (const run of tracked?.runs ?? []) {
-      if (run.url) io.err(`MLflow run: ${run.url}\n`);
-      if (run.pending > 0) io.err(`tracking: ${run.pending} request(s) could not be sent yet; \`pipe sync\` sends them\n`);
-    }
+    await closeTracker(tracker, io);
     await logWriter.close();
   }
   await fs.writeFile(path.join(runDir, 'summary.json'), JSON.stringify(summary, null, 2));
@@ -254,6 +220,75 @@ export function interruptedError(summary: RunSummary): InterruptedError {
   return new InterruptedError(signal, `interrupted by ${signal}: running stages stopped; ${finished} of ${summary.stages.length} stages finished and are cached`, {
     hint: 'run the same command again to resume',
   });
+}
+
+/** The terminal renderer (unless quiet), the run's log.txt and output links, and the caller's listeners. */
+function runListeners(values: CommandOptions, io: Io, extra: ExecuteExtra, runDir: string): { listeners: RunListener[]; logWriter: ReturnType<typeof runLogWriter> } {
+  const verbose = Boolean(values.verbose);
+  const listeners: RunListener[] = [];
+  if (!extra.quiet) {
+    const write = values.json ? io.err : io.err;
+    listeners.push(io.isTTY ? ttyRenderer(write, { verbose }) : plainRenderer(write, { verbose }));
+  }
+  const logWriter = runLogWriter(path.join(runDir, 'log.txt'));
+  listeners.push(logWriter.listener, outputLinker(runDir, { latest: extra.latest ?? true }), ...(extra.listeners ?? []));
+  return { listeners, logWriter };
+}
+
+type Tracker = import('../tracking/tracker.ts').Tracker;
+
+/** The MLflow tracker of the run, unless tracking is off; a tracker that cannot start does not stop the run. */
+async function startTracker(prepared: Prepared, values: CommandOptions, io: Io, parentRunId: string | undefined): Promise<Tracker | undefined> {
+  const { file, paths } = prepared;
+  if (!file.tracking.enabled || values['no-track'] || process.env['PIPE_NO_TRACK'] === '1') return undefined;
+  try {
+    const { createTracker } = await import('../tracking/tracker.ts');
+    return createTracker({
+      projectDir: paths.projectDir,
+      trackingUri: file.tracking.uri,
+      parentRunId,
+      log: (line: string) => io.err(`${line}\n`),
+    });
+  } catch (error) {
+    io.err(`tracking: ${(error as Error).message} (the run goes on; \`pipe sync\` sends it later)\n`);
+    return undefined;
+  }
+}
+
+/** Flushes the tracker and says where the MLflow runs are, and what is left for `pipe sync`. */
+async function closeTracker(tracker: Tracker | undefined, io: Io): Promise<void> {
+  const tracked = await tracker?.close().catch((error: Error) => {
+    io.err(`tracking: ${error.message}\n`);
+    return undefined;
+  });
+  for (const run of tracked?.runs ?? []) {
+    if (run.url) io.err(`MLflow run: ${run.url}\n`);
+    if (run.pending > 0) io.err(`tracking: ${run.pending} request(s) could not be sent yet; \`pipe sync\` sends them\n`);
+  }
+}
+
+/** `--queue URL`: the stages go to `pipe worker`s; else they run here. */
+async function chooseRunner(values: CommandOptions, paths: ProjectPaths, io: Io): Promise<Runner> {
+  if (!values.queue) return localRunner;
+  const { queueRunner } = await import('../queue/submit.ts');
+  return queueRunner({ url: values.queue, retries: values.retries !== undefined ? retriesOf(values.retries) : 1, projectDir: paths.projectDir, log: (line) => io.err(`${line}\n`) });
+}
+
+function runStartOf(prepared: Prepared, run: { runId: string; runDir: string; pipelineYaml: string; sweep: ExecuteExtra['sweep'] }): ExecuteOptions['run'] {
+  const { paths, file, pipeline, flavour } = prepared;
+  return {
+    runId: run.runId,
+    runDir: run.runDir,
+    pipelineName: file.name,
+    pipelineFile: path.relative(paths.projectDir, path.resolve(file.dir, path.basename(file.source.path))) || file.source.path,
+    experiment: file.experiment,
+    pipelineYaml: run.pipelineYaml,
+    pipelineHash: createHash('sha256').update(file.source.text).digest('hex'),
+    params: pipeline.params,
+    backend: flavour === 'gpu' ? 'tensorflow-gpu' : 'tensorflow',
+    sweep: run.sweep,
+    startedAt: Date.now(),
+  };
 }
 
 function retriesOf(text: string): number {

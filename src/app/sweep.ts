@@ -11,41 +11,18 @@ import { printDiagnostics } from '../render/diagnostics.ts';
 import type { CommandOptions } from './options.ts';
 import { executePrepared, interruptedError, prepare, type Prepared } from './run.ts';
 import { dedupeDiagnostics } from '../core/diagnostics.ts';
-import type { RunListener } from '../core/events.ts';
-import { loadPipeline } from '../pipeline/pipeline.ts';
+import type { RunListener, RunSummary } from '../core/events.ts';
+import { loadPipeline, type PipelineFile } from '../pipeline/pipeline.ts';
+import type { SweepParent } from '../tracking/sweep-parent.ts';
 import { formatDuration, outputLinker, runLogWriter } from '../render/render.ts';
 import { demultiplex, expandTrials, mergePlans, type SweepPlan, type Trial } from '../plan/sweep.ts';
 
 export async function sweepCommand(file: string, values: CommandOptions, io: Io): Promise<CommandStatus> {
-  const loaded = loadPipeline(file, file);
-  if (!loaded.file || loaded.diagnostics.length > 0) {
-    printDiagnostics(io, loaded.diagnostics, loaded.file ? { [file]: loaded.file.source.text } : {});
-    return 'invalid';
-  }
-  const pipelineFile = loaded.file;
-  const sampling = {
-    samples: values.samples !== undefined ? wholeNumber('--samples', values.samples, 1) : undefined,
-    seed: values.seed !== undefined ? wholeNumber('--seed', values.seed, 0) : undefined,
-  };
-  const { trials, diagnostics } = expandTrials(pipelineFile, values.sweep ?? [], sampling);
-  const overridden = new Set((values.param ?? []).map((p) => p.split('=')[0]));
-  for (const trial of trials) {
-    for (const name of Object.keys(trial.values)) {
-      if (overridden.has(name)) diagnostics.push({ code: 'bad-override', file: '<command line>', line: 0, col: 0, length: 0, field: `-p ${name}`, message: `param '${name}' is swept; it cannot also be overridden with -p` });
-    }
-  }
-  if (diagnostics.length) {
-    printDiagnostics(io, dedupeDiagnostics(diagnostics), { [file]: pipelineFile.source.text });
-    return 'invalid';
-  }
-  if (trials.length === 0) throw new UsageError(`pipe sweep ${file}: nothing to sweep: add a sweep: section or -S NAME=V1,V2`);
-
-  const prepared = new Map<string, Prepared>();
-  for (const trial of trials) {
-    const p = await prepare(file, values, io, { values: trial.values, pipelineFile });
-    if (!p) return 'invalid';
-    prepared.set(trial.id, p);
-  }
+  const loaded = loadSweep(file, values, io);
+  if (!loaded) return 'invalid';
+  const { pipelineFile, trials } = loaded;
+  const prepared = await prepareTrials(file, values, io, pipelineFile, trials);
+  if (!prepared) return 'invalid';
   const plans = new Map([...prepared].map(([id, p]) => [id, p.plan]));
   const sweepPlan = mergePlans(trials, plans);
   const objective = values.objective ?? pipelineFile.sweep?.objective ?? 'test_accuracy';
@@ -63,44 +40,133 @@ export async function sweepCommand(file: string, values: CommandOptions, io: Io)
   const trialRunDir = (trial: Trial) => path.join(sweepDir, trial.id);
   for (const trial of trials) await fs.mkdir(trialRunDir(trial), { recursive: true });
 
-  const tracking = pipelineFile.tracking.enabled && !values['no-track'] && process.env['PIPE_NO_TRACK'] !== '1';
-  const trialListeners = new Map<string, RunListener>();
-  const closers: Array<() => Promise<void>> = [];
-  let parent: import('../tracking/sweep-parent.ts').SweepParent | undefined;
-  if (tracking) {
-    try {
-      const { startSweepParent } = await import('../tracking/sweep-parent.ts');
-      parent = await startSweepParent({ projectDir: first.paths.projectDir, pipeline: pipelineFile, sweepId, trials, objective, direction, sweepDir });
-      const { createTracker } = await import('../tracking/tracker.ts');
-      for (const trial of trials) {
-        const tracker = await createTracker({ projectDir: first.paths.projectDir, trackingUri: pipelineFile.tracking.uri, parentRunId: parent.runId, log: (line: string) => io.err(`${line}\n`) });
-        trialListeners.set(trial.id, tracker.listener);
-        closers.push(async () => {
-          await tracker.close();
-        });
-      }
-    } catch (error) {
-      io.err(`tracking: ${(error as Error).message} (the sweep goes on untracked)\n`);
+  const sweep: Sweep = { id: sweepId, dir: sweepDir, trials, objective, direction, pipelineFile, projectDir: first.paths.projectDir };
+  const recorders = await trialRecorders(sweep, values, io, trialRunDir);
+  const trialMetrics = new Map<string, Record<string, number>>();
+  const demux = demultiplex(sweepPlan, trials, recorders.listeners, trialRunDir, prepared, trialMetrics);
+  const mergedPrepared: Prepared = { ...first, plan: sweepPlan.plan };
+  const { summary } = await executePrepared(mergedPrepared, { ...values, 'no-track': true }, io, { listeners: [demux], runDir: sweepDir, runId: sweepId, latest: false, summaryMetrics: false });
+  for (const close of recorders.closers) await close().catch(() => undefined);
+
+  const rows = trialRows(sweep, sweepPlan, summary, trialMetrics);
+  await reportSweep(sweep, sweepPlan, summary, rows, recorders.parent, values, io);
+  // Interrupted: the trials' runs and the parent run are recorded KILLED; now exit 130/143/129.
+  if (summary.interrupted) throw interruptedError(summary);
+  return rows.every((r) => r.status === 'succeeded') ? 'ok' : 'failed';
+}
+
+/** What the parts of a sweep after planning share. */
+interface Sweep {
+  id: string;
+  dir: string;
+  trials: Trial[];
+  objective: string;
+  direction: 'maximize' | 'minimize';
+  pipelineFile: PipelineFile;
+  projectDir: string;
+}
+
+interface TrialResult {
+  trial: Trial;
+  status: 'succeeded' | 'failed';
+  error: string | undefined;
+  metrics: Record<string, number>;
+  objective: number | undefined;
+}
+
+/** Loads the pipeline and expands its trials; prints every problem and returns undefined when there are any. */
+function loadSweep(file: string, values: CommandOptions, io: Io): { pipelineFile: PipelineFile; trials: Trial[] } | undefined {
+  const loaded = loadPipeline(file, file);
+  if (!loaded.file || loaded.diagnostics.length > 0) {
+    printDiagnostics(io, loaded.diagnostics, loaded.file ? { [file]: loaded.file.source.text } : {});
+    return undefined;
+  }
+  const pipelineFile = loaded.file;
+  const sampling = {
+    samples: values.samples !== undefined ? wholeNumber('--samples', values.samples, 1) : undefined,
+    seed: values.seed !== undefined ? wholeNumber('--seed', values.seed, 0) : undefined,
+  };
+  const { trials, diagnostics } = expandTrials(pipelineFile, values.sweep ?? [], sampling);
+  const overridden = new Set((values.param ?? []).map((p) => p.split('=')[0]));
+  for (const trial of trials) {
+    for (const name of Object.keys(trial.values)) {
+      if (overridden.has(name)) diagnostics.push({ code: 'bad-override', file: '<command line>', line: 0, col: 0, length: 0, field: `-p ${name}`, message: `param '${name}' is swept; it cannot also be overridden with -p` });
     }
   }
+  if (diagnostics.length) {
+    printDiagnostics(io, dedupeDiagnostics(diagnostics), { [file]: pipelineFile.source.text });
+    return undefined;
+  }
+  if (trials.length === 0) throw new UsageError(`pipe sweep ${file}: nothing to sweep: add a sweep: section or -S NAME=V1,V2`);
+  return { pipelineFile, trials };
+}
+
+/** Each trial analyzed and planned as an ordinary run; undefined (problems printed) when one is invalid. */
+async function prepareTrials(
+  file: string, values: CommandOptions, io: Io, pipelineFile: PipelineFile, trials: Trial[],
+): Promise<Map<string, Prepared> | undefined> {
+  const prepared = new Map<string, Prepared>();
   for (const trial of trials) {
+    const p = await prepare(file, values, io, { values: trial.values, pipelineFile });
+    if (!p) return undefined;
+    prepared.set(trial.id, p);
+  }
+  return prepared;
+}
+
+/**
+ * Per trial, the listener that records it: its MLflow run under the sweep's parent run (unless
+ * tracking is off or fails to start), its log.txt and its output links.
+ */
+async function trialRecorders(
+  sweep: Sweep, values: CommandOptions, io: Io, trialRunDir: (trial: Trial) => string,
+): Promise<{ listeners: Map<string, RunListener>; closers: Array<() => Promise<void>>; parent: SweepParent | undefined }> {
+  const tracking = sweep.pipelineFile.tracking.enabled && !values['no-track'] && process.env['PIPE_NO_TRACK'] !== '1';
+  const { trackers, closers, parent } = tracking ? await startSweepTracking(sweep, io) : { trackers: new Map<string, RunListener>(), closers: [], parent: undefined };
+  const listeners = new Map<string, RunListener>();
+  for (const trial of sweep.trials) {
     const writer = runLogWriter(path.join(trialRunDir(trial), 'log.txt'));
     closers.push(() => writer.close());
-    const tracker = trialListeners.get(trial.id);
+    const tracker = trackers.get(trial.id);
     const linker = outputLinker(trialRunDir(trial), { latest: false });
-    trialListeners.set(trial.id, (event) => {
+    listeners.set(trial.id, (event) => {
       void writer.listener(event);
       void linker(event);
       return tracker?.(event);
     });
   }
-  const trialMetrics = new Map<string, Record<string, number>>();
-  const demux = demultiplex(sweepPlan, trials, trialListeners, trialRunDir, prepared, trialMetrics);
-  const mergedPrepared: Prepared = { ...first, plan: sweepPlan.plan };
-  const { summary } = await executePrepared(mergedPrepared, { ...values, 'no-track': true }, io, { listeners: [demux], runDir: sweepDir, runId: sweepId, latest: false, summaryMetrics: false });
-  for (const close of closers) await close().catch(() => undefined);
+  return { listeners, closers, parent };
+}
 
-  const rows = trials.map((trial) => {
+/** The sweep's MLflow parent run and one tracker per trial; on failure, the trials tracked so far. */
+async function startSweepTracking(
+  sweep: Sweep, io: Io,
+): Promise<{ trackers: Map<string, RunListener>; closers: Array<() => Promise<void>>; parent: SweepParent | undefined }> {
+  const trackers = new Map<string, RunListener>();
+  const closers: Array<() => Promise<void>> = [];
+  let parent: SweepParent | undefined;
+  try {
+    const { startSweepParent } = await import('../tracking/sweep-parent.ts');
+    const { pipelineFile, projectDir } = sweep;
+    parent = await startSweepParent({ projectDir, pipeline: pipelineFile, sweepId: sweep.id, trials: sweep.trials, objective: sweep.objective, direction: sweep.direction, sweepDir: sweep.dir });
+    const { createTracker } = await import('../tracking/tracker.ts');
+    for (const trial of sweep.trials) {
+      const tracker = await createTracker({ projectDir, trackingUri: pipelineFile.tracking.uri, parentRunId: parent.runId, log: (line: string) => io.err(`${line}\n`) });
+      trackers.set(trial.id, tracker.listener);
+      closers.push(async () => {
+        await tracker.close();
+      });
+    }
+  } catch (error) {
+    io.err(`tracking: ${(error as Error).message} (the sweep goes on untracked)\n`);
+  }
+  return { trackers, closers, parent };
+}
+
+/** How each trial ended (failed when one of its stages did not run or restore), best objective first. */
+function trialRows(sweep: Sweep, sweepPlan: SweepPlan, summary: RunSummary, trialMetrics: Map<string, Record<string, number>>): TrialResult[] {
+  const { objective, direction } = sweep;
+  const rows = sweep.trials.map((trial): TrialResult => {
     const local = sweepPlan.trialStages.get(trial.id) ?? new Map<string, string>();
     const metrics: Record<string, number> = {};
     let status: 'succeeded' | 'failed' = 'succeeded';
@@ -120,14 +186,19 @@ export async function sweepCommand(file: string, values: CommandOptions, io: Io)
     const bv = b.objective ?? (direction === 'maximize' ? -Infinity : Infinity);
     return direction === 'maximize' ? bv - av : av - bv;
   });
+  return rows;
+}
+
+/** The table on stderr, trials.json in the sweep's run directory, the parent run's summary, --json on stdout. */
+async function reportSweep(
+  sweep: Sweep, sweepPlan: SweepPlan, summary: RunSummary, rows: TrialResult[], parent: SweepParent | undefined, values: CommandOptions, io: Io,
+): Promise<void> {
+  const { id: sweepId, objective, direction, trials } = sweep;
   const table = formatTrialTable(rows, objective);
   io.err(`\nsweep ${sweepId}: ${trials.length} trials, ${sweepPlan.plan.stages.length} distinct stages (${summary.stages.filter((s) => s.status === 'ran').length} ran, ${summary.stages.filter((s) => s.status === 'cached').length} cached) in ${formatDuration(summary.durationMs)}; sorted by ${objective} (${direction})\n${table}`);
-  await fs.writeFile(path.join(sweepDir, 'trials.json'), JSON.stringify(rows.map((r) => ({ id: r.trial.id, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), null, 2));
+  await fs.writeFile(path.join(sweep.dir, 'trials.json'), JSON.stringify(rows.map((r) => ({ id: r.trial.id, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), null, 2));
   await parent?.finish(rows.map((r) => ({ id: r.trial.id, label: r.trial.label, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), table, summary.interrupted).catch((error: Error) => io.err(`tracking: ${error.message}\n`));
   if (values.json) io.out(`${JSON.stringify({ sweep: sweepId, objective, direction, trials: rows.map((r) => ({ id: r.trial.id, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), stages: summary.stages }, null, 2)}\n`);
-  // Interrupted: the trials' runs and the parent run are recorded KILLED above; now exit 130/143.
-  if (summary.interrupted) throw interruptedError(summary);
-  return rows.every((r) => r.status === 'succeeded') ? 'ok' : 'failed';
 }
 
 function wholeNumber(flag: string, text: string, min: number): number {

@@ -28,7 +28,7 @@ import type { FingerprintRecord } from './fingerprint.ts';
 import type { MetricPoint } from '../core/stage-kind.ts';
 import { processAlive } from '../util/files.ts';
 import { diskUsage, hashFile, listFiles } from '../util/hash.ts';
-import { UnavailableError } from '../core/errors.ts';
+import { StageError, UnavailableError } from '../core/errors.ts';
 
 export interface EntryResult {
   durationMs: number;
@@ -221,7 +221,7 @@ export class Cache {
         told = true;
       }
       const reason = stopped?.();
-      if (reason) throw new Error(`stopped while waiting for process ${holder.pid} on ${holder.host}: ${reason}`);
+      if (reason) throw new StageError(`stopped while waiting for process ${holder.pid} on ${holder.host}: ${reason}`);
       await sleep(200);
     }
   }

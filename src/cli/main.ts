@@ -135,7 +135,7 @@ async function dispatch(command: string, positionals: string[], values: ReturnTy
       }
       case 'worker': {
         if (positionals.length > 0) throw new UsageError('usage: pipe worker --queue redis://HOST:PORT [--cpus N] [--gpus N] [--cache DIR] [--name NAME]');
-        const { workerCommand } = await import('../queue/worker.ts');
+        const { workerCommand } = await import('../app/worker.ts');
         return await workerCommand(values, io);
       }
       case 'gc': {

@@ -131,26 +131,49 @@ export function augmentImage(
   channels: number,
   transform: ViewTransform,
 ): void {
-  const w = width;
-  const h = height;
-  const C = channels;
-  const flip = transform.flip;
-  if (transform.angle === 0) {
-    // Identity transform: bilinear at integer points reads exactly one pixel.
-    if (!flip) {
-      dst.set(src.subarray(0, h * w * C));
-      return;
-    }
-    for (let y = 0; y < h; y++) {
-      for (let x = 0; x < w; x++) {
-        const o = (y * w + x) * C;
-        const i = (y * w + (w - 1 - x)) * C;
-        for (let c = 0; c < C; c++) dst[o + c] = src[i + c]!;
-      }
-    }
+  // Identity rotation: bilinear at integer points reads exactly one pixel.
+  if (transform.angle === 0) flipOrCopy(src, dst, height, width, channels, transform.flip);
+  else rotateBilinear(src, dst, height, width, channels, transform);
+}
+
+/** The image itself, or mirrored left to right. */
+function flipOrCopy(src: Uint8Array, dst: Uint8Array, h: number, w: number, C: number, flip: boolean): void {
+  if (!flip) {
+    dst.set(src.subarray(0, h * w * C));
     return;
   }
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const o = (y * w + x) * C;
+      const i = (y * w + (w - 1 - x)) * C;
+      for (let c = 0; c < C; c++) dst[o + c] = src[i + c]!;
+    }
+  }
+}
+
+/** reflectCoordinate for len > 1, in float32 as TensorFlow computes it (small enough for V8 to inline in the pixel loop). */
+function reflectF32(coord: number, len: number): number {
   const f = f32;
+  const max = len - 1;
+  const len2 = 2 * len;
+  let c = coord;
+  if (c < 0) {
+    c = f(len2 * Math.trunc(-c / len2) + c);
+    c = c < -len ? f(c + len2) : f(-c - 1);
+    if (c < 0) c = 0;
+  } else if (c > max) {
+    c = f(c - len2 * Math.trunc(c / len2));
+    if (c >= len) c = f(len2 - c - 1);
+    if (c > max) c = max;
+    else if (c < 0) c = 0;
+  }
+  return c;
+}
+
+/** The flipped, rotated image: bilinear interpolation with reflect fill, float32 step by step. */
+function rotateBilinear(src: Uint8Array, dst: Uint8Array, h: number, w: number, C: number, transform: ViewTransform): void {
+  const f = f32;
+  const flip = transform.flip;
   const [a0, a1, a2, b0, b1, b2] = rotationMatrix(transform.angle, h, w) as [
     number, number, number, number, number, number,
   ];
@@ -163,36 +186,13 @@ export function augmentImage(
   }
   const wMax = w - 1;
   const hMax = h - 1;
-  const w2 = 2 * w;
-  const h2 = 2 * h;
   let o = 0;
   for (let y = 0; y < h; y++) {
     const ay = f(a1 * y);
     const by = f(b1 * y);
     for (let x = 0; x < w; x++) {
-      let ix = f(f(ax[x]! + ay) + a2);
-      let iy = f(f(bx[x]! + by) + b2);
-      // reflectCoordinate, inlined (len > 1 here), in float32
-      if (ix < 0) {
-        ix = f(w2 * Math.trunc(-ix / w2) + ix);
-        ix = ix < -w ? f(ix + w2) : f(-ix - 1);
-        if (ix < 0) ix = 0;
-      } else if (ix > wMax) {
-        ix = f(ix - w2 * Math.trunc(ix / w2));
-        if (ix >= w) ix = f(w2 - ix - 1);
-        if (ix > wMax) ix = wMax;
-        else if (ix < 0) ix = 0;
-      }
-      if (iy < 0) {
-        iy = f(h2 * Math.trunc(-iy / h2) + iy);
-        iy = iy < -h ? f(iy + h2) : f(-iy - 1);
-        if (iy < 0) iy = 0;
-      } else if (iy > hMax) {
-        iy = f(iy - h2 * Math.trunc(iy / h2));
-        if (iy >= h) iy = f(h2 - iy - 1);
-        if (iy > hMax) iy = hMax;
-        else if (iy < 0) iy = 0;
-      }
+      const ix = reflectF32(f(f(ax[x]! + ay) + a2), w);
+      const iy = reflectF32(f(f(bx[x]! + by) + b2), h);
       const x0 = ix | 0;
       const y0 = iy | 0;
       const fx = ix - x0; // exact

@@ -2,7 +2,7 @@
 // objective against a swept param (e.g. test accuracy against fine_tune_at, one line per
 // learning rate).
 
-import { createCanvas } from '@napi-rs/canvas';
+import { createCanvas, type SKRSContext2D } from '@napi-rs/canvas';
 import { niceTicks } from './plots.ts';
 
 export interface Series {
@@ -13,7 +13,35 @@ export interface Series {
 const COLOURS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f'];
 const FONT = '"DejaVu Sans", "Liberation Sans", sans-serif';
 
+/** The plot area and the maps from data to pixels. */
+interface ChartFrame {
+  width: number;
+  height: number;
+  margin: { left: number; right: number; top: number; bottom: number };
+  plotW: number;
+  plotH: number;
+  x0: number;
+  x1: number;
+  y0: number;
+  y1: number;
+  px: (x: number) => number;
+  py: (y: number) => number;
+}
+
 export async function lineChart(series: Series[], labels: { title: string; x: string; y: string }): Promise<Buffer> {
+  const frame = chartFrame(series);
+  const { width, height } = frame;
+  const canvas = createCanvas(width, height);
+  const ctx = canvas.getContext('2d');
+  ctx.fillStyle = '#ffffff';
+  ctx.fillRect(0, 0, width, height);
+  drawAxes(ctx, frame);
+  drawLabels(ctx, frame, labels);
+  series.forEach((s, i) => drawLine(ctx, frame, s, i));
+  return canvas.encode('png');
+}
+
+function chartFrame(series: Series[]): ChartFrame {
   // The legend sits right of the plot: make room for its longest name.
   const measure = createCanvas(10, 10).getContext('2d');
   measure.font = `13px ${FONT}`;
@@ -22,10 +50,16 @@ export async function lineChart(series: Series[], labels: { title: string; x: st
   const height = 480;
   const margin = { left: 80, right: Math.ceil(legendWidth) + 60, top: 50, bottom: 60 };
   const width = margin.left + plotWidth + margin.right;
-  const canvas = createCanvas(width, height);
-  const ctx = canvas.getContext('2d');
-  ctx.fillStyle = '#ffffff';
-  ctx.fillRect(0, 0, width, height);
+  const { x0, x1, y0, y1 } = dataRange(series);
+  const plotW = width - margin.left - margin.right;
+  const plotH = height - margin.top - margin.bottom;
+  const px = (x: number) => margin.left + ((x - x0) / (x1 - x0)) * plotW;
+  const py = (y: number) => margin.top + plotH - ((y - y0) / (y1 - y0)) * plotH;
+  return { width, height, margin, plotW, plotH, x0, x1, y0, y1, px, py };
+}
+
+/** The points' extent, widened where it is empty or a single value, with 10% room above and below. */
+function dataRange(series: Series[]): { x0: number; x1: number; y0: number; y1: number } {
   const all = series.flatMap((s) => s.points);
   const xs = all.map((p) => p.x);
   const ys = all.map((p) => p.y).filter(Number.isFinite);
@@ -34,13 +68,12 @@ export async function lineChart(series: Series[], labels: { title: string; x: st
   if (!Number.isFinite(x0) || x0 === x1) [x0, x1] = [(x0 || 0) - 1, (x1 || 0) + 1];
   if (!Number.isFinite(y0) || y0 === y1) [y0, y1] = [(y0 || 0) - 0.01, (y1 || 0) + 0.01];
   const pad = (y1 - y0) * 0.1;
-  y0 -= pad;
-  y1 += pad;
-  const plotW = width - margin.left - margin.right;
-  const plotH = height - margin.top - margin.bottom;
-  const px = (x: number) => margin.left + ((x - x0) / (x1 - x0)) * plotW;
-  const py = (y: number) => margin.top + plotH - ((y - y0) / (y1 - y0)) * plotH;
+  return { x0, x1, y0: y0 - pad, y1: y1 + pad };
+}
 
+/** The frame, tick labels on both axes, and horizontal grid lines. */
+function drawAxes(ctx: SKRSContext2D, frame: ChartFrame): void {
+  const { margin, plotW, plotH, x0, x1, y0, y1, px, py } = frame;
   ctx.strokeStyle = '#222222';
   ctx.lineWidth = 1;
   ctx.strokeRect(margin.left, margin.top, plotW, plotH);
@@ -61,6 +94,10 @@ export async function lineChart(series: Series[], labels: { title: string; x: st
     ctx.lineTo(margin.left + plotW, py(t));
     ctx.stroke();
   }
+}
+
+function drawLabels(ctx: SKRSContext2D, frame: ChartFrame, labels: { title: string; x: string; y: string }): void {
+  const { margin, plotW, plotH, height } = frame;
   ctx.textAlign = 'center';
   ctx.font = `bold 15px ${FONT}`;
   ctx.fillText(labels.title, margin.left + plotW / 2, 30);
@@ -71,25 +108,26 @@ export async function lineChart(series: Series[], labels: { title: string; x: st
   ctx.rotate(-Math.PI / 2);
   ctx.fillText(labels.y, 0, 0);
   ctx.restore();
+}
 
-  series.forEach((s, i) => {
-    const colour = COLOURS[i % COLOURS.length] ?? '#000000';
-    const points = [...s.points].filter((p) => Number.isFinite(p.y)).sort((a, b) => a.x - b.x);
-    ctx.strokeStyle = colour;
-    ctx.fillStyle = colour;
-    ctx.lineWidth = 2;
+/** Series `i`: a line through its points by x, a dot on each, and its legend entry. */
+function drawLine(ctx: SKRSContext2D, frame: ChartFrame, s: Series, i: number): void {
+  const { width, margin, px, py } = frame;
+  const colour = COLOURS[i % COLOURS.length] ?? '#000000';
+  const points = [...s.points].filter((p) => Number.isFinite(p.y)).sort((a, b) => a.x - b.x);
+  ctx.strokeStyle = colour;
+  ctx.fillStyle = colour;
+  ctx.lineWidth = 2;
+  ctx.beginPath();
+  points.forEach((p, j) => (j === 0 ? ctx.moveTo(px(p.x), py(p.y)) : ctx.lineTo(px(p.x), py(p.y))));
+  ctx.stroke();
+  for (const p of points) {
     ctx.beginPath();
-    points.forEach((p, j) => (j === 0 ? ctx.moveTo(px(p.x), py(p.y)) : ctx.lineTo(px(p.x), py(p.y))));
-    ctx.stroke();
-    for (const p of points) {
-      ctx.beginPath();
-      ctx.arc(px(p.x), py(p.y), 4, 0, Math.PI * 2);
-      ctx.fill();
-    }
-    ctx.font = `13px ${FONT}`;
-    ctx.textAlign = 'left';
-    ctx.fillRect(width - margin.right + 15, margin.top + 10 + i * 22, 14, 3);
-    ctx.fillText(s.name, width - margin.right + 35, margin.top + 15 + i * 22);
-  });
-  return canvas.encode('png');
+    ctx.arc(px(p.x), py(p.y), 4, 0, Math.PI * 2);
+    ctx.fill();
+  }
+  ctx.font = `13px ${FONT}`;
+  ctx.textAlign = 'left';
+  ctx.fillRect(width - margin.right + 15, margin.top + 10 + i * 22, 14, 3);
+  ctx.fillText(s.name, width - margin.right + 35, margin.top + 15 + i * 22);
 }

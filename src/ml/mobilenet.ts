@@ -128,90 +128,105 @@ export function describeMobileNetV2(options: MobileNetV2Options = {}): LayerSpec
   const alpha = options.alpha ?? 1.0;
   if (!(alpha > 0)) throw new InputError(`alpha: expected a positive MobileNetV2 width multiplier, got ${alpha}`);
   const [rows, cols] = sizeOf(options.inputSize);
-  const specs: LayerSpec[] = [];
-  let block = BLOCK_STEM;
-  let last: LayerSpec;
+  const layers = new LayerList();
+  layers.push({ kind: 'input', name: 'input_1', outputShape: [rows, cols, 3] });
+  layers.conv('Conv1', makeDivisible(32 * alpha, 8), 3, 2, 'same');
+  layers.batchnorm('bn_Conv1');
+  layers.relu6('Conv1_relu');
+  MOBILENET_V2_BLOCKS.forEach((spec, blockId) => invertedResidualBlock(layers, blockId, spec, alpha));
+  layers.block = BLOCK_HEAD;
+  layers.conv('Conv_1', alpha > 1.0 ? makeDivisible(1280 * alpha, 8) : 1280, 1, 1, 'same');
+  layers.batchnorm('Conv_1_bn');
+  layers.relu6('out_relu');
+  return layers.specs;
+}
 
-  /** A layer as the helpers below describe it: `index` and `block` are filled in, `inputs`
-   * defaults to the previous layer, parameter counts default to 0 and all trainable. */
-  type NewLayer = DistributiveOmit<LayerSpec, 'index' | 'block' | 'inputs' | 'params' | 'trainableParams'> &
-    Partial<Pick<LayerSpecBase, 'inputs' | 'params' | 'trainableParams'>>;
-  const push = (layer: NewLayer): void => {
+/** A layer as LayerList takes it: `index` and `block` are filled in, `inputs` defaults to the
+ * previous layer, parameter counts default to 0 and all trainable. */
+type NewLayer = DistributiveOmit<LayerSpec, 'index' | 'block' | 'inputs' | 'params' | 'trainableParams'> &
+  Partial<Pick<LayerSpecBase, 'inputs' | 'params' | 'trainableParams'>>;
+
+/** The layer list being described, each new layer reading the shape of the one before. */
+class LayerList {
+  readonly specs: LayerSpec[] = [];
+  block = BLOCK_STEM;
+
+  get last(): LayerSpec {
+    return this.specs[this.specs.length - 1]!;
+  }
+
+  push(layer: NewLayer): void {
     const params = layer.params ?? 0;
-    const full = {
-      inputs: specs.length > 0 ? [last.name] : [],
+    this.specs.push({
+      inputs: this.specs.length > 0 ? [this.last.name] : [],
       ...layer,
-      index: specs.length,
-      block,
+      index: this.specs.length,
+      block: this.block,
       params,
       trainableParams: layer.trainableParams ?? params,
-    } as LayerSpec;
-    specs.push(full);
-    last = full;
-  };
-  const conv = (name: string, filters: number, kernelSize: number, strides: number, padding: 'same' | 'valid') => {
-    const [h, w, c] = last.outputShape;
-    push({
+    } as LayerSpec);
+  }
+
+  conv(name: string, filters: number, kernelSize: number, strides: number, padding: 'same' | 'valid'): void {
+    const [h, w, c] = this.last.outputShape;
+    this.push({
       kind: 'conv', name, filters, kernelSize, strides, padding,
       outputShape: [convOut(h, kernelSize, strides, padding), convOut(w, kernelSize, strides, padding), filters],
       params: kernelSize * kernelSize * c * filters,
     });
-  };
-  const depthwise = (name: string, strides: number, padding: 'same' | 'valid') => {
-    const [h, w, c] = last.outputShape;
-    push({
+  }
+
+  depthwise(name: string, strides: number, padding: 'same' | 'valid'): void {
+    const [h, w, c] = this.last.outputShape;
+    this.push({
       kind: 'depthwise', name, kernelSize: 3, strides, padding,
       outputShape: [convOut(h, 3, strides, padding), convOut(w, 3, strides, padding), c],
       params: 9 * c,
     });
-  };
-  const batchnorm = (name: string) => {
-    const c = last.outputShape[2];
-    push({ kind: 'batchnorm', name, outputShape: last.outputShape, params: 4 * c, trainableParams: 2 * c });
-  };
-  const relu6 = (name: string) => push({ kind: 'relu6', name, outputShape: last.outputShape });
+  }
 
-  push({ kind: 'input', name: 'input_1', outputShape: [rows, cols, 3] });
-  conv('Conv1', makeDivisible(32 * alpha, 8), 3, 2, 'same');
-  batchnorm('bn_Conv1');
-  relu6('Conv1_relu');
+  batchnorm(name: string): void {
+    const c = this.last.outputShape[2];
+    this.push({ kind: 'batchnorm', name, outputShape: this.last.outputShape, params: 4 * c, trainableParams: 2 * c });
+  }
 
-  MOBILENET_V2_BLOCKS.forEach(({ filters, stride, expansion }, blockId) => {
-    block = blockId;
-    const blockInput = last;
-    const inChannels = blockInput.outputShape[2];
-    const pointwiseFilters = makeDivisible(Math.trunc(filters * alpha), 8);
-    let prefix = `block_${blockId}_`;
-    if (blockId > 0) {
-      conv(`${prefix}expand`, expansion * inChannels, 1, 1, 'same');
-      batchnorm(`${prefix}expand_BN`);
-      relu6(`${prefix}expand_relu`);
-    } else {
-      prefix = 'expanded_conv_';
-    }
-    if (stride === 2) {
-      const [h, w, c] = last.outputShape;
-      const padding = correctPad([h, w], 3);
-      push({
-        kind: 'zeropad', name: `${prefix}pad`, padding,
-        outputShape: [h + padding[0][0] + padding[0][1], w + padding[1][0] + padding[1][1], c],
-      });
-    }
-    depthwise(`${prefix}depthwise`, stride, stride === 1 ? 'same' : 'valid');
-    batchnorm(`${prefix}depthwise_BN`);
-    relu6(`${prefix}depthwise_relu`);
-    conv(`${prefix}project`, pointwiseFilters, 1, 1, 'same');
-    batchnorm(`${prefix}project_BN`);
-    if (inChannels === pointwiseFilters && stride === 1) {
-      push({ kind: 'add', name: `${prefix}add`, inputs: [blockInput.name, last.name], outputShape: last.outputShape });
-    }
-  });
+  relu6(name: string): void {
+    this.push({ kind: 'relu6', name, outputShape: this.last.outputShape });
+  }
+}
 
-  block = BLOCK_HEAD;
-  conv('Conv_1', alpha > 1.0 ? makeDivisible(1280 * alpha, 8) : 1280, 1, 1, 'same');
-  batchnorm('Conv_1_bn');
-  relu6('out_relu');
-  return specs;
+/** Block `blockId`: expand (not in block 0), pad for stride 2, depthwise, project, and the residual add when shapes allow. */
+function invertedResidualBlock(
+  layers: LayerList, blockId: number, { filters, stride, expansion }: (typeof MOBILENET_V2_BLOCKS)[number], alpha: number,
+): void {
+  layers.block = blockId;
+  const blockInput = layers.last;
+  const inChannels = blockInput.outputShape[2];
+  const pointwiseFilters = makeDivisible(Math.trunc(filters * alpha), 8);
+  let prefix = `block_${blockId}_`;
+  if (blockId > 0) {
+    layers.conv(`${prefix}expand`, expansion * inChannels, 1, 1, 'same');
+    layers.batchnorm(`${prefix}expand_BN`);
+    layers.relu6(`${prefix}expand_relu`);
+  } else {
+    prefix = 'expanded_conv_';
+  }
+  if (stride === 2) {
+    const [h, w, c] = layers.last.outputShape;
+    const padding = correctPad([h, w], 3);
+    layers.push({
+      kind: 'zeropad', name: `${prefix}pad`, padding,
+      outputShape: [h + padding[0][0] + padding[0][1], w + padding[1][0] + padding[1][1], c],
+    });
+  }
+  layers.depthwise(`${prefix}depthwise`, stride, stride === 1 ? 'same' : 'valid');
+  layers.batchnorm(`${prefix}depthwise_BN`);
+  layers.relu6(`${prefix}depthwise_relu`);
+  layers.conv(`${prefix}project`, pointwiseFilters, 1, 1, 'same');
+  layers.batchnorm(`${prefix}project_BN`);
+  if (inChannels === pointwiseFilters && stride === 1) {
+    layers.push({ kind: 'add', name: `${prefix}add`, inputs: [blockInput.name, layers.last.name], outputShape: layers.last.outputShape });
+  }
 }
 
 export function countParams(specs: readonly LayerSpec[]): { total: number; trainable: number } {

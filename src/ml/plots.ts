@@ -206,7 +206,18 @@ interface PanelSpec {
   legend: 'lower right' | 'upper right';
 }
 
-function drawPanel(ctx: SKRSContext2D, box: Box, spec: PanelSpec): void {
+/** Where a panel's plot area is, and the maps from epochs and values to pixels in it. */
+interface PanelFrame {
+  plot: Box;
+  xMin: number;
+  xMax: number;
+  yMin: number;
+  yMax: number;
+  toX: (epoch: number) => number;
+  toY: (value: number) => number;
+}
+
+function panelFrame(box: Box, spec: PanelSpec): PanelFrame {
   const plot = { x: box.x + 80, y: box.y + 46, width: box.width - 110, height: box.height - 106 };
   const [yMin, yMax] = spec.yRange;
   const xMin = spec.epochs > 1 ? 1 : 0.5;
@@ -214,15 +225,29 @@ function drawPanel(ctx: SKRSContext2D, box: Box, spec: PanelSpec): void {
   const padX = (xMax - xMin) * 0.03;
   const toX = (epoch: number) => plot.x + ((epoch - (xMin - padX)) / (xMax - xMin + 2 * padX)) * plot.width;
   const toY = (value: number) => plot.y + plot.height - ((value - yMin) / (yMax - yMin)) * plot.height;
+  return { plot, xMin, xMax, yMin, yMax, toX, toY };
+}
 
-  // title
+function drawPanel(ctx: SKRSContext2D, box: Box, spec: PanelSpec): void {
+  const frame = panelFrame(box, spec);
+  const { plot } = frame;
   ctx.fillStyle = TEXT_COLOUR;
   ctx.font = `18px ${FONT}`;
   ctx.textAlign = 'center';
   ctx.textBaseline = 'middle';
   ctx.fillText(spec.title, plot.x + plot.width / 2, box.y + 24);
+  drawGrid(ctx, frame);
+  drawAxisLabels(ctx, box, plot, spec);
+  drawData(ctx, frame, spec);
+  ctx.strokeStyle = TEXT_COLOUR;
+  ctx.lineWidth = 1;
+  ctx.strokeRect(Math.round(plot.x) + 0.5, Math.round(plot.y) + 0.5, Math.round(plot.width), Math.round(plot.height));
+  drawLegend(ctx, plot, spec);
+}
 
-  // grid and ticks
+/** Grid lines with their tick labels: values on the left, whole epochs below. */
+function drawGrid(ctx: SKRSContext2D, frame: PanelFrame): void {
+  const { plot, xMin, xMax, yMin, yMax, toX, toY } = frame;
   ctx.font = `13px ${FONT}`;
   ctx.lineWidth = 1;
   const yTicks = niceTicks(yMin, yMax, 6);
@@ -245,8 +270,9 @@ function drawPanel(ctx: SKRSContext2D, box: Box, spec: PanelSpec): void {
     ctx.textAlign = 'center';
     ctx.fillText(String(tick), x, plot.y + plot.height + 16);
   }
+}
 
-  // axis labels
+function drawAxisLabels(ctx: SKRSContext2D, box: Box, plot: Box, spec: PanelSpec): void {
   if (spec.xLabel) {
     ctx.font = `14px ${FONT}`;
     ctx.textAlign = 'center';
@@ -259,8 +285,11 @@ function drawPanel(ctx: SKRSContext2D, box: Box, spec: PanelSpec): void {
   ctx.textAlign = 'center';
   ctx.fillText(spec.yLabel, 0, 0);
   ctx.restore();
+}
 
-  // data, clipped to the plot area (with room for a point on the border, e.g. accuracy 1.0)
+/** The marker and each series as a line through dots, clipped to the plot area (with room for a point on the border, e.g. accuracy 1.0). */
+function drawData(ctx: SKRSContext2D, frame: PanelFrame, spec: PanelSpec): void {
+  const { plot, toX, toY } = frame;
   ctx.save();
   ctx.beginPath();
   ctx.rect(plot.x, plot.y - 4, plot.width, plot.height + 8);
@@ -270,39 +299,38 @@ function drawPanel(ctx: SKRSContext2D, box: Box, spec: PanelSpec): void {
     ctx.lineWidth = 2;
     line(ctx, toX(spec.marker), plot.y, toX(spec.marker), plot.y + plot.height);
   }
-  for (const series of spec.series) {
-    ctx.strokeStyle = series.colour;
-    ctx.fillStyle = series.colour;
-    ctx.lineWidth = 2;
-    ctx.beginPath();
-    let drawing = false;
-    series.values.forEach((value, i) => {
-      if (!Number.isFinite(value)) {
-        drawing = false;
-        return;
-      }
-      const x = toX(i + 1);
-      const y = toY(value);
-      if (drawing) ctx.lineTo(x, y);
-      else ctx.moveTo(x, y);
-      drawing = true;
-    });
-    ctx.stroke();
-    series.values.forEach((value, i) => {
-      if (!Number.isFinite(value)) return;
-      ctx.beginPath();
-      ctx.arc(toX(i + 1), toY(value), 3, 0, 2 * Math.PI);
-      ctx.fill();
-    });
-  }
+  for (const series of spec.series) drawSeries(ctx, series, toX, toY);
   ctx.restore();
+}
 
-  // frame
-  ctx.strokeStyle = TEXT_COLOUR;
-  ctx.lineWidth = 1;
-  ctx.strokeRect(Math.round(plot.x) + 0.5, Math.round(plot.y) + 0.5, Math.round(plot.width), Math.round(plot.height));
+/** A line through the finite values (broken at the others), and a dot on each. */
+function drawSeries(ctx: SKRSContext2D, series: Series, toX: (epoch: number) => number, toY: (value: number) => number): void {
+  ctx.strokeStyle = series.colour;
+  ctx.fillStyle = series.colour;
+  ctx.lineWidth = 2;
+  ctx.beginPath();
+  let drawing = false;
+  series.values.forEach((value, i) => {
+    if (!Number.isFinite(value)) {
+      drawing = false;
+      return;
+    }
+    const x = toX(i + 1);
+    const y = toY(value);
+    if (drawing) ctx.lineTo(x, y);
+    else ctx.moveTo(x, y);
+    drawing = true;
+  });
+  ctx.stroke();
+  series.values.forEach((value, i) => {
+    if (!Number.isFinite(value)) return;
+    ctx.beginPath();
+    ctx.arc(toX(i + 1), toY(value), 3, 0, 2 * Math.PI);
+    ctx.fill();
+  });
+}
 
-  // legend
+function drawLegend(ctx: SKRSContext2D, plot: Box, spec: PanelSpec): void {
   const entries: Array<{ label: string; colour: string }> = spec.series.map((s) => ({ label: s.label, colour: s.colour }));
   if (spec.marker !== undefined) entries.push({ label: 'Start Fine Tuning', colour: MARKER_COLOUR });
   ctx.font = `13px ${FONT}`;

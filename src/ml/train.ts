@@ -544,6 +544,18 @@ export function inferenceForward(tf: Tf, model: tfTypes.LayersModel): (x: Tensor
   }
   const input = model.inputs[0]!;
   const output = model.outputs[0]!;
+  const steps = forwardSteps(input, output);
+  const relu6 = relu6Op(tf);
+  return (x: Tensor) =>
+    tf.tidy(() => {
+      const values = new Map<number, Tensor>([[input.id, x]]);
+      for (const step of steps) values.set(step.output, runForwardStep(tf, step, values, relu6));
+      return values.get(output.id)!;
+    });
+}
+
+/** The model's own graph from `output` back to `input`, in an order that computes inputs first. */
+function graphOrder(input: SymbolicTensor, output: SymbolicTensor): { order: SymbolicTensor[]; consumers: Map<number, number> } {
   // Walk the model's own graph from its output (a layer may also belong to other graphs).
   const order: SymbolicTensor[] = [];
   const seen = new Set<number>();
@@ -560,98 +572,98 @@ export function inferenceForward(tf: Tf, model: tfTypes.LayersModel): (x: Tensor
     order.push(tensor);
   };
   visit(output);
+  return { order, consumers };
+}
 
+/** The steps of the forward pass: convolutions with their BatchNormalization folded in, where it can be. */
+function forwardSteps(input: SymbolicTensor, output: SymbolicTensor): ForwardStep[] {
+  const { order, consumers } = graphOrder(input, output);
   const steps: ForwardStep[] = [];
   const alias = new Map<number, number>([[input.id, input.id]]);
   const folded = new Set<number>();
   for (const tensor of order) {
     if (tensor.id === input.id || folded.has(tensor.id)) continue;
-    const layer = tensor.sourceLayer;
-    const className = layer.getClassName();
     const inputs = tensor.inputs.map((source) => alias.get(source.id)!);
-    if (className === 'Conv2D' || className === 'DepthwiseConv2D') {
+    const step = specialStep(tensor, inputs, order, consumers, output) ?? { op: 'layer', layer: tensor.sourceLayer, inputs, output: tensor.id };
+    if (step.op === 'conv' && step.output !== tensor.id) folded.add(step.output);
+    steps.push(step);
+    alias.set(tensor.id, tensor.id);
+    alias.set(step.output, step.output);
+  }
+  return steps;
+}
+
+/** A conv (with the BatchNormalization it alone feeds), a BatchNormalization or a ReLU6; else undefined. */
+function specialStep(
+  tensor: SymbolicTensor, inputs: number[], order: SymbolicTensor[], consumers: Map<number, number>, output: SymbolicTensor,
+): ForwardStep | undefined {
+  const layer = tensor.sourceLayer;
+  switch (layer.getClassName()) {
+    case 'Conv2D':
+    case 'DepthwiseConv2D': {
       const config = layer.getConfig() as { activation?: string; dilationRate?: number | number[] };
       const dilation = [config.dilationRate ?? 1].flat();
-      if ((config.activation ?? 'linear') === 'linear' && dilation.every((d) => d === 1)) {
-        // The conv's only consumer in this graph, when it is a BatchNormalization, folds into it.
-        const next = order.find((t) => t.inputs.length === 1 && t.inputs[0]!.id === tensor.id);
-        const fold = consumers.get(tensor.id) === 1 && next?.sourceLayer.getClassName() === 'BatchNormalization' && next !== output ? next : undefined;
-        const out = fold ?? tensor;
-        if (fold) folded.add(fold.id);
-        steps.push({ op: 'conv', layer, bn: fold?.sourceLayer, input: inputs[0]!, output: out.id });
-        alias.set(tensor.id, tensor.id);
-        alias.set(out.id, out.id);
-        continue;
-      }
-    } else if (className === 'BatchNormalization') {
-      steps.push({ op: 'batchnorm', layer, input: inputs[0]!, output: tensor.id });
-      alias.set(tensor.id, tensor.id);
-      continue;
-    } else if (className === 'ReLU') {
-      const config = layer.getConfig() as { maxValue?: number | null };
-      if (config.maxValue === 6) {
-        steps.push({ op: 'relu6', input: inputs[0]!, output: tensor.id });
-        alias.set(tensor.id, tensor.id);
-        continue;
-      }
+      if ((config.activation ?? 'linear') !== 'linear' || !dilation.every((d) => d === 1)) return undefined;
+      // The conv's only consumer in this graph, when it is a BatchNormalization, folds into it.
+      const next = order.find((t) => t.inputs.length === 1 && t.inputs[0]!.id === tensor.id);
+      const fold = consumers.get(tensor.id) === 1 && next?.sourceLayer.getClassName() === 'BatchNormalization' && next !== output ? next : undefined;
+      return { op: 'conv', layer, bn: fold?.sourceLayer, input: inputs[0]!, output: (fold ?? tensor).id };
     }
-    steps.push({ op: 'layer', layer, inputs, output: tensor.id });
-    alias.set(tensor.id, tensor.id);
+    case 'BatchNormalization':
+      return { op: 'batchnorm', layer, input: inputs[0]!, output: tensor.id };
+    case 'ReLU':
+      return (layer.getConfig() as { maxValue?: number | null }).maxValue === 6 ? { op: 'relu6', input: inputs[0]!, output: tensor.id } : undefined;
+    default:
+      return undefined;
   }
+}
 
-  const relu6 = relu6Op(tf);
-  const bnScale = (bn: LayerObject) => {
-    const [gamma, beta, mean, variance] = bn.weights.map((w) => w.read());
-    const epsilon = (bn.getConfig() as { epsilon: number }).epsilon;
-    const config = bn.getConfig() as { axis?: number | number[]; center?: boolean; scale?: boolean };
-    const axis = [config.axis ?? -1].flat();
-    if (config.center === false || config.scale === false || !(axis.length === 1 && (axis[0] === -1 || axis[0] === 3))) {
-      throw new Error(`bug: inferenceForward: ${bn.name}: only channels-last BatchNormalization with center and scale`);
+/** A BatchNormalization in inference mode as `x * scale + shift`, from the layer's current variables. */
+function bnScale(tf: Tf, bn: LayerObject): { scale: Tensor; shift: Tensor } {
+  const [gamma, beta, mean, variance] = bn.weights.map((w) => w.read());
+  const epsilon = (bn.getConfig() as { epsilon: number }).epsilon;
+  const config = bn.getConfig() as { axis?: number | number[]; center?: boolean; scale?: boolean };
+  const axis = [config.axis ?? -1].flat();
+  if (config.center === false || config.scale === false || !(axis.length === 1 && (axis[0] === -1 || axis[0] === 3))) {
+    throw new Error(`bug: inferenceForward: ${bn.name}: only channels-last BatchNormalization with center and scale`);
+  }
+  const scale = gamma!.mul(tf.rsqrt(variance!.add(epsilon)));
+  return { scale, shift: beta!.sub(mean!.mul(scale)) };
+}
+
+function runForwardStep(tf: Tf, step: ForwardStep, values: Map<number, Tensor>, relu6: (x: Tensor) => Tensor): Tensor {
+  switch (step.op) {
+    case 'conv':
+      return foldedConv(tf, step, values.get(step.input)! as tfTypes.Tensor4D);
+    case 'batchnorm': {
+      const { scale, shift } = bnScale(tf, step.layer);
+      return values.get(step.input)!.mul(scale).add(shift);
     }
-    const scale = gamma!.mul(tf.rsqrt(variance!.add(epsilon)));
-    return { scale, shift: beta!.sub(mean!.mul(scale)) };
-  };
+    case 'relu6':
+      return relu6(values.get(step.input)!);
+    case 'layer': {
+      const inputs = step.inputs.map((id) => values.get(id)!);
+      return step.layer.apply(inputs.length === 1 ? inputs[0]! : inputs, { training: false }) as Tensor;
+    }
+    default:
+      return unreachable(step, 'step');
+  }
+}
 
-  return (x: Tensor) =>
-    tf.tidy(() => {
-      const values = new Map<number, Tensor>([[input.id, x]]);
-      for (const step of steps) {
-        switch (step.op) {
-          case 'conv': {
-            const depthwise = step.layer.getClassName() === 'DepthwiseConv2D';
-            const config = step.layer.getConfig() as { strides: number | number[]; padding: 'same' | 'valid'; useBias?: boolean };
-            const strides = [config.strides].flat() as [number, number];
-            const [kernel, ownBias] = step.layer.weights.map((w) => w.read());
-            let filter = kernel! as tfTypes.Tensor4D;
-            let bias: Tensor | undefined = config.useBias ? ownBias : undefined;
-            if (step.bn) {
-              const { scale, shift } = bnScale(step.bn);
-              const channels = scale.shape[0]!;
-              filter = filter.mul(depthwise ? scale.reshape([1, 1, channels, 1]) : scale.reshape([1, 1, 1, channels]));
-              bias = bias ? bias.mul(scale).add(shift) : shift;
-            }
-            const args = { x: values.get(step.input)! as tfTypes.Tensor4D, filter, strides, pad: config.padding, bias };
-            values.set(step.output, depthwise ? tf.fused.depthwiseConv2d(args) : tf.fused.conv2d(args));
-            break;
-          }
-          case 'batchnorm': {
-            const { scale, shift } = bnScale(step.layer);
-            values.set(step.output, values.get(step.input)!.mul(scale).add(shift));
-            break;
-          }
-          case 'relu6':
-            values.set(step.output, relu6(values.get(step.input)!));
-            break;
-          case 'layer': {
-            const inputs = step.inputs.map((id) => values.get(id)!);
-            values.set(step.output, step.layer.apply(inputs.length === 1 ? inputs[0]! : inputs, { training: false }) as Tensor);
-            break;
-          }
-          default: {
-            unreachable(step, 'step');
-          }
-        }
-      }
-      return values.get(output.id)!;
-    });
+/** The conv with its BatchNormalization folded into kernel and bias, as one fused op. */
+function foldedConv(tf: Tf, step: Extract<ForwardStep, { op: 'conv' }>, x: tfTypes.Tensor4D): Tensor {
+  const depthwise = step.layer.getClassName() === 'DepthwiseConv2D';
+  const config = step.layer.getConfig() as { strides: number | number[]; padding: 'same' | 'valid'; useBias?: boolean };
+  const strides = [config.strides].flat() as [number, number];
+  const [kernel, ownBias] = step.layer.weights.map((w) => w.read());
+  let filter = kernel! as tfTypes.Tensor4D;
+  let bias: Tensor | undefined = config.useBias ? ownBias : undefined;
+  if (step.bn) {
+    const { scale, shift } = bnScale(tf, step.bn);
+    const channels = scale.shape[0]!;
+    filter = filter.mul(depthwise ? scale.reshape([1, 1, channels, 1]) : scale.reshape([1, 1, 1, channels]));
+    bias = bias ? bias.mul(scale).add(shift) : shift;
+  }
+  const args = { x, filter, strides, pad: config.padding, bias };
+  return depthwise ? tf.fused.depthwiseConv2d(args) : tf.fused.conv2d(args);
 }

@@ -337,6 +337,9 @@ export function simplifyErrors(errors: ErrorObject[]): ErrorObject[] {
       extra.push(...typed[0]);
     }
   }
+  // A bad name under `propertyNames` comes twice: as the keyword's own error (located at the key)
+  // and as the failed check on the name (located at the whole mapping). Keep the first.
+  for (const error of errors) if (error.propertyName !== undefined) drop.add(error);
   const kept = [...errors.filter((e) => !drop.has(e)), ...extra];
   const seen = new Set<string>();
   return kept.filter((e) => {

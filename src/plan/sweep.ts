@@ -36,8 +36,25 @@ export interface SampleOptions {
 export function expandTrials(file: PipelineFile, cliSweeps: string[], options: SampleOptions = {}): { trials: Trial[]; diagnostics: Diagnostic[] } {
   const diagnostics: Diagnostic[] = [];
   const declared = new Map(file.params.map((p) => [p.name, p]));
+  const grid = gridOfFile(file, declared, diagnostics);
+  const space = spaceOfFile(file, declared, diagnostics);
+  addSweepFlags(grid, space, cliSweeps, file, declared, diagnostics);
+  const samples = options.samples ?? file.sweep?.samples;
+  const seed = options.seed ?? file.sweep?.seed ?? 0;
+  if (space.size > 0 && samples === undefined) diagnostics.push(missingSamples(file));
+  const combos = space.size > 0 && samples !== undefined ? sampledPoints(space, samples, seed, grid) : grid.size === 0 ? [] : gridPoints(grid);
+  for (const [i, explicit] of (file.sweep?.trials ?? []).entries()) {
+    checkExplicitTrial(file, declared, i, explicit, diagnostics);
+    combos.push(explicit);
+  }
+  return { trials: distinctTrials(combos), diagnostics };
+}
+
+type Declared = Map<string, ParamDecl>;
+
+/** The `sweep.grid` section: param → values, each checked against its declaration. */
+function gridOfFile(file: PipelineFile, declared: Declared, diagnostics: Diagnostic[]): Map<string, unknown[]> {
   const grid = new Map<string, unknown[]>();
-  const space = new Map<string, Distribution>();
   for (const [name, list] of Object.entries(file.sweep?.grid ?? {})) {
     const decl = declared.get(name);
     if (!decl) {
@@ -50,6 +67,12 @@ export function expandTrials(file: PipelineFile, cliSweeps: string[], options: S
     });
     grid.set(name, list);
   }
+  return grid;
+}
+
+/** The `sweep.space` section: param → distribution, each checked against its declaration. */
+function spaceOfFile(file: PipelineFile, declared: Declared, diagnostics: Diagnostic[]): Map<string, Distribution> {
+  const space = new Map<string, Distribution>();
   for (const [name, raw] of Object.entries(file.sweep?.space ?? {})) {
     const decl = declared.get(name);
     const field = `sweep.space.${name}`;
@@ -62,160 +85,28 @@ export function expandTrials(file: PipelineFile, cliSweeps: string[], options: S
     if (problem !== undefined) diagnostics.push(at(file.source, rangeOf(file.doc, ['sweep', 'space', name]), 'bad-param-type', field, `param '${name}': ${problem}`));
     else if (typeof dist !== 'string') space.set(name, dist);
   }
-  for (const arg of cliSweeps) {
-    const eq = arg.indexOf('=');
-    const name = eq > 0 ? arg.slice(0, eq) : '';
-    const decl = declared.get(name);
-    const where = { code: 'bad-override' as const, file: '<command line>', line: 0, col: 0, length: 0, field: `-S ${arg}` };
-    if (!decl) {
-      diagnostics.push({ ...where, code: 'unknown-param', message: eq > 0 ? `unknown param '${name}' (params of ${file.source.path}: ${[...declared.keys()].join(', ')})` : 'expected NAME=V1,V2,... or NAME=DIST(…)' });
-      continue;
-    }
-    const text = arg.slice(eq + 1);
-    const form = parseDistributionArg(text);
-    if (form === undefined) {
-      const values: unknown[] = [];
-      for (const item of text.split(',')) {
-        const converted = convertOverride(decl, item);
-        if ('error' in converted) diagnostics.push({ ...where, message: `param '${name}': ${converted.error}` });
-        else values.push(converted.value);
-      }
-      grid.set(name, values);
-      space.delete(name);
-      continue;
-    }
-    const dist = typeof form === 'string' ? form : cliDistribution(decl, form.kind, form.args);
-    const problem = typeof dist === 'string' ? dist : distributionProblem(decl, dist);
-    if (problem !== undefined) diagnostics.push({ ...where, message: `param '${name}': ${problem}` });
-    else if (typeof dist !== 'string') {
-      space.set(name, dist);
-      grid.delete(name);
-    }
-  }
+  return space;
+}
 
-  const samples = options.samples ?? file.sweep?.samples;
-  const seed = options.seed ?? file.sweep?.seed ?? 0;
-  if (space.size > 0 && samples === undefined) {
-    const range = rangeOf(file.doc, ['sweep', 'space'], 'key');
-    if (file.sweep?.space) diagnostics.push(at(file.source, range, 'schema', 'sweep.samples', 'a sampled space needs a number of samples: add `samples: N` to sweep:, or give --samples N'));
-    else diagnostics.push({ code: 'bad-override', file: '<command line>', line: 0, col: 0, length: 0, field: '-S', message: 'a sampled space needs a number of samples: give --samples N' });
+function missingSamples(file: PipelineFile): Diagnostic {
+  if (!file.sweep?.space) {
+    return { code: 'bad-override', file: '<command line>', line: 0, col: 0, length: 0, field: '-S', message: 'a sampled space needs a number of samples: give --samples N' };
   }
-  let gridCombos: Array<Record<string, unknown>> = [{}];
-  for (const [name, list] of grid) {
-    gridCombos = gridCombos.flatMap((combo) => list.map((value) => ({ ...combo, [name]: value })));
-  }
+  return at(file.source, rangeOf(file.doc, ['sweep', 'space'], 'key'), 'schema', 'sweep.samples', 'a sampled space needs a number of samples: add `samples: N` to sweep:, or give --samples N');
+}
+
+/** `samples` points of the space, each crossed with every grid combination (sample-major). */
+function sampledPoints(space: Map<string, Distribution>, samples: number, seed: number, grid: Map<string, unknown[]>): Array<Record<string, unknown>> {
+  const names = [...space.keys()];
+  const dims = [...space.values()];
+  const gridCombos = gridPoints(grid);
   const combos: Array<Record<string, unknown>> = [];
-  if (space.size > 0 && samples !== undefined) {
-    const names = [...space.keys()];
-    const dims = [...space.values()];
-    for (let i = 0; i < samples; i++) {
-      const point = sampleAt(dims, i, seed);
-      const drawn = Object.fromEntries(names.map((name, d) => [name, point[d]]));
-      for (const combo of gridCombos) combos.push({ ...combo, ...drawn });
-    }
-  } else if (grid.size > 0) {
-    combos.push(...gridCombos);
+  for (let i = 0; i < samples; i++) {
+    const point = sampleAt(dims, i, seed);
+    const drawn = Object.fromEntries(names.map((name, d) => [name, point[d]]));
+    for (const combo of gridCombos) combos.push({ ...combo, ...drawn });
   }
-  for (const [i, explicit] of (file.sweep?.trials ?? []).entries()) {
-    for (const [name, value] of Object.entries(explicit)) {
-      const decl = declared.get(name);
-      if (!decl) diagnostics.push(at(file.source, rangeOf(file.doc, ['sweep', 'trials', i, name], 'key'), 'unknown-param', `sweep.trials.${i}.${name}`, `unknown param '${name}'`));
-      else {
-        const problem = checkParamValue(decl, value);
-        if (problem) diagnostics.push(at(file.source, rangeOf(file.doc, ['sweep', 'trials', i, name]), 'bad-param-type', `sweep.trials.${i}.${name}`, problem));
-      }
-    }
-    combos.push(explicit);
-  }
-  const seen = new Set<string>();
-  const trials: Trial[] = [];
-  for (const values of combos) {
-    const key = canonicalJson(values);
-    if (seen.has(key)) continue;
-    seen.add(key);
-    trials.push({ id: `t${trials.length + 1}`, values, label: Object.entries(values).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`).join(' ') });
-  }
-  return { trials, diagnostics };
-}
-
-interface MergedNode {
-  planned: PlannedStage;
-  /** Trial id → the stage's name in that trial. */
-  trials: Map<string, string>;
-}
-
-export interface SweepPlan {
-  plan: Plan;
-  nodes: Map<string, MergedNode>;
-  /** Trial id → (stage name in the trial → merged node name). */
-  trialStages: Map<string, Map<string, string>>;
-}
-
-/** Merges per-trial plans by fingerprint: one node per distinct stage computation. */
-export function mergePlans(trials: Trial[], plans: Map<string, Plan>): SweepPlan {
-  const byFingerprint = new Map<string, { planned: PlannedStage; trials: Map<string, string> }>();
-  const order: string[] = [];
-  for (const trial of trials) {
-    const plan = plans.get(trial.id);
-    if (!plan) continue;
-    for (const stage of plan.stages) {
-      let node = byFingerprint.get(stage.fingerprint);
-      if (!node) {
-        node = { planned: stage, trials: new Map() };
-        byFingerprint.set(stage.fingerprint, node);
-        order.push(stage.fingerprint);
-      }
-      node.trials.set(trial.id, stage.name);
-    }
-  }
-  // Name each node: the stage name when every trial shares it, else the name with the swept
-  // values its trials have in common, e.g. fine-tune[fine_tune_at=60 base_lr=0.0001].
-  const nameOf = new Map<string, string>();
-  const taken = new Set<string>();
-  for (const fp of order) {
-    const node = byFingerprint.get(fp);
-    if (!node) continue;
-    const sharers = trials.filter((t) => node.trials.has(t.id));
-    let name = node.planned.name;
-    if (sharers.length < trials.length) {
-      const common = Object.keys(sharers[0]?.values ?? {}).filter((k) => sharers.every((t) => canonicalJson(t.values[k]) === canonicalJson(sharers[0]?.values[k])));
-      const label = common.map((k) => `${k}=${typeof sharers[0]?.values[k] === 'string' ? String(sharers[0]?.values[k]) : JSON.stringify(sharers[0]?.values[k])}`).join(' ');
-      name = `${name}[${label || sharers.map((t) => t.id).join(',')}]`;
-    }
-    while (taken.has(name)) name = `${name}'`;
-    taken.add(name);
-    nameOf.set(fp, name);
-  }
-  const nodes = new Map<string, MergedNode>();
-  const trialStages = new Map<string, Map<string, string>>();
-  const stages: PlannedStage[] = [];
-  for (const fp of order) {
-    const node = byFingerprint.get(fp);
-    const name = nameOf.get(fp);
-    if (!node || !name) continue;
-    const [firstTrial, localName] = [...node.trials.entries()][0] ?? [];
-    const trialPlan = firstTrial ? plans.get(firstTrial) : undefined;
-    const fpOf = (local: string) => trialPlan?.stages.find((s) => s.name === local)?.fingerprint ?? '';
-    const rename = (local: string) => nameOf.get(fpOf(local)) ?? local;
-    const original = node.planned.stage;
-    const stage: AnalyzedStage = {
-      ...original,
-      name,
-      upstream: original.upstream.map(rename),
-      inputs: Object.fromEntries(Object.entries(original.inputs).map(([slot, up]) => [slot, rename(up)])),
-    };
-    const planned: PlannedStage = { ...node.planned, name, stage };
-    stages.push(planned);
-    nodes.set(name, { planned, trials: node.trials });
-    for (const [trialId, local] of node.trials) {
-      if (!trialStages.has(trialId)) trialStages.set(trialId, new Map());
-      trialStages.get(trialId)?.set(local, name);
-    }
-    void localName;
-  }
-  const first = plans.values().next().value as Plan | undefined;
-  if (!first) throw new Error('bug: no trial plans');
-  return { plan: { pipeline: first.pipeline, stages }, nodes, trialStages };
+  return combos;
 }
 
 /** Whether distribution `dist` can give values of the param `decl` (type, bounds, enum). */
@@ -247,6 +138,162 @@ function cliDistribution(decl: ParamDecl, kind: DistributionKind, args: string[]
     typed.push(converted.value);
   }
   return makeDistribution(kind, typed);
+}
+
+/**
+ * `-S name=v1,v2` replaces the grid's values of `name` (or adds it), converted by the param's type;
+ * `-S name=dist(…)` makes `name` a dimension of the sampled space instead.
+ */
+function addSweepFlags(grid: Map<string, unknown[]>, space: Map<string, Distribution>, cliSweeps: string[], file: PipelineFile, declared: Declared, diagnostics: Diagnostic[]): void {
+  for (const arg of cliSweeps) {
+    const eq = arg.indexOf('=');
+    const name = eq > 0 ? arg.slice(0, eq) : '';
+    const decl = declared.get(name);
+    const where = { code: 'bad-override' as const, file: '<command line>', line: 0, col: 0, length: 0, field: `-S ${arg}` };
+    if (!decl) {
+      diagnostics.push({ ...where, code: 'unknown-param', message: eq > 0 ? `unknown param '${name}' (params of ${file.source.path}: ${[...declared.keys()].join(', ')})` : 'expected NAME=V1,V2,... or NAME=DIST(…)' });
+      continue;
+    }
+    const text = arg.slice(eq + 1);
+    const form = parseDistributionArg(text);
+    if (form !== undefined) {
+      const dist = typeof form === 'string' ? form : cliDistribution(decl, form.kind, form.args);
+      const problem = typeof dist === 'string' ? dist : distributionProblem(decl, dist);
+      if (problem !== undefined) diagnostics.push({ ...where, message: `param '${name}': ${problem}` });
+      else if (typeof dist !== 'string') {
+        space.set(name, dist);
+        grid.delete(name);
+      }
+      continue;
+    }
+    const values: unknown[] = [];
+    for (const item of text.split(',')) {
+      const converted = convertOverride(decl, item);
+      if ('error' in converted) diagnostics.push({ ...where, message: `param '${name}': ${converted.error}` });
+      else values.push(converted.value);
+    }
+    grid.set(name, values);
+    space.delete(name);
+  }
+}
+
+/** Every combination of the grid's values, the first param outermost. */
+function gridPoints(grid: Map<string, unknown[]>): Array<Record<string, unknown>> {
+  let combos: Array<Record<string, unknown>> = [{}];
+  for (const [name, list] of grid) combos = combos.flatMap((combo) => list.map((value) => ({ ...combo, [name]: value })));
+  return combos;
+}
+
+function checkExplicitTrial(file: PipelineFile, declared: Declared, i: number, explicit: Record<string, unknown>, diagnostics: Diagnostic[]): void {
+  for (const [name, value] of Object.entries(explicit)) {
+    const decl = declared.get(name);
+    if (!decl) diagnostics.push(at(file.source, rangeOf(file.doc, ['sweep', 'trials', i, name], 'key'), 'unknown-param', `sweep.trials.${i}.${name}`, `unknown param '${name}'`));
+    else {
+      const problem = checkParamValue(decl, value);
+      if (problem) diagnostics.push(at(file.source, rangeOf(file.doc, ['sweep', 'trials', i, name]), 'bad-param-type', `sweep.trials.${i}.${name}`, problem));
+    }
+  }
+}
+
+/** t1, t2, … for each distinct combination (same values in any key order: one trial). */
+function distinctTrials(combos: Array<Record<string, unknown>>): Trial[] {
+  const seen = new Set<string>();
+  const trials: Trial[] = [];
+  for (const values of combos) {
+    const key = canonicalJson(values);
+    if (seen.has(key)) continue;
+    seen.add(key);
+    trials.push({ id: `t${trials.length + 1}`, values, label: Object.entries(values).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`).join(' ') });
+  }
+  return trials;
+}
+
+interface MergedNode {
+  planned: PlannedStage;
+  /** Trial id → the stage's name in that trial. */
+  trials: Map<string, string>;
+}
+
+export interface SweepPlan {
+  plan: Plan;
+  nodes: Map<string, MergedNode>;
+  /** Trial id → (stage name in the trial → merged node name). */
+  trialStages: Map<string, Map<string, string>>;
+}
+
+/** Merges per-trial plans by fingerprint: one node per distinct stage computation. */
+export function mergePlans(trials: Trial[], plans: Map<string, Plan>): SweepPlan {
+  const byFingerprint = groupByFingerprint(trials, plans);
+  const nameOf = nodeNames(trials, byFingerprint);
+  const nodes = new Map<string, MergedNode>();
+  const trialStages = new Map<string, Map<string, string>>();
+  const stages: PlannedStage[] = [];
+  for (const [fp, node] of byFingerprint) {
+    const name = nameOf.get(fp)!;
+    const planned: PlannedStage = { ...node.planned, name, stage: renamedStage(node, name, plans, nameOf) };
+    stages.push(planned);
+    nodes.set(name, { planned, trials: node.trials });
+    for (const [trialId, local] of node.trials) {
+      if (!trialStages.has(trialId)) trialStages.set(trialId, new Map());
+      trialStages.get(trialId)?.set(local, name);
+    }
+  }
+  const first = plans.values().next().value as Plan | undefined;
+  if (!first) throw new Error('bug: no trial plans');
+  return { plan: { pipeline: first.pipeline, stages }, nodes, trialStages };
+}
+
+/** Fingerprint → the stage computing it and its name in each trial, in order of first appearance. */
+function groupByFingerprint(trials: Trial[], plans: Map<string, Plan>): Map<string, MergedNode> {
+  const byFingerprint = new Map<string, MergedNode>();
+  for (const trial of trials) {
+    for (const stage of plans.get(trial.id)?.stages ?? []) {
+      let node = byFingerprint.get(stage.fingerprint);
+      if (!node) {
+        node = { planned: stage, trials: new Map() };
+        byFingerprint.set(stage.fingerprint, node);
+      }
+      node.trials.set(trial.id, stage.name);
+    }
+  }
+  return byFingerprint;
+}
+
+/**
+ * Names each node: the stage name when every trial shares it, else the name with the swept values
+ * its trials have in common, e.g. fine-tune[fine_tune_at=60 base_lr=0.0001] (their ids when none).
+ */
+function nodeNames(trials: Trial[], byFingerprint: Map<string, MergedNode>): Map<string, string> {
+  const nameOf = new Map<string, string>();
+  const taken = new Set<string>();
+  for (const [fp, node] of byFingerprint) {
+    const sharers = trials.filter((t) => node.trials.has(t.id));
+    let name = node.planned.name;
+    if (sharers.length < trials.length) {
+      const common = Object.keys(sharers[0]?.values ?? {}).filter((k) => sharers.every((t) => canonicalJson(t.values[k]) === canonicalJson(sharers[0]?.values[k])));
+      const label = common.map((k) => `${k}=${typeof sharers[0]?.values[k] === 'string' ? String(sharers[0]?.values[k]) : JSON.stringify(sharers[0]?.values[k])}`).join(' ');
+      name = `${name}[${label || sharers.map((t) => t.id).join(',')}]`;
+    }
+    while (taken.has(name)) name = `${name}'`;
+    taken.add(name);
+    nameOf.set(fp, name);
+  }
+  return nameOf;
+}
+
+/** The node's stage under its merged name, its upstream stages renamed to their merged names. */
+function renamedStage(node: MergedNode, name: string, plans: Map<string, Plan>, nameOf: Map<string, string>): AnalyzedStage {
+  const [firstTrial] = [...node.trials.keys()];
+  const trialPlan = firstTrial ? plans.get(firstTrial) : undefined;
+  const fpOf = (local: string) => trialPlan?.stages.find((s) => s.name === local)?.fingerprint ?? '';
+  const rename = (local: string) => nameOf.get(fpOf(local)) ?? local;
+  const original = node.planned.stage;
+  return {
+    ...original,
+    name,
+    upstream: original.upstream.map(rename),
+    inputs: Object.fromEntries(Object.entries(original.inputs).map(([slot, up]) => [slot, rename(up)])),
+  };
 }
 
 /** What demultiplexing needs of each trial's prepared run. */

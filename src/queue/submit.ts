@@ -9,6 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { FlowProducer, Job, Queue, QueueEvents, type FlowJob } from 'bullmq';
 import { Redis } from 'ioredis';
+import { UnavailableError } from '../core/errors.ts';
 import type { RunSummary } from '../core/events.ts';
 import { RunBook, skippedOutcome, type ExecuteOptions, type Outcome, type Runner } from '../exec/run-book.ts';
 import { restore } from '../exec/run-stage.ts';
@@ -18,7 +19,6 @@ import {
   CANCEL_CHANNEL, EDGE_QUEUE, PREFIX, STAGE_QUEUE, edgeJobId, parseQueueUrl, stageJobId,
   type StageJobData, type StageJobProgress, type StageJobResult,
 } from './protocol.ts';
-import { UnavailableError } from '../core/errors.ts';
 
 export interface QueueTarget {
   url: string;
@@ -42,25 +42,51 @@ export function queueRunner(target: QueueTarget): Runner {
 async function executeOnQueue(options: ExecuteOptions, target: QueueTarget): Promise<RunSummary> {
   const connection = parseQueueUrl(target.url);
   await ping(target.url, connection);
-  const { plan, cache } = options;
-  const runId = options.run.runId;
   const book = new RunBook(options);
-  const submitter = `${os.hostname()}:${process.pid}`;
+  const remote = await restoreCachedStages(options, book);
+  if (remote.length === 0) return book.close();
 
-  // Stages whose entry is here already are restored like in a local run.
+  const dag = queueDag(remote, options.run.runId);
+  const submitter = `${os.hostname()}:${process.pid}`;
+  const flows = remote.map((stage) => stageFlow(stage, dag, options, target, submitter));
+  const follower = new QueueFollower(options, target, book, dag, connection);
+  try {
+    await follower.submit(flows);
+    await follower.followUntilSettled();
+  } finally {
+    await follower.close();
+  }
+  return book.close();
+}
+
+/** Restores the stages whose entry is in the cache already, as a local run would; returns the others. */
+async function restoreCachedStages(options: ExecuteOptions, book: RunBook): Promise<PlannedStage[]> {
   const remote: PlannedStage[] = [];
-  for (const stage of plan.stages) {
+  for (const stage of options.plan.stages) {
     const onDamaged = (problem: string) => book.emit({ type: 'stage-log', stage: stage.name, stream: 'log', line: `${problem}: the stage runs again` });
-    const entry = stage.cached ? await cache.readIntact(stage.fingerprint, onDamaged) : undefined;
+    const entry = stage.cached ? await options.cache.readIntact(stage.fingerprint, onDamaged) : undefined;
     if (entry) book.finish(stage, await restore(stage, entry, options));
     else remote.push(stage);
   }
-  if (remote.length === 0) return book.close();
+  return remote;
+}
 
+/** The DAG among the stages that go to the queue, with the job ids it becomes. */
+interface QueueDag {
+  remote: PlannedStage[];
+  byName: Map<string, PlannedStage>;
+  jobIds: Map<string, string>;
+  /** Stage name -> one edge job per upstream stage that also goes to the queue. */
+  edgesInto: Map<string, Array<{ up: string; id: string }>>;
+  /** Stage name -> the edge jobs its worker removes when it completes. */
+  releases: Map<string, string[]>;
+  dependents: Map<string, string[]>;
+}
+
+function queueDag(remote: PlannedStage[], runId: string): QueueDag {
   const remoteNames = new Set(remote.map((s) => s.name));
   const byName = new Map(remote.map((s) => [s.name, s]));
   const jobIds = new Map(remote.map((s) => [s.name, stageJobId(runId, s.fingerprint)]));
-  // The DAG among the stages that go to the queue: one edge job per dependency.
   const edgesInto = new Map(remote.map((stage) => [stage.name, stage.stage.upstream.filter((up) => remoteNames.has(up)).map((up) => ({
     up,
     id: edgeJobId(runId, byName.get(up)!.fingerprint, stage.fingerprint),
@@ -73,148 +99,191 @@ async function executeOnQueue(options: ExecuteOptions, target: QueueTarget): Pro
       dependents.get(up)!.push(name);
     }
   }
-  const flows: FlowJob[] = remote.map((stage) => {
-    const job = stageJob(plan, stage, options.flavour);
-    const data: StageJobData = {
-      job: { ...job, cwd: path.relative(target.projectDir, job.cwd) || '.' },
-      runId,
-      cacheDir: cache.root,
-      backend: options.flavour,
-      releases: releases.get(stage.name)!,
-      submitter,
-    };
-    const edges = edgesInto.get(stage.name)!.map(({ up, id }) => ({
-      name: `${up} -> ${stage.name}`, queueName: EDGE_QUEUE, prefix: PREFIX, data: { from: up, to: stage.name }, opts: { jobId: id },
-    }));
-    return {
-      name: stage.name,
-      queueName: STAGE_QUEUE,
-      prefix: PREFIX,
-      data,
-      opts: {
-        jobId: jobIds.get(stage.name)!,
-        attempts: 1 + target.retries,
-        backoff: { type: 'fixed', delay: 2000 },
-        removeOnComplete: { age: KEEP_FINISHED_JOBS_S },
-        removeOnFail: { age: KEEP_FINISHED_JOBS_S },
-      },
-      ...(edges.length > 0 ? { children: edges } : {}),
-    };
-  });
+  return { remote, byName, jobIds, edgesInto, releases, dependents };
+}
 
-  const queue = new Queue(STAGE_QUEUE, { connection, prefix: PREFIX });
-  const events = new QueueEvents(STAGE_QUEUE, { connection, prefix: PREFIX });
-  const producer = new FlowProducer({ connection, prefix: PREFIX });
-  const publisher = new Redis(connection);
-  const pending = new Set(remote.map((s) => s.name));
-  const stageOfJob = new Map(remote.map((s) => [jobIds.get(s.name)!, s]));
-  const workerOf = new Map<string, string>();
-  let wake: (() => void) | undefined;
-  const nudge = () => wake?.();
+/** One stage's BullMQ flow: its job as the parent, one child edge job per upstream stage in the queue. */
+function stageFlow(stage: PlannedStage, dag: QueueDag, options: ExecuteOptions, target: QueueTarget, submitter: string): FlowJob {
+  const job = stageJob(options.plan, stage, options.flavour);
+  const data: StageJobData = {
+    job: { ...job, cwd: path.relative(target.projectDir, job.cwd) || '.' },
+    runId: options.run.runId,
+    cacheDir: options.cache.root,
+    backend: options.flavour,
+    releases: dag.releases.get(stage.name)!,
+    submitter,
+  };
+  const edges = dag.edgesInto.get(stage.name)!.map(({ up, id }) => ({
+    name: `${up} -> ${stage.name}`, queueName: EDGE_QUEUE, prefix: PREFIX, data: { from: up, to: stage.name }, opts: { jobId: id },
+  }));
+  return {
+    name: stage.name,
+    queueName: STAGE_QUEUE,
+    prefix: PREFIX,
+    data,
+    opts: {
+      jobId: dag.jobIds.get(stage.name)!,
+      attempts: 1 + target.retries,
+      backoff: { type: 'fixed', delay: 2000 },
+      removeOnComplete: { age: KEEP_FINISHED_JOBS_S },
+      removeOnFail: { age: KEEP_FINISHED_JOBS_S },
+    },
+    ...(edges.length > 0 ? { children: edges } : {}),
+  };
+}
 
-  try {
-    const forward = (stage: PlannedStage, p: StageJobProgress) => {
-      switch (p.type) {
-        case 'stage-start':
-          workerOf.set(stage.name, p.worker);
-          book.emit({ type: 'stage-start', stage: stage.name, fingerprint: stage.fingerprint, startedAt: p.startedAt, worker: p.worker });
-          return;
-        case 'stage-log':
-          book.emit({ type: 'stage-log', stage: stage.name, stream: p.stream, line: p.line });
-          return;
-        case 'stage-progress':
-          book.emit({ type: 'stage-progress', stage: stage.name, done: p.done, total: p.total, label: p.label });
-          return;
-        case 'stage-metric':
-          book.emit({ type: 'stage-metric', stage: stage.name, point: p.point });
-          return;
-      }
-    };
+/**
+ * Follows a submitted run: forwards the workers' progress as this run's events, reads each job's
+ * state until every stage has settled (completed, failed, or skipped after an upstream failure),
+ * and on abort removes the jobs not started and asks the workers to stop the others.
+ */
+class QueueFollower {
+  private readonly queue: Queue;
+  private readonly events: QueueEvents;
+  private readonly producer: FlowProducer;
+  private readonly publisher: Redis;
+  private readonly pending: Set<string>;
+  private readonly stageOfJob: Map<string, PlannedStage>;
+  private readonly workerOf = new Map<string, string>();
+  private wake: (() => void) | undefined;
+  private readonly nudge = () => this.wake?.();
 
+  constructor(
+    private readonly options: ExecuteOptions,
+    private readonly target: QueueTarget,
+    private readonly book: RunBook,
+    private readonly dag: QueueDag,
+    connection: ReturnType<typeof parseQueueUrl>,
+  ) {
+    this.queue = new Queue(STAGE_QUEUE, { connection, prefix: PREFIX });
+    this.events = new QueueEvents(STAGE_QUEUE, { connection, prefix: PREFIX });
+    this.producer = new FlowProducer({ connection, prefix: PREFIX });
+    this.publisher = new Redis(connection);
+    this.pending = new Set(dag.remote.map((s) => s.name));
+    this.stageOfJob = new Map(dag.remote.map((s) => [dag.jobIds.get(s.name)!, s]));
+  }
+
+  /** Listens for the jobs' events, adds the flows, and arranges for an abort to stop them. */
+  async submit(flows: FlowJob[]): Promise<void> {
+    const { events } = this;
     await events.waitUntilReady();
     events.on('progress', ({ jobId, data }) => {
-      const stage = stageOfJob.get(jobId);
-      if (!stage || !pending.has(stage.name)) return;
-      forward(stage, data as StageJobProgress);
+      const stage = this.stageOfJob.get(jobId);
+      if (!stage || !this.pending.has(stage.name)) return;
+      this.forward(stage, data as StageJobProgress);
     });
-    events.on('completed', nudge);
-    events.on('failed', nudge);
-    await producer.addBulk(flows);
+    events.on('completed', this.nudge);
+    events.on('failed', this.nudge);
+    await this.producer.addBulk(flows);
+    this.book.onAbort((reason) => void this.cancel(reason));
+  }
 
-    const settle = (stage: PlannedStage, outcome: Outcome) => {
-      if (!pending.delete(stage.name)) return;
-      book.finish(stage, outcome);
-    };
-    const skipDownstream = async (from: string, why: string) => {
-      const stack = [...(dependents.get(from) ?? [])];
-      while (stack.length > 0) {
-        const name = stack.shift()!;
-        if (!pending.has(name)) continue;
-        await removeJob(queue, jobIds.get(name)!);
-        settle(byName.get(name)!, skippedOutcome(why));
-        stack.push(...(dependents.get(name) ?? []));
-      }
-    };
-
-    book.onAbort((reason) => {
-      void (async () => {
-        const active: string[] = [];
-        for (const name of [...pending]) {
-          if (await removeJob(queue, jobIds.get(name)!)) settle(byName.get(name)!, skippedOutcome(`not started: ${reason}`));
-          else active.push(jobIds.get(name)!);
-        }
-        if (active.length > 0) await publisher.publish(CANCEL_CHANNEL, JSON.stringify({ jobIds: active, reason }));
-        nudge();
-      })();
-    });
-
+  async followUntilSettled(): Promise<void> {
     const startedWaiting = Date.now();
     let toldNoWorker = false;
-    while (pending.size > 0) {
-      for (const name of [...pending]) {
-        const stage = byName.get(name)!;
-        const job = await Job.fromId(queue, jobIds.get(name)!);
-        if (!job) {
-          settle(stage, failed(book.abortReason ? `stopped: ${book.abortReason}` : 'its job vanished from the queue', workerOf.get(name)));
-          await skipDownstream(name, `upstream stage '${name}' did not complete`);
-          continue;
-        }
-        const state = await job.getState();
-        if (state === 'completed') {
-          const result = job.returnvalue as StageJobResult;
-          const entry = await cache.read(stage.fingerprint);
-          if (!entry) {
-            settle(stage, failed(`${result.worker} completed it, but its entry is not in the cache at ${cache.root}: do the workers share this cache (--cache)?`, result.worker));
-            await skipDownstream(name, `upstream stage '${name}' did not complete`);
-            continue;
-          }
-          const restored = await restore(stage, entry, options);
-          const ran = result.status === 'ran';
-          settle(stage, { ...restored, status: result.status, durationMs: result.durationMs, worker: result.worker, ...(ran ? { summary: result.summary } : {}) });
-        } else if (state === 'failed') {
-          const worker = workerOf.get(name);
-          settle(stage, { ...failed(job.failedReason || 'failed on a worker', worker), durationMs: job.finishedOn && job.processedOn ? job.finishedOn - job.processedOn : 0 });
-          await skipDownstream(name, `upstream stage '${name}' did not complete`);
-        }
-      }
-      if (pending.size === 0) break;
-      if (!toldNoWorker && Date.now() - startedWaiting > 10_000 && workerOf.size === 0 && (await queue.getWorkersCount()) === 0) {
+    while (this.pending.size > 0) {
+      for (const name of [...this.pending]) await this.check(name);
+      if (this.pending.size === 0) break;
+      if (!toldNoWorker && Date.now() - startedWaiting > 10_000 && this.workerOf.size === 0 && (await this.queue.getWorkersCount()) === 0) {
         toldNoWorker = true;
-        target.log(`waiting: no pipe worker is connected to ${target.url} (start one: pipe worker --queue ${target.url})`);
+        this.target.log(`waiting: no pipe worker is connected to ${this.target.url} (start one: pipe worker --queue ${this.target.url})`);
       }
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, target.pollMs ?? 500);
-        wake = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-      wake = undefined;
+      await this.sleepUntilNudged();
     }
-  } finally {
-    await Promise.allSettled([events.close(), queue.close(), producer.close(), publisher.quit()]);
   }
-  return book.close();
+
+  async close(): Promise<void> {
+    await Promise.allSettled([this.events.close(), this.queue.close(), this.producer.close(), this.publisher.quit()]);
+  }
+
+  private forward(stage: PlannedStage, p: StageJobProgress): void {
+    const { book } = this;
+    switch (p.type) {
+      case 'stage-start':
+        this.workerOf.set(stage.name, p.worker);
+        book.emit({ type: 'stage-start', stage: stage.name, fingerprint: stage.fingerprint, startedAt: p.startedAt, worker: p.worker });
+        return;
+      case 'stage-log':
+        book.emit({ type: 'stage-log', stage: stage.name, stream: p.stream, line: p.line });
+        return;
+      case 'stage-progress':
+        book.emit({ type: 'stage-progress', stage: stage.name, done: p.done, total: p.total, label: p.label });
+        return;
+      case 'stage-metric':
+        book.emit({ type: 'stage-metric', stage: stage.name, point: p.point });
+        return;
+    }
+  }
+
+  /** Reads the state of stage `name`'s job and settles the stage when the job has ended. */
+  private async check(name: string): Promise<void> {
+    const { book, options } = this;
+    const stage = this.dag.byName.get(name)!;
+    const job = await Job.fromId(this.queue, this.dag.jobIds.get(name)!);
+    if (!job) {
+      this.settle(stage, failed(book.abortReason ? `stopped: ${book.abortReason}` : 'its job vanished from the queue', this.workerOf.get(name)));
+      await this.skipDownstream(name, `upstream stage '${name}' did not complete`);
+      return;
+    }
+    const state = await job.getState();
+    if (state === 'completed') {
+      const result = job.returnvalue as StageJobResult;
+      const entry = await options.cache.read(stage.fingerprint);
+      if (!entry) {
+        this.settle(stage, failed(`${result.worker} completed it, but its entry is not in the cache at ${options.cache.root}: do the workers share this cache (--cache)?`, result.worker));
+        await this.skipDownstream(name, `upstream stage '${name}' did not complete`);
+        return;
+      }
+      const restored = await restore(stage, entry, options);
+      const ran = result.status === 'ran';
+      this.settle(stage, { ...restored, status: result.status, durationMs: result.durationMs, worker: result.worker, ...(ran ? { summary: result.summary } : {}) });
+    } else if (state === 'failed') {
+      const worker = this.workerOf.get(name);
+      this.settle(stage, { ...failed(job.failedReason || 'failed on a worker', worker), durationMs: job.finishedOn && job.processedOn ? job.finishedOn - job.processedOn : 0 });
+      await this.skipDownstream(name, `upstream stage '${name}' did not complete`);
+    }
+  }
+
+  private settle(stage: PlannedStage, outcome: Outcome): void {
+    if (!this.pending.delete(stage.name)) return;
+    this.book.finish(stage, outcome);
+  }
+
+  private async skipDownstream(from: string, why: string): Promise<void> {
+    const { dependents, jobIds, byName } = this.dag;
+    const stack = [...(dependents.get(from) ?? [])];
+    while (stack.length > 0) {
+      const name = stack.shift()!;
+      if (!this.pending.has(name)) continue;
+      await removeJob(this.queue, jobIds.get(name)!);
+      this.settle(byName.get(name)!, skippedOutcome(why));
+      stack.push(...(dependents.get(name) ?? []));
+    }
+  }
+
+  /** Removes the jobs not started yet; asks the workers running the others to stop them. */
+  private async cancel(reason: string): Promise<void> {
+    const { jobIds, byName } = this.dag;
+    const active: string[] = [];
+    for (const name of [...this.pending]) {
+      if (await removeJob(this.queue, jobIds.get(name)!)) this.settle(byName.get(name)!, skippedOutcome(`not started: ${reason}`));
+      else active.push(jobIds.get(name)!);
+    }
+    if (active.length > 0) await this.publisher.publish(CANCEL_CHANNEL, JSON.stringify({ jobIds: active, reason }));
+    this.nudge();
+  }
+
+  /** Waits one poll interval, or less when a job completes or fails. */
+  private async sleepUntilNudged(): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, this.target.pollMs ?? 500);
+      this.wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+    this.wake = undefined;
+  }
 }
 
 function failed(error: string, worker: string | undefined): Outcome {

@@ -68,18 +68,44 @@ const symbols: Record<StageStatus | 'queued' | 'running', string> = {
   skipped: '-',
 };
 
+/** One stage's line in the live table. */
+interface Row {
+  status: StageStatus | 'queued' | 'running';
+  started?: number;
+  worker?: string;
+  duration?: number;
+  done?: number;
+  total?: number;
+  label?: string;
+  error?: string;
+}
+
+/** `▶ name  ████░░ 3/10 label 12s ETA 28s`, cut to the terminal's width. */
+function rowLine(name: string, row: Row, width: number): string {
+  return `${symbols[row.status]} ${name.padEnd(width)}  ${rowDetail(row)}`.slice(0, (process.stdout.columns || 120) - 1);
+}
+
+function rowDetail(row: Row): string {
+  if (row.status === 'running') {
+    const elapsed = Date.now() - (row.started ?? Date.now());
+    if (row.total && row.done !== undefined) return progressDetail(row, row.total, row.done, elapsed);
+    const detail = `${formatDuration(elapsed)}${row.worker ? ` on ${row.worker}` : ''}`;
+    return row.label ? `${row.label} ${detail}` : detail;
+  }
+  if (row.duration !== undefined) return `${row.status} ${formatDuration(row.duration)}${row.error ? `: ${row.error}` : ''}`;
+  return row.status;
+}
+
+/** A progress bar with the count, the label, the time so far and an estimate of the time left. */
+function progressDetail(row: Row, total: number, done: number, elapsed: number): string {
+  const fraction = Math.min(1, done / total);
+  const bar = '█'.repeat(Math.round(fraction * 20)).padEnd(20, '░');
+  const eta = fraction > 0 ? (elapsed / fraction) * (1 - fraction) : undefined;
+  return `${bar} ${done}/${total}${row.label ? ` ${row.label}` : ''} ${formatDuration(elapsed)}${eta !== undefined ? ` ETA ${formatDuration(Math.round(eta))}` : ''}`;
+}
+
 /** A live table of stages redrawn in place; logs scroll above it. */
 export function ttyRenderer(write: Write, options: { verbose?: boolean } = {}): RunListener {
-  interface Row {
-    status: StageStatus | 'queued' | 'running';
-    started?: number;
-    worker?: string;
-    duration?: number;
-    done?: number;
-    total?: number;
-    label?: string;
-    error?: string;
-  }
   const rows = new Map<string, Row>();
   let drawn = 0;
   let timer: NodeJS.Timeout | undefined;
@@ -90,24 +116,8 @@ export function ttyRenderer(write: Write, options: { verbose?: boolean } = {}): 
   };
   const draw = () => {
     clear();
-    const lines: string[] = [];
     const width = Math.max(8, ...[...rows.keys()].map((n) => n.length));
-    for (const [name, row] of rows) {
-      let detail = '';
-      if (row.status === 'running') {
-        const elapsed = Date.now() - (row.started ?? Date.now());
-        detail = `${formatDuration(elapsed)}${row.worker ? ` on ${row.worker}` : ''}`;
-        if (row.total && row.done !== undefined) {
-          const fraction = Math.min(1, row.done / row.total);
-          const bar = '█'.repeat(Math.round(fraction * 20)).padEnd(20, '░');
-          const eta = fraction > 0 ? (elapsed / fraction) * (1 - fraction) : undefined;
-          detail = `${bar} ${row.done}/${row.total}${row.label ? ` ${row.label}` : ''} ${formatDuration(elapsed)}${eta !== undefined ? ` ETA ${formatDuration(Math.round(eta))}` : ''}`;
-        } else if (row.label) detail = `${row.label} ${detail}`;
-      } else if (row.duration !== undefined) {
-        detail = `${row.status} ${formatDuration(row.duration)}${row.error ? `: ${row.error}` : ''}`;
-      } else detail = row.status;
-      lines.push(`${symbols[row.status]} ${name.padEnd(width)}  ${detail}`.slice(0, (process.stdout.columns || 120) - 1));
-    }
+    const lines = [...rows].map(([name, row]) => rowLine(name, row, width));
     write(`${lines.join('\n')}\n`);
     drawn = lines.length;
   };

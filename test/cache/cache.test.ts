@@ -1,77 +1,186 @@
-// The cache's own checks: entries are checksummed when published and checked before use.
-import { mkdtempSync, promises as fs } from 'node:fs';
+// The artifact cache on real directories: entries appear complete or not at all, the lock lets
+// one process compute an entry and is taken over from a dead or silent holder, and what killed
+// writers leave behind is cleaned.
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Cache } from '../../src/cache/cache.ts';
+import { Cache, LOCK_LEASE_MS, type EntryResult, type LockInfo } from '../../src/cache/cache.ts';
 import type { FingerprintRecord } from '../../src/cache/fingerprint.ts';
 
-const record = { schema: 1, kind: 'command', version: 0, params: {}, inputs: {} } as unknown as FingerprintRecord;
-const result = { durationMs: 1, finishedAt: 1, summary: {}, artifacts: [] };
+const fp = (n: number) => `${String(n).repeat(4)}${'ab'.repeat(30)}`;
+const record = (n: number): FingerprintRecord => ({ schema: 1, kind: 'command', version: 0, params: { n }, command: `echo ${n}`, inputs: {}, upstream: {} });
+const result = (durationMs: number): EntryResult => ({ durationMs, finishedAt: 1_700_000_000_000, summary: { rows: 3 }, artifacts: ['model.txt'], outs: { 'model.txt': 'h1' } });
 
-async function published(files: Record<string, string>): Promise<{ cache: Cache; fingerprint: string; dir: string }> {
-  const root = mkdtempSync(path.join(os.tmpdir(), 'pipe-cache-'));
-  const fingerprint = 'f'.repeat(64);
-  const cache = new Cache(root);
-  const staging = await cache.stage(fingerprint, record);
-  for (const [name, text] of Object.entries(files)) {
-    await fs.mkdir(path.dirname(path.join(staging.dir, name)), { recursive: true });
-    await fs.writeFile(path.join(staging.dir, name), text);
-  }
-  await cache.publish(staging, result);
-  return { cache, fingerprint, dir: cache.entryDir(fingerprint) };
+function newCache(): Cache {
+  return new Cache(mkdtempSync(path.join(os.tmpdir(), 'pipe-cache-')));
 }
 
-const noDamage = (problem: string) => assert.unreachable(problem);
+/** A pid that no process has: one that just ended. */
+function deadPid(): number {
+  return spawnSync(process.execPath, ['-e', '']).pid!;
+}
 
-test('publishing records the size and sha256 of every output file and the metrics', async () => {
-  const { cache, fingerprint } = await published({ 'out/model/weights.bin': 'abc', 'out/report.txt': 'hi', 'metrics.jsonl': '{}\n' });
-  const entry = await cache.read(fingerprint);
-  assert.equal(Object.keys(entry!.result.checksums ?? {}).sort(), ['metrics.jsonl', 'out/model/weights.bin', 'out/report.txt']);
-  assert.equal(entry!.result.checksums!['out/report.txt'], { size: 2, sha256: '8f434346648f6b96df89dda901c5176b10a6d83961dd3c1ac88b59b2dc327aa4' });
+const hostTag = os.hostname().replace(/[^A-Za-z0-9-]/g, '-') || 'host';
+const settled = <T>(promise: Promise<T>) => Promise.race([promise.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 600))]);
+
+async function publishOne(cache: Cache, n: number, content: string, durationMs = 10): Promise<void> {
+  const staging = await cache.stage(fp(n), record(n));
+  writeFileSync(path.join(staging.outDir, 'model.txt'), content);
+  await cache.publish(staging, result(durationMs));
+}
+
+test('an entry is written privately and appears complete in one step', async () => {
+  const cache = newCache();
+  const staging = await cache.stage(fp(1), record(1));
+  assert.ok(staging.dir.startsWith(path.join(cache.root, 'tmp') + path.sep));
+  writeFileSync(path.join(staging.outDir, 'model.txt'), 'weights');
+  assert.is(await cache.has(fp(1)), false);
+  assert.is(await cache.read(fp(1)), undefined, 'nothing is visible before publishing');
+
+  const entry = await cache.publish(staging, result(1234));
+  assert.is(entry.dir, cache.entryDir(fp(1)));
+  assert.equal(entry.record, record(1));
+  assert.equal(entry.result, result(1234));
+  assert.is(readFileSync(path.join(entry.outDir, 'model.txt'), 'utf8'), 'weights');
+  assert.is(existsSync(staging.dir), false);
+  assert.equal(readdirSync(path.join(cache.root, 'tmp')), []);
+
+  const read = await cache.read(fp(1));
+  assert.equal([read?.fingerprint, read?.outDir, read?.result], [fp(1), path.join(cache.entryDir(fp(1)), 'out'), result(1234)]);
+  assert.is(await cache.has(fp(1)), true);
+  assert.equal(await cache.list(), [{ fingerprint: fp(1), dir: cache.entryDir(fp(1)) }]);
+  assert.ok((await cache.size(fp(1))) >= 'weights'.length);
 });
 
-test('a changed, truncated or missing file: the entry is removed and named with the file', async () => {
-  for (const [damage, expected] of [
-    [(dir: string) => fs.writeFile(path.join(dir, 'out', 'a.txt'), 'xyz'), /out\/a\.txt has changed since it was published/],
-    [(dir: string) => fs.writeFile(path.join(dir, 'out', 'a.txt'), 'a'), /out\/a\.txt has 1 bytes, 3 when published/],
-    [(dir: string) => fs.rm(path.join(dir, 'metrics.jsonl')), /metrics\.jsonl is missing/],
-    [(dir: string) => fs.writeFile(path.join(dir, 'result.json'), '{"durationMs": 1, "fini'), /result\.json cannot be read/],
-  ] as const) {
-    const { dir, fingerprint } = await published({ 'out/a.txt': 'abc', 'metrics.jsonl': '{}\n' });
-    await damage(dir);
-    const fresh = new Cache(path.dirname(path.dirname(dir))); // another run: nothing checked yet
-    const problems: string[] = [];
-    assert.is(await fresh.readIntact(fingerprint, (p) => problems.push(p)), undefined);
-    assert.is(problems.length, 1);
-    assert.match(problems[0]!, expected);
-    assert.match(problems[0]!, /^cache entry ffffffffff is damaged: .*; removed it$/);
-    assert.is(await fresh.has(fingerprint), false, 'the damaged entry is gone');
-  }
+test('a second publish of the same entry keeps the first and drops its own staging', async () => {
+  const cache = newCache();
+  const first = await cache.stage(fp(2), record(2));
+  const second = await cache.stage(fp(2), record(2));
+  writeFileSync(path.join(first.outDir, 'model.txt'), 'first');
+  writeFileSync(path.join(second.outDir, 'model.txt'), 'second');
+  await cache.publish(first, result(1));
+  const entry = await cache.publish(second, result(2));
+  assert.is(readFileSync(path.join(entry.outDir, 'model.txt'), 'utf8'), 'first');
+  assert.is(entry.result.durationMs, 1);
+  assert.equal(readdirSync(path.join(cache.root, 'tmp')), []);
 });
 
-test('an intact entry is used; one published before checksums were recorded is used unchecked', async () => {
-  const { dir, fingerprint } = await published({ 'out/a.txt': 'abc' });
-  const fresh = new Cache(path.dirname(path.dirname(dir)));
-  assert.ok(await fresh.readIntact(fingerprint, noDamage));
-  const old = JSON.parse(await fs.readFile(path.join(dir, 'result.json'), 'utf8')) as Record<string, unknown>;
-  delete old['checksums'];
-  await fs.writeFile(path.join(dir, 'result.json'), JSON.stringify(old));
-  await fs.writeFile(path.join(dir, 'out', 'a.txt'), 'anything');
-  assert.ok(await new Cache(fresh.root).readIntact(fingerprint, noDamage));
+test('a directory without its result is not an entry', async () => {
+  const cache = newCache();
+  mkdirSync(path.join(cache.entryDir(fp(3)), 'out'), { recursive: true });
+  writeFileSync(path.join(cache.entryDir(fp(3)), 'record.json'), JSON.stringify(record(3)));
+  assert.is(await cache.read(fp(3)), undefined);
+  assert.is(await cache.has(fp(3)), false);
+  assert.is(await cache.read(fp(99)), undefined);
 });
 
-test('waiting for a lock ends when the run is stopped', async () => {
-  const root = mkdtempSync(path.join(os.tmpdir(), 'pipe-cache-'));
-  const release = await new Cache(root).lock('c'.repeat(64));
-  let reason: string | undefined;
-  setTimeout(() => (reason = 'interrupted by SIGTERM'), 300);
-  let waited = false;
-  const error = await new Cache(root).lock('c'.repeat(64), () => (waited = true), () => reason).then(() => undefined, (e: Error) => e);
-  assert.ok(waited);
-  assert.match(error?.message ?? '', new RegExp(`^stopped while waiting for process ${process.pid} on .*: interrupted by SIGTERM$`));
+test('metrics read back in order; the torn last line of a killed writer is ignored', async () => {
+  const cache = newCache();
+  const staging = await cache.stage(fp(4), record(4));
+  const points = [{ key: 'loss', value: 0.5, step: 0, timestamp: 1 }, { key: 'loss', value: 0.25, step: 1, timestamp: 2 }];
+  writeFileSync(path.join(staging.dir, 'metrics.jsonl'), `${points.map((p) => JSON.stringify(p)).join('\n')}\n{"key":"lo`);
+  await cache.publish(staging, result(1));
+  assert.equal(await cache.readMetrics(fp(4)), points);
+  assert.equal(await cache.readMetrics(fp(5)), []);
+});
+
+test('discard drops a staging directory; nothing is published', async () => {
+  const cache = newCache();
+  const staging = await cache.stage(fp(6), record(6));
+  writeFileSync(path.join(staging.outDir, 'half.txt'), 'half');
+  await cache.discard(staging);
+  assert.is(existsSync(staging.dir), false);
+  assert.is(await cache.read(fp(6)), undefined);
+  assert.equal(await cache.list(), []);
+});
+
+test('remove takes an entry away whole and leaves nothing behind; removing a missing one is no error', async () => {
+  const cache = newCache();
+  await publishOne(cache, 7, 'seven');
+  await publishOne(cache, 8, 'eight');
+  await cache.remove(fp(7));
+  assert.is(await cache.read(fp(7)), undefined);
+  assert.equal((await cache.list()).map((e) => e.fingerprint), [fp(8)]);
+  assert.equal(readdirSync(path.join(cache.root, 'tmp')), []);
+  await cache.remove(fp(7));
+  assert.is(readFileSync(path.join(cache.entryDir(fp(8)), 'out', 'model.txt'), 'utf8'), 'eight');
+});
+
+test('the lock: a second taker waits, is told once who holds it, and gets it on release', async () => {
+  const cache = newCache();
+  const release = await cache.lock(fp(9));
+  const lockFile = path.join(cache.root, 'locks', `${fp(9)}.lock`);
+  const holder = JSON.parse(readFileSync(lockFile, 'utf8')) as LockInfo;
+  assert.equal([holder.pid, holder.host], [process.pid, os.hostname()]);
+
+  const told: LockInfo[] = [];
+  const second = cache.lock(fp(9), (h) => told.push(h));
+  assert.is(await settled(second), false, 'waits while the holder is alive');
+  assert.equal(told.map((h) => h.pid), [process.pid]);
   await release();
+  assert.is(await settled(second), true, 'taken once released');
+  assert.is(told.length, 1);
+  const releaseSecond = await second;
+  await releaseSecond();
+  assert.is(existsSync(lockFile), false);
+  // Another entry's lock is independent.
+  await (await cache.lock(fp(10)))();
+});
+
+test('a lock left by a dead process on this host, or torn, is taken over at once', async () => {
+  const cache = newCache();
+  const lockFile = (n: number) => path.join(cache.root, 'locks', `${fp(n)}.lock`);
+  mkdirSync(path.join(cache.root, 'locks'), { recursive: true });
+  writeFileSync(lockFile(11), JSON.stringify({ pid: deadPid(), host: os.hostname(), since: Date.now() }));
+  writeFileSync(lockFile(12), '{"pid": 12');
+  const told: LockInfo[] = [];
+  for (const n of [11, 12]) {
+    const release = await cache.lock(fp(n), (h) => told.push(h));
+    assert.is((JSON.parse(readFileSync(lockFile(n), 'utf8')) as LockInfo).pid, process.pid);
+    await release();
+  }
+  assert.equal(told, []);
+  assert.equal(readdirSync(path.join(cache.root, 'locks')), [], 'no stale leftovers');
+});
+
+test("another host's lock is waited for while refreshed, and taken over once it is older than the lease", async () => {
+  const cache = newCache();
+  const lockFile = path.join(cache.root, 'locks', `${fp(13)}.lock`);
+  mkdirSync(path.dirname(lockFile), { recursive: true });
+  writeFileSync(lockFile, JSON.stringify({ pid: 1, host: 'another-host', since: Date.now() }));
+  const told: LockInfo[] = [];
+  const taking = cache.lock(fp(13), (h) => told.push(h));
+  assert.is(await settled(taking), false, 'its holder cannot be checked: wait');
+  assert.equal(told.map((h) => h.host), ['another-host']);
+  const past = new Date(Date.now() - LOCK_LEASE_MS - 1000);
+  utimesSync(lockFile, past, past);
+  assert.is(await settled(taking), true, 'not refreshed for the lease: abandoned');
+  await (await taking)();
+});
+
+test('cleanStale removes what dead local writers and long-silent remote ones left, nothing else', async () => {
+  const cache = newCache();
+  const tmp = path.join(cache.root, 'tmp');
+  const live = await cache.stage(fp(14), record(14));
+  const dead = deadPid();
+  const dirs = {
+    deadHere: `${fp(15)}.${dead}.0a0a0a0a.${hostTag}`,
+    deadOldLayout: `${fp(16)}.${dead}.0b0b0b0b`,
+    remoteFresh: `${fp(17)}.4242.0c0c0c0c.other-host`,
+    remoteOld: `${fp(18)}.4242.0d0d0d0d.other-host`,
+  };
+  for (const dir of Object.values(dirs)) mkdirSync(path.join(tmp, dir, 'out'), { recursive: true });
+  const twoDaysAgo = new Date(Date.now() - 2 * 86_400_000);
+  utimesSync(path.join(tmp, dirs.remoteOld), twoDaysAgo, twoDaysAgo);
+
+  assert.is(await cache.cleanStale(), 3);
+  assert.equal(readdirSync(tmp).sort(), [path.basename(live.dir), dirs.remoteFresh].sort());
+  assert.is(await cache.cleanStale(), 0);
+  await cache.publish(live, result(1));
+  assert.ok(await cache.read(fp(14)), 'a live writer publishes as usual');
 });
 
 test.run();
