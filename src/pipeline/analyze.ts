@@ -16,6 +16,7 @@ import {
   type StageDecl,
 } from './pipeline.ts';
 import type { StageKind, StageKinds } from '../core/stage-kind.ts';
+import { shellQuote } from '../util/shell.ts';
 
 export const COMMAND_KIND = 'command';
 
@@ -124,16 +125,21 @@ interface Interpolation {
   refs: Set<string>;
 }
 
-/** Substitutes `${params.NAME}` in every string of `value`; unknown names become diagnostics. */
+/**
+ * Substitutes `${params.NAME}` in every string of `value`; unknown names become diagnostics.
+ * `quote` formats each substituted text (a shell command's words); without it a value that is only
+ * a reference keeps the param's type.
+ */
 function interpolate(
   value: unknown,
   params: Record<string, unknown>,
   report: (keys: Array<string | number>, name: string) => void,
   keys: Array<string | number> = [],
   refs: Set<string> = new Set(),
+  quote?: (text: string) => string,
 ): Interpolation {
   if (typeof value === 'string') {
-    const whole = WHOLE_REF.exec(value);
+    const whole = quote ? undefined : WHOLE_REF.exec(value);
     if (whole?.[1]) {
       const name = whole[1];
       refs.add(name);
@@ -147,7 +153,8 @@ function interpolate(
         return '';
       }
       const v = params[name];
-      return typeof v === 'string' ? v : JSON.stringify(v);
+      const text = typeof v === 'string' ? v : JSON.stringify(v);
+      return quote ? quote(text) : text;
     });
     return { value: replaced, refs };
   }
@@ -257,7 +264,9 @@ export async function analyze(file: PipelineFile, options: AnalyzeOptions): Prom
     for (const [k, v] of Object.entries(envInterp.value as Record<string, unknown>)) env[k] = typeof v === 'string' ? v : JSON.stringify(v);
 
     if (stage.run !== undefined) {
-      const commandInterp = interpolate(stage.run, params, reportMissingParam('run'));
+      // A string is run by /bin/sh: each value must arrive as one word, never as shell syntax.
+      const quote = typeof stage.run === 'string' ? shellQuote : undefined;
+      const commandInterp = interpolate(stage.run, params, reportMissingParam('run'), [], new Set(), quote);
       const deps = interpolate(stage.deps, params, reportMissingParam('deps')).value as unknown[];
       const outs = interpolate(stage.outs, params, reportMissingParam('outs')).value as unknown[];
       const metrics = interpolate(stage.metrics, params, reportMissingParam('metrics')).value as unknown[];
