@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { Ajv, type ErrorObject } from 'ajv';
-import { Document, LineCounter, isMap, isNode, isPair, isScalar, parseDocument, type Node } from 'yaml';
+import { Document, LineCounter, isAlias, isMap, isNode, isPair, isScalar, parseDocument, type Node, type Scalar } from 'yaml';
 import schema from '../../schema/pipeline.schema.json' with { type: 'json' };
 import { at, type Diagnostic, type SourceFile } from '../core/diagnostics.ts';
 
@@ -196,11 +196,11 @@ function readParams(source: SourceFile, doc: Document, raw: Record<string, unkno
       value !== null && typeof value === 'object' && !Array.isArray(value) && 'default' in value &&
       Object.keys(value).every((k) => specKeys.has(k));
     if (!isSpec) {
-      params.push({ name, type: inferType(value), default: value });
+      params.push({ name, type: inferTypeAt(doc, ['params', name], value), default: value });
       continue;
     }
     const spec = value as Omit<ParamDecl, 'name' | 'type'> & { type?: ParamType };
-    const decl: ParamDecl = { ...spec, name, type: spec.type ?? inferType(spec.default) };
+    const decl: ParamDecl = { ...spec, name, type: spec.type ?? inferTypeAt(doc, ['params', name, 'default'], spec.default) };
     const problem = checkParamValue(decl, decl.default);
     if (problem) {
       diagnostics.push(at(source, rangeOf(doc, ['params', name, 'default']), 'bad-param-type', `params.${name}.default`, problem));
@@ -208,6 +208,23 @@ function readParams(source: SourceFile, doc: Document, raw: Record<string, unkno
     params.push(decl);
   }
   return params;
+}
+
+/**
+ * The type a default declares: `inferType` of its value, except that a YAML float literal (`1.0`,
+ * `1e3`, `.inf`) declares a number although JavaScript reads its value as a whole number.
+ */
+function inferTypeAt(doc: Document, keys: string[], value: unknown): ParamType {
+  const type = inferType(value);
+  if (type !== 'integer') return type;
+  let node = doc.getIn(keys, true);
+  if (isAlias(node)) node = node.resolve(doc);
+  return isScalar(node) && isFloatLiteral(node) ? 'number' : type;
+}
+
+/** The YAML 1.2 core schema's integer forms (decimal, 0x hex, 0o octal); other numbers are floats. */
+function isFloatLiteral(node: Scalar): boolean {
+  return node.source !== undefined && !/^[-+]?(\d+|0x[0-9a-fA-F]+|0o[0-7]+)$/.test(node.source);
 }
 
 export function inferType(value: unknown): ParamType {

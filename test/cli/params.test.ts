@@ -1,6 +1,7 @@
 // Param values on the command line: a value substituted into a shell command is one word, never
 // shell syntax; a list-form command gets it as one argument without a shell.
 import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -28,5 +29,13 @@ for (const value of ['; touch pwned', '$(touch pwned)', "it's", 'a  b|`touch pwn
     assert.is(readFileSync(path.join(dir, 'argv.txt'), 'utf8'), value);
   });
 }
+
+const flagship = fileURLToPath(new URL('../../pipelines/mobilenet.yaml', import.meta.url));
+
+test('a param whose default is written 1.0 takes -p alpha=0.35 (the flagship pipeline)', async () => {
+  const r = await pipe(project(), ['status', flagship, '-p', 'alpha=0.35', '--json']);
+  assert.is(r.exitCode, 0, r.stderr);
+  assert.is((JSON.parse(r.stdout) as { stages: unknown[] }).stages.length, 8);
+});
 
 test.run();
