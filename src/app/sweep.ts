@@ -19,7 +19,7 @@ import { demultiplex, expandTrials, mergePlans, type SweepPlan, type Trial } fro
 export async function sweepCommand(file: string, values: CommandOptions, io: Io): Promise<CommandStatus> {
   const loaded = loadPipeline(file, file);
   if (!loaded.file || loaded.diagnostics.length > 0) {
-    printDiagnostics(io, loaded.diagnostics, loaded.file ? { [file]: loaded.file.source.text } : {});
+    printDiagnostics(io, loaded.diagnostics, loaded.source ? { [file]: loaded.source.text } : {});
     return 'invalid';
   }
   const pipelineFile = loaded.file;

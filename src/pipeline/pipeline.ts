@@ -74,6 +74,8 @@ const validateSchema = ajv.compile(schema);
  */
 export interface Loaded {
   file?: PipelineFile;
+  /** The text as read (absent only when the file could not be read), for the source lines of messages. */
+  source?: SourceFile;
   diagnostics: Diagnostic[];
 }
 
@@ -103,15 +105,15 @@ export function parsePipeline(text: string, displayPath: string, dir: string): L
       const field = duplicateKeyField(doc, error.pos[0]);
       diagnostics.push(at(source, error.pos, 'duplicate-name', field, `duplicate name: '${field.split('.').pop()}' is defined more than once`));
     } else {
-      diagnostics.push(at(source, error.pos, 'yaml-syntax', '', `malformed YAML: ${firstLine(error.message)}`));
+      diagnostics.push(at(source, withinContent(text, error.pos), 'yaml-syntax', '', `malformed YAML: ${firstLine(error.message)}`));
     }
   }
-  if (diagnostics.some((d) => d.code === 'yaml-syntax')) return { diagnostics };
+  if (diagnostics.some((d) => d.code === 'yaml-syntax')) return { source, diagnostics };
 
   const data: unknown = doc.toJS({ maxAliasCount: 100 });
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {
     diagnostics.push(at(source, doc.contents?.range as [number, number] | undefined, 'schema', '', 'expected a mapping with name, params and stages'));
-    return { diagnostics };
+    return { source, diagnostics };
   }
   if (!validateSchema(data)) {
     for (const error of simplifyErrors(validateSchema.errors ?? [])) {
@@ -141,6 +143,7 @@ export function parsePipeline(text: string, displayPath: string, dir: string): L
   const tracking = asRecord(raw['tracking']) as { uri?: string; enabled?: boolean };
   const name = typeof raw['name'] === 'string' ? raw['name'] : 'pipeline';
   return {
+    source,
     diagnostics,
     file: {
       source,
@@ -322,6 +325,13 @@ function duplicateKeyField(doc: Document, offset: number): string {
   };
   visit(doc.contents, []);
   return found.join('.');
+}
+
+/** An error found at the end of the input (an unclosed quote or bracket) points at the last text. */
+function withinContent(text: string, pos: [number, number]): [number, number] {
+  if (text.slice(pos[0]).trim() !== '') return pos;
+  const last = text.trimEnd().length - 1;
+  return last >= 0 ? [last, last + 1] : pos;
 }
 
 function firstLine(message: string): string {
