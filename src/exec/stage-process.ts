@@ -10,6 +10,7 @@ import { execa } from 'execa';
 import { loadKind } from '../stages/index.ts';
 import { hashPath } from '../util/hash.ts';
 import type { StageContext } from '../core/stage-kind.ts';
+import { isPipeError } from '../core/errors.ts';
 
 export interface StageSpec {
   stage: string;
@@ -135,6 +136,19 @@ function killCommand(signal: NodeJS.Signals): void {
   }
 }
 
+/**
+ * An expected failure (a PipeError: no network, a bad file) is its message and hint on the
+ * terminal, its stack only in the logs (stderr, shown with --verbose); anything else is a bug
+ * and keeps its stack in sight.
+ */
+async function reportError(error: unknown): Promise<void> {
+  const err = error instanceof Error ? error : new Error(String(error));
+  if (!isPipeError(err)) return send({ t: 'error', message: err.message, stack: err.stack });
+  if (err.stack) process.stderr.write(`${err.stack}\n`);
+  if (err.hint) await send({ t: 'log', line: `hint: ${err.hint}` });
+  await send({ t: 'error', message: err.message });
+}
+
 async function main(): Promise<void> {
   let finished = false;
   process.on('disconnect', () => {
@@ -159,8 +173,7 @@ async function main(): Promise<void> {
     else await runKind(spec);
     process.exitCode = 0;
   } catch (error) {
-    const err = error as Error;
-    await send({ t: 'error', message: err.message ?? String(error), stack: err.stack });
+    await reportError(error);
     process.exitCode = 1;
   }
   // Native libraries may keep the event loop alive; the stage is over.
