@@ -202,8 +202,7 @@ function readParams(source: SourceFile, doc: Document, raw: Record<string, unkno
       params.push({ name, type: inferTypeAt(doc, ['params', name], value), default: value });
       continue;
     }
-    const spec = value as Omit<ParamDecl, 'name' | 'type'> & { type?: ParamType };
-    const decl: ParamDecl = { ...spec, name, type: spec.type ?? inferTypeAt(doc, ['params', name, 'default'], spec.default) };
+    const decl = readParamSpec(source, doc, name, value as Record<string, unknown>, diagnostics);
     const problem = checkParamValue(decl, decl.default);
     if (problem) {
       diagnostics.push(at(source, rangeOf(doc, ['params', name, 'default']), 'bad-param-type', `params.${name}.default`, problem));
@@ -211,6 +210,26 @@ function readParams(source: SourceFile, doc: Document, raw: Record<string, unkno
     params.push(decl);
   }
   return params;
+}
+
+const PARAM_TYPES: readonly ParamType[] = ['string', 'number', 'integer', 'boolean', 'path', 'array', 'object', 'null'];
+
+/** A full declaration; a field of the wrong type is reported and left out. */
+function readParamSpec(source: SourceFile, doc: Document, name: string, spec: Record<string, unknown>, diagnostics: Diagnostic[]): ParamDecl {
+  const wrong = (field: string, expected: string) =>
+    diagnostics.push(at(source, rangeOf(doc, ['params', name, field]), 'schema', `params.${name}.${field}`, `expected ${expected}, got ${describeValue(spec[field])}`));
+  const type = PARAM_TYPES.find((t) => t === spec['type']);
+  if (spec['type'] !== undefined && !type) wrong('type', `one of ${PARAM_TYPES.join(', ')}`);
+  const decl: ParamDecl = { name, type: type ?? inferTypeAt(doc, ['params', name, 'default'], spec['default']), default: spec['default'] };
+  if (typeof spec['description'] === 'string') decl.description = spec['description'];
+  else if (spec['description'] !== undefined) wrong('description', 'a string');
+  for (const bound of ['minimum', 'maximum'] as const) {
+    if (typeof spec[bound] === 'number') decl[bound] = spec[bound];
+    else if (spec[bound] !== undefined) wrong(bound, 'a number');
+  }
+  if (Array.isArray(spec['enum'])) decl.enum = spec['enum'];
+  else if (spec['enum'] !== undefined) wrong('enum', 'a list of the allowed values');
+  return decl;
 }
 
 /**

@@ -2,6 +2,7 @@
 // JavaScript reads (`1.0` is a number, though JavaScript reads it as the integer 1).
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { formatDiagnostic } from '../../src/core/diagnostics.ts';
 import { convertOverride } from '../../src/pipeline/analyze.ts';
 import { parsePipeline, type ParamDecl } from '../../src/pipeline/pipeline.ts';
 
@@ -50,6 +51,25 @@ test('-p values convert by the inferred type', () => {
   assert.equal(convert('sizes', '[3, 4]'), { value: [3, 4] });
   assert.equal(convert('sizes', '3,4'), { error: "expected an array as JSON, got '3,4'" });
   assert.equal(convert('word', ' 12 '), { value: ' 12 ' });
+});
+
+test('a declaration with fields of the wrong type is reported, not a crash (found by fuzzing)', () => {
+  const loaded = parsePipeline('name: p\nparams:\n  x: {default: 1, enum: evaluate, type: "\\n", minimum: low}\nstages:\n  a: {run: echo}\n', 'p.yaml', '/project');
+  assert.equal(loaded.file?.params, [{ name: 'x', type: 'integer', default: 1 }]);
+  assert.equal(loaded.diagnostics.map((d) => `${d.line}:${d.col}: ${d.field}: ${d.message}`), [
+    '3:41: params.x.type: expected one of string, number, integer, boolean, path, array, object, null, got string "\\n"',
+    '3:56: params.x.minimum: expected a number, got string "low"',
+    '3:25: params.x.enum: expected a list of the allowed values, got string "evaluate"',
+  ]);
+});
+
+test('a diagnostic stays one line when a key holds a newline (found by fuzzing)', () => {
+  const text = 'name: p\nstages:\n  "a\\nb": {run: echo, colour: red}\n';
+  const loaded = parsePipeline(text, 'p.yaml', '/project');
+  const shown = loaded.diagnostics.map((d) => formatDiagnostic(d, text));
+  assert.ok(shown.length > 0);
+  for (const s of shown) assert.is(s.split('\n').length, 3, s);
+  assert.ok(shown.some((s) => s.startsWith("p.yaml:3:23: error: stages.a\\nb.colour: unknown field 'colour'")), shown.join('\n'));
 });
 
 test.run();
