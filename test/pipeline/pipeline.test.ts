@@ -51,6 +51,10 @@ test('-p values convert by the inferred type', () => {
   assert.equal(convert('sizes', '[3, 4]'), { value: [3, 4] });
   assert.equal(convert('sizes', '3,4'), { error: "expected an array as JSON, got '3,4'" });
   assert.equal(convert('word', ' 12 '), { value: ' 12 ' });
+  // A param whose default is null takes any text; `null` is null.
+  const nothing = params('  nothing: null')['nothing'] as ParamDecl;
+  assert.equal(convertOverride(nothing, '5'), { value: '5' });
+  assert.equal(convertOverride(nothing, 'null'), { value: null });
 });
 
 test('a declaration with fields of the wrong type is reported, not a crash (found by fuzzing)', () => {
