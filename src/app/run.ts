@@ -52,6 +52,7 @@ export async function prepare(
   const paths = projectPaths();
   const texts: Record<string, string> = {};
   const loaded = extra.pipelineFile ? { file: extra.pipelineFile, diagnostics: [] } : loadPipeline(file, file);
+  if (loaded.source) texts[file] = loaded.source.text;
   if (!loaded.file) {
     printDiagnostics(io, loaded.diagnostics, texts);
     return undefined;

@@ -78,7 +78,7 @@ interface TrialResult {
 function loadSweep(file: string, values: CommandOptions, io: Io): { pipelineFile: PipelineFile; trials: Trial[] } | undefined {
   const loaded = loadPipeline(file, file);
   if (!loaded.file || loaded.diagnostics.length > 0) {
-    printDiagnostics(io, loaded.diagnostics, loaded.file ? { [file]: loaded.file.source.text } : {});
+    printDiagnostics(io, loaded.diagnostics, loaded.source ? { [file]: loaded.source.text } : {});
     return undefined;
   }
   const pipelineFile = loaded.file;

@@ -18,7 +18,7 @@ Usage:
   pipe gc [FILE...] [--dry-run]
   pipe predict MODEL IMAGE...
   pipe ui [EXPERIMENT] [--host H] [--stop]
-  pipe sync
+  pipe sync [--to URI | --drop RUN_DIR... | --drop-all]
   pipe doctor
 
 Commands:
@@ -49,6 +49,9 @@ Options:
   --retries N              with --queue: run a failed stage again up to N times (default 1)
   --cpus N, --gpus N       worker: CPU slots (default: the cores) and GPUs (default: those found)
   --name NAME              worker: how runs name this worker (default HOST:PID)
+  --to URI                 sync: send pending tracking data to this MLflow server instead of its own
+  --drop RUN_DIR           sync: discard the run's pending tracking data (e.g. its server is gone)
+  --drop-all               sync: discard every run's pending tracking data
 `;
 
 const runOptions = {
@@ -73,6 +76,9 @@ const runOptions = {
   cpus: { type: 'string' },
   gpus: { type: 'string' },
   name: { type: 'string' },
+  to: { type: 'string' },
+  drop: { type: 'string', multiple: true },
+  'drop-all': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } satisfies ParseArgsConfig['options'];
 
@@ -161,7 +167,8 @@ async function dispatch(command: string, positionals: string[], values: ReturnTy
       }
       case 'sync': {
         const { syncCommand } = await import('../app/sync.ts');
-        return await syncCommand({ projectDir: process.cwd(), print: (line) => io.out(`${line}\n`) });
+        if (positionals.length > 0) throw new UsageError('usage: pipe sync [--to URI | --drop RUN_DIR... | --drop-all]');
+        return await syncCommand({ projectDir: process.cwd(), print: (line) => io.out(`${line}\n`), to: values.to, drop: values.drop, dropAll: values['drop-all'] });
       }
       case 'doctor': {
         const { doctor } = await import('../app/doctor.ts');

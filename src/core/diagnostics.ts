@@ -52,11 +52,16 @@ export function at(
 /** `file:line:col: field: message`, then the source line and an underline. */
 export function formatDiagnostic(d: Diagnostic, text?: string): string {
   const where = d.line > 0 ? `${d.file}:${d.line}:${d.col}` : d.file;
-  const head = `${where}: error: ${d.field ? `${d.field}: ` : ''}${d.message}`;
+  const head = oneLine(`${where}: error: ${d.field ? `${d.field}: ` : ''}${d.message}`);
   if (!text || d.line <= 0) return head;
   const sourceLine = text.split('\n')[d.line - 1] ?? '';
   const width = Math.max(1, Math.min(d.length, sourceLine.length - (d.col - 1)));
   return `${head}\n  ${sourceLine}\n  ${' '.repeat(d.col - 1)}${'~'.repeat(width)}`;
+}
+
+/** Control characters (a key or value with a newline, say) shown escaped, so a diagnostic stays one line. */
+function oneLine(text: string): string {
+  return text.replace(/\p{Cc}/gu, (c) => JSON.stringify(c).slice(1, -1));
 }
 
 export function sortDiagnostics(list: Diagnostic[]): Diagnostic[] {

@@ -12,7 +12,7 @@ import { execa } from 'execa';
 import { loadKind } from '../stages/index.ts';
 import { hashPath } from '../util/hash.ts';
 import type { Flavour, StageContext } from '../core/stage-kind.ts';
-import { StageError, UnavailableError } from '../core/errors.ts';
+import { isPipeError, StageError, UnavailableError } from '../core/errors.ts';
 
 export interface StageSpec {
   stage: string;
@@ -141,14 +141,22 @@ function signalStage(signal: NodeJS.Signals): void {
 /** How long a stopped command gets between SIGTERM and SIGKILL (the runner allows the same). */
 const STOP_GRACE_MS = Number(process.env['PIPE_STOP_GRACE_MS'] ?? 2000);
 
-function errorReport(error: unknown): ChildReport {
-  const err = error as NodeJS.ErrnoException & { dest?: string };
+/**
+ * An expected failure (a PipeError: no network, a bad file; a full disk) is its message and hint on
+ * the terminal, its stack only in the logs (stderr, shown with --verbose); anything else is a bug
+ * and keeps its stack in sight.
+ */
+async function reportError(error: unknown): Promise<void> {
+  const err = (error instanceof Error ? error : new Error(String(error))) as NodeJS.ErrnoException & { dest?: string };
   // A full disk is no bug of the stage: say so, without a stack.
   if (err.code === 'ENOSPC') {
     const where = err.dest ?? err.path;
-    return { t: 'error', message: `no space left on the device${where ? ` writing ${where}` : ''}: free some space (\`pipe gc\` removes unused cache entries)` };
+    return send({ t: 'error', message: `no space left on the device${where ? ` writing ${where}` : ''}: free some space (\`pipe gc\` removes unused cache entries)` });
   }
-  return { t: 'error', message: err.message ?? String(error), stack: err.stack };
+  if (!isPipeError(err)) return send({ t: 'error', message: err.message, stack: err.stack });
+  if (err.stack) process.stderr.write(`${err.stack}\n`);
+  if (err.hint) await send({ t: 'log', line: `hint: ${err.hint}` });
+  await send({ t: 'error', message: err.message });
 }
 
 async function main(): Promise<void> {
@@ -176,7 +184,7 @@ async function main(): Promise<void> {
     else await runKind(spec);
     process.exitCode = 0;
   } catch (error) {
-    await send(errorReport(error));
+    await reportError(error);
     process.exitCode = 1;
   }
   // Native libraries may keep the event loop alive; the stage is over.

@@ -15,7 +15,7 @@
 import { promises as fs } from 'node:fs';
 import type { LayersModel } from '@tensorflow/tfjs-node';
 import type { Tf } from './tf.ts';
-import { InputError } from '../core/errors.ts';
+import { InputError, messageOf } from '../core/errors.ts';
 
 /** One weight as a file stores it. */
 export interface NamedWeight {
@@ -62,7 +62,7 @@ let h5: Promise<H5Module> | undefined;
 
 /** h5wasm's Node build, initialised once. Node ≥ 21 defines `navigator`, which misleads its
  * environment detection (see the h5wasm README): hide it while the module loads. */
-function loadH5wasm(): Promise<H5Module> {
+export function loadH5wasm(): Promise<H5Module> {
   h5 ??= (async () => {
     const navigatorProperty = Object.getOwnPropertyDescriptor(globalThis, 'navigator');
     if (navigatorProperty?.configurable) {
@@ -90,75 +90,121 @@ function stringList(value: unknown): string[] {
 
 const HDF5_SIGNATURE = Buffer.from([0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a]);
 
+/** What the superblock says about a file: its size now and the size HDF5 recorded when writing it. */
+interface Superblock {
+  size: number;
+  /** Base address + end-of-file address (infinite when the superblock itself is cut short); undefined for a superblock version this does not know. */
+  recordedSize?: number;
+}
+
 /**
- * Whether `file` starts an HDF5 superblock at one of the offsets the format allows (0, 512, 1024,
- * 2048, …). Checked before h5wasm opens a file, because HDF5 prints a diagnostic stack to stderr
- * when it opens something else.
+ * The HDF5 superblock of `file`, found at one of the offsets the format allows (0, 512, 1024, 2048,
+ * …), or undefined when there is none. Checked before h5wasm opens a file, because HDF5 prints a
+ * diagnostic stack to stderr when it opens something else, and h5wasm then throws only
+ * "name not defined!".
  */
-async function isHdf5(file: string): Promise<boolean> {
+async function readSuperblock(file: string): Promise<Superblock | undefined> {
   const handle = await fs.open(file, 'r');
   try {
     const { size } = await handle.stat();
     const buffer = Buffer.alloc(HDF5_SIGNATURE.length);
     for (let offset = 0; offset + buffer.length <= size; offset = offset === 0 ? 512 : offset * 2) {
       await handle.read(buffer, 0, buffer.length, offset);
-      if (buffer.equals(HDF5_SIGNATURE)) return true;
+      if (!buffer.equals(HDF5_SIGNATURE)) continue;
+      const head = Buffer.alloc(64);
+      const { bytesRead } = await handle.read(head, 0, head.length, offset);
+      // No HDF5 file is shorter than its superblock plus the root group's header (> 64 bytes).
+      if (bytesRead < head.length) return { size, recordedSize: Number.POSITIVE_INFINITY };
+      return { size, recordedSize: recordedSize(head) };
     }
-    return false;
+    return undefined;
   } finally {
     await handle.close();
   }
 }
 
+/**
+ * The file size a superblock records (HDF5 file format spec, "Superblock"): versions 0 and 1 keep
+ * the size of offsets at byte 13 and the base and end-of-file addresses from byte 24 (28 in
+ * version 1); versions 2 and 3 keep the size of offsets at byte 9 and the addresses from byte 12.
+ */
+function recordedSize(head: Buffer): number | undefined {
+  const version = head[8];
+  const layout = version === 0 ? { sizeAt: 13, baseAt: 24 } : version === 1 ? { sizeAt: 13, baseAt: 28 } : version === 2 || version === 3 ? { sizeAt: 9, baseAt: 12 } : undefined;
+  if (!layout) return undefined;
+  const width = head[layout.sizeAt];
+  if (width !== 2 && width !== 4 && width !== 8) return undefined;
+  const address = (at: number) => (at + width <= head.length ? Number(head.readUIntLE(at, Math.min(width, 6))) : undefined);
+  const base = address(layout.baseAt);
+  // The end-of-file address follows the base and one other address (free space or extension).
+  const end = address(layout.baseAt + 2 * width);
+  return base === undefined || end === undefined ? undefined : base + end;
+}
+
 /** Reads every weight of a Keras HDF5 weights file into memory (float32). */
 export async function readKerasH5(file: string): Promise<KerasH5Weights> {
-  let hdf5: boolean;
+  let superblock: Superblock | undefined;
   try {
-    hdf5 = await isHdf5(file);
+    superblock = await readSuperblock(file);
   } catch (cause) {
-    throw new InputError(`cannot read weights file ${file}: ${(cause as Error).message}`, { cause });
+    throw new InputError(`cannot read weights file ${file}: ${(cause as Error).message}`, { cause, file });
   }
-  if (!hdf5) throw new InputError(`${file} is not an HDF5 file (no HDF5 signature)`);
+  if (!superblock) throw new InputError(`${file} is not an HDF5 file (no HDF5 signature)`, { file });
+  const incomplete = (why: string, cause?: unknown) => new InputError(`${file}: not a complete Keras HDF5 weights file (${why})`, { cause, file });
+  if (superblock.recordedSize !== undefined && superblock.size < superblock.recordedSize) {
+    const of = Number.isFinite(superblock.recordedSize) ? `of its ${superblock.recordedSize} bytes` : 'bytes, shorter than an HDF5 header';
+    throw incomplete(`truncated: ${superblock.size} ${of}`);
+  }
   const h5wasm = await loadH5wasm();
-  const h5file = new h5wasm.File(file, 'r');
+  let h5file: InstanceType<H5Module['File']> | undefined;
   try {
-    let root: InstanceType<H5Module['Group']> = h5file;
-    const nested = h5file.keys().includes('model_weights') ? h5file.get('model_weights') : undefined;
-    if (nested instanceof h5wasm.Group) root = nested;
-    const layerNamesAttr = root.attrs['layer_names'];
-    if (!layerNamesAttr) {
-      throw new InputError(`${file} is not a Keras weights file: no layer_names attribute`);
-    }
-    const layerNames = stringList(layerNamesAttr.value);
-    const weights: LayerWeights = new Map();
-    for (const layerName of layerNames) {
-      const group = root.get(layerName);
-      if (!(group instanceof h5wasm.Group)) throw new InputError(`${file}: layer ${layerName} has no group`);
-      const weightNames = stringList(group.attrs['weight_names']?.value);
-      if (weightNames.length === 0) continue;
-      const layerWeights = weightNames.map((fullName): NamedWeight => {
-        const dataset = group.get(fullName);
-        if (!(dataset instanceof h5wasm.Dataset)) {
-          throw new InputError(`${file}: layer ${layerName}: weight ${fullName} has no dataset`);
-        }
-        const raw = dataset.value;
-        const shape = (dataset.shape ?? []).map(Number);
-        let values: Float32Array;
-        if (raw instanceof Float32Array) values = raw;
-        else if (raw instanceof Float64Array) values = Float32Array.from(raw);
-        else throw new InputError(`${file}: layer ${layerName}: weight ${fullName} is not a float array (${dataset.dtype})`);
-        return { name: shortWeightName(fullName), fullName, shape, values };
-      });
-      weights.set(layerName, layerWeights);
-    }
-    const attr = (name: string) => {
-      const value = h5file.attrs[name]?.value ?? root.attrs[name]?.value;
-      return value == null ? undefined : String(value);
-    };
-    return { file, layerNames, weights, kerasVersion: attr('keras_version'), backend: attr('backend') };
+    h5file = new h5wasm.File(file, 'r');
+    return readWeights(h5wasm, h5file, file);
+  } catch (error) {
+    if (error instanceof InputError) throw error;
+    // h5wasm reports a damaged file only as "name not defined!" or the like.
+    throw incomplete(`truncated or corrupt: the HDF5 reader says "${messageOf(error)}"`, error);
   } finally {
-    h5file.close();
+    h5file?.close();
   }
+}
+
+function readWeights(h5wasm: H5Module, h5file: InstanceType<H5Module['File']>, file: string): KerasH5Weights {
+  const notKeras = (why: string) => new InputError(`${file}: ${why}`, { file });
+  let root: InstanceType<H5Module['Group']> = h5file;
+  const nested = h5file.keys().includes('model_weights') ? h5file.get('model_weights') : undefined;
+  if (nested instanceof h5wasm.Group) root = nested;
+  const layerNamesAttr = root.attrs['layer_names'];
+  if (!layerNamesAttr) {
+    throw new InputError(`${file} is not a Keras weights file: no layer_names attribute`, { file });
+  }
+  const layerNames = stringList(layerNamesAttr.value);
+  const weights: LayerWeights = new Map();
+  for (const layerName of layerNames) {
+    const group = root.get(layerName);
+    if (!(group instanceof h5wasm.Group)) throw notKeras(`layer ${layerName} has no group`);
+    const weightNames = stringList(group.attrs['weight_names']?.value);
+    if (weightNames.length === 0) continue;
+    const layerWeights = weightNames.map((fullName): NamedWeight => {
+      const dataset = group.get(fullName);
+      if (!(dataset instanceof h5wasm.Dataset)) {
+        throw notKeras(`layer ${layerName}: weight ${fullName} has no dataset`);
+      }
+      const raw = dataset.value;
+      const shape = (dataset.shape ?? []).map(Number);
+      let values: Float32Array;
+      if (raw instanceof Float32Array) values = raw;
+      else if (raw instanceof Float64Array) values = Float32Array.from(raw);
+      else throw notKeras(`layer ${layerName}: weight ${fullName} is not a float array (${dataset.dtype})`);
+      return { name: shortWeightName(fullName), fullName, shape, values };
+    });
+    weights.set(layerName, layerWeights);
+  }
+  const attr = (name: string) => {
+    const value = h5file.attrs[name]?.value ?? root.attrs[name]?.value;
+    return value == null ? undefined : String(value);
+  };
+  return { file, layerNames, weights, kerasVersion: attr('keras_version'), backend: attr('backend') };
 }
 
 const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);

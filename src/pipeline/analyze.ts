@@ -15,6 +15,7 @@ import {
 } from './pipeline.ts';
 import type { Resources, StageKind, StageKinds } from '../core/stage-kind.ts';
 import { paramsValidator } from '../core/params-schema.ts';
+import { shellQuote } from '../util/shell.ts';
 
 export const COMMAND_KIND = 'command';
 
@@ -123,16 +124,21 @@ interface Interpolation {
   refs: Set<string>;
 }
 
-/** Substitutes `${params.NAME}` in every string of `value`; unknown names become diagnostics. */
+/**
+ * Substitutes `${params.NAME}` in every string of `value`; unknown names become diagnostics.
+ * `quote` formats each substituted text (a shell command's words); without it a value that is only
+ * a reference keeps the param's type.
+ */
 function interpolate(
   value: unknown,
   params: Record<string, unknown>,
   report: (keys: Array<string | number>, name: string) => void,
   keys: Array<string | number> = [],
   refs: Set<string> = new Set(),
+  quote?: (text: string) => string,
 ): Interpolation {
   if (typeof value === 'string') {
-    const whole = WHOLE_REF.exec(value);
+    const whole = quote ? undefined : WHOLE_REF.exec(value);
     if (whole?.[1]) {
       const name = whole[1];
       refs.add(name);
@@ -146,7 +152,8 @@ function interpolate(
         return '';
       }
       const v = params[name];
-      return typeof v === 'string' ? v : JSON.stringify(v);
+      const text = typeof v === 'string' ? v : JSON.stringify(v);
+      return quote ? quote(text) : text;
     });
     return { value: replaced, refs };
   }
@@ -272,11 +279,11 @@ function report(scope: Scope, range: [number, number] | undefined, code: Diagnos
 }
 
 /** `${params.NAME}` substituted in a stage field; unknown names are reported at their node. */
-function interpolateField(scope: Scope, stage: StageDecl, root: string, value: unknown): Interpolation {
+function interpolateField(scope: Scope, stage: StageDecl, root: string, value: unknown, quote?: (text: string) => string): Interpolation {
   return interpolate(value, scope.params, (keys, name) => {
     const known = scope.declared.length ? `declared params: ${scope.declared.join(', ')}` : 'the pipeline declares no params';
     report(scope, stageRange(scope, stage, [root, ...keys]), 'missing-param', stageField(stage, root, ...keys), `unknown param '${name}' in \${params.${name}} (${known})`);
-  });
+  }, [], new Set(), quote);
 }
 
 /** needs: every name is a stage, and not this one. */
@@ -310,7 +317,8 @@ function interpolateEnv(scope: Scope, stage: StageDecl): StageEnv {
 
 /** A `run:` stage: its command, deps, outs and metrics with params substituted. */
 function analyzeCommandStage(scope: Scope, stage: StageDecl, { env, refs }: StageEnv): AnalyzedStage {
-  const command = interpolateField(scope, stage, 'run', stage.run);
+  // A string is run by /bin/sh: each value must arrive as one word, never as shell syntax.
+  const command = interpolateField(scope, stage, 'run', stage.run, typeof stage.run === 'string' ? shellQuote : undefined);
   const strings = (root: 'deps' | 'outs' | 'metrics') => (interpolateField(scope, stage, root, stage[root]).value as unknown[]).map(String);
   const deps = strings('deps');
   const outs = strings('outs');

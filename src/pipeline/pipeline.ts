@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { Ajv, type ErrorObject } from 'ajv';
-import { Document, LineCounter, isMap, isNode, isPair, isScalar, parseDocument, type Node } from 'yaml';
+import { Document, LineCounter, isAlias, isMap, isNode, isPair, isScalar, parseDocument, type Node, type Scalar } from 'yaml';
 import schema from '../../schema/pipeline.schema.json' with { type: 'json' };
 import { at, type Diagnostic, type SourceFile } from '../core/diagnostics.ts';
 import type { RequestedFlavour, Resources } from '../core/stage-kind.ts';
@@ -77,6 +77,8 @@ const validateSchema = ajv.compile(schema);
  */
 export interface Loaded {
   file?: PipelineFile;
+  /** The text as read (absent only when the file could not be read), for the source lines of messages. */
+  source?: SourceFile;
   diagnostics: Diagnostic[];
 }
 
@@ -106,15 +108,15 @@ export function parsePipeline(text: string, displayPath: string, dir: string): L
       const field = duplicateKeyField(doc, error.pos[0]);
       diagnostics.push(at(source, error.pos, 'duplicate-name', field, `duplicate name: '${field.split('.').pop()}' is defined more than once`));
     } else {
-      diagnostics.push(at(source, error.pos, 'yaml-syntax', '', `malformed YAML: ${firstLine(error.message)}`));
+      diagnostics.push(at(source, withinContent(text, error.pos), 'yaml-syntax', '', `malformed YAML: ${firstLine(error.message)}`));
     }
   }
-  if (diagnostics.some((d) => d.code === 'yaml-syntax')) return { diagnostics };
+  if (diagnostics.some((d) => d.code === 'yaml-syntax')) return { source, diagnostics };
 
   const data: unknown = doc.toJS({ maxAliasCount: 100 });
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {
     diagnostics.push(at(source, doc.contents?.range as [number, number] | undefined, 'schema', '', 'expected a mapping with name, params and stages'));
-    return { diagnostics };
+    return { source, diagnostics };
   }
   if (!validateSchema(data)) {
     for (const error of simplifyErrors(validateSchema.errors ?? [])) {
@@ -144,6 +146,7 @@ export function parsePipeline(text: string, displayPath: string, dir: string): L
   const tracking = asRecord(raw['tracking']) as { uri?: string; enabled?: boolean };
   const name = typeof raw['name'] === 'string' ? raw['name'] : 'pipeline';
   return {
+    source,
     diagnostics,
     file: {
       source,
@@ -199,11 +202,10 @@ function readParams(source: SourceFile, doc: Document, raw: Record<string, unkno
       value !== null && typeof value === 'object' && !Array.isArray(value) && 'default' in value &&
       Object.keys(value).every((k) => specKeys.has(k));
     if (!isSpec) {
-      params.push({ name, type: inferType(value), default: value });
+      params.push({ name, type: inferTypeAt(doc, ['params', name], value), default: value });
       continue;
     }
-    const spec = value as Omit<ParamDecl, 'name' | 'type'> & { type?: ParamType };
-    const decl: ParamDecl = { ...spec, name, type: spec.type ?? inferType(spec.default) };
+    const decl = readParamSpec(source, doc, name, value as Record<string, unknown>, diagnostics);
     const problem = checkParamValue(decl, decl.default);
     if (problem) {
       diagnostics.push(at(source, rangeOf(doc, ['params', name, 'default']), 'bad-param-type', `params.${name}.default`, problem));
@@ -211,6 +213,43 @@ function readParams(source: SourceFile, doc: Document, raw: Record<string, unkno
     params.push(decl);
   }
   return params;
+}
+
+const PARAM_TYPES: readonly ParamType[] = ['string', 'number', 'integer', 'boolean', 'path', 'array', 'object', 'null'];
+
+/** A full declaration; a field of the wrong type is reported and left out. */
+function readParamSpec(source: SourceFile, doc: Document, name: string, spec: Record<string, unknown>, diagnostics: Diagnostic[]): ParamDecl {
+  const wrong = (field: string, expected: string) =>
+    diagnostics.push(at(source, rangeOf(doc, ['params', name, field]), 'schema', `params.${name}.${field}`, `expected ${expected}, got ${describeValue(spec[field])}`));
+  const type = PARAM_TYPES.find((t) => t === spec['type']);
+  if (spec['type'] !== undefined && !type) wrong('type', `one of ${PARAM_TYPES.join(', ')}`);
+  const decl: ParamDecl = { name, type: type ?? inferTypeAt(doc, ['params', name, 'default'], spec['default']), default: spec['default'] };
+  if (typeof spec['description'] === 'string') decl.description = spec['description'];
+  else if (spec['description'] !== undefined) wrong('description', 'a string');
+  for (const bound of ['minimum', 'maximum'] as const) {
+    if (typeof spec[bound] === 'number') decl[bound] = spec[bound];
+    else if (spec[bound] !== undefined) wrong(bound, 'a number');
+  }
+  if (Array.isArray(spec['enum'])) decl.enum = spec['enum'];
+  else if (spec['enum'] !== undefined) wrong('enum', 'a list of the allowed values');
+  return decl;
+}
+
+/**
+ * The type a default declares: `inferType` of its value, except that a YAML float literal (`1.0`,
+ * `1e3`, `.inf`) declares a number although JavaScript reads its value as a whole number.
+ */
+function inferTypeAt(doc: Document, keys: string[], value: unknown): ParamType {
+  const type = inferType(value);
+  if (type !== 'integer') return type;
+  let node = doc.getIn(keys, true);
+  if (isAlias(node)) node = node.resolve(doc);
+  return isScalar(node) && isFloatLiteral(node) ? 'number' : type;
+}
+
+/** The YAML 1.2 core schema's integer forms (decimal, 0x hex, 0o octal); other numbers are floats. */
+function isFloatLiteral(node: Scalar): boolean {
+  return node.source !== undefined && !/^[-+]?(\d+|0x[0-9a-fA-F]+|0o[0-7]+)$/.test(node.source);
 }
 
 export function inferType(value: unknown): ParamType {
@@ -308,6 +347,13 @@ function duplicateKeyField(doc: Document, offset: number): string {
   };
   visit(doc.contents, []);
   return found.join('.');
+}
+
+/** An error found at the end of the input (an unclosed quote or bracket) points at the last text. */
+function withinContent(text: string, pos: [number, number]): [number, number] {
+  if (text.slice(pos[0]).trim() !== '') return pos;
+  const last = text.trimEnd().length - 1;
+  return last >= 0 ? [last, last + 1] : pos;
 }
 
 function firstLine(message: string): string {

@@ -25,7 +25,7 @@ import { imageGrid } from '../ml/plots.ts';
 import { loadTf } from '../ml/tf.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import { extractZip } from '../util/zip.ts';
-import { InputError } from '../core/errors.ts';
+import { InputError, messageOf, UnavailableError } from '../core/errors.ts';
 
 export const DEFAULT_SOURCE = 'https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip';
 
@@ -195,6 +195,8 @@ async function runFetch(ctx: StageContext<FetchParams>): Promise<void> {
   ctx.summary(facts);
 }
 
+const LOCAL_DATA_HINT = 'for local data, give a directory of class folders or a zip instead of the URL, e.g. -p data=DIR';
+
 /** The source as a local directory: downloads and/or extracts a zip when needed. */
 async function materialise(
   ctx: StageContext<FetchParams>,
@@ -209,6 +211,9 @@ async function materialise(
       cacheDir: ctx.downloadCacheDir,
       onProgress: (received, total) => ctx.progress(received, total, 'download'),
       log: ctx.log,
+    }).catch((error: unknown) => {
+      // Expected offline or behind a firewall: say so and how to go on, without a stack.
+      throw new UnavailableError(messageOf(error), { cause: error, hint: LOCAL_DATA_HINT });
     });
     const record = await readDownloadRecord(zipPath);
     if (!params.sha256 && record) {

@@ -19,7 +19,7 @@
 // (MLflow's SQL store also ignores an exact duplicate metric row, checked against mlflow 3.17;
 // the check above keeps replay exactly-once on stores that do not.)
 
-import { appendFileSync, existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
@@ -196,6 +196,18 @@ export class Journal {
       }
     }
   }
+}
+
+/** Rewrites the journal's header to name another server (`pipe sync --to`); call it holding the lock. */
+export function redirectJournal(runDir: string, tracking: TrackingRef): void {
+  const path = join(runDir, JOURNAL_FILE);
+  const lines = readFileSync(path, 'utf8').split('\n');
+  const header = JSON.parse(lines[0] ?? '') as JournalHeader;
+  lines[0] = JSON.stringify({ ...header, tracking });
+  // Atomically: a crash leaves the old journal or the new one, never half of it.
+  const tmp = `${path}.${process.pid}.tmp`;
+  writeFileSync(tmp, lines.join('\n'));
+  renameSync(tmp, path);
 }
 
 // ---- the lock: one sender per journal at a time ----

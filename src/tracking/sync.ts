@@ -1,10 +1,10 @@
 // `pipe sync`: sends what runs could not send to their MLflow server (their journals), exactly once,
 // and marks runs whose runner died as KILLED. Every `pipe run` does the same in the background.
 
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
-import { Journal, JOURNAL_FILE, lockJournal, replayJournal, ReplaySession, unlockJournal, type ReplayResult, type TrackingRef } from './journal.ts';
+import { Journal, JOURNAL_FILE, lockJournal, redirectJournal, replayJournal, ReplaySession, unlockJournal, type ReplayResult, type TrackingRef } from './journal.ts';
 import { authFromEnv, MLflowClient, type RetryOptions } from './mlflow-client.ts';
 import { ensureEmbeddedServer, isPidAlive, TrackingServerError } from './server.ts';
 
@@ -43,6 +43,8 @@ export function findRunDirs(projectDir: string): string[] {
     const pDir = join(runsDir, pipeline);
     for (const run of safeReaddir(pDir)) {
       const runDir = join(pDir, run);
+      // `latest` is a link to a run directory listed under its own name.
+      if (lstatSync(runDir, { throwIfNoEntry: false })?.isSymbolicLink() !== false) continue;
       if (existsSync(join(runDir, JOURNAL_FILE))) out.push(runDir);
     }
   }
@@ -83,6 +85,8 @@ export interface SyncOptions {
   exclude?: string[];
   /** Only these run directories (default: every one under runs/). */
   only?: string[];
+  /** Send to this server instead of the one each journal was recorded for (`pipe sync --to`). */
+  to?: string;
   retry?: Partial<RetryOptions>;
 }
 
@@ -142,7 +146,16 @@ export async function syncRuns(opts: SyncOptions): Promise<SyncReport> {
     }
     try {
       // Re-read under the lock: the previous holder may have appended since.
-      const journal = Journal.open(runDir)!;
+      let journal = Journal.open(runDir)!;
+      if (opts.to !== undefined) {
+        const redirected = redirect(runDir, journal, opts.to);
+        if (typeof redirected === 'string') {
+          entry.skipped = redirected;
+          report.pending += journal.pending().length;
+          continue;
+        }
+        journal = redirected;
+      }
       let client: MLflowClient;
       try {
         client = await clientFor(journal.header.tracking);
@@ -165,6 +178,21 @@ export async function syncRuns(opts: SyncOptions): Promise<SyncReport> {
     }
   }
   return report;
+}
+
+/**
+ * Points a journal at another server, for good (later syncs go there too). Only a run not yet
+ * created on its server can move: its other requests refer to that server's run. Returns the
+ * reopened journal, or why it cannot move.
+ */
+function redirect(runDir: string, journal: Journal, uri: string): Journal | string {
+  const from = journal.header.tracking;
+  if (!from.embedded && from.uri === uri) return journal;
+  if (journal.run !== undefined) {
+    return `its MLflow run ${journal.run.runId} is on ${from.embedded ? 'the local server' : from.uri}; only runs not yet created there can go --to another server (or --drop it)`;
+  }
+  redirectJournal(runDir, { embedded: false, uri });
+  return Journal.open(runDir)!;
 }
 
 /** Marks orphaned runs KILLED on their server (through their journals), now. */

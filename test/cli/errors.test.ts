@@ -3,11 +3,19 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { pipe, project } from '../helpers/cli.ts';
 
-test('malformed YAML names the file, line and column', async () => {
-  const dir = project({ 'p.yaml': 'name: demo\nstages:\n  a: {run: echo\n' });
+test('malformed YAML names the file, line and column, with the source line and an underline', async () => {
+  const dir = project({ 'p.yaml': 'name: demo\nstages:\n  a: {run: echo\n', 'tab.yaml': 'name: demo\nstages:\n\ta: {run: echo}\n' });
   const r = await pipe(dir, ['run', 'p.yaml']);
   assert.is(r.exitCode, 2);
-  assert.match(r.stderr, /^p\.yaml:4:1: error: malformed YAML: /m);
+  assert.is(r.stderr, [
+    'p.yaml:3:15: error: malformed YAML: Flow map in block collection must be sufficiently indented and end with a }',
+    '    a: {run: echo',
+    '                ~',
+    '1 problem found',
+  ].join('\n'));
+  const tab = await pipe(dir, ['status', 'tab.yaml']);
+  assert.is(tab.exitCode, 2);
+  assert.ok(tab.stderr.startsWith('tab.yaml:3:1: error: malformed YAML: Tabs are not allowed as indentation\n  \ta: {run: echo}\n  ~\n'), tab.stderr);
 });
 
 test('duplicate stage names', async () => {

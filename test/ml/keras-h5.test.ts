@@ -1,6 +1,10 @@
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { assignLayerWeights, readKerasH5, shortWeightName, type LayerWeights } from '../../src/ml/keras-h5.ts';
+import { InputError } from '../../src/core/errors.ts';
+import { assignLayerWeights, loadH5wasm, readKerasH5, shortWeightName, type LayerWeights } from '../../src/ml/keras-h5.ts';
 import { buildMobileNetV2, describeMobileNetV2 } from '../../src/ml/mobilenet.ts';
 import { loadTf } from '../../src/ml/tf.ts';
 import { missingShared, sharedWeights } from '../../bench/shared.ts';
@@ -110,6 +114,52 @@ test('a file that is not HDF5, or no file, gives a clear error', async () => {
   const self = new URL(import.meta.url).pathname;
   assert.is(await failure(readKerasH5(self)), `${self} is not an HDF5 file (no HDF5 signature)`);
   assert.match(await failure(readKerasH5('/nonexistent/w.h5')), /^cannot read weights file \/nonexistent\/w\.h5: ENOENT/);
+});
+
+/** A small Keras-layout weights file (`save_weights` of one Dense layer and a weightless layer). */
+async function smallWeightsFile(dir: string): Promise<string> {
+  const h5wasm = await loadH5wasm();
+  const file = path.join(dir, 'small.h5');
+  const h5 = new h5wasm.File(file, 'w');
+  h5.create_attribute('layer_names', ['dense', 'flatten']);
+  const dense = h5.create_group('dense');
+  dense.create_attribute('weight_names', ['dense/kernel:0', 'dense/bias:0']);
+  const inner = dense.create_group('dense');
+  inner.create_dataset({ name: 'kernel:0', data: new Float32Array(4000).fill(0.5), shape: [1000, 4] });
+  inner.create_dataset({ name: 'bias:0', data: new Float32Array([1, 2, 3, 4]), shape: [4] });
+  h5.create_group('flatten').create_attribute('weight_names', []);
+  h5.close();
+  return file;
+}
+
+async function inputFailure(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+  } catch (error) {
+    assert.instance(error, InputError);
+    return (error as Error).message;
+  }
+  throw new Error('expected a failure');
+}
+
+test('a truncated or corrupt weights file is named, with what is wrong with it', async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'pipe-h5-'));
+  const file = await smallWeightsFile(dir);
+  const whole = await readKerasH5(file);
+  assert.equal(whole.weights.get('dense')?.map((w) => [w.name, w.shape]), [['kernel', [1000, 4]], ['bias', [4]]]);
+  const bytes = readFileSync(file);
+  const cut = path.join(dir, 'cut.h5');
+  for (const length of [bytes.length - 1, Math.floor(bytes.length / 2), 200]) {
+    writeFileSync(cut, bytes.subarray(0, length));
+    assert.is(await inputFailure(readKerasH5(cut)), `${cut}: not a complete Keras HDF5 weights file (truncated: ${length} of its ${bytes.length} bytes)`);
+  }
+  writeFileSync(cut, bytes.subarray(0, 12));
+  assert.is(await inputFailure(readKerasH5(cut)), `${cut}: not a complete Keras HDF5 weights file (truncated: 12 bytes, shorter than an HDF5 header)`);
+  // Bytes overwritten in the root group's header: HDF5 cannot read the file, whatever it says.
+  const corrupt = Buffer.from(bytes);
+  corrupt.fill(0xff, 100, 116);
+  writeFileSync(cut, corrupt);
+  assert.match(await inputFailure(readKerasH5(cut)), `${cut}: not a complete Keras HDF5 weights file (truncated or corrupt: the HDF5 reader says "`);
 });
 
 test.run();
