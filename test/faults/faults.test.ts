@@ -1,0 +1,221 @@
+// Faults by the hundred (issue 15): signals to the runner and to its process group, stage processes
+// killed, stage timeouts, the MLflow server killed and restarted, a disk that fills, corrupt cache
+// entries, and Redis and workers killed under --queue; on fast command pipelines (most faults) and
+// on the small learning pipeline. After each fault: no process of the run is left, no tmp directory
+// or half entry remains or is reused, every MLflow run ends terminal, and the resumed run's metrics
+// equal an undisturbed run's.
+//
+// Seeded: the seed is printed; PIPE_FAULT_SEED=<n> replays the same choices (the moments are real
+// time, so a loaded machine still shifts where a fault lands). PIPE_FAULT_VERBOSE=1 prints a line
+// per fault.
+//
+// The phases collect what they saw into the tally; the tests after them assert one property each,
+// so that a failure names the property and the faults that broke it.
+
+import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { project } from '../helpers/cli.ts';
+import { startTestMlflow, type TestMlflow } from '../helpers/mlflow.ts';
+import {
+  CommandChain, commandPipeline, CORRUPT_ENTRY, log, MLFLOW_RESTART, OUTPUTS, parseSummary, STAGE_KILL, STAGE_TIMEOUT,
+  type Reference, type SharedMlflow,
+} from './command-chain.ts';
+import { DISK_FULL, diskFullScenario } from './disk-full.ts';
+import { learningScenario } from './learning.ts';
+import { ProcessWatch, scanMarked } from './processes.ts';
+import { REDIS_RESTART, queueScenario, WORKER_KILL } from './queue.ts';
+import { Random, suiteSeed } from './random.ts';
+import { resultMetrics, settle, signalPid, sleep, startPipeRun, SUITE_MARK } from './runs.ts';
+import { Tally } from './tally.ts';
+
+/** How much the suite does: sized for a few minutes on a loaded 2-core machine. */
+const BUDGET = {
+  /** Command pipelines faulted side by side, and the faulted runs of each. */
+  chains: 3,
+  attemptsPerChain: 20,
+  diskRounds: 4,
+  queueRounds: 4,
+  /** The least number of faults a full run of the suite must inject. */
+  minimumFaults: 200,
+};
+
+/** PIPE_FAULT_ONLY=commands,disk,queue,learning runs only those phases (while working on one). */
+const only = process.env['PIPE_FAULT_ONLY']?.split(',');
+const phase = (name: string) => !only || only.includes(name);
+
+const seed = suiteSeed();
+const random = new Random(seed);
+const tally = new Tally();
+const watch = new ProcessWatch();
+const startedAt = Date.now();
+console.log(`fault suite: PIPE_FAULT_SEED=${seed}`);
+
+type BouncingMlflow = SharedMlflow & { bounce(downMs: number): Promise<void> };
+
+interface Context {
+  server?: TestMlflow;
+  mlflow?: BouncingMlflow;
+  reference?: Reference;
+  /** The learning scenario runs alongside the command pipelines (it mostly computes, they mostly wait). */
+  learning?: Promise<void>;
+}
+
+const Faults = suite<Context>('faults', {});
+
+/** The suite's one MLflow server, which the command phase kills and restarts. */
+function bouncing(server: TestMlflow): BouncingMlflow {
+  let epoch = 0;
+  let up = true;
+  let waiting: Array<() => void> = [];
+  return {
+    uri: server.uri,
+    client: server.client,
+    epoch: () => epoch,
+    up: () => up,
+    ready: () => (up ? Promise.resolve() : new Promise<void>((r) => waiting.push(r))),
+    async bounce(downMs: number) {
+      up = false;
+      epoch++;
+      await server.kill();
+      await sleep(downMs);
+      await server.start();
+      up = true;
+      epoch++;
+      for (const wake of waiting) wake();
+      waiting = [];
+    },
+  };
+}
+
+Faults.before(async (ctx) => {
+  ctx.server = await startTestMlflow();
+  ctx.mlflow = bouncing(ctx.server);
+  log(`MLflow server up after ${Date.now() - startedAt} ms`);
+});
+
+Faults.after(async (ctx) => {
+  // Whatever a failed phase left running goes now.
+  for (const p of scanMarked()) if (p.marker.startsWith(SUITE_MARK)) signalPid(p.pid, 'SIGKILL');
+  await ctx.server?.dispose();
+});
+
+/** An undisturbed run of the command pipeline: what every resumed run must give. */
+async function commandReference(ctx: Context): Promise<Reference> {
+  if (ctx.reference) return ctx.reference;
+  const dir = project({ 'p.yaml': commandPipeline('chain-reference', 'faults-reference') });
+  const run = startPipeRun(dir, ['run', 'p.yaml', '--json', '--jobs', '5'], { PIPE_NO_TRACK: '0', MLFLOW_TRACKING_URI: ctx.mlflow!.uri }, watch, 'reference');
+  const { ended, leaks } = await settle(run, watch);
+  assert.is(ended.exitCode, 0, ended.stderr);
+  assert.equal(leaks, []);
+  const summary = parseSummary(ended.stdout)!;
+  ctx.reference = {
+    metrics: resultMetrics(summary.metrics),
+    outputs: Object.fromEntries(OUTPUTS.map((f) => [f, readFileSync(path.join(dir, f), 'utf8')])),
+    fingerprints: Object.fromEntries(summary.stages.map((s) => [s.name, s.fingerprint])),
+    durationMs: ended.endedAt - run.startedAt,
+  };
+  assert.equal(Object.keys(ctx.reference.metrics), ['bytes', 'lines', 'salt']);
+  log(`command reference: ${ctx.reference.durationMs} ms, ${JSON.stringify(ctx.reference.metrics)}`);
+  return ctx.reference;
+}
+
+Faults('command pipelines: signals to the runner and its group, stage kills, timeouts, corrupt entries, MLflow restarts', async (ctx) => {
+  const mlflow = ctx.mlflow!;
+  if (phase('learning')) ctx.learning = learningScenario({ watch, tally, mlflow }, random.fork('learning'));
+  if (!phase('commands')) return;
+  const reference = await commandReference(ctx);
+  const chains = Array.from({ length: BUDGET.chains }, (_, i) => new CommandChain(`c${i + 1}`, { watch, tally, mlflow, reference }, random.fork(`chain ${i + 1}`)));
+  let running = true;
+  const bounces = (async () => {
+    const r = random.fork('mlflow');
+    for (;;) {
+      await sleep(r.between(5000, 15000));
+      if (!running) return;
+      const t0 = Date.now();
+      await mlflow.bounce(r.between(200, 3000));
+      tally.fault(MLFLOW_RESTART);
+      log(`MLflow server killed and restarted in ${Date.now() - t0} ms`);
+    }
+  })();
+  await Promise.all(chains.map(async (chain) => {
+    for (let i = 0; i < BUDGET.attemptsPerChain; i++) await chain.attempt(chain.randomFault());
+  }));
+  running = false;
+  await bounces;
+  await Promise.all(chains.map((chain) => chain.finish()));
+});
+
+Faults('a disk that fills: the cache on a small tmpfs', async (ctx) => {
+  if (!phase('disk')) return;
+  const skipped = await diskFullScenario({ watch, tally, mlflow: ctx.mlflow! }, random.fork('disk'), BUDGET.diskRounds);
+  if (skipped) console.log(skipped);
+});
+
+Faults('--queue: a worker killed, Redis killed and restarted', async (ctx) => {
+  if (!phase('queue')) return;
+  await queueScenario({ watch, tally, mlflow: ctx.mlflow!, reference: await commandReference(ctx) }, random.fork('queue'), BUDGET.queueRounds);
+});
+
+Faults('the small learning pipeline: runner and stage killed, signals, corrupt entries', async (ctx) => {
+  await ctx.learning;
+});
+
+// ---- the properties, each over every fault that could break it ----
+
+const signals = (f: string) => /runner alone|process group/.test(f);
+const noLeaks = (fault: (f: string) => boolean) => assert.is(tally.count('processes leaked', fault), 0, tally.evidence(fault));
+
+Faults('SIGKILL to the runner or its group: nothing of the run is left', () => {
+  noLeaks((f) => signals(f) && f.endsWith('SIGKILL'));
+});
+
+Faults('SIGINT or SIGTERM to the runner or its group: nothing of the run is left', () => {
+  noLeaks((f) => signals(f) && !f.endsWith('SIGKILL'));
+});
+
+Faults('a stage process SIGKILLed: its command does not outlive it', () => {
+  noLeaks((f) => f.endsWith(STAGE_KILL));
+});
+
+Faults('a stage that times out: its command is stopped with it', () => {
+  noLeaks((f) => f === STAGE_TIMEOUT);
+});
+
+Faults('a corrupt cache entry is detected, recomputed, never used', () => {
+  const corrupt = (f: string) => f.endsWith(CORRUPT_ENTRY);
+  assert.is(tally.count('entries corrupted (used)', corrupt), 0, tally.evidence(corrupt));
+});
+
+Faults('after SIGINT or SIGTERM the run\'s MLflow record is terminal; after a resumed run or pipe sync, every record', () => {
+  const any = () => true;
+  assert.is(tally.count('records lost', any), 0, tally.evidence(any));
+  const signalled = (f: string) => signals(f) && !f.endsWith('SIGKILL');
+  assert.is(tally.count('broken promise', signalled), 0, tally.evidence(signalled));
+});
+
+Faults('a full disk fails the run cleanly, and the resumed run completes', () => {
+  const disk = (f: string) => f === DISK_FULL;
+  assert.is(tally.problems.filter((p) => disk(p.fault)).length, 0, tally.evidence(disk));
+});
+
+Faults('--queue: a killed worker or Redis loses and leaks nothing; the resumed submit completes', () => {
+  const queue = (f: string) => f === WORKER_KILL || f === REDIS_RESTART;
+  assert.is(tally.problems.filter((p) => queue(p.fault)).length, 0, tally.evidence(queue));
+});
+
+Faults('every other check: no half entry, no tmp left, resumed results equal undisturbed ones', () => {
+  assert.is(tally.count('broken promise'), 0, tally.evidence(() => true));
+});
+
+Faults('tally: faults injected, runs resumed; processes leaked, entries corrupted (used), records lost are 0', () => {
+  console.log(tally.report(seed, Date.now() - startedAt));
+  if (!only) assert.ok(tally.injected >= BUDGET.minimumFaults, `${tally.injected} faults injected, expected at least ${BUDGET.minimumFaults}`);
+  assert.ok(tally.faults.size > 0 || only !== undefined, 'no fault was injected');
+  assert.is(tally.count('processes leaked'), 0);
+  assert.is(tally.count('entries corrupted (used)'), 0);
+  assert.is(tally.count('records lost'), 0);
+});
+
+Faults.run();
