@@ -7,7 +7,7 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import type { MLflowClient } from '../../src/tracking/mlflow-client.ts';
 import { project } from '../helpers/cli.ts';
-import { stageProcessesOf, type ProcessWatch } from './processes.ts';
+import { commandShellsOf, stageProcessesOf, type ProcessWatch } from './processes.ts';
 import type { Random } from './random.ts';
 import {
   checkCacheAfter, entryNames, readdirSafe, resultMetrics, runsOfExperiment, settle, signalPid, signalRun, sleep,
@@ -100,13 +100,16 @@ export interface ChainContext {
 }
 
 export type ChainFault =
-  | { kind: 'runner'; signal: 'SIGKILL' | 'SIGTERM' | 'SIGINT'; group: boolean }
-  /** `kills` stage processes SIGKILLed at random moments; the `hangs` stages time out. */
+  /** `again`: a second signal while the runner stops (an impatient Ctrl-C). */
+  | { kind: 'runner'; signal: 'SIGKILL' | 'SIGTERM' | 'SIGINT'; group: boolean; again: boolean }
+  /** `kills` stage processes or their commands SIGKILLed at random moments; the `hangs` stages time out. */
   | { kind: 'stages'; kills: number; hangs: string[] }
   | { kind: 'corrupt'; count: number };
 
 export const runnerFaultName = (signal: string, group: boolean) => `${group ? 'process group' : 'runner alone'} ${signal}`;
 export const STAGE_KILL = 'stage process SIGKILL';
+export const COMMAND_KILL = "stage's command SIGKILL";
+export const SECOND_SIGNAL = 'second signal while stopping';
 export const STAGE_TIMEOUT = 'stage timeout';
 export const CORRUPT_ENTRY = 'corrupt cache entry';
 export const MLFLOW_RESTART = 'MLflow server SIGKILL + restart';
@@ -131,12 +134,13 @@ export class CommandChain {
   private lastSucceeded = false;
   private readonly trace: Array<{ marker: string; endedAt: number; fault: string }> = [];
 
-  constructor(readonly id: string, private readonly ctx: ChainContext, private readonly random: Random) {
+  /** `tracked`: its runs record to MLflow (each record costs the server time; not every chain needs it). */
+  constructor(readonly id: string, private readonly ctx: ChainContext, private readonly random: Random, private readonly tracked: boolean) {
     this.name = `chain-${id}`;
     this.experiment = `faults-${id}`;
     this.dir = project({ 'p.yaml': commandPipeline(this.name, this.experiment) });
     this.cacheDir = path.join(this.dir, 'runs', 'cache');
-    this.env = { PIPE_NO_TRACK: '0', MLFLOW_TRACKING_URI: ctx.mlflow.uri };
+    this.env = tracked ? { PIPE_NO_TRACK: '0', MLFLOW_TRACKING_URI: ctx.mlflow.uri } : { PIPE_NO_TRACK: '1' };
   }
 
   randomFault(): ChainFault {
@@ -144,12 +148,14 @@ export class CommandChain {
     const entries = entryNames(this.cacheDir).length;
     const uncached = this.uncachedStages();
     const roll = r.next();
-    if (roll < 0.15 && entries > 0) return { kind: 'corrupt', count: r.int(1, Math.min(3, entries)) };
-    if (roll < 0.55 && uncached.length > 0) {
-      const hangs = r.chance(0.5) ? [r.pick(uncached.filter((s) => s !== 'd').length > 0 ? uncached.filter((s) => s !== 'd') : uncached)] : [];
-      return { kind: 'stages', kills: hangs.length > 0 ? r.int(0, 2) : r.int(1, 3), hangs };
+    if (roll < 0.2 && entries > 0) return { kind: 'corrupt', count: r.int(1, Math.min(4, entries)) };
+    const side = uncached.filter((s) => s !== 'd');
+    if (roll < 0.6 && side.length > 0) {
+      const hangs = r.chance(0.4) ? [r.pick(side)] : [];
+      return { kind: 'stages', kills: r.int(hangs.length > 0 ? 0 : 1, Math.min(4, side.length - hangs.length + 1)), hangs };
     }
-    return { kind: 'runner', signal: r.pick(['SIGKILL', 'SIGTERM', 'SIGINT'] as const), group: r.chance(0.5) };
+    const signal = r.pick(['SIGKILL', 'SIGTERM', 'SIGINT'] as const);
+    return { kind: 'runner', signal, group: r.chance(0.5), again: signal !== 'SIGKILL' && r.chance(0.4) };
   }
 
   /** One run with its fault(s); returns how many faults reached a live target. */
@@ -174,12 +180,20 @@ export class CommandChain {
         label = runnerFaultName(fault.signal, fault.group);
         tally.fault(label);
         injected = 1;
+        if (fault.again) {
+          await sleep(this.random.between(0, 400));
+          if (signalRun(run, this.random.pick(['SIGINT', 'SIGTERM'] as const), fault.group)) {
+            tally.fault(SECOND_SIGNAL);
+            injected++;
+          }
+        }
       }
     } else if (fault.kind === 'stages') {
       const killed = await this.killStages(run, fault.kills);
-      if (killed > 0) tally.fault(STAGE_KILL, killed);
-      injected += killed;
-      label = STAGE_KILL;
+      if (killed.stage > 0) tally.fault(STAGE_KILL, killed.stage);
+      if (killed.command > 0) tally.fault(COMMAND_KILL, killed.command);
+      injected += killed.stage + killed.command;
+      label = killed.command > killed.stage ? COMMAND_KILL : STAGE_KILL;
     } else if (corrupted.length > 0) {
       tally.fault(CORRUPT_ENTRY, corrupted.length);
       injected = corrupted.length;
@@ -201,7 +215,7 @@ export class CommandChain {
     }
     this.trace.push({ marker: run.marker, endedAt: ended.endedAt, fault: label });
     await this.checkCache(label, ended, corrupted);
-    if (fault.kind === 'runner' && fault.signal !== 'SIGKILL' && injected > 0) await this.checkMarkedAfterSignal(label, before, epoch);
+    if (this.tracked && fault.kind === 'runner' && fault.signal !== 'SIGKILL' && injected > 0) await this.checkMarkedAfterSignal(label, before, epoch);
     if (corrupted.length > 0) this.checkCorruption(label, corrupted, summary, ended);
     this.faultsSinceReset += injected;
     this.lastSucceeded = ended.exitCode === 0;
@@ -223,6 +237,7 @@ export class CommandChain {
       else this.ctx.tally.problem('broken promise', 'no fault (final resume)', `${this.id}: a run without faults exited ${ended.exitCode}: ${ended.stderr.slice(-400)}`);
     }
     this.checkTrace();
+    if (!this.tracked) return;
     await this.ctx.mlflow.ready();
     await syncAndCheckRecords(this.ctx.tally, this.ctx.mlflow.client, this.ctx.mlflow.uri, this.dir, this.name, this.experiment);
   }
@@ -238,17 +253,22 @@ export class CommandChain {
     return this.ctx.reference.durationMs * (0.35 + 0.85 * left);
   }
 
-  /** SIGKILLs `count` stage processes of the run, each at a random moment while one runs. */
-  private async killStages(run: StartedRun, count: number): Promise<number> {
-    let killed = 0;
+  /**
+   * SIGKILLs `count` times, each at a random moment while something runs: a stage process, or the
+   * shell of a stage's command (whose children then lose their parent).
+   */
+  private async killStages(run: StartedRun, count: number): Promise<{ stage: number; command: number }> {
+    const killed = { stage: 0, command: 0 };
     for (let i = 0; i < count && !run.exited; i++) {
       await sleep(this.random.between(0, this.horizonMs() / (count + 1)));
-      let targets = stageProcessesOf(run.marker);
+      const command = this.random.chance(0.35);
+      const find = () => (command ? commandShellsOf(run.marker) : stageProcessesOf(run.marker));
+      let targets = find();
       while (targets.length === 0 && !run.exited) {
         await sleep(50);
-        targets = stageProcessesOf(run.marker);
+        targets = find();
       }
-      if (targets.length > 0 && signalPid(this.random.pick(targets), 'SIGKILL')) killed++;
+      if (targets.length > 0 && signalPid(this.random.pick(targets), 'SIGKILL')) killed[command ? 'command' : 'stage']++;
     }
     return killed;
   }
@@ -322,7 +342,7 @@ export class CommandChain {
       if (text !== reference.outputs[file]) tally.problem('entries corrupted (used)', fault, `${this.id}: ${file} is ${JSON.stringify(text)}, undisturbed: ${JSON.stringify(reference.outputs[file])}`);
     }
     // Every earlier run of this chain is over: after a resumed run, none may still be RUNNING.
-    if (mlflow.up() && mlflow.epoch() === epoch) {
+    if (this.tracked && mlflow.up() && mlflow.epoch() === epoch) {
       const runs = await runsOfExperiment(mlflow.client, this.experiment).catch(() => undefined);
       if (runs && mlflow.epoch() === epoch) {
         for (const r of runs) if (!TERMINAL.has(r.info.status)) tally.problem('broken promise', fault, `${this.id}: after a resumed run, MLflow run ${tagOf(r, 'pipe.run_id')} is still ${r.info.status}`);

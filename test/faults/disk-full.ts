@@ -79,7 +79,8 @@ async function runRounds(ctx: DiskContext, random: Random, rounds: number, mount
     const where = `disk round ${round}`;
     for (const name of readdirSafe(mountPoint)) rmSync(path.join(mountPoint, name), { recursive: true, force: true });
     const filler = path.join(mountPoint, 'filler');
-    writeFileSync(filler, Buffer.alloc(random.int(300_000, SIZE - 150_000)));
+    // Sized so that the two outputs cannot both fit: the space runs out somewhere in the run.
+    writeFileSync(filler, Buffer.alloc(random.int(SIZE - 2 * OUTPUT_BYTES, SIZE - 20_000)));
     const full = await settle(startPipeRun(dir, args, env, watch, 'disk'), watch);
     const summary = parseSummary(full.ended.stdout);
     const noSpace = /ENOSPC|no space/i.test(`${full.ended.stdout}\n${full.ended.stderr}`);

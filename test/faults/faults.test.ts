@@ -19,7 +19,7 @@ import * as assert from 'uvu/assert';
 import { project } from '../helpers/cli.ts';
 import { startTestMlflow, type TestMlflow } from '../helpers/mlflow.ts';
 import {
-  CommandChain, commandPipeline, CORRUPT_ENTRY, log, MLFLOW_RESTART, OUTPUTS, parseSummary, STAGE_KILL, STAGE_TIMEOUT,
+  COMMAND_KILL, CommandChain, commandPipeline, CORRUPT_ENTRY, log, MLFLOW_RESTART, OUTPUTS, parseSummary, STAGE_KILL, STAGE_TIMEOUT,
   type Reference, type SharedMlflow,
 } from './command-chain.ts';
 import { DISK_FULL, diskFullScenario } from './disk-full.ts';
@@ -33,8 +33,11 @@ import { Tally } from './tally.ts';
 /** How much the suite does: sized for a few minutes on a loaded 2-core machine. */
 const BUDGET = {
   /** Command pipelines faulted side by side, and the faulted runs of each. */
-  chains: 3,
-  attemptsPerChain: 20,
+  chains: 4,
+  /** The first chains record to MLflow; the others run untracked (the server's time is shared). */
+  trackedChains: 2,
+  attemptsPerChain: 25,
+  mlflowRestarts: 3,
   diskRounds: 4,
   queueRounds: 4,
   /** The least number of faults a full run of the suite must inject. */
@@ -57,9 +60,10 @@ type BouncingMlflow = SharedMlflow & { bounce(downMs: number): Promise<void> };
 interface Context {
   server?: TestMlflow;
   mlflow?: BouncingMlflow;
-  reference?: Reference;
-  /** The learning scenario runs alongside the command pipelines (it mostly computes, they mostly wait). */
-  learning?: Promise<void>;
+  reference?: Promise<Reference>;
+  learning?: Promise<unknown>;
+  disk?: Promise<unknown>;
+  queue?: Promise<unknown>;
 }
 
 const Faults = suite<Context>('faults', {});
@@ -102,36 +106,56 @@ Faults.after(async (ctx) => {
 });
 
 /** An undisturbed run of the command pipeline: what every resumed run must give. */
-async function commandReference(ctx: Context): Promise<Reference> {
-  if (ctx.reference) return ctx.reference;
+function commandReference(ctx: Context): Promise<Reference> {
+  ctx.reference ??= runCommandReference(ctx);
+  return ctx.reference;
+}
+
+async function runCommandReference(ctx: Context): Promise<Reference> {
   const dir = project({ 'p.yaml': commandPipeline('chain-reference', 'faults-reference') });
   const run = startPipeRun(dir, ['run', 'p.yaml', '--json', '--jobs', '5'], { PIPE_NO_TRACK: '0', MLFLOW_TRACKING_URI: ctx.mlflow!.uri }, watch, 'reference');
   const { ended, leaks } = await settle(run, watch);
   assert.is(ended.exitCode, 0, ended.stderr);
   assert.equal(leaks, []);
   const summary = parseSummary(ended.stdout)!;
-  ctx.reference = {
+  const reference = {
     metrics: resultMetrics(summary.metrics),
     outputs: Object.fromEntries(OUTPUTS.map((f) => [f, readFileSync(path.join(dir, f), 'utf8')])),
     fingerprints: Object.fromEntries(summary.stages.map((s) => [s.name, s.fingerprint])),
     durationMs: ended.endedAt - run.startedAt,
   };
-  assert.equal(Object.keys(ctx.reference.metrics), ['bytes', 'lines', 'salt']);
-  log(`command reference: ${ctx.reference.durationMs} ms, ${JSON.stringify(ctx.reference.metrics)}`);
-  return ctx.reference;
+  assert.equal(Object.keys(reference.metrics), ['bytes', 'lines', 'salt']);
+  log(`command reference: ${reference.durationMs} ms, ${JSON.stringify(reference.metrics)}`);
+  return reference;
+}
+
+/** A phase running in the background: its error is kept for the test that awaits it. */
+function background(work: () => Promise<unknown>): Promise<unknown> {
+  const done = work().then(() => undefined, (error: unknown) => error);
+  return done.then((error) => {
+    if (error !== undefined) throw error;
+  });
 }
 
 Faults('command pipelines: signals to the runner and its group, stage kills, timeouts, corrupt entries, MLflow restarts', async (ctx) => {
   const mlflow = ctx.mlflow!;
-  if (phase('learning')) ctx.learning = learningScenario({ watch, tally, mlflow }, random.fork('learning'));
+  // The other phases run alongside: each spends much of its time waiting (for a lock to expire, a
+  // server to start, a stage to time out), which the others fill.
+  ctx.learning = background(async () => phase('learning') && learningScenario({ watch, tally, mlflow }, random.fork('learning')));
+  ctx.disk = background(async () => {
+    if (!phase('disk')) return;
+    const skipped = await diskFullScenario({ watch, tally, mlflow }, random.fork('disk'), BUDGET.diskRounds);
+    if (skipped) console.log(skipped);
+  });
+  ctx.queue = background(async () => phase('queue') && queueScenario({ watch, tally, mlflow, reference: await commandReference(ctx) }, random.fork('queue'), BUDGET.queueRounds));
   if (!phase('commands')) return;
   const reference = await commandReference(ctx);
-  const chains = Array.from({ length: BUDGET.chains }, (_, i) => new CommandChain(`c${i + 1}`, { watch, tally, mlflow, reference }, random.fork(`chain ${i + 1}`)));
+  const chains = Array.from({ length: BUDGET.chains }, (_, i) => new CommandChain(`c${i + 1}`, { watch, tally, mlflow, reference }, random.fork(`chain ${i + 1}`), i < BUDGET.trackedChains));
   let running = true;
   const bounces = (async () => {
     const r = random.fork('mlflow');
-    for (;;) {
-      await sleep(r.between(5000, 15000));
+    for (let n = 0; n < BUDGET.mlflowRestarts; n++) {
+      await sleep(r.between(5000, 20000));
       if (!running) return;
       const t0 = Date.now();
       await mlflow.bounce(r.between(200, 3000));
@@ -148,14 +172,11 @@ Faults('command pipelines: signals to the runner and its group, stage kills, tim
 });
 
 Faults('a disk that fills: the cache on a small tmpfs', async (ctx) => {
-  if (!phase('disk')) return;
-  const skipped = await diskFullScenario({ watch, tally, mlflow: ctx.mlflow! }, random.fork('disk'), BUDGET.diskRounds);
-  if (skipped) console.log(skipped);
+  await ctx.disk;
 });
 
 Faults('--queue: a worker killed, Redis killed and restarted', async (ctx) => {
-  if (!phase('queue')) return;
-  await queueScenario({ watch, tally, mlflow: ctx.mlflow!, reference: await commandReference(ctx) }, random.fork('queue'), BUDGET.queueRounds);
+  await ctx.queue;
 });
 
 Faults('the small learning pipeline: runner and stage killed, signals, corrupt entries', async (ctx) => {
@@ -177,6 +198,10 @@ Faults('SIGINT or SIGTERM to the runner or its group: nothing of the run is left
 
 Faults('a stage process SIGKILLed: its command does not outlive it', () => {
   noLeaks((f) => f.endsWith(STAGE_KILL));
+});
+
+Faults("a stage's command SIGKILLed: what it started does not outlive the stage", () => {
+  noLeaks((f) => f === COMMAND_KILL);
 });
 
 Faults('a stage that times out: its command is stopped with it', () => {

@@ -70,7 +70,7 @@ export async function learningScenario(ctx: LearningContext, random: Random): Pr
       faulted = true;
     }
     const { ended, leaks } = await settle(run, watch);
-    log(`learning: ${label} → exit ${ended.exitCode ?? ended.signal} after ${ended.endedAt - run.startedAt} ms`);
+    log(`${label} → exit ${ended.exitCode ?? ended.signal} after ${ended.endedAt - run.startedAt} ms`);
     recordLeaks(tally, label, 'learning', leaks);
     await checkCacheAfter(tally, label, 'learning', cacheDir, ended);
   }

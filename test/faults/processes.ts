@@ -94,6 +94,11 @@ export function stageProcessesOf(marker: string): number[] {
     .map((p) => p.pid);
 }
 
+/** The shells of stage commands (`sh -c …`) of a run. */
+export function commandShellsOf(marker: string): number[] {
+  return processesOf(marker).filter((p) => p.comm === 'sh').map((p) => p.pid);
+}
+
 export interface Leak {
   marker: string;
   pid: number;

@@ -21,7 +21,7 @@ import type { Tally } from './tally.ts';
 export const WORKER_KILL = 'queue: worker SIGKILL';
 export const REDIS_RESTART = 'queue: Redis SIGKILL + restart';
 /** A submit that outlives this after its fault has hung. */
-const SUBMIT_LIMIT_MS = 90_000;
+const SUBMIT_LIMIT_MS = 180_000;
 
 export interface QueueContext {
   watch: ProcessWatch;
