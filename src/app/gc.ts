@@ -1,7 +1,9 @@
 // `pipe gc`: removes cache entries that no pipeline references. Referenced are the entries of
 // every stage of the project's pipelines (the files given, or pipelines/*.yaml) at their default
 // params, and the latest entry of every stage recorded in runs/state (the last run with overrides,
-// the trials of the last sweep). `--dry-run` lists what would go.
+// the trials of the last sweep). It also removes what crashed or killed processes left: their lock
+// files and temporary (staging) directories, never those of a live process. `--dry-run` lists what
+// would go.
 
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
@@ -10,6 +12,7 @@ import type { CommandOptions } from './options.ts';
 import { prepare } from './run.ts';
 import { formatBytes } from '../util/format.ts';
 import { projectPaths, openCache } from '../cache/project.ts';
+import type { StaleItem } from '../cache/cache.ts';
 import { readState } from '../plan/plan.ts';
 
 export async function gcCommand(files: string[], values: CommandOptions, io: Io): Promise<CommandStatus> {
@@ -33,7 +36,12 @@ export async function gcCommand(files: string[], values: CommandOptions, io: Io)
     for (const fp of (state as { keep?: string[] }).keep ?? []) keep.add(fp);
   }
 
-  const stale = await cache.cleanStale();
+  const stale = await cache.findStale();
+  for (const item of stale) {
+    const name = path.relative(cache.root, item.path);
+    io.out(`${values['dry-run'] ? 'would remove' : 'removed'} ${item.kind === 'lock' ? 'stale lock' : 'abandoned temporary directory'} ${name}  (${item.why})\n`);
+  }
+  if (!values['dry-run']) await cache.removeStale(stale);
   let totalBytes = 0;
   let removedBytes = 0;
   let removed = 0;
@@ -52,9 +60,14 @@ export async function gcCommand(files: string[], values: CommandOptions, io: Io)
     `cache ${cache.root}: ${entries.length} entries, ${formatBytes(totalBytes)}; ` +
       `${values['dry-run'] ? 'would remove' : 'removed'} ${removed} (${formatBytes(removedBytes)}), ` +
       `kept ${entries.length - removed} (${formatBytes(totalBytes - removedBytes)})` +
-      `${stale ? `; cleaned ${stale} abandoned temporary entries` : ''}\n`,
+      `${stale.length ? `; ${values['dry-run'] ? 'would remove' : 'removed'} ${countOf(stale, 'lock', 'stale lock')} and ${countOf(stale, 'tmp', 'abandoned temporary directory', 'abandoned temporary directories')}` : ''}\n`,
   );
   return 'ok';
+}
+
+function countOf(items: StaleItem[], kind: StaleItem['kind'], one: string, many = `${one}s`): string {
+  const n = items.filter((item) => item.kind === kind).length;
+  return `${n} ${n === 1 ? one : many}`;
 }
 
 async function defaultPipelines(projectDir: string): Promise<string[]> {

@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { isMap, isScalar } from 'yaml';
 import { analyze, parseOverride, type AnalyzedPipeline, type Override } from '../pipeline/analyze.ts';
-import { UsageError } from '../core/errors.ts';
+import { InterruptedError, UsageError } from '../core/errors.ts';
 import type { CommandStatus, Io } from '../core/io.ts';
 import { printDiagnostics } from '../render/diagnostics.ts';
 import type { CommandOptions } from './options.ts';
@@ -180,9 +180,7 @@ export async function executePrepared(
     }
   }
 
-  const controller = new AbortController();
-  const onSigint = () => controller.abort();
-  process.once('SIGINT', onSigint);
+  const interruption = stopOnSignals();
   let summary: RunSummary;
   try {
     const runner = values.queue
@@ -212,10 +210,10 @@ export async function executePrepared(
       failFast: Boolean(values['fail-fast']),
       summaryMetrics: extra.summaryMetrics,
       listeners,
-      signal: controller.signal,
+      signal: interruption.signal,
     });
   } finally {
-    process.removeListener('SIGINT', onSigint);
+    interruption.dispose();
     const tracked = await tracker?.close().catch((error: Error) => {
       io.err(`tracking: ${error.message}\n`);
       return undefined;
@@ -230,6 +228,33 @@ export async function executePrepared(
   return { summary, runDir };
 }
 
+/** The signals that stop a run: its stages are stopped, its state and records written, then it exits. */
+export const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+/**
+ * While a run executes, SIGINT, SIGTERM and SIGHUP (sent to this process alone, as `kill PID` or a
+ * CI cancel does, or to its group, as Ctrl-C does) abort it with the signal's name as the reason,
+ * instead of ending this process at once and leaving its stages running.
+ */
+function stopOnSignals(): { signal: AbortSignal; dispose: () => void } {
+  const controller = new AbortController();
+  const handlers = STOP_SIGNALS.map((name) => {
+    const handler = () => controller.abort(name);
+    process.on(name, handler);
+    return [name, handler] as const;
+  });
+  return { signal: controller.signal, dispose: () => handlers.forEach(([name, handler]) => process.removeListener(name, handler)) };
+}
+
+/** The error that ends a command whose run a signal interrupted (exit 128 + the signal's number). */
+export function interruptedError(summary: RunSummary): InterruptedError {
+  const signal = summary.interrupted ?? 'SIGINT';
+  const finished = summary.stages.filter((s) => s.status === 'ran' || s.status === 'cached').length;
+  return new InterruptedError(signal, `interrupted by ${signal}: running stages stopped; ${finished} of ${summary.stages.length} stages finished and are cached`, {
+    hint: 'run the same command again to resume',
+  });
+}
+
 function retriesOf(text: string): number {
   const n = Number(text);
   if (!Number.isInteger(n) || n < 0) throw new UsageError(`--retries ${text}: expected a whole number ≥ 0`);
@@ -241,5 +266,6 @@ export async function runCommand(file: string, values: CommandOptions, io: Io): 
   if (!prepared) return 'invalid';
   const { summary } = await executePrepared(prepared, values, io);
   if (values.json) io.out(`${JSON.stringify(summary, null, 2)}\n`);
+  if (summary.interrupted) throw interruptedError(summary);
   return summary.status === 'succeeded' ? 'ok' : 'failed';
 }

@@ -9,7 +9,7 @@ import { UsageError } from '../core/errors.ts';
 import type { CommandStatus, Io } from '../core/io.ts';
 import { printDiagnostics } from '../render/diagnostics.ts';
 import type { CommandOptions } from './options.ts';
-import { executePrepared, prepare, type Prepared } from './run.ts';
+import { executePrepared, interruptedError, prepare, type Prepared } from './run.ts';
 import { dedupeDiagnostics } from '../core/diagnostics.ts';
 import type { RunListener } from '../core/events.ts';
 import { loadPipeline } from '../pipeline/pipeline.ts';
@@ -119,8 +119,10 @@ export async function sweepCommand(file: string, values: CommandOptions, io: Io)
   const table = formatTrialTable(rows, objective);
   io.err(`\nsweep ${sweepId}: ${trials.length} trials, ${sweepPlan.plan.stages.length} distinct stages (${summary.stages.filter((s) => s.status === 'ran').length} ran, ${summary.stages.filter((s) => s.status === 'cached').length} cached) in ${formatDuration(summary.durationMs)}; sorted by ${objective} (${direction})\n${table}`);
   await fs.writeFile(path.join(sweepDir, 'trials.json'), JSON.stringify(rows.map((r) => ({ id: r.trial.id, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), null, 2));
-  await parent?.finish(rows.map((r) => ({ id: r.trial.id, label: r.trial.label, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), table).catch((error: Error) => io.err(`tracking: ${error.message}\n`));
+  await parent?.finish(rows.map((r) => ({ id: r.trial.id, label: r.trial.label, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), table, summary.interrupted).catch((error: Error) => io.err(`tracking: ${error.message}\n`));
   if (values.json) io.out(`${JSON.stringify({ sweep: sweepId, objective, direction, trials: rows.map((r) => ({ id: r.trial.id, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), stages: summary.stages }, null, 2)}\n`);
+  // Interrupted: the trials' runs and the parent run are recorded KILLED above; now exit 130/143.
+  if (summary.interrupted) throw interruptedError(summary);
   return rows.every((r) => r.status === 'succeeded') ? 'ok' : 'failed';
 }
 

@@ -2,7 +2,8 @@
 //
 //   <root>/entries/<fingerprint>/   a complete, immutable entry:
 //       record.json    the fingerprint record (why this entry exists)
-//       result.json    duration, summary facts, declared artifacts, output hashes
+//       result.json    duration, summary facts, declared artifacts, output hashes, and the size and
+//                      sha256 of every file of out/ and metrics.jsonl (checked before an entry is used)
 //       metrics.jsonl  every metric point the stage reported
 //       log.txt        the stage's output
 //       out/           the artifacts
@@ -11,7 +12,8 @@
 //
 // An entry is written under tmp/ and renamed into entries/ in one step, so a reader sees a
 // complete entry or none. A killed writer leaves only a tmp/ directory and a lock naming a dead
-// process; both are recognised as stale and removed. Entries are never modified after publishing.
+// process; both are recognised as stale and removed. Entries are never modified after publishing;
+// one found changed (a flipped byte, a half-copied file) is removed, never used, and recomputed.
 //
 // The cache may be shared by several machines (`pipe worker`s on an NFS-style directory): rename
 // is atomic there too, so two workers never publish one entry half-way. A lock holder on another
@@ -19,13 +21,13 @@
 // lock nobody refreshed for LOCK_LEASE_MS is stale wherever its holder was.
 
 import { randomBytes } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { constants as fsConstants, promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { FingerprintRecord } from './fingerprint.ts';
 import type { MetricPoint } from '../core/stage-kind.ts';
 import { processAlive } from '../util/files.ts';
-import { diskUsage } from '../util/hash.ts';
+import { diskUsage, hashFile, listFiles } from '../util/hash.ts';
 
 export interface EntryResult {
   durationMs: number;
@@ -35,6 +37,16 @@ export interface EntryResult {
   artifacts: string[];
   /** Command stages: content hash of each declared output (relative path → hash). */
   outs?: Record<string, string>;
+  /**
+   * Size and sha256 of each file of the entry as published (path relative to the entry: `out/…`,
+   * `metrics.jsonl`). Entries published before pipe recorded these have none, and are used unchecked.
+   */
+  checksums?: Record<string, FileChecksum>;
+}
+
+export interface FileChecksum {
+  size: number;
+  sha256: string;
 }
 
 export interface Staging {
@@ -53,6 +65,8 @@ export interface CacheEntry {
 
 export class Cache {
   readonly root: string;
+  /** Entries this Cache published or found intact: one object serves one run (or one worker job). */
+  private readonly intact = new Set<string>();
 
   constructor(root: string) {
     this.root = root;
@@ -84,6 +98,47 @@ export class Cache {
     }
   }
 
+  /**
+   * The entry, if it is intact: every file it recorded at publishing has its size and sha256 still.
+   * A damaged entry is removed (so that it is recomputed, never used) and `onDamaged` told what is
+   * wrong with it. An entry that cannot be read (a torn result.json) goes the same way.
+   */
+  async readIntact(fingerprint: string, onDamaged: (problem: string) => void): Promise<CacheEntry | undefined> {
+    const entry = await this.read(fingerprint);
+    const problem = entry ? await this.damage(entry) : await this.unreadable(fingerprint);
+    if (problem === undefined) return entry;
+    onDamaged(`cache entry ${fingerprint.slice(0, 10)} is damaged: ${problem}; removed it`);
+    await this.remove(fingerprint);
+    return undefined;
+  }
+
+  /** What is wrong with an entry's files, if anything (checked once per Cache object). */
+  private async damage(entry: CacheEntry): Promise<string | undefined> {
+    if (this.intact.has(entry.fingerprint)) return undefined;
+    for (const [file, expected] of Object.entries(entry.result.checksums ?? {})) {
+      const actual = await checksumOf(path.join(entry.dir, file)).catch(() => undefined);
+      if (!actual) return `${file} is missing`;
+      if (actual.size !== expected.size) return `${file} has ${actual.size} bytes, ${expected.size} when published`;
+      if (actual.sha256 !== expected.sha256) return `${file} has changed since it was published (sha256 ${actual.sha256.slice(0, 12)}…, recorded ${expected.sha256.slice(0, 12)}…)`;
+    }
+    this.intact.add(entry.fingerprint);
+    return undefined;
+  }
+
+  /** Why an entry directory that exists cannot be read; undefined when there is no entry. */
+  private async unreadable(fingerprint: string): Promise<string | undefined> {
+    const dir = this.entryDir(fingerprint);
+    if (!(await exists(dir))) return undefined;
+    for (const file of ['record.json', 'result.json']) {
+      try {
+        JSON.parse(await fs.readFile(path.join(dir, file), 'utf8'));
+      } catch (error) {
+        return `${file} cannot be read (${(error as Error).message})`;
+      }
+    }
+    return undefined;
+  }
+
   async readMetrics(fingerprint: string): Promise<MetricPoint[]> {
     return readMetricsFile(path.join(this.entryDir(fingerprint), 'metrics.jsonl'));
   }
@@ -101,11 +156,13 @@ export class Cache {
    * entry first, ours is discarded: both computed the same fingerprint, so either is right.
    */
   async publish(staging: Staging, result: EntryResult): Promise<CacheEntry> {
-    await fs.writeFile(path.join(staging.dir, 'result.json'), JSON.stringify(result, null, 2));
+    const checksums = await checksumsOf(staging.dir);
+    await fs.writeFile(path.join(staging.dir, 'result.json'), JSON.stringify({ ...result, checksums }, null, 2));
     const target = this.entryDir(staging.fingerprint);
     await fs.mkdir(path.dirname(target), { recursive: true });
     try {
       await fs.rename(staging.dir, target);
+      this.intact.add(staging.fingerprint); // just checksummed
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       if (code !== 'EEXIST' && code !== 'ENOTEMPTY') throw error;
@@ -122,9 +179,10 @@ export class Cache {
 
   /**
    * Waits until this process may compute `fingerprint`: another live process computing the same
-   * entry holds its lock. Returns a release function. `onWait` is called once if we had to wait.
+   * entry holds its lock. Returns a release function. `onWait` is called once if we had to wait;
+   * the wait ends with an error when `stopped` gives a reason (an interrupted run).
    */
-  async lock(fingerprint: string, onWait?: (holder: LockInfo) => void): Promise<() => Promise<void>> {
+  async lock(fingerprint: string, onWait?: (holder: LockInfo) => void, stopped?: () => string | undefined): Promise<() => Promise<void>> {
     const file = path.join(this.root, 'locks', `${fingerprint}.lock`);
     await fs.mkdir(path.dirname(file), { recursive: true });
     const me: LockInfo = { pid: process.pid, host: os.hostname(), since: Date.now() };
@@ -161,29 +219,65 @@ export class Cache {
         onWait?.(holder);
         told = true;
       }
+      const reason = stopped?.();
+      if (reason) throw new Error(`stopped while waiting for process ${holder.pid} on ${holder.host}: ${reason}`);
       await sleep(200);
     }
   }
 
   /**
-   * Removes tmp/ directories left by processes that no longer run on this host, and those of
-   * other hosts untouched for a day (a shared cache: their writers cannot be asked).
+   * What crashed or killed processes left behind: tmp/ directories (entries being written, entries
+   * being removed) and lock files whose process no longer runs on this host, and those of other
+   * hosts (a shared cache: their writers cannot be asked) untouched for a day, or for a lock, not
+   * refreshed for its lease. Never anything of a live process of this host.
    */
-  async cleanStale(): Promise<number> {
-    let removed = 0;
-    const tmp = path.join(this.root, 'tmp');
-    for (const name of await readdirSafe(tmp)) {
-      const [, pidText, , ...host] = name.split('.');
-      const pid = Number(pidText);
-      if (!Number.isInteger(pid)) continue;
-      const local = host.length === 0 || host.join('.') === hostTag();
-      const stale = local ? !processAlive(pid) : Date.now() - ((await fs.stat(path.join(tmp, name)).catch(() => undefined))?.mtimeMs ?? Date.now()) > 86_400_000;
-      if (stale) {
-        await fs.rm(path.join(tmp, name), { recursive: true, force: true });
-        removed++;
+  async findStale(): Promise<StaleItem[]> {
+    return [...(await this.staleTmp()), ...(await this.staleLocks())];
+  }
+
+  /** Removes what findStale found (each renamed away first, as an entry is). */
+  async removeStale(items: StaleItem[]): Promise<void> {
+    for (const item of items) {
+      const grave = `${item.path}.removing.${process.pid}`;
+      try {
+        await fs.rename(item.path, grave);
+      } catch {
+        continue; // removed or taken over meanwhile
       }
+      await fs.rm(grave, { recursive: true, force: true });
     }
-    return removed;
+  }
+
+  /** Removes stale tmp/ directories and locks; returns how many. */
+  async cleanStale(): Promise<number> {
+    const stale = await this.findStale();
+    await this.removeStale(stale);
+    return stale.length;
+  }
+
+  private async staleTmp(): Promise<StaleItem[]> {
+    const tmp = path.join(this.root, 'tmp');
+    const stale: StaleItem[] = [];
+    for (const name of await readdirSafe(tmp)) {
+      const file = path.join(tmp, name);
+      const why = await staleWriter(tmpWriter(name), file, STALE_TMP_MS);
+      if (why) stale.push({ kind: 'tmp', path: file, why });
+    }
+    return stale;
+  }
+
+  private async staleLocks(): Promise<StaleItem[]> {
+    const locks = path.join(this.root, 'locks');
+    const stale: StaleItem[] = [];
+    for (const name of await readdirSafe(locks)) {
+      const file = path.join(locks, name);
+      // <fingerprint>.lock, or <fingerprint>.lock.stale.<pid>: a lock being taken over (or removed).
+      const taker = /\.lock\.(?:stale|removing)\.(\d+)$/.exec(name);
+      const writer = taker ? { pid: Number(taker[1]), host: hostTag() } : await lockWriter(file);
+      const why = await staleWriter(writer, file, LOCK_LEASE_MS);
+      if (why) stale.push({ kind: 'lock', path: file, why });
+    }
+    return stale;
   }
 
   async list(): Promise<Array<{ fingerprint: string; dir: string }>> {
@@ -197,6 +291,7 @@ export class Cache {
 
   /** Removes an entry: renamed away first so that no reader sees it half-deleted. */
   async remove(fingerprint: string): Promise<void> {
+    this.intact.delete(fingerprint);
     const dir = this.entryDir(fingerprint);
     const grave = path.join(this.root, 'tmp', `${fingerprint}.gc.${process.pid}.${randomBytes(4).toString('hex')}`);
     await fs.mkdir(path.dirname(grave), { recursive: true });
@@ -207,6 +302,87 @@ export class Cache {
     }
     await fs.rm(grave, { recursive: true, force: true });
   }
+}
+
+/**
+ * What to tell the user when `error` (thrown by a file operation) is about the cache at `root`:
+ * which directory, why it cannot be written (a read-only file system, permissions, a file in the
+ * way) and what to do. Undefined when the error is not about the cache.
+ */
+export async function cacheWriteProblem(root: string, error: unknown): Promise<string | undefined> {
+  const failed = (error as NodeJS.ErrnoException | undefined)?.path;
+  if (typeof failed !== 'string' || !isInside(root, path.resolve(failed))) return undefined;
+  const reason = (await whyNotWritable(root)) ?? (error as Error).message;
+  return `cannot write to the cache ${root}: ${reason}. Make it a writable directory, or choose another with --cache DIR (or \`cache:\` in the pipeline file)`;
+}
+
+function isInside(dir: string, file: string): boolean {
+  const rel = path.relative(dir, file);
+  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+}
+
+/** Why nothing can be created below `dir` (checked on the nearest part of it that exists). */
+async function whyNotWritable(dir: string): Promise<string | undefined> {
+  let existing = path.resolve(dir);
+  let stat = await fs.stat(existing).catch(() => undefined);
+  while (!stat && path.dirname(existing) !== existing) {
+    existing = path.dirname(existing);
+    stat = await fs.stat(existing).catch(() => undefined);
+  }
+  if (stat && !stat.isDirectory()) return `${existing} is a file, not a directory`;
+  try {
+    await fs.access(existing, fsConstants.W_OK);
+    return undefined;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EROFS') return `${existing} is on a read-only file system`;
+    if (code === 'EACCES' || code === 'EPERM') return `permission denied on ${existing}`;
+    return (error as Error).message;
+  }
+}
+
+/** Something a crashed or killed process left in the cache, and why it is known to be abandoned. */
+export interface StaleItem {
+  kind: 'tmp' | 'lock';
+  path: string;
+  why: string;
+}
+
+/** Another host's tmp/ directory untouched this long is abandoned. */
+const STALE_TMP_MS = 86_400_000;
+
+/** Which process wrote a tmp/ directory, from its name (undefined fields: not in the name). */
+function tmpWriter(name: string): { pid?: number; host?: string } {
+  // Anything being removed by removeStale: <name>.removing.<pid>.
+  const removing = /\.removing\.(\d+)$/.exec(name);
+  if (removing) return { pid: Number(removing[1]), host: hostTag() };
+  const parts = name.split('.');
+  // <fingerprint>.gc.<pid>.<nonce>: an entry being removed (by this host: its name has no host).
+  if (parts[1] === 'gc') return { pid: Number(parts[2]), host: hostTag() };
+  // <fingerprint>.<pid>.<nonce>[.<host>] (older names have no host: this one's).
+  const [, pidText, , ...host] = parts;
+  return { pid: Number(pidText), host: host.length === 0 ? hostTag() : host.join('.') };
+}
+
+async function lockWriter(file: string): Promise<{ pid?: number; host?: string }> {
+  const holder = await readLock(file);
+  return holder ? { pid: holder.pid, host: holder.host === os.hostname() ? hostTag() : holder.host } : {};
+}
+
+/**
+ * Why what `writer` left at `file` is abandoned, or undefined while it may be in use: its process
+ * is dead (this host), or it was not touched for `maxAgeMs` (another host, or no known writer).
+ */
+async function staleWriter(writer: { pid?: number; host?: string }, file: string, maxAgeMs: number): Promise<string | undefined> {
+  const local = writer.host === hostTag();
+  if (local && writer.pid !== undefined && Number.isInteger(writer.pid) && writer.pid > 0) {
+    return processAlive(writer.pid) ? undefined : `process ${writer.pid} is gone`;
+  }
+  const mtimeMs = (await fs.stat(file).catch(() => undefined))?.mtimeMs;
+  if (mtimeMs === undefined) return undefined;
+  const age = Date.now() - mtimeMs;
+  if (age <= maxAgeMs) return undefined;
+  return `${writer.host ? `written on ${writer.host}, ` : ''}untouched for ${Math.round(age / 60_000)} min`;
 }
 
 export interface LockInfo {
@@ -261,6 +437,24 @@ export async function readMetricsFile(file: string): Promise<MetricPoint[]> {
     }
   }
   return points;
+}
+
+/** The files of an entry that are checked before it is used: its artifacts and its metrics. */
+async function checksumsOf(entryDir: string): Promise<Record<string, FileChecksum>> {
+  const files = (await listFiles(path.join(entryDir, 'out'))).map((rel) => `out/${rel}`);
+  if (await exists(path.join(entryDir, 'metrics.jsonl'))) files.push('metrics.jsonl');
+  const checksums: Record<string, FileChecksum> = {};
+  for (const file of files) checksums[file] = await checksumOf(path.join(entryDir, file));
+  return checksums;
+}
+
+async function checksumOf(file: string): Promise<FileChecksum> {
+  const { size } = await fs.stat(file);
+  return { size, sha256: await hashFile(file) };
+}
+
+async function exists(file: string): Promise<boolean> {
+  return fs.access(file).then(() => true, () => false);
 }
 
 async function readdirSafe(dir: string): Promise<string[]> {

@@ -62,6 +62,17 @@ export class StageError extends PipeError {
   }
 }
 
+/** A signal stopped the work (after the running stages were stopped and the state saved). */
+export class InterruptedError extends PipeError {
+  /** SIGINT, SIGTERM or SIGHUP: the exit code is 128 + its number, as a shell reports it. */
+  readonly signal: string;
+
+  constructor(signal: string, message: string, options?: PipeErrorOptions) {
+    super('interrupted', message, options);
+    this.signal = signal;
+  }
+}
+
 export function isPipeError(error: unknown): error is PipeError {
   return error instanceof PipeError;
 }

@@ -111,6 +111,8 @@ export interface RunSummary {
   runId: string;
   pipeline: string;
   status: 'succeeded' | 'failed';
+  /** The signal that interrupted the run (SIGINT, SIGTERM, SIGHUP): its running stages were stopped. */
+  interrupted?: string;
   durationMs: number;
   stages: StageSummary[];
   /** The last value (highest step) of every metric the stages reported, by key (e.g. `test_accuracy`). */

@@ -1,10 +1,9 @@
 // The local runner: stages start when their upstream stages are done, in parallel within the CPU
 // and GPU slots, each in its own child process. It emits events; it never prints.
 
-import type { ResultPromise } from 'execa';
 import type { RunSummary } from '../core/events.ts';
 import { RunBook, skippedOutcome, type ExecuteOptions, type Outcome, type Runner } from './run-book.ts';
-import { restore, runStage, type RunContext } from './run-stage.ts';
+import { restore, runStage, type RunContext, type StageProcess } from './run-stage.ts';
 import { Slots } from './slots.ts';
 import { stageJob } from './stage-job.ts';
 
@@ -13,9 +12,9 @@ export const localRunner: Runner = async (options: ExecuteOptions): Promise<RunS
   const book = new RunBook(options);
   const slots = new Slots(options.cpuSlots, options.gpuIds);
   const done = new Map<string, Promise<Outcome>>();
-  const children = new Set<ResultPromise>();
-  book.onAbort(() => {
-    for (const child of children) child.kill('SIGTERM');
+  const children = new Set<StageProcess>();
+  book.onAbort((reason) => {
+    for (const child of children) child.stop(reason);
   });
 
   const runContext: RunContext = {
@@ -36,7 +35,7 @@ export const localRunner: Runner = async (options: ExecuteOptions): Promise<RunS
       if (broken.length > 0) return book.finish(stage, skippedOutcome(`upstream stage '${broken.join("', '")}' did not complete`));
       if (book.abortReason) return book.finish(stage, skippedOutcome(`not started: ${book.abortReason}`));
       if (stage.cached) {
-        const entry = await cache.read(stage.fingerprint);
+        const entry = await cache.readIntact(stage.fingerprint, (problem) => book.emit({ type: 'stage-log', stage: stage.name, stream: 'log', line: `${problem}: the stage runs again` }));
         if (entry) return book.finish(stage, await restore(stage, entry, options));
       }
       const job = stageJob(plan, stage, options.backend);

@@ -21,7 +21,7 @@ export interface ExecuteOptions {
   listeners: RunListener[];
   /** False for a sweep's merged run, whose stages belong to different trials: no run metrics. */
   summaryMetrics?: boolean;
-  /** Aborts the run (SIGINT): running stages are stopped, nothing more starts. */
+  /** Aborts the run; its reason names the signal that interrupted it (SIGINT, SIGTERM, SIGHUP): running stages are stopped, nothing more starts. */
   signal?: AbortSignal;
 }
 
@@ -47,9 +47,15 @@ export class RunBook {
   private readonly abortHandlers: Array<(reason: string) => void> = [];
   private stateWrites = Promise.resolve();
   abortReason: string | undefined;
+  /** The signal that interrupted the run, if one did. */
+  private interruptedBy: string | undefined;
 
   constructor(private readonly options: ExecuteOptions) {
-    options.signal?.addEventListener('abort', () => this.abort('interrupted'));
+    const signal = options.signal;
+    signal?.addEventListener('abort', () => {
+      this.interruptedBy = typeof signal.reason === 'string' ? signal.reason : 'SIGINT';
+      this.abort(`interrupted by ${this.interruptedBy}`);
+    });
     this.emit({
       ...options.run,
       type: 'run-start',
@@ -115,7 +121,8 @@ export class RunBook {
     const summary: RunSummary = {
       runId: options.run.runId,
       pipeline: options.run.pipelineName,
-      status: stages.every((s) => s.status === 'ran' || s.status === 'cached') ? 'succeeded' : 'failed',
+      status: stages.every((s) => s.status === 'ran' || s.status === 'cached') && !this.interruptedBy ? 'succeeded' : 'failed',
+      ...(this.interruptedBy ? { interrupted: this.interruptedBy } : {}),
       durationMs: Date.now() - this.started,
       stages,
       metrics,

@@ -7,8 +7,9 @@ import { createInterface } from 'node:readline';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
-import type { Cache, CacheEntry } from '../cache/cache.ts';
-import { readMetricsFile } from '../cache/cache.ts';
+import type { Cache, CacheEntry, Staging } from '../cache/cache.ts';
+import { cacheWriteProblem, readMetricsFile } from '../cache/cache.ts';
+import { messageOf } from '../core/errors.ts';
 import type { RunEvent } from '../core/events.ts';
 import type { MetricPoint } from '../core/stage-kind.ts';
 import type { PlannedStage } from '../plan/plan.ts';
@@ -68,10 +69,49 @@ export interface RunContext {
   /** This process hands out GPUs: every child gets CUDA_VISIBLE_DEVICES (empty when it got none). */
   gpusConfigured: boolean;
   emit: (event: RunEvent) => void;
-  /** The running child processes, so that an abort can stop them. */
-  children: Set<ResultPromise>;
+  /** The running stage processes, so that an abort can stop them. */
+  children: Set<StageProcess>;
   /** Why the run is stopping, if it is. */
   aborted: () => string | undefined;
+}
+
+/** How long a stopped stage's processes get between SIGTERM and SIGKILL. */
+export const STOP_GRACE_MS = Number(process.env['PIPE_STOP_GRACE_MS'] ?? 2000);
+
+/**
+ * A running stage process. It leads a process group of its own, which holds everything the stage
+ * started (its command, the command's children and theirs), so that stopping the group stops the
+ * whole tree; nothing of a stage outlives it, not even processes a command left in the background.
+ */
+export class StageProcess {
+  /** Why the stage is being stopped (a timeout, an interrupted run), once it is. */
+  stopReason: string | undefined;
+  private killTimer: NodeJS.Timeout | undefined;
+
+  constructor(readonly child: ResultPromise) {}
+
+  /** SIGTERM to the whole group; SIGKILL to what is left of it after STOP_GRACE_MS. */
+  stop(reason: string): void {
+    if (this.stopReason !== undefined) return;
+    this.stopReason = reason;
+    this.signalGroup('SIGTERM');
+    this.killTimer = setTimeout(() => this.signalGroup('SIGKILL'), STOP_GRACE_MS);
+  }
+
+  /** The stage process has exited: whatever it left running goes too. */
+  reap(): void {
+    if (this.killTimer) clearTimeout(this.killTimer);
+    this.signalGroup('SIGKILL');
+  }
+
+  private signalGroup(signal: NodeJS.Signals): void {
+    if (this.child.pid === undefined) return;
+    try {
+      process.kill(-this.child.pid, signal);
+    } catch {
+      // the group is gone already
+    }
+  }
 }
 
 /**
@@ -80,62 +120,125 @@ export interface RunContext {
  * local run's pipeline directory; a worker leaves that to the submitter).
  */
 export async function runStage(stage: StageJob, gpus: string[], run: RunContext, workspace?: string): Promise<Outcome> {
+  try {
+    return await computeEntry(stage, gpus, run, workspace);
+  } catch (error) {
+    // The cache (or the workspace) cannot be written: this stage fails with why, the run goes on
+    // and its stage table says so.
+    const problem = (await cacheWriteProblem(run.cache.root, error)) ?? messageOf(error);
+    return { status: 'failed', durationMs: 0, error: problem, metrics: [], artifacts: [], summary: {} };
+  }
+}
+
+async function computeEntry(stage: StageJob, gpus: string[], run: RunContext, workspace?: string): Promise<Outcome> {
   const { cache, emit } = run;
-  const release = await cache.lock(stage.fingerprint, (holder) =>
-    emit({ type: 'stage-log', stage: stage.name, stream: 'log', line: `waiting: process ${holder.pid} on ${holder.host} is computing this stage` }),
-  );
+  const say = (line: string) => emit({ type: 'stage-log', stage: stage.name, stream: 'log', line });
+  const release = await cache.lock(stage.fingerprint, (holder) => say(`waiting: process ${holder.pid} on ${holder.host} is computing this stage`), run.aborted);
   try {
     // Whoever held the lock may have published the entry meanwhile (unless we are forced).
-    const existing = stage.forced ? undefined : await cache.read(stage.fingerprint);
+    const existing = stage.forced ? undefined : await cache.readIntact(stage.fingerprint, (problem) => say(`${problem}: the stage runs again`));
     if (existing) {
       if (workspace !== undefined) await restoreOuts(existing, workspace);
       return await cachedOutcome(existing);
     }
+    const damagedInput = await damagedInputs(stage, cache);
+    if (damagedInput) return { status: 'failed', durationMs: 0, error: damagedInput, metrics: [], artifacts: [], summary: {} };
     return await runInChild(stage, gpus, run);
   } finally {
     await release();
   }
 }
 
+/**
+ * Checks the upstream entries a stage reads before it reads them (each once per run: a local run
+ * checked them when it restored them). A damaged one is removed; this stage fails, and the next
+ * run recomputes the upstream stage.
+ */
+async function damagedInputs(stage: StageJob, cache: Cache): Promise<string | undefined> {
+  for (const [slot, fingerprint] of Object.entries(stage.inputs)) {
+    let problem: string | undefined;
+    const entry = await cache.readIntact(fingerprint, (why) => (problem = why));
+    if (problem) return `input '${slot}': ${problem}; run again to recompute it`;
+    if (!entry) return `input '${slot}': cache entry ${fingerprint.slice(0, 10)} is missing; run again to recompute it`;
+  }
+  return undefined;
+}
+
+/** What a stage process reported and printed while it ran. */
+interface StageReports {
+  metrics: MetricPoint[];
+  artifacts: Set<string>;
+  summary: Record<string, string | number | boolean>;
+  done?: Extract<ChildReport, { t: 'done' }>;
+  error?: Extract<ChildReport, { t: 'error' }>;
+  /** The last lines of its stderr, for the error message of a crash. */
+  stderrTail: string[];
+}
+
+/** How the stage process ended. */
+interface StageExit {
+  exitCode?: number;
+  signal?: string;
+  timedOut: boolean;
+}
+
 async function runInChild(stage: StageJob, gpus: string[], run: RunContext): Promise<Outcome> {
-  const { cache, emit, children, aborted } = run;
   const t0 = Date.now();
-  emit({ type: 'stage-start', stage: stage.name, fingerprint: stage.fingerprint, startedAt: t0 });
-  const staging = await cache.stage(stage.fingerprint, stage.record);
+  run.emit({ type: 'stage-start', stage: stage.name, fingerprint: stage.fingerprint, startedAt: t0 });
+  const staging = await run.cache.stage(stage.fingerprint, stage.record);
   const tmpDir = path.join(staging.dir, 'scratch');
   await fs.mkdir(tmpDir, { recursive: true });
   const log = createWriteStream(path.join(staging.dir, 'log.txt'));
   const metricsFile = createWriteStream(path.join(staging.dir, 'metrics.jsonl'));
-  const metrics: MetricPoint[] = [];
-  const artifacts = new Set<string>();
-  const summary: Record<string, string | number | boolean> = {};
-  let doneReport: Extract<ChildReport, { t: 'done' }> | undefined;
-  let errorReport: Extract<ChildReport, { t: 'error' }> | undefined;
-  const stderrTail: string[] = [];
-
   const writeLog = (stream: 'stdout' | 'stderr' | 'log', line: string) => {
     log.write(`${new Date().toISOString()} ${stream === 'log' ? '' : `[${stream}] `}${line}\n`);
-    emit({ type: 'stage-log', stage: stage.name, stream, line });
+    run.emit({ type: 'stage-log', stage: stage.name, stream, line });
   };
+  const reports: StageReports = { metrics: [], artifacts: new Set(), summary: {}, stderrTail: [] };
+  const exit = await spawnStage(stage, stageSpec(stage, run, staging, tmpDir), gpus, run, {
+    onReport: (report) => handleReport(report, reports, stage.name, { writeLog, metricsFile, emit: run.emit }),
+    onLine: (stream, line) => {
+      writeLog(stream, line);
+      if (stream === 'stderr') {
+        reports.stderrTail.push(line);
+        if (reports.stderrTail.length > 20) reports.stderrTail.shift();
+      }
+    },
+  });
+  await Promise.all([closeStream(log), closeStream(metricsFile)]);
+  const durationMs = Date.now() - t0;
+  const abortReason = run.aborted();
+  if (reports.done && exit.exitCode === 0 && !abortReason) return publishOutcome(stage, staging, reports, durationMs, run.cache);
+  await run.cache.discard(staging);
+  // The stack of a stage that was stopped only says that it was.
+  const stopped = exit.timedOut || abortReason !== undefined;
+  if (reports.error?.stack && !stopped) run.emit({ type: 'stage-log', stage: stage.name, stream: 'log', line: reports.error.stack });
+  const error = failureMessage(exit, reports, { timeout: stage.timeout, abortReason });
+  return { status: 'failed', durationMs, error, metrics: reports.metrics, artifacts: [], summary: reports.summary };
+}
 
-  const a = stage;
-  const spec: StageSpec = {
+/** What the stage process is told to do. */
+function stageSpec(stage: StageJob, run: RunContext, staging: Staging, tmpDir: string): StageSpec {
+  return {
     stage: stage.name,
     kind: stage.kind,
-    params: a.params,
-    inputs: Object.fromEntries(Object.entries(a.inputs).map(([slot, fingerprint]) => [slot, path.join(cache.entryDir(fingerprint), 'out')])),
+    params: stage.params,
+    inputs: Object.fromEntries(Object.entries(stage.inputs).map(([slot, fingerprint]) => [slot, path.join(run.cache.entryDir(fingerprint), 'out')])),
     outDir: staging.outDir,
     tmpDir,
     downloadCacheDir: run.downloadCacheDir,
     backend: run.backend,
-    command: a.command,
-    cwd: a.cwd,
-    env: a.env,
-    outs: a.outs,
-    metrics: a.metrics,
+    command: stage.command,
+    cwd: stage.cwd,
+    env: stage.env,
+    outs: stage.outs,
+    metrics: stage.metrics,
   };
-  const env: Record<string, string> = { TF_CPP_MIN_LOG_LEVEL: process.env['TF_CPP_MIN_LOG_LEVEL'] ?? '2', ...a.env };
-  if (a.usesTensorflow) {
+}
+
+function stageEnv(stage: StageJob, gpus: string[], run: RunContext): Record<string, string> {
+  const env: Record<string, string> = { TF_CPP_MIN_LOG_LEVEL: process.env['TF_CPP_MIN_LOG_LEVEL'] ?? '2', ...stage.env };
+  if (stage.usesTensorflow) {
     // TensorFlow allocates and frees large tensors constantly; glibc's defaults return them to the
     // kernel each time and page-fault them back in (measured: 9.5 → 1.3 ms of system time per
     // image in the frozen base). Keep freed memory in the process instead.
@@ -143,99 +246,120 @@ async function runInChild(stage: StageJob, gpus: string[], run: RunContext): Pro
     env['MALLOC_TRIM_THRESHOLD_'] ??= process.env['MALLOC_TRIM_THRESHOLD_'] ?? '2147483648';
   }
   if (gpus.length > 0 || run.gpusConfigured) env['CUDA_VISIBLE_DEVICES'] = gpus.join(',');
+  return env;
+}
 
+/**
+ * Starts the stage process (the leader of a new process group), sends it the spec, and waits until
+ * it and everything it started are gone. A stage `timeout:` stops the whole group.
+ */
+async function spawnStage(
+  stage: StageJob,
+  spec: StageSpec,
+  gpus: string[],
+  run: RunContext,
+  on: { onReport: (report: ChildReport) => void; onLine: (stream: 'stdout' | 'stderr', line: string) => void },
+): Promise<StageExit> {
   const child = execa(process.execPath, ['--import', tsxLoader, stageProcessPath], {
     ipc: true,
     serialization: 'json',
     cwd: spec.cwd,
-    env,
+    env: stageEnv(stage, gpus, run),
     reject: false,
     buffer: false,
     stdin: 'ignore',
     stdout: 'pipe',
     stderr: 'pipe',
-    timeout: a.timeout ? a.timeout * 1000 : undefined,
-    killSignal: 'SIGKILL',
-    cleanup: true,
+    // A group of its own (stopped as one); the runner's signal handling stops it, and the stage
+    // process stops itself when the runner goes away without doing so (see stage-process.ts).
+    detached: true,
+    cleanup: false,
   });
-  children.add(child);
-  child.on('message', (message: unknown) => {
-    const report = message as ChildReport;
-    switch (report.t) {
-      case 'log':
-        writeLog('log', report.line);
-        break;
-      case 'progress':
-        emit({ type: 'stage-progress', stage: stage.name, done: report.done, total: report.total, label: report.label });
-        break;
-      case 'metric': {
-        const point: MetricPoint = { key: report.key, value: report.value, step: report.step, timestamp: report.timestamp };
-        metrics.push(point);
-        metricsFile.write(`${JSON.stringify(point)}\n`);
-        emit({ type: 'stage-metric', stage: stage.name, point });
-        break;
-      }
-      case 'artifact':
-        artifacts.add(report.path);
-        break;
-      case 'summary':
-        Object.assign(summary, report.facts);
-        break;
-      case 'done':
-        doneReport = report;
-        break;
-      case 'error':
-        errorReport = report;
-        break;
-    }
-  });
+  const processHandle = new StageProcess(child);
+  run.children.add(processHandle);
+  const timeoutReason = `timed out after ${stage.timeout}s`;
+  const timer = stage.timeout ? setTimeout(() => processHandle.stop(timeoutReason), stage.timeout * 1000) : undefined;
+  // Leftovers of the group die with the stage process, before its output pipes are waited for.
+  child.on('exit', () => processHandle.reap());
+  child.on('message', (message: unknown) => on.onReport(message as ChildReport));
   child.send(spec);
-  const lines = (stream: NodeJS.ReadableStream | null, name: 'stdout' | 'stderr') =>
-    new Promise<void>((resolve) => {
-      if (!stream) return resolve();
-      const rl = createInterface({ input: stream });
-      rl.on('line', (line) => {
-        writeLog(name, line);
-        if (name === 'stderr') {
-          stderrTail.push(line);
-          if (stderrTail.length > 20) stderrTail.shift();
-        }
-      });
-      rl.on('close', resolve);
-    });
-  const [result] = await Promise.all([child, lines(child.stdout, 'stdout'), lines(child.stderr, 'stderr')]);
-  children.delete(child);
-  await Promise.all([closeStream(log), closeStream(metricsFile)]);
-
-  const durationMs = Date.now() - t0;
-  const abortReason = aborted();
-  if (doneReport && result.exitCode === 0 && !abortReason) {
-    if (stage.forced) await cache.remove(stage.fingerprint);
-    const entry = await cache.publish(staging, {
-      durationMs,
-      finishedAt: Date.now(),
-      summary,
-      artifacts: [...artifacts],
-      outs: doneReport.outs,
-    });
-    return {
-      status: 'ran',
-      durationMs,
-      metrics,
-      artifacts: [...artifacts].map((name) => ({ name, path: path.join(entry.outDir, name) })),
-      summary,
-      outDir: entry.outDir,
-    };
+  try {
+    const [result] = await Promise.all([child, readLines(child.stdout, (line) => on.onLine('stdout', line)), readLines(child.stderr, (line) => on.onLine('stderr', line))]);
+    return { exitCode: result.exitCode, signal: result.signal, timedOut: processHandle.stopReason === timeoutReason };
+  } finally {
+    if (timer) clearTimeout(timer);
+    run.children.delete(processHandle);
   }
-  await cache.discard(staging);
-  let error: string;
-  if (result.timedOut) error = `timed out after ${a.timeout}s and was killed`;
-  else if (abortReason) error = `stopped: ${abortReason}`;
-  else if (errorReport) error = errorReport.message;
-  else if (result.signal) error = `stage process was killed by ${result.signal}${result.signal === 'SIGKILL' ? ' (out of memory?)' : ''}`;
-  else error = `stage process exited with code ${result.exitCode ?? '?'}${stderrTail.length ? `: ${stderrTail.slice(-3).join(' | ')}` : ''}`;
-  if (errorReport?.stack) emit({ type: 'stage-log', stage: stage.name, stream: 'log', line: errorReport.stack });
-  return { status: 'failed', durationMs, error, metrics, artifacts: [], summary };
+}
+
+function readLines(stream: NodeJS.ReadableStream | null, onLine: (line: string) => void): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (!stream) return resolve();
+    const rl = createInterface({ input: stream });
+    rl.on('line', onLine);
+    rl.on('close', resolve);
+  });
+}
+
+/** Records one report of the stage process. */
+function handleReport(
+  report: ChildReport,
+  reports: StageReports,
+  stageName: string,
+  out: { writeLog: (stream: 'log', line: string) => void; metricsFile: WriteStream; emit: (event: RunEvent) => void },
+): void {
+  switch (report.t) {
+    case 'log':
+      out.writeLog('log', report.line);
+      break;
+    case 'progress':
+      out.emit({ type: 'stage-progress', stage: stageName, done: report.done, total: report.total, label: report.label });
+      break;
+    case 'metric': {
+      const point: MetricPoint = { key: report.key, value: report.value, step: report.step, timestamp: report.timestamp };
+      reports.metrics.push(point);
+      out.metricsFile.write(`${JSON.stringify(point)}\n`);
+      out.emit({ type: 'stage-metric', stage: stageName, point });
+      break;
+    }
+    case 'artifact':
+      reports.artifacts.add(report.path);
+      break;
+    case 'summary':
+      Object.assign(reports.summary, report.facts);
+      break;
+    case 'done':
+      reports.done = report;
+      break;
+    case 'error':
+      reports.error = report;
+      break;
+  }
+}
+
+/** Publishes a finished stage's staging directory as its cache entry. */
+async function publishOutcome(stage: StageJob, staging: Staging, reports: StageReports, durationMs: number, cache: Cache): Promise<Outcome> {
+  if (stage.forced) await cache.remove(stage.fingerprint);
+  const artifacts = [...reports.artifacts];
+  const entry = await cache.publish(staging, { durationMs, finishedAt: Date.now(), summary: reports.summary, artifacts, outs: reports.done?.outs });
+  return {
+    status: 'ran',
+    durationMs,
+    metrics: reports.metrics,
+    artifacts: artifacts.map((name) => ({ name, path: path.join(entry.outDir, name) })),
+    summary: reports.summary,
+    outDir: entry.outDir,
+  };
+}
+
+/** The stage table's line for a stage that did not finish. */
+function failureMessage(exit: StageExit, reports: StageReports, context: { timeout?: number; abortReason?: string }): string {
+  if (exit.timedOut) return `timed out after ${context.timeout}s and was killed`;
+  if (context.abortReason) return `stopped: ${context.abortReason}`;
+  if (reports.error) return reports.error.message;
+  if (exit.signal) return `stage process was killed by ${exit.signal}${exit.signal === 'SIGKILL' ? ' (out of memory?)' : ''}`;
+  const tail = reports.stderrTail.length ? `: ${reports.stderrTail.slice(-3).join(' | ')}` : '';
+  return `stage process exited with code ${exit.exitCode ?? '?'}${tail}`;
 }
 
 function closeStream(stream: WriteStream): Promise<void> {

@@ -1,10 +1,12 @@
 // The child process that runs one stage. The runner starts it with an IPC channel, sends one
 // StageSpec, and receives reports (log, progress, metric, artifact, summary) and a final `done`
 // or `error`. A crash, hang or out-of-memory here fails this stage only, never the runner.
-// When the runner goes away (even by SIGKILL) the IPC channel closes and this process exits,
-// taking a running command with it.
+// The runner starts it as the leader of a process group of its own, and a command runs in that
+// group (with everything the command starts), so that the group is the whole stage. When the
+// runner goes away, even by SIGKILL, the IPC channel closes and this process kills its group.
 
 import { promises as fs } from 'node:fs';
+import { constants } from 'node:os';
 import * as path from 'node:path';
 import { execa } from 'execa';
 import { loadKind } from '../stages/index.ts';
@@ -76,15 +78,14 @@ async function runCommand(spec: StageSpec): Promise<void> {
   // As DVC does: declared outputs are removed first, so a stale file can't pass for a new one.
   for (const out of spec.outs) await fs.rm(path.resolve(spec.cwd, out), { recursive: true, force: true });
   const env = { ...spec.env, PIPE_STAGE: spec.stage, PIPE_OUT_DIR: spec.outDir };
-  // Its own process group, so that stopping the stage stops everything the command started (a
-  // shell's children too, which would otherwise keep running and hold the output pipes open).
-  const options = { cwd: spec.cwd, env, stdio: 'inherit' as const, reject: false, cleanup: false, detached: true };
+  // In this process's group (the stage's), which the runner stops as one: a shell's children too.
+  const options = { cwd: spec.cwd, env, stdio: 'inherit' as const, reject: false, cleanup: false };
   const child = Array.isArray(spec.command)
     ? execa(spec.command[0] ?? '', spec.command.slice(1), options)
     : execa(spec.command ?? '', { ...options, shell: '/bin/sh' });
-  commandGroup = child.pid;
+  commandRunning = true;
   const result = await child;
-  commandGroup = undefined;
+  commandRunning = false;
   if (result.failed) {
     const why = result.signal ? `was killed by ${result.signal}` : result.exitCode !== undefined ? `exited with code ${result.exitCode}` : String(result.message);
     throw new Error(`command ${why}: ${result.command}`);
@@ -123,34 +124,39 @@ function flattenNumbers(value: unknown, prefix = ''): Array<[string, number]> {
   return [];
 }
 
-/** The process group of the running command, if one runs. */
-let commandGroup: number | undefined;
+/** A command runs (else this is a stage kind's own work, which stops with this process). */
+let commandRunning = false;
 
-function killCommand(signal: NodeJS.Signals): void {
-  if (commandGroup === undefined) return;
+/** Signals this stage's process group: this process, its command and everything that started. */
+function signalStage(signal: NodeJS.Signals): void {
   try {
-    process.kill(-commandGroup, signal);
+    process.kill(-process.pid, signal);
   } catch {
-    // already gone
+    // not a group leader (started by hand): only this process is ours to stop
+    if (signal === 'SIGKILL') process.exit(137);
   }
 }
 
+/** How long a stopped command gets between SIGTERM and SIGKILL (the runner allows the same). */
+const STOP_GRACE_MS = Number(process.env['PIPE_STOP_GRACE_MS'] ?? 2000);
+
 async function main(): Promise<void> {
   let finished = false;
+  // The runner is gone (even SIGKILLed): nobody will collect this stage; stop all of it.
   process.on('disconnect', () => {
     if (finished) return;
-    killCommand('SIGKILL');
-    process.exit(137);
+    signalStage('SIGKILL');
   });
-  // Stopped by the runner (SIGTERM) or Ctrl-C on the terminal: stop the command, then leave.
-  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  // Stopped by the runner or by someone's `kill`: stop the command's whole tree, then leave (the
+  // command's failure is reported as usual once it has ended).
+  let stopping = false;
+  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
     process.on(signal, () => {
-      if (commandGroup === undefined) process.exit(signal === 'SIGTERM' ? 143 : 130);
-      killCommand(signal);
-      setTimeout(() => {
-        killCommand('SIGKILL');
-        process.exit(signal === 'SIGTERM' ? 143 : 130);
-      }, 2000).unref();
+      if (stopping) return; // our own signal to the group, coming back
+      stopping = true;
+      if (!commandRunning) process.exit(128 + constants.signals[signal]);
+      signalStage(signal);
+      setTimeout(() => signalStage('SIGKILL'), STOP_GRACE_MS);
     });
   }
   const spec = await new Promise<StageSpec>((resolve) => process.once('message', (m) => resolve(m as StageSpec)));

@@ -238,7 +238,8 @@ export function trialSummary(trial: Trial, sweepPlan: SweepPlan, merged: RunSumm
   return {
     runId: `${merged.runId}-${trial.id}`,
     pipeline: merged.pipeline,
-    status: stages.every((s) => s.status === 'ran' || s.status === 'cached') ? 'succeeded' : 'failed',
+    status: stages.every((s) => s.status === 'ran' || s.status === 'cached') && !merged.interrupted ? 'succeeded' : 'failed',
+    ...(merged.interrupted ? { interrupted: merged.interrupted } : {}),
     durationMs: merged.durationMs,
     stages,
     metrics: {},

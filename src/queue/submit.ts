@@ -49,7 +49,8 @@ async function executeOnQueue(options: ExecuteOptions, target: QueueTarget): Pro
   // Stages whose entry is here already are restored like in a local run.
   const remote: PlannedStage[] = [];
   for (const stage of plan.stages) {
-    const entry = stage.cached ? await cache.read(stage.fingerprint) : undefined;
+    const onDamaged = (problem: string) => book.emit({ type: 'stage-log', stage: stage.name, stream: 'log', line: `${problem}: the stage runs again` });
+    const entry = stage.cached ? await cache.readIntact(stage.fingerprint, onDamaged) : undefined;
     if (entry) book.finish(stage, await restore(stage, entry, options));
     else remote.push(stage);
   }

@@ -8,14 +8,13 @@
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Job, Queue, UnrecoverableError, Worker } from 'bullmq';
-import type { ResultPromise } from 'execa';
 import { Redis } from 'ioredis';
 import { Cache } from '../cache/cache.ts';
 import { UsageError } from '../core/errors.ts';
 import type { CommandStatus, Io } from '../core/io.ts';
 import type { CommandOptions } from '../app/options.ts';
 import type { RunEvent } from '../core/events.ts';
-import { restoreOuts, runStage } from '../exec/run-stage.ts';
+import { restoreOuts, runStage, type StageProcess } from '../exec/run-stage.ts';
 import type { StageJob } from '../exec/stage-job.ts';
 import { formatDuration } from '../render/render.ts';
 import { projectPaths } from '../cache/project.ts';
@@ -52,7 +51,7 @@ export async function workerCommand(values: CommandOptions, io: Io): Promise<Com
       // Upstream entries must be in the shared cache; a command reads its upstream commands' outputs
       // from this worker's working directory, so those are put there first.
       for (const fingerprint of stage.upstream) {
-        const entry = await cache.read(fingerprint);
+        const entry = await cache.readIntact(fingerprint, (problem) => say(`${stage.name}: upstream ${problem}: the submitter's next run recomputes it`));
         if (!entry) {
           throw new UnrecoverableError(`upstream entry ${fingerprint.slice(0, 12)} is not in the cache at ${cache.root} on ${name}: is it the shared cache (--cache)?`);
         }
@@ -79,11 +78,11 @@ export async function workerCommand(values: CommandOptions, io: Io): Promise<Com
       const attempt = job.attemptsStarted > 1 ? ` (attempt ${job.attemptsStarted})` : '';
       say(`${stage.name} ${stage.fingerprint.slice(0, 12)} started${attempt}${grant.gpus.length ? ` on GPU ${grant.gpus.join(',')}` : ''}`);
       send({ type: 'stage-start', startedAt: started, worker: name });
-      const children = new Set<ResultPromise>();
+      const children = new Set<StageProcess>();
       let cancelled: string | undefined;
       const onAbort = () => {
         cancelled = String(signal?.reason ?? 'cancelled by the submitter');
-        for (const child of children) child.kill('SIGTERM');
+        for (const child of children) child.stop(cancelled);
       };
       signal?.addEventListener('abort', onAbort);
       let outcome;

@@ -172,7 +172,8 @@ export function formatSummary(summary: RunSummary): string {
     ),
   ];
   const counts = (['ran', 'cached', 'failed', 'skipped'] as const).map((st) => `${summary.stages.filter((s) => s.status === st).length} ${st}`);
-  lines.push(`${summary.status === 'succeeded' ? 'succeeded' : 'FAILED'} in ${formatDuration(summary.durationMs)}: ${counts.join(', ')}`);
+  const verdict = summary.interrupted ? `INTERRUPTED by ${summary.interrupted}` : summary.status === 'succeeded' ? 'succeeded' : 'FAILED';
+  lines.push(`${verdict} in ${formatDuration(summary.durationMs)}: ${counts.join(', ')}`);
   const metricNames = Object.keys(summary.metrics);
   if (metricNames.length) {
     lines.push(`metrics: ${metricNames.slice(0, 12).map((k) => `${k}=${round(summary.metrics[k] ?? NaN)}`).join('  ')}${metricNames.length > 12 ? ' …' : ''}`);

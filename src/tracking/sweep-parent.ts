@@ -22,7 +22,8 @@ export interface TrialRow {
 
 export interface SweepParent {
   runId: string;
-  finish(rows: TrialRow[], table: string): Promise<void>;
+  /** Records the trials and ends the parent run: KILLED when a signal `interrupted` the sweep. */
+  finish(rows: TrialRow[], table: string, interrupted?: string): Promise<void>;
 }
 
 export async function startSweepParent(options: {
@@ -58,7 +59,7 @@ export async function startSweepParent(options: {
 
   return {
     runId,
-    async finish(rows, table) {
+    async finish(rows, table, interrupted) {
       const best = rows.find((r) => r.status === 'succeeded' && r.metrics[options.objective] !== undefined);
       const now = Date.now();
       const metrics = best ? Object.entries(best.metrics).map(([key, value]) => ({ key: `best.${key}`, value, timestamp: now, step: 0 })) : [];
@@ -86,7 +87,8 @@ export async function startSweepParent(options: {
         await fs.writeFile(path.join(options.sweepDir, 'objective.png'), chart);
         await client.uploadArtifact(artifactUri, 'objective.png', chart);
       }
-      await client.updateRun(runId, { status: rows.every((r) => r.status === 'succeeded') ? 'FINISHED' : 'FAILED', endTime: Date.now() });
+      const status = interrupted ? 'KILLED' : rows.every((r) => r.status === 'succeeded') ? 'FINISHED' : 'FAILED';
+      await client.updateRun(runId, { status, endTime: Date.now() });
     },
   };
 }

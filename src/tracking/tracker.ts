@@ -279,7 +279,7 @@ export function createTracker(opts: TrackerOptions): Tracker {
 
   const onRunEnd = (run: RunState, e: RunEndEvent): void => {
     run.ended = true;
-    const status = e.summary.status === 'succeeded' ? 'FINISHED' : 'FAILED';
+    const status = e.summary.interrupted ? 'KILLED' : e.summary.status === 'succeeded' ? 'FINISHED' : 'FAILED';
     append(run, { kind: 'log-batch', tags: [{ key: 'mlflow.note.content', value: truncate(renderRunNote(run.start, e), MAX_TAG_VALUE) }] });
     queueRunLog(run);
     append(run, { kind: 'update-run', status, endTime: e.endedAt });
