@@ -148,11 +148,11 @@ export class CommandChain {
     const entries = entryNames(this.cacheDir).length;
     const uncached = this.uncachedStages();
     const roll = r.next();
-    if (roll < 0.2 && entries > 0) return { kind: 'corrupt', count: r.int(1, Math.min(4, entries)) };
+    if (roll < 0.3 && entries > 0) return { kind: 'corrupt', count: r.int(1, Math.min(5, entries)) };
     const side = uncached.filter((s) => s !== 'd');
-    if (roll < 0.6 && side.length > 0) {
+    if (roll < 0.65 && side.length > 0) {
       const hangs = r.chance(0.4) ? [r.pick(side)] : [];
-      return { kind: 'stages', kills: r.int(hangs.length > 0 ? 0 : 1, Math.min(4, side.length - hangs.length + 1)), hangs };
+      return { kind: 'stages', kills: r.int(hangs.length > 0 ? 1 : 2, Math.min(5, side.length - hangs.length + 1)), hangs };
     }
     const signal = r.pick(['SIGKILL', 'SIGTERM', 'SIGINT'] as const);
     return { kind: 'runner', signal, group: r.chance(0.5), again: signal !== 'SIGKILL' && r.chance(0.4) };

@@ -33,12 +33,26 @@ ${big(1)}${big(2)}  sizes:
 `;
 }
 
+const mounted = new Set<string>();
+
 /** Mounts a tmpfs of SIZE bytes, or says why it cannot (not root, no CAP_SYS_ADMIN, no mount). */
 function mountTmpfs(dir: string): string | undefined {
   const result = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${SIZE}`, 'tmpfs', dir], { encoding: 'utf8' });
   if (result.error) return result.error.message;
   if (result.status !== 0) return (result.stderr || `mount exited ${result.status}`).trim();
+  mounted.add(dir);
   return undefined;
+}
+
+function unmount(dir: string): void {
+  spawnSync('umount', [dir]);
+  mounted.delete(dir);
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/** For a suite that is stopped half-way: no tmpfs stays mounted. */
+export function unmountAll(): void {
+  for (const dir of mounted) unmount(dir);
 }
 
 export interface DiskContext {
@@ -58,8 +72,7 @@ export async function diskFullScenario(ctx: DiskContext, random: Random, rounds:
   try {
     await runRounds(ctx, random, rounds, mountPoint);
   } finally {
-    spawnSync('umount', [mountPoint]);
-    rmSync(mountPoint, { recursive: true, force: true });
+    unmount(mountPoint);
   }
   return undefined;
 }

@@ -22,9 +22,9 @@ import {
   COMMAND_KILL, CommandChain, commandPipeline, CORRUPT_ENTRY, log, MLFLOW_RESTART, OUTPUTS, parseSummary, STAGE_KILL, STAGE_TIMEOUT,
   type Reference, type SharedMlflow,
 } from './command-chain.ts';
-import { DISK_FULL, diskFullScenario } from './disk-full.ts';
+import { DISK_FULL, diskFullScenario, unmountAll } from './disk-full.ts';
 import { learningScenario } from './learning.ts';
-import { ProcessWatch, scanMarked } from './processes.ts';
+import { MARK_VARIABLE, ProcessWatch, scanMarked } from './processes.ts';
 import { REDIS_RESTART, queueScenario, WORKER_KILL } from './queue.ts';
 import { Random, suiteSeed } from './random.ts';
 import { resultMetrics, settle, signalPid, sleep, startPipeRun, SUITE_MARK } from './runs.ts';
@@ -33,13 +33,15 @@ import { Tally } from './tally.ts';
 /** How much the suite does: sized for a few minutes on a loaded 2-core machine. */
 const BUDGET = {
   /** Command pipelines faulted side by side, and the faulted runs of each. */
-  chains: 4,
+  chains: 3,
   /** The first chains record to MLflow; the others run untracked (the server's time is shared). */
   trackedChains: 2,
-  attemptsPerChain: 25,
-  mlflowRestarts: 3,
-  diskRounds: 4,
-  queueRounds: 4,
+  /** The chains go on until they injected this many faults (or made maxAttemptsPerChain runs each). */
+  chainFaults: 190,
+  maxAttemptsPerChain: 60,
+  mlflowRestarts: 2,
+  diskRounds: 3,
+  queueRounds: 2,
   /** The least number of faults a full run of the suite must inject. */
   minimumFaults: 200,
 };
@@ -47,6 +49,21 @@ const BUDGET = {
 /** PIPE_FAULT_ONLY=commands,disk,queue,learning runs only those phases (while working on one). */
 const only = process.env['PIPE_FAULT_ONLY']?.split(',');
 const phase = (name: string) => !only || only.includes(name);
+
+// Services the suite starts (MLflow, Redis, `pipe sync`) carry a marker too, so that whatever an
+// interrupted suite leaves behind can be found and stopped.
+process.env[MARK_VARIABLE] = `${SUITE_MARK}-service`;
+function stopEverything(): void {
+  for (const p of scanMarked()) if (p.marker.startsWith(SUITE_MARK)) signalPid(p.pid, 'SIGKILL');
+  unmountAll();
+}
+process.once('exit', stopEverything);
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    stopEverything();
+    process.exit(signal === 'SIGINT' ? 130 : 143);
+  });
+}
 
 const seed = suiteSeed();
 const random = new Random(seed);
@@ -100,9 +117,9 @@ Faults.before(async (ctx) => {
 });
 
 Faults.after(async (ctx) => {
-  // Whatever a failed phase left running goes now.
-  for (const p of scanMarked()) if (p.marker.startsWith(SUITE_MARK)) signalPid(p.pid, 'SIGKILL');
   await ctx.server?.dispose();
+  // Whatever a failed phase left running goes now.
+  stopEverything();
 });
 
 /** An undisturbed run of the command pipeline: what every resumed run must give. */
@@ -139,23 +156,27 @@ function background(work: () => Promise<unknown>): Promise<unknown> {
 
 Faults('command pipelines: signals to the runner and its group, stage kills, timeouts, corrupt entries, MLflow restarts', async (ctx) => {
   const mlflow = ctx.mlflow!;
-  // The other phases run alongside: each spends much of its time waiting (for a lock to expire, a
-  // server to start, a stage to time out), which the others fill.
+  // The learning pipeline runs alongside the command chains: it mostly computes in one process at
+  // a time, they mostly wait (for a stage to time out, a server to restart). More side by side
+  // would only load the machine without finishing sooner.
   ctx.learning = background(async () => phase('learning') && learningScenario({ watch, tally, mlflow }, random.fork('learning')));
+  if (phase('commands')) await commandChains(ctx, mlflow);
   ctx.disk = background(async () => {
     if (!phase('disk')) return;
     const skipped = await diskFullScenario({ watch, tally, mlflow }, random.fork('disk'), BUDGET.diskRounds);
     if (skipped) console.log(skipped);
   });
   ctx.queue = background(async () => phase('queue') && queueScenario({ watch, tally, mlflow, reference: await commandReference(ctx) }, random.fork('queue'), BUDGET.queueRounds));
-  if (!phase('commands')) return;
+});
+
+async function commandChains(ctx: Context, mlflow: BouncingMlflow): Promise<void> {
   const reference = await commandReference(ctx);
   const chains = Array.from({ length: BUDGET.chains }, (_, i) => new CommandChain(`c${i + 1}`, { watch, tally, mlflow, reference }, random.fork(`chain ${i + 1}`), i < BUDGET.trackedChains));
   let running = true;
   const bounces = (async () => {
     const r = random.fork('mlflow');
     for (let n = 0; n < BUDGET.mlflowRestarts; n++) {
-      await sleep(r.between(5000, 20000));
+      await sleep(r.between(10_000, 40_000));
       if (!running) return;
       const t0 = Date.now();
       await mlflow.bounce(r.between(200, 3000));
@@ -163,13 +184,14 @@ Faults('command pipelines: signals to the runner and its group, stage kills, tim
       log(`MLflow server killed and restarted in ${Date.now() - t0} ms`);
     }
   })();
+  let injected = 0;
   await Promise.all(chains.map(async (chain) => {
-    for (let i = 0; i < BUDGET.attemptsPerChain; i++) await chain.attempt(chain.randomFault());
+    for (let i = 0; i < BUDGET.maxAttemptsPerChain && injected < BUDGET.chainFaults; i++) injected += await chain.attempt(chain.randomFault());
   }));
   running = false;
   await bounces;
   await Promise.all(chains.map((chain) => chain.finish()));
-});
+}
 
 Faults('a disk that fills: the cache on a small tmpfs', async (ctx) => {
   await ctx.disk;
@@ -220,9 +242,14 @@ Faults('after SIGINT or SIGTERM the run\'s MLflow record is terminal; after a re
   assert.is(tally.count('broken promise', signalled), 0, tally.evidence(signalled));
 });
 
-Faults('a full disk fails the run cleanly, and the resumed run completes', () => {
-  const disk = (f: string) => f === DISK_FULL;
-  assert.is(tally.problems.filter((p) => disk(p.fault)).length, 0, tally.evidence(disk));
+Faults('a full disk fails the run cleanly (exit 1, no half entry, nothing left), and the resumed run completes', () => {
+  const found = tally.problems.filter((p) => p.fault === DISK_FULL && !p.detail.includes('stack trace'));
+  assert.is(found.length, 0, found.map((p) => p.detail).join('\n'));
+});
+
+Faults('a full disk is reported with a message, not a stack trace', () => {
+  const found = tally.problems.filter((p) => p.fault === DISK_FULL && p.detail.includes('stack trace'));
+  assert.is(found.length, 0, found.map((p) => p.detail).join('\n'));
 });
 
 Faults('--queue: a killed worker or Redis loses and leaks nothing; the resumed submit completes', () => {
@@ -231,7 +258,8 @@ Faults('--queue: a killed worker or Redis loses and leaks nothing; the resumed s
 });
 
 Faults('every other check: no half entry, no tmp left, resumed results equal undisturbed ones', () => {
-  assert.is(tally.count('broken promise'), 0, tally.evidence(() => true));
+  const rest = (f: string) => f !== DISK_FULL && f !== WORKER_KILL && f !== REDIS_RESTART && !(signals(f) && !f.endsWith('SIGKILL'));
+  assert.is(tally.count('broken promise', rest), 0, tally.evidence(rest));
 });
 
 Faults('tally: faults injected, runs resumed; processes leaked, entries corrupted (used), records lost are 0', () => {

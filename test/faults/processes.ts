@@ -4,15 +4,17 @@
 // its stage processes, their commands and the commands' children inherit. A process of a run is
 // *orphaned* when its parent is not a process of the same run and it is not the run's root (the
 // runner or the worker the test started): its parent died and it was re-parented to init. An
-// orphan that lives on for ORPHAN_GRACE_MS is a leak, and so is any process of the run still alive
-// LEAVE_GRACE_MS after the runner exited. Leaks are recorded and then killed, so that one fault
-// does not disturb the next.
+// orphan that still has children of the run after ORPHAN_GRACE_MS (a command going on without its
+// stage process or runner) is a leak; so is any process of the run still alive LEAVE_GRACE_MS
+// after its parent or the runner went (a stage process that is still starting when its runner dies
+// may take a few seconds on a loaded machine to notice and exit). Leaks are recorded and then
+// killed, so that one fault does not disturb the next.
 
 import { readdirSync, readFileSync } from 'node:fs';
 
 export const MARK_VARIABLE = 'PIPE_FAULT_MARK';
-const ORPHAN_GRACE_MS = 1500;
-const LEAVE_GRACE_MS = 3000;
+const ORPHAN_GRACE_MS = 1000;
+const LEAVE_GRACE_MS = 5000;
 const SCAN_INTERVAL_MS = 200;
 
 export interface ProcInfo {
@@ -173,10 +175,11 @@ export class ProcessWatch {
         }
         const since = run.orphanSince.get(p.pid) ?? now;
         run.orphanSince.set(p.pid, since);
-        if (now - since < ORPHAN_GRACE_MS) continue;
-        run.leaks.set(p.pid, { marker: run.marker, pid: p.pid, what: `${describe(p)}, orphaned for ${now - since} ms while the run went on` });
+        const below = descendants(mine, p.pid);
+        if (now - since < (below.length > 0 ? ORPHAN_GRACE_MS : LEAVE_GRACE_MS)) continue;
+        run.leaks.set(p.pid, { marker: run.marker, pid: p.pid, what: `${describe(p)}, orphaned for ${now - since} ms${below.length > 0 ? ` with ${below.length} process(es) under it` : ''}` });
         // Its whole subtree goes too, so that the run it blocks (a pipe held open) can end.
-        for (const q of descendants(mine, p.pid)) kill(q);
+        for (const q of below) kill(q);
         kill(p.pid);
       }
     }

@@ -129,6 +129,10 @@ async function queueRound(ctx: QueueContext, random: Random, round: Round): Prom
   log(`${where}: ${label} → submit exited ${first.ended.exitCode ?? first.ended.signal} after ${first.ended.endedAt - submit.startedAt} ms`);
   recordLeaks(tally, label, `${where} (submitter)`, first.leaks);
   if (first.ended.signal === 'SIGKILL') tally.problem('broken promise', label, `${where}: the submitter hung for ${SUBMIT_LIMIT_MS} ms: ${first.ended.stderr.slice(-300)}`);
+  // It finishes (0) or fails with its stage table (1); anything else is a crash.
+  else if (first.ended.exitCode !== 0 && first.ended.exitCode !== 1) {
+    tally.problem('broken promise', label, `${where}: the submitter exited ${first.ended.exitCode ?? first.ended.signal}: ${first.ended.stderr.slice(-400)}`);
+  }
   await checkCacheAfter(tally, label, where, cache, first.ended, [], label === WORKER_KILL);
 
   // Resumed until it succeeds; then once more, all from the cache, which must find nothing stale.
