@@ -310,7 +310,11 @@ export class Cache {
  * way) and what to do. Undefined when the error is not about the cache.
  */
 export async function cacheWriteProblem(root: string, error: unknown): Promise<string | undefined> {
-  const failed = (error as NodeJS.ErrnoException | undefined)?.path;
+  const { path: failed, code } = (error ?? {}) as NodeJS.ErrnoException;
+  // A write to an open file (a log, an output) names no path: a full disk is still worth explaining.
+  if (code === 'ENOSPC') {
+    return `no space left on the device (writing into the cache ${root} or the workspace): free some space (\`pipe gc\` removes unused entries), or choose another cache with --cache DIR`;
+  }
   if (typeof failed !== 'string' || !isInside(root, path.resolve(failed))) return undefined;
   const reason = (await whyNotWritable(root)) ?? (error as Error).message;
   return `cannot write to the cache ${root}: ${reason}. Make it a writable directory, or choose another with --cache DIR (or \`cache:\` in the pipeline file)`;

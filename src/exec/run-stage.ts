@@ -186,6 +186,16 @@ async function runInChild(stage: StageJob, gpus: string[], run: RunContext): Pro
   const t0 = Date.now();
   run.emit({ type: 'stage-start', stage: stage.name, fingerprint: stage.fingerprint, startedAt: t0 });
   const staging = await run.cache.stage(stage.fingerprint, stage.record);
+  try {
+    return await runInStaging(stage, gpus, run, staging, t0);
+  } catch (error) {
+    // A full disk, a cache gone read-only: nothing half-written stays behind.
+    await run.cache.discard(staging).catch(() => undefined);
+    throw error;
+  }
+}
+
+async function runInStaging(stage: StageJob, gpus: string[], run: RunContext, staging: Staging, t0: number): Promise<Outcome> {
   const tmpDir = path.join(staging.dir, 'scratch');
   await fs.mkdir(tmpDir, { recursive: true });
   const log = createWriteStream(path.join(staging.dir, 'log.txt'));

@@ -140,6 +140,16 @@ function signalStage(signal: NodeJS.Signals): void {
 /** How long a stopped command gets between SIGTERM and SIGKILL (the runner allows the same). */
 const STOP_GRACE_MS = Number(process.env['PIPE_STOP_GRACE_MS'] ?? 2000);
 
+function errorReport(error: unknown): ChildReport {
+  const err = error as NodeJS.ErrnoException & { dest?: string };
+  // A full disk is no bug of the stage: say so, without a stack.
+  if (err.code === 'ENOSPC') {
+    const where = err.dest ?? err.path;
+    return { t: 'error', message: `no space left on the device${where ? ` writing ${where}` : ''}: free some space (\`pipe gc\` removes unused cache entries)` };
+  }
+  return { t: 'error', message: err.message ?? String(error), stack: err.stack };
+}
+
 async function main(): Promise<void> {
   let finished = false;
   // The runner is gone (even SIGKILLed): nobody will collect this stage; stop all of it.
@@ -165,8 +175,7 @@ async function main(): Promise<void> {
     else await runKind(spec);
     process.exitCode = 0;
   } catch (error) {
-    const err = error as Error;
-    await send({ t: 'error', message: err.message ?? String(error), stack: err.stack });
+    await send(errorReport(error));
     process.exitCode = 1;
   }
   // Native libraries may keep the event loop alive; the stage is over.

@@ -94,4 +94,25 @@ test('a cache on a read-only file system (a read-only tmpfs; needs mount, as roo
   }
 });
 
+test('a full disk under the cache: the stage fails saying so, nothing half-written stays (a small tmpfs; needs mount)', async () => {
+  const dir = project({ 'p.yaml': 'name: full\nstages:\n  big:\n    run: "head -c 2000000 /dev/zero > big.bin"\n    outs: [big.bin]\n' });
+  const cache = path.join(dir, 'small-cache');
+  mkdirSync(cache);
+  const mounted = await execa('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', cache], { reject: false });
+  if (mounted.exitCode !== 0) {
+    console.log(`  (tmpfs mount not possible here: ${String(mounted.stderr).trim()})`);
+    return;
+  }
+  try {
+    const result = await pipe(dir, ['run', 'p.yaml', '--cache', 'small-cache']);
+    assert.is(result.exitCode, 1, result.stderr);
+    assert.match(result.stderr, /^big\s+failed\s+.*no space left on the device writing .*small-cache\/tmp\/.*\/out\/big\.bin: free some space/m);
+    assert.not.match(result.stderr, /^\s+at /m, 'no stack trace');
+    assert.equal(readdirSync(path.join(cache, 'tmp')), []);
+    assert.equal(readdirSync(path.join(cache, 'locks')), []);
+  } finally {
+    await execa('umount', [cache], { reject: false });
+  }
+});
+
 test.run();
