@@ -27,7 +27,7 @@ import { learningScenario } from './learning.ts';
 import { MARK_VARIABLE, ProcessWatch, scanMarked } from './processes.ts';
 import { REDIS_RESTART, queueScenario, WORKER_KILL } from './queue.ts';
 import { Random, suiteSeed } from './random.ts';
-import { resultMetrics, settle, signalPid, sleep, startPipeRun, SUITE_MARK } from './runs.ts';
+import { resultMetrics, settle, signalPid, sleep, startPipeRun, SUITE_MARK, syncAndCheckRecords } from './runs.ts';
 import { Tally } from './tally.ts';
 
 /** How much the suite does: sized for a few minutes on a loaded 2-core machine. */
@@ -78,6 +78,8 @@ interface Context {
   server?: TestMlflow;
   mlflow?: BouncingMlflow;
   reference?: Promise<Reference>;
+  /** The undisturbed run's project: its MLflow record counts like any other. */
+  referenceDir?: string;
   learning?: Promise<unknown>;
   disk?: Promise<unknown>;
   queue?: Promise<unknown>;
@@ -135,6 +137,7 @@ async function runCommandReference(ctx: Context): Promise<Reference> {
   assert.is(ended.exitCode, 0, ended.stderr);
   assert.equal(leaks, []);
   const summary = parseSummary(ended.stdout)!;
+  ctx.referenceDir = dir;
   const reference = {
     metrics: resultMetrics(summary.metrics),
     outputs: Object.fromEntries(OUTPUTS.map((f) => [f, readFileSync(path.join(dir, f), 'utf8')])),
@@ -186,11 +189,15 @@ async function commandChains(ctx: Context, mlflow: BouncingMlflow): Promise<void
   })();
   let injected = 0;
   await Promise.all(chains.map(async (chain) => {
-    for (let i = 0; i < BUDGET.maxAttemptsPerChain && injected < BUDGET.chainFaults; i++) injected += await chain.attempt(chain.randomFault());
+    for (let i = 0; i < BUDGET.maxAttemptsPerChain && injected < BUDGET.chainFaults; i++) {
+      const n = await chain.attempt(chain.randomFault()); // (not `injected += await …`: that adds to a stale value)
+      injected += n;
+    }
   }));
   running = false;
   await bounces;
   await Promise.all(chains.map((chain) => chain.finish()));
+  await syncAndCheckRecords(tally, mlflow.client, mlflow.uri, ctx.referenceDir!, 'chain-reference', 'faults-reference');
 }
 
 Faults('a disk that fills: the cache on a small tmpfs', async (ctx) => {

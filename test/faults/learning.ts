@@ -34,7 +34,8 @@ export async function learningScenario(ctx: LearningContext, random: Random): Pr
   const env = { PIPE_NO_TRACK: '0', MLFLOW_TRACKING_URI: mlflow.uri };
   const args = ['run', 'small.yaml', '--json', '-p', `data=${images}`];
 
-  const referenceRun = startPipeRun(project({ 'small.yaml': smallPipeline }), args, env, watch, 'learning-ref');
+  const referenceDir = project({ 'small.yaml': smallPipeline });
+  const referenceRun = startPipeRun(referenceDir, args, env, watch, 'learning-ref');
   const reference = await settle(referenceRun, watch);
   if (reference.ended.exitCode !== 0) throw new Error(`the undisturbed learning run failed: ${reference.ended.stderr}`);
   const referenceMs = reference.ended.endedAt - referenceRun.startedAt;
@@ -101,7 +102,9 @@ export async function learningScenario(ctx: LearningContext, random: Random): Pr
       }
     }
   }
+  // Both projects' records, the undisturbed run's too (the server may have been down when it ended).
   await mlflow.ready();
+  await syncAndCheckRecords(tally, mlflow.client, mlflow.uri, referenceDir, 'small', 'small-e2e');
   await syncAndCheckRecords(tally, mlflow.client, mlflow.uri, dir, 'small', 'small-e2e');
 }
 
