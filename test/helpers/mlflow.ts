@@ -28,6 +28,8 @@ export interface TestMlflow {
   start(): Promise<void>;
   /** Stops the server (SIGTERM to its process group; SIGKILL after 10 s). */
   stop(): Promise<void>;
+  /** Kills the server without warning (SIGKILL to its process group), as a crash would. */
+  kill(): Promise<void>;
   dispose(): Promise<void>;
 }
 
@@ -51,13 +53,13 @@ export async function startTestMlflow(opts: { dir?: string; port?: number; timeo
     }
   };
 
-  const stop = async (): Promise<void> => {
+  const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<void> => {
     const c = child;
     child = undefined;
     if (c === undefined || c.pid === undefined) return;
     if (c.exitCode !== null || c.signalCode !== null) return;
     const exited = new Promise<void>((r) => c.once('exit', () => r()));
-    killGroup(c.pid, 'SIGTERM');
+    killGroup(c.pid, signal);
     const timer = setTimeout(() => killGroup(c.pid!, 'SIGKILL'), 10_000);
     await exited;
     clearTimeout(timer);
@@ -73,7 +75,8 @@ export async function startTestMlflow(opts: { dir?: string; port?: number; timeo
     logFile,
     client: new MLflowClient({ uri, retry: { retries: 1, baseDelayMs: 100 } }),
     start,
-    stop,
+    stop: () => stop(),
+    kill: () => stop('SIGKILL'),
     async dispose() {
       await stop();
       rmSync(dir, { recursive: true, force: true });

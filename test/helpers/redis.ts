@@ -28,15 +28,46 @@ export async function startTestRedis(): Promise<TestRedis> {
     const url = new URL(given);
     return { url: given, port: Number(url.port || 6379), stop: async () => undefined };
   }
+  return startPrivateRedis();
+}
+
+export interface PrivateRedis extends TestRedis {
+  /** Kills the server without warning (SIGKILL); what it held is gone (it persists nothing). */
+  kill(): Promise<void>;
+  /** Starts it again on the same port (after kill or stop). */
+  start(): Promise<void>;
+}
+
+/** Always a server of its own, never the shared one: for tests that kill it. */
+export async function startPrivateRedis(): Promise<PrivateRedis> {
   if (!existsSync(redisServerBin)) throw new Error(`${redisServerBin} is missing: run \`npm run setup\` (it unpacks Debian's redis-server into .redis/)`);
   const port = await freePort();
+  let child = await spawnRedis(port);
+  const end = async (signal: NodeJS.Signals) => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise<void>((r) => child.once('exit', () => r()));
+    child.kill(signal);
+    await exited;
+  };
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    port,
+    stop: () => end('SIGTERM'),
+    kill: () => end('SIGKILL'),
+    async start() {
+      if (child.exitCode === null && child.signalCode === null) return;
+      child = await spawnRedis(port);
+    },
+  };
+}
+
+async function spawnRedis(port: number): Promise<ChildProcess> {
   const child: ChildProcess = spawn(redisServerBin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'yes'], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
   child.stdout?.on('data', (d: Buffer) => (output += d.toString()));
   child.stderr?.on('data', (d: Buffer) => (output += d.toString()));
-  const url = `redis://127.0.0.1:${port}`;
   const deadline = Date.now() + 20_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}: ${output}`);
@@ -46,7 +77,7 @@ export async function startTestRedis(): Promise<TestRedis> {
       await client.connect();
       if ((await client.ping()) === 'PONG') {
         client.disconnect();
-        break;
+        return child;
       }
     } catch {
       client.disconnect();
@@ -57,14 +88,4 @@ export async function startTestRedis(): Promise<TestRedis> {
     }
     await new Promise((r) => setTimeout(r, 100));
   }
-  return {
-    url,
-    port,
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = new Promise<void>((r) => child.once('exit', () => r()));
-      child.kill('SIGTERM');
-      await exited;
-    },
-  };
 }
