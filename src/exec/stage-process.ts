@@ -166,6 +166,9 @@ async function main(): Promise<void> {
     if (finished) return;
     signalStage('SIGKILL');
   });
+  // The runner may have died while this process was still loading, before the handler above was
+  // installed: then no 'disconnect' comes, and the stage must not run unsupervised.
+  if (!process.connected) signalStage('SIGKILL');
   // Stopped by the runner or by someone's `kill`: stop the command's whole tree, then leave (the
   // command's failure is reported as usual once it has ended).
   let stopping = false;
