@@ -10,12 +10,13 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { hostname, userInfo } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import type { RunEndEvent, RunEvent, RunListener, RunStartEvent, StageEndEvent, StageStatus } from '../core/events.ts';
+import type { PlannedStageInfo, RunEndEvent, RunEvent, RunListener, RunStartEvent, StageEndEvent, StageStatus } from '../core/events.ts';
 import type { MetricPoint } from '../core/stage-kind.ts';
 import { Journal, JOURNAL_FILE, lockJournal, replayJournal, ReplaySession, unlockJournal, type JournalOp, type TrackingRef } from './journal.ts';
 import { authFromEnv, MLflowClient, splitCredentials, type KeyValue, type Metric, type RetryOptions } from './mlflow-client.ts';
 import { resolveTracking } from './server.ts';
 import { syncRuns, writeTrackingRecord, type TrackingRecord } from './sync.ts';
+import { bookkeepingKey, mlflowPoints, optimizerParams } from './naming.ts';
 
 export { markOrphans } from './sync.ts';
 
@@ -66,6 +67,8 @@ interface RunState {
   /** stage -> signatures of points already journaled from stage-metric events. */
   streamed: Map<string, Set<string>>;
   stageStartedAt: Map<string, number>;
+  /** The planned stages by name (their kinds and params name the metrics). */
+  stages: Map<string, PlannedStageInfo>;
   ended: boolean;
   /** Size of log.txt when it was queued for upload. */
   logSize: number;
@@ -224,6 +227,7 @@ export function createTracker(opts: TrackerOptions): Tracker {
       record,
       streamed: new Map(),
       stageStartedAt: new Map(),
+      stages: new Map(e.stages.map((s) => [s.name, s])),
       ended: false,
       logSize: -1,
     };
@@ -238,13 +242,11 @@ export function createTracker(opts: TrackerOptions): Tracker {
   };
 
   const onStageMetric = (run: RunState, stage: string, point: MetricPoint): void => {
-    const metric = toMetric(point);
     let seen = run.streamed.get(stage);
     if (seen === undefined) run.streamed.set(stage, (seen = new Set()));
-    const sig = metricSignature(metric);
-    if (seen.has(sig)) return;
-    seen.add(sig);
-    append(run, { kind: 'log-batch', metrics: [metric] }, point.timestamp);
+    const metrics = unseen(seen, mlflowPoints(run.stages.get(stage), point));
+    if (metrics.length === 0) return;
+    append(run, { kind: 'log-batch', metrics }, point.timestamp);
     schedule(batchIntervalMs);
   };
 
@@ -252,23 +254,16 @@ export function createTracker(opts: TrackerOptions): Tracker {
     const now = Date.now();
     const seen = run.streamed.get(e.stage) ?? new Set<string>();
     // A cached stage's points come only here; a ran stage's were streamed (keep any that were not).
-    const metrics: Metric[] = [];
-    for (const p of e.metrics) {
-      const m = toMetric(p);
-      const sig = metricSignature(m);
-      if (seen.has(sig)) continue;
-      seen.add(sig);
-      metrics.push(m);
-    }
+    const stage = run.stages.get(e.stage);
+    const metrics = unseen(seen, e.metrics.flatMap((p) => mlflowPoints(stage, p)));
     run.streamed.set(e.stage, seen);
     const started = run.stageStartedAt.get(e.stage);
     const endedAt = started !== undefined ? started + e.durationMs : now;
-    const prefix = `stage.${metricKey(e.stage)}`;
     if (e.status !== 'skipped') {
-      metrics.push({ key: `${prefix}.duration_s`, value: e.durationMs / 1000, timestamp: endedAt, step: 0 });
+      metrics.push({ key: metricKey(bookkeepingKey(e.stage, 'duration_s')), value: e.durationMs / 1000, timestamp: endedAt, step: 0 });
     }
     if (e.status === 'ran' || e.status === 'cached') {
-      metrics.push({ key: `${prefix}.cached`, value: e.status === 'cached' ? 1 : 0, timestamp: endedAt, step: 0 });
+      metrics.push({ key: metricKey(bookkeepingKey(e.stage, 'cached')), value: e.status === 'cached' ? 1 : 0, timestamp: endedAt, step: 0 });
     }
     append(run, { kind: 'log-batch', metrics });
     for (const a of e.artifacts) {
@@ -423,6 +418,7 @@ export function runParams(e: RunStartEvent): KeyValue[] {
   const out = new Map<string, string>();
   for (const [k, v] of Object.entries(e.params)) flattenParam(k, v, out);
   for (const s of e.stages) for (const [k, v] of Object.entries(s.params)) flattenParam(`${s.name}.${k}`, v, out);
+  for (const s of e.stages) for (const [k, v] of optimizerParams(s)) out.set(k, v);
   out.set('pipeline_hash', e.pipelineHash);
   out.set('backend', e.backend);
   return [...out].map(([key, value]) => ({ key: metricKey(key), value: truncate(value, MAX_PARAM_VALUE) }));
@@ -485,6 +481,19 @@ function toMetric(p: MetricPoint): Metric {
 
 function metricSignature(m: Metric): string {
   return `${m.key}|${m.step}|${m.timestamp}|${m.value}`;
+}
+
+/** The points as MLflow metrics, less those already in `seen` (which learns the rest). */
+function unseen(seen: Set<string>, points: MetricPoint[]): Metric[] {
+  const out: Metric[] = [];
+  for (const p of points) {
+    const m = toMetric(p);
+    const sig = metricSignature(m);
+    if (seen.has(sig)) continue;
+    seen.add(sig);
+    out.push(m);
+  }
+  return out;
 }
 
 /** A name MLflow accepts for a metric, param or tag: [A-Za-z0-9_.\- /:], no empty or dot segments. */

@@ -63,7 +63,7 @@ function synthetic(runId: string, experiment: string, epochs: number): Synthetic
     backend: 'cpu',
     stages: [
       { name: 'data', kind: 'download', fingerprint: 'f1', cached: true, reasons: [], needs: [], params: { url: 'http://x/y.zip', opts: { retries: 3, mirrors: ['a', 'b'] } } },
-      { name: 'train', kind: 'train-head', fingerprint: 'f2', cached: false, reasons: ['no cache entry'], needs: ['data'], params: { epochs, lr: 0.0001 } },
+      { name: 'train', kind: 'train-head', fingerprint: 'f2', cached: false, reasons: ['no cache entry'], needs: ['data'], params: { epochs, learning_rate: 0.0001, optimizer: 'adam' } },
     ],
     startedAt: T0,
   };
@@ -159,6 +159,10 @@ test('a run logs params, every metric step, tags, artifacts, note and status', a
   assert.is(params['data.opts.retries'], '3');
   assert.is(params['data.opts.mirrors'], '["a","b"]');
   assert.is(params['train.epochs'], '3');
+  // The optimizer's settings as Keras autolog names them, per training stage.
+  assert.is(params['train.opt_name'], 'adam');
+  assert.is(params['train.opt_learning_rate'], '0.0001');
+  assert.is(params['train.opt_beta_2'], '0.999');
   assert.is(params['pipeline_hash'], 'ab'.repeat(32));
   assert.is(params['backend'], 'cpu');
 
@@ -167,9 +171,13 @@ test('a run logs params, every metric step, tags, artifacts, note and status', a
   }
   assert.equal(strip(await mlflow.client.getMetricHistory(runId, 'images')), [[0, 2000, T0 - 86_400_000]]);
   assert.equal(strip(await mlflow.client.getMetricHistory(runId, 'test_accuracy')), [[0, 0.979, T0 + 3400]]);
-  assert.equal((await mlflow.client.getMetricHistory(runId, 'stage.data.cached')).map((m) => m.value), [1]);
-  assert.equal((await mlflow.client.getMetricHistory(runId, 'stage.train.cached')).map((m) => m.value), [0]);
-  assert.equal((await mlflow.client.getMetricHistory(runId, 'stage.train.duration_s')).map((m) => m.value), [3.5]);
+  // The learning rate per epoch, beside the loss.
+  assert.equal(strip(await mlflow.client.getMetricHistory(runId, 'learning_rate')), expected(s.trainPoints, 'loss').map(([step, , at]) => [step, 0.0001, at]));
+  // Bookkeeping in its own section.
+  assert.equal((await mlflow.client.getMetricHistory(runId, 'pipe/data.cached')).map((m) => m.value), [1]);
+  assert.equal((await mlflow.client.getMetricHistory(runId, 'pipe/train.cached')).map((m) => m.value), [0]);
+  assert.equal((await mlflow.client.getMetricHistory(runId, 'pipe/train.duration_s')).map((m) => m.value), [3.5]);
+  assert.equal(await mlflow.client.getMetricHistory(runId, 'stage.train.duration_s'), []);
 
   const tags = Object.fromEntries((run.data.tags ?? []).map((t) => [t.key, t.value]));
   assert.is(tags['mlflow.runName'], 'demo 20260101-120000-aaaa1111');
@@ -221,8 +229,8 @@ test('a failed stage: run FAILED, the error in the note; a sweep trial nests und
   assert.match(note, '| data | download | **failed** | 12 ms | no cache entry |');
   assert.match(note, "| train | train-head | skipped |  | upstream stage 'data' failed |");
   assert.match(note, '**Stage `data` failed:**\n\n```\ndownload failed: HTTP 404 for http://x/y.zip\n```');
-  assert.equal((await mlflow.client.getMetricHistory(run.info.run_id, 'stage.data.duration_s')).map((m) => m.value), [0.012]);
-  assert.equal(await mlflow.client.getMetricHistory(run.info.run_id, 'stage.data.cached'), []);
+  assert.equal((await mlflow.client.getMetricHistory(run.info.run_id, 'pipe/data.duration_s')).map((m) => m.value), [0.012]);
+  assert.equal(await mlflow.client.getMetricHistory(run.info.run_id, 'pipe/data.cached'), []);
 });
 
 test('MLflow (sqlite store) ignores an exact duplicate metric row; the journal does not rely on it', async () => {
@@ -301,7 +309,7 @@ test('a crash between send and ack: replay finds the run and the points, and sen
   assert.is(res.error, undefined);
   assert.is(res.pending, 0);
   assert.is(journal.run?.runId, runId, 'the run was found by its pipe.journal_id tag, not created again');
-  assert.is(res.deduplicated, s.trainPoints.length + 1 /* images */ + 1 /* test_accuracy */ + 4 /* stage metrics */);
+  assert.is(res.deduplicated, s.trainPoints.length + s.trainPoints.length / 2 /* learning_rate */ + 1 /* images */ + 1 /* test_accuracy */ + 4 /* stage metrics */);
   assert.is((await findRun('tracker-crash')).length, 1);
   for (const key of ['loss', 'val_accuracy']) {
     assert.equal(strip(await mlflow.client.getMetricHistory(runId, key)), expected(s.trainPoints, key), key);
