@@ -17,6 +17,8 @@ import { authFromEnv, MLflowClient, splitCredentials, type KeyValue, type Metric
 import { resolveTracking } from './server.ts';
 import { syncRuns, writeTrackingRecord, type TrackingRecord } from './sync.ts';
 import { bookkeepingKey, mlflowPoints, optimizerParams } from './naming.ts';
+import { stageDatasets } from './datasets.ts';
+import { isModelMetric, loggedModelOps } from './logged-model.ts';
 
 export { markOrphans } from './sync.ts';
 
@@ -40,6 +42,8 @@ export interface TrackerOptions {
   retry?: Partial<RetryOptions>;
   /** Replay other runs' journals and mark orphaned runs in the background (default true). */
   syncOthers?: boolean;
+  /** `--register NAME`: the run's logged model becomes a version of this registered model. */
+  register?: { name: string; aliases: string[] };
 }
 
 export interface TrackerResult {
@@ -70,6 +74,8 @@ interface RunState {
   /** The planned stages by name (their kinds and params name the metrics). */
   stages: Map<string, PlannedStageInfo>;
   ended: boolean;
+  /** Records that need reading files first (datasets), in order; later records wait for them. */
+  work: Promise<void>;
   /** Size of log.txt when it was queued for upload. */
   logSize: number;
   fatal?: string;
@@ -229,6 +235,7 @@ export function createTracker(opts: TrackerOptions): Tracker {
       stageStartedAt: new Map(),
       stages: new Map(e.stages.map((s) => [s.name, s])),
       ended: false,
+      work: Promise.resolve(),
       logSize: -1,
     };
     runs.push(run);
@@ -244,7 +251,10 @@ export function createTracker(opts: TrackerOptions): Tracker {
   const onStageMetric = (run: RunState, stage: string, point: MetricPoint): void => {
     let seen = run.streamed.get(stage);
     if (seen === undefined) run.streamed.set(stage, (seen = new Set()));
-    const metrics = unseen(seen, mlflowPoints(run.stages.get(stage), point));
+    const info = run.stages.get(stage);
+    // A model's test metrics wait for the stage's end, to be logged once with the model's id.
+    if (isModelMetric(info, point.key)) return;
+    const metrics = unseen(seen, mlflowPoints(info, point));
     if (metrics.length === 0) return;
     append(run, { kind: 'log-batch', metrics }, point.timestamp);
     schedule(batchIntervalMs);
@@ -255,7 +265,9 @@ export function createTracker(opts: TrackerOptions): Tracker {
     const seen = run.streamed.get(e.stage) ?? new Set<string>();
     // A cached stage's points come only here; a ran stage's were streamed (keep any that were not).
     const stage = run.stages.get(e.stage);
-    const metrics = unseen(seen, e.metrics.flatMap((p) => mlflowPoints(stage, p)));
+    const all = unseen(seen, e.metrics.flatMap((p) => mlflowPoints(stage, p)));
+    const modelMetrics = all.filter((m) => isModelMetric(stage, m.key));
+    const metrics = all.filter((m) => !isModelMetric(stage, m.key));
     run.streamed.set(e.stage, seen);
     const started = run.stageStartedAt.get(e.stage);
     const endedAt = started !== undefined ? started + e.durationMs : now;
@@ -269,11 +281,38 @@ export function createTracker(opts: TrackerOptions): Tracker {
     for (const a of e.artifacts) {
       append(run, { kind: 'upload-artifact', path: `${artifactSegment(e.stage)}/${a.name}`, file: a.path });
     }
+    const done = e.status === 'ran' || e.status === 'cached';
+    const modelOps = done && stage !== undefined && e.outDir !== undefined ? loggedModelOps(modelInput(run, stage, e.outDir, modelMetrics)) : [];
+    if (modelOps.length > 0) for (const op of modelOps) append(run, op);
+    else if (modelMetrics.length > 0) append(run, { kind: 'log-batch', metrics: modelMetrics });
+    if (done && stage !== undefined && e.outDir !== undefined) queueDatasets(run, stage, e.outDir);
     schedule(0);
+  };
+
+  const modelInput = (run: RunState, stage: PlannedStageInfo, outDir: string, metrics: Metric[]): Parameters<typeof loggedModelOps>[0] => {
+    const input: Parameters<typeof loggedModelOps>[0] = { start: run.start, stage, outDir, params: runParams(run.start), metrics };
+    if (opts.register !== undefined) input.register = opts.register;
+    return input;
+  };
+
+  /** The stage's datasets (read and digested in the background), as one log-inputs request. */
+  const queueDatasets = (run: RunState, stage: PlannedStageInfo, outDir: string): void => {
+    const reading = stageDatasets(stage, outDir, run.stages);
+    run.work = run.work
+      .then(async () => {
+        const datasets = await reading;
+        if (datasets.length > 0) append(run, { kind: 'log-inputs', datasets });
+        schedule(0);
+      })
+      .catch((error: unknown) => log(`MLflow tracking: could not read the datasets of stage ${stage.name}: ${(error as Error).message}`));
   };
 
   const onRunEnd = (run: RunState, e: RunEndEvent): void => {
     run.ended = true;
+    run.work = run.work.then(() => recordRunEnd(run, e));
+  };
+
+  const recordRunEnd = (run: RunState, e: RunEndEvent): void => {
     const status = e.summary.status === 'succeeded' ? 'FINISHED' : 'FAILED';
     append(run, { kind: 'log-batch', tags: [{ key: 'mlflow.note.content', value: truncate(renderRunNote(run.start, e), MAX_TAG_VALUE) }] });
     queueRunLog(run);
@@ -340,6 +379,7 @@ export function createTracker(opts: TrackerOptions): Tracker {
 
   const close = async (): Promise<TrackerResult> => {
     closing = true;
+    await Promise.all(runs.map((run) => run.work));
     for (const run of runs) {
       if (!run.ended) finishWithoutEnd(run, 'the run ended without a run-end event');
       else queueRunLog(run); // the run log may have grown after run-end
