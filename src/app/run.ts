@@ -173,6 +173,7 @@ export async function executePrepared(
         trackingUri: file.tracking.uri,
         parentRunId: extra.parentRunId,
         log: (line: string) => io.err(`${line}\n`),
+        ...(values.register !== undefined ? { register: { name: values.register, aliases: values.alias ?? [] } } : {}),
       });
       listeners.push(tracker.listener);
     } catch (error) {

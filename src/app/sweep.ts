@@ -120,6 +120,13 @@ export async function sweepCommand(file: string, values: CommandOptions, io: Io)
   io.err(`\nsweep ${sweepId}: ${trials.length} trials, ${sweepPlan.plan.stages.length} distinct stages (${summary.stages.filter((s) => s.status === 'ran').length} ran, ${summary.stages.filter((s) => s.status === 'cached').length} cached) in ${formatDuration(summary.durationMs)}; sorted by ${objective} (${direction})\n${table}`);
   await fs.writeFile(path.join(sweepDir, 'trials.json'), JSON.stringify(rows.map((r) => ({ id: r.trial.id, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), null, 2));
   await parent?.finish(rows.map((r) => ({ id: r.trial.id, label: r.trial.label, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), table).catch((error: Error) => io.err(`tracking: ${error.message}\n`));
+  const best = rows[0];
+  if (tracking && values.register !== undefined && best?.status === 'succeeded' && best.objective !== undefined) {
+    // The best trial's model, through its own journal (kept for `pipe sync` when the server is down).
+    const { registerFromJournal } = await import('./register.ts');
+    const print = (line: string) => io.err(`${line}\n`);
+    await registerFromJournal({ projectDir: first.paths.projectDir, target: best.trial.id, name: values.register, aliases: values.alias ?? [], print }, trialRunDir(best.trial)).catch((error: Error) => io.err(`register: ${error.message}\n`));
+  }
   if (values.json) io.out(`${JSON.stringify({ sweep: sweepId, objective, direction, trials: rows.map((r) => ({ id: r.trial.id, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), stages: summary.stages }, null, 2)}\n`);
   return rows.every((r) => r.status === 'succeeded') ? 'ok' : 'failed';
 }

@@ -187,3 +187,13 @@ function safeReaddir(dir: string): string[] {
     return [];
   }
 }
+
+/** A client for the server a journal was recorded for (starting the embedded one if need be). */
+export async function clientForJournal(projectDir: string, journal: Journal, env: NodeJS.ProcessEnv = process.env): Promise<MLflowClient> {
+  const ref = journal.header.tracking;
+  const uri = ref.embedded ? (await ensureEmbeddedServer({ projectDir })).uri : ref.uri;
+  const options: ConstructorParameters<typeof MLflowClient>[0] = { uri };
+  const auth = ref.embedded ? undefined : authFromEnv(env);
+  if (auth !== undefined) options.auth = auth;
+  return new MLflowClient(options);
+}

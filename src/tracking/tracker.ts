@@ -19,6 +19,7 @@ import { syncRuns, writeTrackingRecord, type TrackingRecord } from './sync.ts';
 import { bookkeepingKey, mlflowPoints, optimizerParams } from './naming.ts';
 import { stageDatasets } from './datasets.ts';
 import { isModelMetric, loggedModelOps } from './logged-model.ts';
+import { samplingIntervalMs, SystemSampler } from './system-metrics.ts';
 
 export { markOrphans } from './sync.ts';
 
@@ -42,6 +43,8 @@ export interface TrackerOptions {
   retry?: Partial<RetryOptions>;
   /** Replay other runs' journals and mark orphaned runs in the background (default true). */
   syncOthers?: boolean;
+  /** System metrics sampling (system-metrics.ts); 0 turns it off. Default: MLflow's 10 s. */
+  systemMetricsIntervalMs?: number;
   /** `--register NAME`: the run's logged model becomes a version of this registered model. */
   register?: { name: string; aliases: string[] };
 }
@@ -76,6 +79,8 @@ interface RunState {
   ended: boolean;
   /** Records that need reading files first (datasets), in order; later records wait for them. */
   work: Promise<void>;
+  /** Samples the run's system metrics until it ends. */
+  sampler?: { timer: NodeJS.Timeout; sampler: SystemSampler };
   /** Size of log.txt when it was queued for upload. */
   logSize: number;
   fatal?: string;
@@ -241,11 +246,41 @@ export function createTracker(opts: TrackerOptions): Tracker {
     runs.push(run);
     current = run;
     startBackgroundSync([runDir]);
+    startSampling(run);
 
     append(run, { kind: 'create-run', experimentName: e.experiment, runName: runName(e), startTime: e.startedAt, tags: runTags(e, opts, journal.journalId, env) }, e.startedAt);
     append(run, { kind: 'log-batch', params: runParams(e) }, e.startedAt);
     append(run, { kind: 'upload-artifact', path: 'pipeline.yaml', text: e.pipelineYaml }, e.startedAt);
     schedule(0);
+  };
+
+  const systemInterval = opts.systemMetricsIntervalMs ?? samplingIntervalMs(env);
+
+  const startSampling = (run: RunState): void => {
+    if (systemInterval <= 0) return;
+    const sampler = new SystemSampler();
+    const timer = setInterval(() => void logSystemMetrics(run, sampler), systemInterval);
+    timer.unref();
+    run.sampler = { timer, sampler };
+  };
+
+  const logSystemMetrics = async (run: RunState, sampler: SystemSampler): Promise<void> => {
+    try {
+      const metrics = await sampler.sample();
+      if (metrics.length > 0) append(run, { kind: 'log-batch', metrics });
+      schedule(batchIntervalMs);
+    } catch (error) {
+      log(`MLflow tracking: system metrics: ${(error as Error).message}`);
+    }
+  };
+
+  /** The last sample (the time since the previous one), then no more. */
+  const stopSampling = (run: RunState): Promise<void> => {
+    const s = run.sampler;
+    if (s === undefined) return Promise.resolve();
+    run.sampler = undefined;
+    clearInterval(s.timer);
+    return logSystemMetrics(run, s.sampler);
   };
 
   const onStageMetric = (run: RunState, stage: string, point: MetricPoint): void => {
@@ -309,7 +344,8 @@ export function createTracker(opts: TrackerOptions): Tracker {
 
   const onRunEnd = (run: RunState, e: RunEndEvent): void => {
     run.ended = true;
-    run.work = run.work.then(() => recordRunEnd(run, e));
+    const sampled = stopSampling(run);
+    run.work = run.work.then(() => sampled).then(() => recordRunEnd(run, e));
   };
 
   const recordRunEnd = (run: RunState, e: RunEndEvent): void => {
@@ -337,6 +373,8 @@ export function createTracker(opts: TrackerOptions): Tracker {
 
   const finishWithoutEnd = (run: RunState, why: string): void => {
     run.ended = true;
+    if (run.sampler !== undefined) clearInterval(run.sampler.timer);
+    run.sampler = undefined;
     append(run, { kind: 'log-batch', tags: [{ key: 'mlflow.note.content', value: `**Run failed**: ${why}.` }] });
     queueRunLog(run);
     append(run, { kind: 'update-run', status: 'FAILED', endTime: Date.now() });
@@ -380,6 +418,7 @@ export function createTracker(opts: TrackerOptions): Tracker {
   const close = async (): Promise<TrackerResult> => {
     closing = true;
     await Promise.all(runs.map((run) => run.work));
+    await Promise.all(runs.map((run) => stopSampling(run)));
     for (const run of runs) {
       if (!run.ended) finishWithoutEnd(run, 'the run ended without a run-end event');
       else queueRunLog(run); // the run log may have grown after run-end

@@ -3,6 +3,7 @@
 // a Model Registry version with `--register`; and all of it through the journal when the server was
 // down for the whole run.
 
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -12,6 +13,7 @@ import * as assert from 'uvu/assert';
 import type { RunStartEvent, StageEndEvent } from '../../src/core/events.ts';
 import { syncCommand } from '../../src/app/sync.ts';
 import type { DatasetInput, LoggedModel, Run } from '../../src/tracking/mlflow-client.ts';
+import { parseNvidiaSmi } from '../../src/tracking/system-metrics.ts';
 import { createTracker } from '../../src/tracking/tracker.ts';
 import { startTestMlflow, type TestMlflow } from '../helpers/mlflow.ts';
 
@@ -99,6 +101,7 @@ async function record(runId: string, experiment: string, uri: string): Promise<{
     register: { name: `${experiment}-model`, aliases: ['champion'] },
     log: () => {},
     syncOthers: false,
+    systemMetricsIntervalMs: 0,
   });
   tracker.listener(r.start);
   for (const e of r.ends) tracker.listener(e);
@@ -177,6 +180,35 @@ test('recorded while the server was down, the run ends with its datasets, model 
   const lines: string[] = [];
   assert.is(await syncCommand({ projectDir, print: (l) => lines.push(l) }), 'ok', lines.join('\n'));
   await assertRecorded('models-offline');
+});
+
+test('system metrics: sampled at the interval under system/, the run\'s process tree included', async () => {
+  const r = learningRun('20260102-140000-cccc', 'system-metrics');
+  const tracker = createTracker({ projectDir, trackingUri: mlflow.uri, batchIntervalMs: 50, systemMetricsIntervalMs: 300, log: () => {}, syncOthers: false });
+  tracker.listener({ ...r.start, stages: [] });
+  // A stage-like child process of this one, busy on one core for a while.
+  const busy = spawn(process.execPath, ['-e', 'const t = Date.now(); while (Date.now() - t < 1500) {}']);
+  await new Promise((done) => busy.once('exit', done));
+  const summary = { runId: r.start.runId, pipeline: 'small', status: 'succeeded' as const, durationMs: 100, stages: [], metrics: {} };
+  tracker.listener({ type: 'run-end', summary, endedAt: Date.now() });
+  assert.is((await tracker.close()).pending, 0);
+
+  const run = await theRun('system-metrics');
+  const history = (key: string) => mlflow.client.getMetricHistory(run.info.run_id, `system/${key}`);
+  const cpu = await history('cpu_utilization_percentage');
+  assert.ok(cpu.length >= 4, `${cpu.length} samples in ~1.5 s at 300 ms`);
+  assert.equal(cpu.map((m) => m.step), cpu.map((_, i) => i));
+  assert.ok(cpu.every((m) => m.value >= 0 && m.value <= 100));
+  const tree = await history('process_tree_cpu_percentage');
+  assert.ok(Math.max(...tree.map((m) => m.value)) > 25, `the busy child counts: ${tree.map((m) => m.value).join(', ')}`);
+  const rss = await history('process_tree_rss_megabytes');
+  assert.ok(rss.every((m) => m.value > 20), rss.map((m) => m.value).join(', '));
+  const memory = await history('system_memory_usage_megabytes');
+  assert.ok(memory.every((m) => m.value > 0));
+  assert.equal(parseNvidiaSmi('37, 1024, 4096\n5, 0, 8192\n'), [
+    ['gpu_0_utilization_percentage', 37], ['gpu_0_memory_usage_megabytes', 1073.74], ['gpu_0_memory_usage_percentage', 25],
+    ['gpu_1_utilization_percentage', 5], ['gpu_1_memory_usage_megabytes', 0], ['gpu_1_memory_usage_percentage', 0],
+  ]);
 });
 
 test.run();

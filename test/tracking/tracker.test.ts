@@ -113,6 +113,7 @@ function newTracker(): Tracker {
     batchIntervalMs: 100,
     reconnectIntervalMs: 200,
     retry: { retries: 1, baseDelayMs: 50, timeoutMs: 5000 },
+    systemMetricsIntervalMs: 0,
     log: () => {},
   });
 }
@@ -202,7 +203,7 @@ test('a run logs params, every metric step, tags, artifacts, note and status', a
 test('a failed stage: run FAILED, the error in the note; a sweep trial nests under its parent', async () => {
   const s = synthetic('20260101-150000-dddd4444', 'tracker-failed', 2);
   const parent = await mlflow.client.createRun({ experimentId: await mlflow.client.getOrCreateExperiment('tracker-failed'), runName: 'sweep parent' });
-  const tracker = createTracker({ projectDir, trackingUri: mlflow.uri, parentRunId: parent.info.run_id, batchIntervalMs: 100, log: () => {} });
+  const tracker = createTracker({ projectDir, trackingUri: mlflow.uri, parentRunId: parent.info.run_id, batchIntervalMs: 100, systemMetricsIntervalMs: 0, log: () => {} });
   tracker.listener({ ...s.start, sweep: { id: 'sweep-1', trial: 't03' } });
   tracker.listener({ type: 'stage-start', stage: 'data', fingerprint: 'f1', startedAt: T0 });
   tracker.listener({ ...s.dataEnd, status: 'failed', error: 'download failed: HTTP 404 for http://x/y.zip', metrics: [], artifacts: [] });
