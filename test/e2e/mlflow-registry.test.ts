@@ -70,4 +70,25 @@ test('run --register, REST by name/version and alias, predict models:/, register
   assert.match(bad.stderr, /model name "a\/b": expected a name without/);
 });
 
+test('sweep --register: the best trial\'s model is versioned; the parent links the compare view of the trials', async () => {
+  const r = await pipe(dir, ['sweep', 'small.yaml', '-S', 'fine_tune_at=100,120', '--objective', 'val_accuracy', '--register', 'sweep-best', '--alias', 'best', '--json'], env);
+  assert.is(r.exitCode, 0, r.stderr);
+  assert.match(r.stderr, /registered sweep-best version 1: models:\/sweep-best\/1 models:\/sweep-best@best/);
+  const version = await mlflow.client.getModelVersionByAlias('sweep-best', 'best');
+  const trialRun = await mlflow.client.getRun(version.run_id!);
+  const tag = (run: { data: { tags?: Array<{ key: string; value: string }> } }, key: string) => run.data.tags?.find((t) => t.key === key)?.value;
+  const parent = await mlflow.client.getRun(tag(trialRun, 'mlflow.parentRunId')!);
+  assert.ok(tag(parent, 'pipe.best_trial')!.startsWith(`${tag(trialRun, 'pipe.trial')} `), 'the best trial was registered');
+  // Each trial carries the swept param and the objective, so the compare view lines them up.
+  const compare = tag(parent, 'pipe.compare_url')!;
+  const ids = JSON.parse(decodeURIComponent(/runs=([^&]+)/.exec(compare)![1]!)) as string[];
+  assert.is(ids.length, 2);
+  for (const id of ids) {
+    const trial = await mlflow.client.getRun(id);
+    assert.ok(trial.data.params?.some((p) => p.key === 'fine_tune_at'));
+    assert.ok(trial.data.metrics?.some((m) => m.key === 'val_accuracy'));
+  }
+  assert.match(tag(parent, 'mlflow.note.content') ?? '', '[Compare the trials](');
+});
+
 test.run();
