@@ -93,10 +93,10 @@ async function screenshots(outDir: string, urls: { run: string; runName: string;
     await page.waitForTimeout(1000);
 
     await open(page, urls.run, 'Overview');
-    await shot(page, outDir, 'run-overview', ['Datasets', 'cats_and_dogs', 'Logged models', 'cats-vs-dogs']);
+    await shot(page, outDir, 'run-overview', ['Datasets', 'images/train', 'Logged models', 'cats-vs-dogs']);
     await page.setViewportSize({ width: 1600, height: 2200 });
     await tab(page, 'Model metrics');
-    await shot(page, outDir, 'run-model-metrics', ['loss', 'learning_rate', 'pipe']);
+    await shot(page, outDir, 'run-model-metrics', ['val_loss', 'learning_rate', 'test_accuracy']);
     await tab(page, 'System metrics');
     await shot(page, outDir, 'run-system-metrics', ['cpu_utilization_percentage', 'process_tree_rss_megabytes']);
     await page.setViewportSize({ width: 1600, height: 1100 });

@@ -67,12 +67,23 @@ function modelName(start: RunStartEvent, stage: PlannedStageInfo): string {
   return stage.name === 'evaluate' ? start.pipelineName : `${start.pipelineName}-${stage.name}`;
 }
 
+/** MLflow's tensor signature: raw pixels in, one logit (binary) or one per class out. */
+function signature(metadata: Record<string, unknown>): string[] {
+  const shape = metadata['inputShape'];
+  const classes = metadata['classNames'];
+  if (!Array.isArray(shape) || !Array.isArray(classes)) return [];
+  const units = (metadata['task'] as { kind?: string } | undefined)?.kind === 'binary' ? 1 : classes.length;
+  const spec = (name: string, dtype: string, dims: unknown[]) => JSON.stringify([{ type: 'tensor', name, 'tensor-spec': { dtype, shape: [-1, ...dims] } }]);
+  return ['signature:', `  inputs: '${spec('image', 'float32', shape)}'`, `  outputs: '${spec('logits', 'float32', [units])}'`];
+}
+
 /** MLflow's model descriptor (YAML), with a `tfjs_layers` flavour: what the files are and how to use them. */
 function mlmodelFile(input: ModelOpsInput, metadata: Record<string, unknown>, files: string[]): string {
   const json = (v: unknown) => JSON.stringify(v ?? null);
   return [
     `artifact_path: model`,
     `created_by: pipe (${input.start.pipelineName}, run ${input.start.runId}, stage ${input.stage.name})`,
+    ...signature(metadata),
     `flavors:`,
     `  tfjs_layers:`,
     `    model_file: model.json`,

@@ -65,6 +65,9 @@ export interface Metric {
   step: number;
   /** MLflow 3: the LoggedModel the value measures (its model metrics page shows it). */
   model_id?: string;
+  /** MLflow 3: the dataset (name and digest of a logged input) the value was measured on. */
+  dataset_name?: string;
+  dataset_digest?: string;
 }
 
 /** One dataset a run used (`runs/log-inputs`); schema and profile are JSON strings. */
@@ -677,6 +680,8 @@ function encodeMetric(m: Metric): Record<string, unknown> {
   const value = Number.isNaN(m.value) ? 'NaN' : m.value === Infinity ? 'Infinity' : m.value === -Infinity ? '-Infinity' : m.value;
   const out: Record<string, unknown> = { key: m.key, value, timestamp: m.timestamp, step: m.step };
   if (m.model_id !== undefined) out['model_id'] = m.model_id;
+  if (m.dataset_name !== undefined) out['dataset_name'] = m.dataset_name;
+  if (m.dataset_digest !== undefined) out['dataset_digest'] = m.dataset_digest;
   return out;
 }
 
@@ -685,6 +690,8 @@ function decodeMetric(m: Metric): Metric {
   const value = typeof v === 'string' ? Number(v) : typeof v === 'number' ? v : NaN;
   const out: Metric = { key: m.key, value, timestamp: Number(m.timestamp), step: Number(m.step ?? 0) };
   if (m.model_id) out.model_id = m.model_id;
+  if (m.dataset_name) out.dataset_name = m.dataset_name;
+  if (m.dataset_digest) out.dataset_digest = m.dataset_digest;
   return out;
 }
 

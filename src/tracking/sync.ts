@@ -34,7 +34,7 @@ export function writeTrackingRecord(runDir: string, record: TrackingRecord): voi
   writeFileSync(join(runDir, TRACKING_FILE), JSON.stringify(record, null, 2) + '\n');
 }
 
-/** Run directories (runs/<pipeline>/<run-id>/) that have a journal. */
+/** Run directories (runs/<pipeline>/<run-id>/, a sweep's runs/<pipeline>/<sweep-id>/<trial>/) that have a journal. */
 export function findRunDirs(projectDir: string): string[] {
   const runsDir = resolve(projectDir, 'runs');
   const out: string[] = [];
@@ -44,6 +44,7 @@ export function findRunDirs(projectDir: string): string[] {
     for (const run of safeReaddir(pDir)) {
       const runDir = join(pDir, run);
       if (existsSync(join(runDir, JOURNAL_FILE))) out.push(runDir);
+      else for (const trial of safeReaddir(runDir)) if (existsSync(join(runDir, trial, JOURNAL_FILE))) out.push(join(runDir, trial));
     }
   }
   return out.sort();

@@ -29,8 +29,8 @@ interface CpuTimes {
   /** All CPUs' jiffies, and the idle ones among them (/proc/stat). */
   total: number;
   idle: number;
-  /** The process tree's user + system clock ticks. */
-  tree: number;
+  /** User + system clock ticks of each process of the tree. */
+  tree: Map<number, number>;
   at: number;
 }
 
@@ -54,7 +54,7 @@ export class SystemSampler {
       const total = cpu.total - this.last.total;
       values.push(['cpu_utilization_percentage', round(100 * (1 - (cpu.idle - this.last.idle) / total))]);
       const seconds = (cpu.at - this.last.at) / 1000;
-      if (seconds > 0) values.push(['process_tree_cpu_percentage', round((100 * (cpu.tree - this.last.tree)) / USER_HZ / seconds)]);
+      if (seconds > 0) values.push(['process_tree_cpu_percentage', round((100 * treeTicksSince(this.last.tree, cpu.tree)) / USER_HZ / seconds)]);
     }
     this.last = cpu;
     const memory = memoryUse();
@@ -71,8 +71,11 @@ export class SystemSampler {
       const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
       const total = fields.reduce((a, b) => a + b, 0);
       const idle = (fields[3] ?? 0) + (fields[4] ?? 0);
-      let tree = 0;
-      for (const pid of this.tree()) tree += procStat(pid)?.ticks ?? 0;
+      const tree = new Map<number, number>();
+      for (const pid of this.tree()) {
+        const stat = procStat(pid);
+        if (stat !== undefined) tree.set(pid, stat.ticks);
+      }
       return { total, idle, tree, at };
     } catch {
       return undefined;
@@ -111,6 +114,17 @@ export class SystemSampler {
     this.gpus = out !== undefined;
     return out === undefined ? [] : parseNvidiaSmi(out);
   }
+}
+
+/**
+ * CPU ticks the tree used between two samples: a process seen both times counts its difference, a
+ * new one all its ticks (it started in between); one that exited in between is not counted (its
+ * last ticks are gone with it), so the figure can be low, never negative.
+ */
+export function treeTicksSince(before: ReadonlyMap<number, number>, now: ReadonlyMap<number, number>): number {
+  let ticks = 0;
+  for (const [pid, t] of now) ticks += Math.max(0, t - (before.get(pid) ?? 0));
+  return ticks;
 }
 
 /** `nvidia-smi --query-gpu=utilization.gpu,memory.used,memory.total --format=csv,noheader,nounits` → metrics. */

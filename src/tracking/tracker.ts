@@ -16,7 +16,7 @@ import { Journal, JOURNAL_FILE, lockJournal, replayJournal, ReplaySession, unloc
 import { authFromEnv, MLflowClient, splitCredentials, type KeyValue, type Metric, type RetryOptions } from './mlflow-client.ts';
 import { resolveTracking } from './server.ts';
 import { syncRuns, writeTrackingRecord, type TrackingRecord } from './sync.ts';
-import { bookkeepingKey, mlflowPoints, optimizerParams } from './naming.ts';
+import { bookkeepingKey, isBookkeeping, mlflowPoints, optimizerParams } from './naming.ts';
 import { stageDatasets } from './datasets.ts';
 import { isModelMetric, loggedModelOps } from './logged-model.ts';
 import { samplingIntervalMs, SystemSampler } from './system-metrics.ts';
@@ -79,6 +79,8 @@ interface RunState {
   ended: boolean;
   /** Records that need reading files first (datasets), in order; later records wait for them. */
   work: Promise<void>;
+  /** The run's test set, once its datasets are read (the test metrics name it). */
+  testSet?: { name: string; digest: string };
   /** Samples the run's system metrics until it ends. */
   sampler?: { timer: NodeJS.Timeout; sampler: SystemSampler };
   /** Size of log.txt when it was queued for upload. */
@@ -296,7 +298,6 @@ export function createTracker(opts: TrackerOptions): Tracker {
   };
 
   const onStageEnd = (run: RunState, e: StageEndEvent): void => {
-    const now = Date.now();
     const seen = run.streamed.get(e.stage) ?? new Set<string>();
     // A cached stage's points come only here; a ran stage's were streamed (keep any that were not).
     const stage = run.stages.get(e.stage);
@@ -304,24 +305,33 @@ export function createTracker(opts: TrackerOptions): Tracker {
     const modelMetrics = all.filter((m) => isModelMetric(stage, m.key));
     const metrics = all.filter((m) => !isModelMetric(stage, m.key));
     run.streamed.set(e.stage, seen);
-    const started = run.stageStartedAt.get(e.stage);
-    const endedAt = started !== undefined ? started + e.durationMs : now;
-    if (e.status !== 'skipped') {
-      metrics.push({ key: metricKey(bookkeepingKey(e.stage, 'duration_s')), value: e.durationMs / 1000, timestamp: endedAt, step: 0 });
-    }
-    if (e.status === 'ran' || e.status === 'cached') {
-      metrics.push({ key: metricKey(bookkeepingKey(e.stage, 'cached')), value: e.status === 'cached' ? 1 : 0, timestamp: endedAt, step: 0 });
-    }
-    append(run, { kind: 'log-batch', metrics });
+    append(run, { kind: 'log-batch', metrics, tags: stageTags(e) });
     for (const a of e.artifacts) {
       append(run, { kind: 'upload-artifact', path: `${artifactSegment(e.stage)}/${a.name}`, file: a.path });
     }
     const done = e.status === 'ran' || e.status === 'cached';
-    const modelOps = done && stage !== undefined && e.outDir !== undefined ? loggedModelOps(modelInput(run, stage, e.outDir, modelMetrics)) : [];
-    if (modelOps.length > 0) for (const op of modelOps) append(run, op);
-    else if (modelMetrics.length > 0) append(run, { kind: 'log-batch', metrics: modelMetrics });
     if (done && stage !== undefined && e.outDir !== undefined) queueDatasets(run, stage, e.outDir);
+    if (modelMetrics.length > 0 || (done && stage !== undefined && e.outDir !== undefined)) {
+      // After the datasets: the test metrics name the test set they were measured on.
+      const outDir = done ? e.outDir : undefined;
+      run.work = run.work
+        .then(() => queueModel(run, stage, outDir, modelMetrics.map((m) => onTestSet(run, m))))
+        .catch((error: unknown) => log(`MLflow tracking: could not record the model of stage ${e.stage}: ${(error as Error).message}`));
+    }
     schedule(0);
+  };
+
+  const queueModel = (run: RunState, stage: PlannedStageInfo | undefined, outDir: string | undefined, metrics: Metric[]): void => {
+    const ops = stage !== undefined && outDir !== undefined ? loggedModelOps(modelInput(run, stage, outDir, metrics)) : [];
+    if (ops.length > 0) for (const op of ops) append(run, op);
+    else if (metrics.length > 0) append(run, { kind: 'log-batch', metrics });
+    schedule(0);
+  };
+
+  /** A test metric with the name and digest of the run's test set, once it is logged. */
+  const onTestSet = (run: RunState, m: Metric): Metric => {
+    const test = run.testSet;
+    return test === undefined || !m.key.startsWith('test_') ? m : { ...m, dataset_name: test.name, dataset_digest: test.digest };
   };
 
   const modelInput = (run: RunState, stage: PlannedStageInfo, outDir: string, metrics: Metric[]): Parameters<typeof loggedModelOps>[0] => {
@@ -337,6 +347,8 @@ export function createTracker(opts: TrackerOptions): Tracker {
       .then(async () => {
         const datasets = await reading;
         if (datasets.length > 0) append(run, { kind: 'log-inputs', datasets });
+        const test = datasets.find((d) => d.tags.some((t) => t.value === 'testing'));
+        if (test !== undefined) run.testSet = test.dataset;
         schedule(0);
       })
       .catch((error: unknown) => log(`MLflow tracking: could not read the datasets of stage ${stage.name}: ${(error as Error).message}`));
@@ -553,6 +565,14 @@ export function renderRunNote(start: RunStartEvent, end: RunEndEvent): string {
 }
 
 // ---- helpers ----
+
+/** The stage's bookkeeping as tags (naming.ts): its status, duration and throughput figures. */
+function stageTags(e: StageEndEvent): KeyValue[] {
+  const tags: KeyValue[] = [{ key: bookkeepingKey(e.stage, 'status'), value: e.status }];
+  if (e.status !== 'skipped') tags.push({ key: bookkeepingKey(e.stage, 'duration_s'), value: String(Math.round(e.durationMs) / 1000) });
+  for (const p of e.metrics) if (isBookkeeping(p.key)) tags.push({ key: bookkeepingKey(e.stage, p.key), value: String(Math.round(p.value * 100) / 100) });
+  return tags.map((t) => ({ key: metricKey(t.key), value: t.value }));
+}
 
 function toMetric(p: MetricPoint): Metric {
   return { key: metricKey(p.key), value: p.value, timestamp: Math.round(p.timestamp), step: Math.round(p.step) };

@@ -12,8 +12,9 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { RunStartEvent, StageEndEvent } from '../../src/core/events.ts';
 import { syncCommand } from '../../src/app/sync.ts';
+import { Journal } from '../../src/tracking/journal.ts';
 import type { DatasetInput, LoggedModel, Run } from '../../src/tracking/mlflow-client.ts';
-import { parseNvidiaSmi } from '../../src/tracking/system-metrics.ts';
+import { parseNvidiaSmi, treeTicksSince } from '../../src/tracking/system-metrics.ts';
 import { createTracker } from '../../src/tracking/tracker.ts';
 import { startTestMlflow, type TestMlflow } from '../helpers/mlflow.ts';
 
@@ -149,6 +150,9 @@ async function assertRecorded(experiment: string): Promise<void> {
   const params = Object.fromEntries((model.data?.params ?? []).map((p) => [p.key, p.value]));
   assert.is(params['fine_tune_at'], '100');
   assert.equal((model.data?.metrics ?? []).map((m) => [m.key, m.value]).sort(), [['test_accuracy', 0.9], ['test_loss', 0.25]]);
+  // ... measured on the run's test set.
+  const testSet = byName['cats_and_dogs_filtered/test']!.dataset;
+  assert.equal((model.data?.metrics ?? []).map((m) => [m.dataset_name, m.dataset_digest]), [[testSet.name, testSet.digest], [testSet.name, testSet.digest]]);
   // The test metrics are logged once, on the run, linked to the model.
   assert.equal((await mlflow.client.getMetricHistory(runId, 'test_accuracy')).map((m) => m.value), [0.9]);
   const files = (await mlflow.client.listProxiedArtifacts(model.info.artifact_uri)).map((f) => f.path).sort();
@@ -156,6 +160,7 @@ async function assertRecorded(experiment: string): Promise<void> {
   const mlmodel = new TextDecoder().decode(await mlflow.client.downloadProxiedArtifact(model.info.artifact_uri, 'MLmodel'));
   assert.match(mlmodel, 'class_names: ["cats","dogs"]');
   assert.match(mlmodel, 'preprocessing: "x / 127.5 - 1"');
+  assert.match(mlmodel, `inputs: '[{"type":"tensor","name":"image","tensor-spec":{"dtype":"float32","shape":[-1,2,2,3]}}]'`);
 
   const version = await mlflow.client.getModelVersionByAlias(`${experiment}-model`, 'champion');
   assert.is(version.version, '1');
@@ -182,6 +187,18 @@ test('recorded while the server was down, the run ends with its datasets, model 
   await assertRecorded('models-offline');
 });
 
+test('pipe sync finds the journals of sweep trials (runs/<pipeline>/<sweep-id>/<trial>)', async () => {
+  const trialDir = join(projectDir, 'runs', 'small', 'sweep-20260102-150000', 't01');
+  mkdirSync(trialDir, { recursive: true });
+  const journal = Journal.create(trialDir, { embedded: false, uri: mlflow.uri });
+  journal.append({ kind: 'create-run', experimentName: 'sweep-trials', runName: 'trial t01', startTime: T0, tags: [{ key: 'pipe.journal_id', value: journal.journalId }] }, T0);
+  journal.append({ kind: 'update-run', status: 'FINISHED', endTime: T0 + 10 }, T0 + 10);
+  const lines: string[] = [];
+  assert.is(await syncCommand({ projectDir, print: (l) => lines.push(l) }), 'ok', lines.join('\n'));
+  assert.match(lines.join('\n'), 'runs/small/sweep-20260102-150000/t01: sent 2 request(s)');
+  assert.is((await theRun('sweep-trials')).info.status, 'FINISHED');
+});
+
 test('system metrics: sampled at the interval under system/, the run\'s process tree included', async () => {
   const r = learningRun('20260102-140000-cccc', 'system-metrics');
   const tracker = createTracker({ projectDir, trackingUri: mlflow.uri, batchIntervalMs: 50, systemMetricsIntervalMs: 300, log: () => {}, syncOthers: false });
@@ -205,6 +222,7 @@ test('system metrics: sampled at the interval under system/, the run\'s process 
   assert.ok(rss.every((m) => m.value > 20), rss.map((m) => m.value).join(', '));
   const memory = await history('system_memory_usage_megabytes');
   assert.ok(memory.every((m) => m.value > 0));
+  assert.is(treeTicksSince(new Map([[1, 50], [2, 70]]), new Map([[1, 80], [3, 5]])), 35, 'an exited process does not make it negative');
   assert.equal(parseNvidiaSmi('37, 1024, 4096\n5, 0, 8192\n'), [
     ['gpu_0_utilization_percentage', 37], ['gpu_0_memory_usage_megabytes', 1073.74], ['gpu_0_memory_usage_percentage', 25],
     ['gpu_1_utilization_percentage', 5], ['gpu_1_memory_usage_megabytes', 0], ['gpu_1_memory_usage_percentage', 0],
