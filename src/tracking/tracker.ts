@@ -73,7 +73,6 @@ interface RunState {
   record: TrackingRecord;
   /** stage -> signatures of points already journaled from stage-metric events. */
   streamed: Map<string, Set<string>>;
-  stageStartedAt: Map<string, number>;
   /** The planned stages by name (their kinds and params name the metrics). */
   stages: Map<string, PlannedStageInfo>;
   ended: boolean;
@@ -239,7 +238,6 @@ export function createTracker(opts: TrackerOptions): Tracker {
       session: new ReplaySession(false),
       record,
       streamed: new Map(),
-      stageStartedAt: new Map(),
       stages: new Map(e.stages.map((s) => [s.name, s])),
       ended: false,
       work: Promise.resolve(),
@@ -343,6 +341,7 @@ export function createTracker(opts: TrackerOptions): Tracker {
   /** The stage's datasets (read and digested in the background), as one log-inputs request. */
   const queueDatasets = (run: RunState, stage: PlannedStageInfo, outDir: string): void => {
     const reading = stageDatasets(stage, outDir, run.stages);
+    reading.catch(() => undefined); // handled in the chain below; not an unhandled rejection meanwhile
     run.work = run.work
       .then(async () => {
         const datasets = await reading;
@@ -400,8 +399,6 @@ export function createTracker(opts: TrackerOptions): Tracker {
     if (run === undefined || run.ended) return;
     switch (e.type) {
       case 'stage-start':
-        run.stageStartedAt.set(e.stage, e.startedAt);
-        return;
       case 'stage-progress':
       case 'stage-log':
         return;
