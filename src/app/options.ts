@@ -10,6 +10,9 @@ export interface CommandOptions {
   json?: boolean;
   verbose?: boolean;
   'no-track'?: boolean;
+  /** Register the run's model (a sweep's best trial's) under this name in the Model Registry. */
+  register?: string;
+  alias?: string[];
   'dry-run'?: boolean;
   sweep?: string[];
   objective?: string;

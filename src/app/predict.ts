@@ -1,6 +1,9 @@
 // `pipe predict MODEL IMAGE...`: classifies image files with a model saved by an evaluate stage.
 //
-// MODEL is the evaluate stage's artifact directory or its `model/` directory (or model.json). Each
+// MODEL is the evaluate stage's artifact directory or its `model/` directory (or model.json), or a
+// model on the MLflow server: `models:/NAME/VERSION`, `models:/NAME@ALIAS` (the Model Registry) or
+// `models:/m-…` (a LoggedModel), whose files are fetched through the server into a temporary
+// directory first (src/tracking/registry.ts). Each
 // image is decoded and resized exactly as the data stages do it (src/ml/images.ts: Keras's
 // image_dataset_from_directory, rounded to bytes), fed to the model as raw pixels (the model
 // preprocesses them itself) and printed as `<image>\t<class>\t<probability of that class>`.
@@ -8,6 +11,7 @@
 // the other images are still classified.
 
 import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Tensor } from '@tensorflow/tfjs-node';
 import type { CommandStatus } from '../core/io.ts';
@@ -33,6 +37,9 @@ export interface PredictOptions {
   /** Where per-image errors go (default: `out`). */
   err?: (line: string) => void;
   flavour?: Flavour;
+  /** Where the tracking server of `models:/` URIs is found (default: the current directory). */
+  projectDir?: string;
+  env?: NodeJS.ProcessEnv;
 }
 
 /**
@@ -44,6 +51,25 @@ export async function predict(
   images: string[],
   out: (line: string) => void,
   options: PredictOptions = {},
+): Promise<CommandStatus> {
+  if (!modelDir.startsWith('models:/')) return predictLocal(modelDir, images, out, options);
+  const { downloadModel, projectClient, resolveModelUri } = await import('../tracking/registry.ts');
+  const client = await projectClient(options.projectDir ?? process.cwd(), options.env);
+  const model = await resolveModelUri(client, modelDir);
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'pipe-model-'));
+  try {
+    await downloadModel(client, model, dir);
+    return await predictLocal(dir, images, out, options);
+  } finally {
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function predictLocal(
+  modelDir: string,
+  images: string[],
+  out: (line: string) => void,
+  options: PredictOptions,
 ): Promise<CommandStatus> {
   const err = options.err ?? out;
   const modelJson = await findModelJson(modelDir);

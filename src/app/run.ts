@@ -249,6 +249,7 @@ async function startTracker(prepared: Prepared, values: CommandOptions, io: Io, 
       trackingUri: file.tracking.uri,
       parentRunId,
       log: (line: string) => io.err(`${line}\n`),
+      ...(values.register !== undefined ? { register: { name: values.register, aliases: values.alias ?? [] } } : {}),
     });
   } catch (error) {
     io.err(`tracking: ${(error as Error).message} (the run goes on; \`pipe sync\` sends it later)\n`);

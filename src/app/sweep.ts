@@ -50,9 +50,21 @@ export async function sweepCommand(file: string, values: CommandOptions, io: Io)
 
   const rows = trialRows(sweep, sweepPlan, summary, trialMetrics);
   await reportSweep(sweep, sweepPlan, summary, rows, recorders.parent, values, io);
+  await registerBestTrial(sweep, rows, values, io, trialRunDir);
   // Interrupted: the trials' runs and the parent run are recorded KILLED; now exit 130/143/129.
   if (summary.interrupted) throw interruptedError(summary);
   return rows.every((r) => r.status === 'succeeded') ? 'ok' : 'failed';
+}
+
+/** `--register NAME`: the best trial's model, through its own journal (kept for `pipe sync` when the server is down). */
+async function registerBestTrial(sweep: Sweep, rows: TrialResult[], values: CommandOptions, io: Io, trialRunDir: (trial: Trial) => string): Promise<void> {
+  const tracking = sweep.pipelineFile.tracking.enabled && !values['no-track'] && process.env['PIPE_NO_TRACK'] !== '1';
+  const best = rows[0];
+  if (!tracking || values.register === undefined || best?.status !== 'succeeded' || best.objective === undefined) return;
+  const { registerFromJournal } = await import('./register.ts');
+  const print = (line: string) => io.err(`${line}\n`);
+  await registerFromJournal({ projectDir: sweep.projectDir, target: best.trial.id, name: values.register, aliases: values.alias ?? [], print }, trialRunDir(best.trial))
+    .catch((error: Error) => io.err(`register: ${error.message}\n`));
 }
 
 /** What the parts of a sweep after planning share. */

@@ -16,7 +16,8 @@ Usage:
                [--objective METRIC] [--json] [--queue URL]
   pipe worker --queue redis://HOST:PORT [--cpus N] [--gpus N] [--cache DIR] [--name NAME]
   pipe gc [FILE...] [--dry-run]
-  pipe predict MODEL IMAGE...
+  pipe predict MODEL IMAGE...                (MODEL: a directory, or models:/NAME/VERSION, models:/NAME@ALIAS)
+  pipe register RUN|MODEL NAME [--alias ALIAS]...
   pipe ui [EXPERIMENT] [--host H] [--stop]
   pipe sync [--to URI | --drop RUN_DIR... | --drop-all]
   pipe doctor
@@ -27,7 +28,8 @@ Commands:
   sweep    run trials over parameter values; shared stages run once
   worker   take stage jobs from a Redis queue and run them (one per machine of a cluster)
   gc       remove cache entries that no pipeline references (--dry-run lists them)
-  predict  classify images with a model saved by an evaluate stage
+  predict  classify images with a model saved by an evaluate stage (or registered in MLflow)
+  register make a run's logged model a version of registered model NAME in MLflow's Model Registry
   ui       start or find the MLflow server and print the URL of the runs
   sync     send tracking data that could not reach the MLflow server earlier
   doctor   check the installation: Node, tfjs and its native backend, GPUs, MLflow
@@ -44,6 +46,8 @@ Options:
   --json                   print the result as JSON on stdout
   --verbose                show every stage's output
   --no-track               do not record an MLflow run
+  --register NAME          run/sweep: register the run's model (a sweep's best trial's) as NAME in MLflow
+  --alias ALIAS            with register/--register: point this alias at the new version (repeatable)
   --queue URL              run the stages on \`pipe worker\`s through this Redis server (redis://HOST:PORT[/DB])
   --cache DIR              the artifact cache (a directory every worker reaches); default runs/cache
   --retries N              with --queue: run a failed stage again up to N times (default 1)
@@ -63,6 +67,8 @@ const runOptions = {
   json: { type: 'boolean' },
   verbose: { type: 'boolean' },
   'no-track': { type: 'boolean' },
+  register: { type: 'string' },
+  alias: { type: 'string', multiple: true },
   'dry-run': { type: 'boolean' },
   sweep: { type: 'string', short: 'S', multiple: true },
   objective: { type: 'string' },
@@ -153,6 +159,12 @@ async function dispatch(command: string, positionals: string[], values: ReturnTy
         if (!model || images.length === 0) throw new UsageError('pipe predict MODEL IMAGE...: give a model directory and at least one image');
         const { predict } = await import('../app/predict.ts');
         return await predict(model, images, (line) => io.out(`${line}\n`), { err: (line) => io.err(`${line}\n`) });
+      }
+      case 'register': {
+        const [target, name] = positionals;
+        if (!target || !name || positionals.length !== 2) throw new UsageError('usage: pipe register RUN|MODEL NAME [--alias ALIAS]...');
+        const { registerCommand } = await import('../app/register.ts');
+        return await registerCommand({ projectDir: process.cwd(), target, name, aliases: values.alias ?? [], print: (line) => io.out(`${line}\n`) });
       }
       case 'ui': {
         const { uiCommand } = await import('../app/ui.ts');

@@ -15,7 +15,11 @@
 //   log-batch       drop metric points the server already has (same key, value, timestamp, step);
 //                   params and tags are idempotent (same key, same value);
 //   upload-artifact a PUT of the same path replaces the file;
-//   update-run      idempotent.
+//   update-run      idempotent;
+//   log-inputs      MLflow keeps one input per (dataset name, digest) and run: idempotent;
+//   create-logged-model  search the experiment for the model tagged pipe.model_ref before creating;
+//   logged-model params, tags, finalize, outputs, uploads: idempotent;
+//   register-model  look for a version of that name from the same logged model before creating one.
 // (MLflow's SQL store also ignores an exact duplicate metric row, checked against mlflow 3.17;
 // the check above keeps replay exactly-once on stores that do not.)
 
@@ -27,7 +31,9 @@ import { randomUUID } from 'node:crypto';
 import {
   MLflowClient,
   MLflowError,
+  type DatasetInput,
   type KeyValue,
+  type LoggedModelStatus,
   type Metric,
   type RunStatus,
 } from './mlflow-client.ts';
@@ -47,10 +53,29 @@ export type JournalOp =
       /** Includes pipe.journal_id, which makes an in-doubt creation findable. */
       tags: KeyValue[];
     }
-  | { kind: 'log-batch'; metrics?: Metric[]; params?: KeyValue[]; tags?: KeyValue[] }
+  /** `modelRef`: the metrics measure that logged model (sent with its model_id). */
+  | { kind: 'log-batch'; metrics?: Metric[]; params?: KeyValue[]; tags?: KeyValue[]; modelRef?: string }
   /** `file`: a local file read at send time; `text`: content kept in the journal (small files). */
-  | { kind: 'upload-artifact'; path: string; file?: string; text?: string }
-  | { kind: 'update-run'; status: RunStatus; endTime?: number };
+  | { kind: 'upload-artifact'; path: string; file?: string; text?: string; modelRef?: string }
+  | { kind: 'update-run'; status: RunStatus; endTime?: number }
+  | { kind: 'log-inputs'; datasets: DatasetInput[] }
+  /**
+   * A LoggedModel of the run, known in later ops by `ref` (unique in the journal); its tags include
+   * pipe.model_ref = `<journal id>/<ref>`, which makes an in-doubt creation findable.
+   */
+  | { kind: 'create-logged-model'; ref: string; name: string; modelType?: string; params: KeyValue[]; tags: KeyValue[] }
+  | { kind: 'finalize-logged-model'; ref: string; status: LoggedModelStatus }
+  | { kind: 'log-outputs'; ref: string; step: number }
+  /** A Model Registry version of the logged model, with aliases. */
+  | { kind: 'register-model'; ref: string; name: string; aliases: string[] };
+
+export interface RemoteModel {
+  ref: string;
+  modelId: string;
+  artifactUri: string;
+}
+
+export const MODEL_REF_TAG = 'pipe.model_ref';
 
 export interface RemoteRun {
   runId: string;
@@ -76,7 +101,7 @@ export interface JournalEntry {
 type JournalLine =
   | JournalHeader
   | { t: 'op'; seq: number; at: number; op: JournalOp }
-  | { t: 'ack'; seqs: number[]; at: number; run?: RemoteRun }
+  | { t: 'ack'; seqs: number[]; at: number; run?: RemoteRun; model?: RemoteModel; version?: { name: string; version: string } }
   | { t: 'rejected'; seqs: number[]; at: number; error: string };
 
 export class Journal {
@@ -85,6 +110,8 @@ export class Journal {
   private readonly rejections: Array<{ seqs: number[]; error: string }> = [];
   private nextSeq = 1;
   private remote: RemoteRun | undefined;
+  private readonly remoteModels = new Map<string, RemoteModel>();
+  private readonly registered: Array<{ name: string; version: string }> = [];
 
   private constructor(
     readonly path: string,
@@ -136,6 +163,16 @@ export class Journal {
     return this.remote;
   }
 
+  /** The logged model created for `ref`, once created. */
+  model(ref: string): RemoteModel | undefined {
+    return this.remoteModels.get(ref);
+  }
+
+  /** Model Registry versions created from this journal. */
+  get versions(): ReadonlyArray<{ name: string; version: string }> {
+    return this.registered;
+  }
+
   get rejected(): ReadonlyArray<{ seqs: number[]; error: string }> {
     return this.rejections;
   }
@@ -146,10 +183,8 @@ export class Journal {
     return seq;
   }
 
-  ack(seqs: number[], run?: RemoteRun): void {
-    const line: JournalLine = { t: 'ack', seqs, at: Date.now() };
-    if (run !== undefined) line.run = run;
-    this.write(line);
+  ack(seqs: number[], created: { run?: RemoteRun; model?: RemoteModel; version?: { name: string; version: string } } = {}): void {
+    this.write({ t: 'ack', seqs, at: Date.now(), ...created });
   }
 
   reject(seqs: number[], error: string): void {
@@ -185,6 +220,8 @@ export class Journal {
       case 'ack':
         for (const s of line.seqs) this.done.add(s);
         if (line.run !== undefined) this.remote = line.run;
+        if (line.model !== undefined) this.remoteModels.set(line.model.ref, line.model);
+        if (line.version !== undefined) this.registered.push(line.version);
         return;
       case 'rejected':
         for (const s of line.seqs) this.done.add(s);
@@ -325,7 +362,7 @@ export async function replayJournal(journal: Journal, client: MLflowClient, sess
       const head = pending[i]!;
       if (head.op.kind === 'create-run') {
         const run = await createRunOnce(journal, client, head, session);
-        journal.ack([head.seq], run);
+        journal.ack([head.seq], { run });
         result.sent++;
         i++;
         continue;
@@ -349,10 +386,10 @@ export async function replayJournal(journal: Journal, client: MLflowClient, sess
         result.deduplicated += counts.deduplicated;
         continue;
       }
+      const inDoubt = session.inDoubt(head.seq);
       session.markAttempted([head.seq]);
       try {
-        await sendSimpleOp(client, run, head.op);
-        journal.ack([head.seq]);
+        journal.ack([head.seq], await sendSimpleOp(client, run, head.op, journal, inDoubt));
         result.sent++;
       } catch (error) {
         if (!(error instanceof MLflowError) || error.kind !== 'rejected') throw error;
@@ -410,7 +447,9 @@ async function sendLogBatchGroup(
     if (e.op.kind !== 'log-batch') continue;
     params.push(...(e.op.params ?? []));
     tags.push(...(e.op.tags ?? []));
-    for (const m of e.op.metrics ?? []) {
+    const modelId = e.op.modelRef !== undefined ? journal.model(e.op.modelRef)?.modelId : undefined;
+    for (const raw of e.op.metrics ?? []) {
+      const m = modelId !== undefined ? { ...raw, model_id: modelId } : raw;
       if (session.inDoubt(e.seq)) {
         const known = await session.knownPoints(client, runId, m.key);
         if (known.has(pointSignature(m))) {
@@ -447,7 +486,9 @@ async function sendLogBatchGroup(
   return { sent: group.length, rejected: 0, deduplicated };
 }
 
-async function sendSimpleOp(client: MLflowClient, run: RemoteRun, op: JournalOp): Promise<void> {
+type Created = { model?: RemoteModel; version?: { name: string; version: string } };
+
+async function sendSimpleOp(client: MLflowClient, run: RemoteRun, op: JournalOp, journal: Journal, inDoubt: boolean): Promise<Created> {
   switch (op.kind) {
     case 'upload-artifact': {
       let content: Uint8Array | string;
@@ -461,15 +502,29 @@ async function sendSimpleOp(client: MLflowClient, run: RemoteRun, op: JournalOp)
           undefined,
         );
       }
-      await client.uploadArtifact(run.artifactUri, op.path, content);
-      return;
+      const root = op.modelRef !== undefined ? modelOf(journal, op.modelRef).artifactUri : run.artifactUri;
+      await client.uploadArtifact(root, op.path, content);
+      return {};
     }
     case 'update-run': {
       const update: { status: RunStatus; endTime?: number } = { status: op.status };
       if (op.endTime !== undefined) update.endTime = op.endTime;
       await client.updateRun(run.runId, update);
-      return;
+      return {};
     }
+    case 'log-inputs':
+      await client.logInputs(run.runId, op.datasets);
+      return {};
+    case 'create-logged-model':
+      return { model: await createModelOnce(client, run, op, journal, inDoubt) };
+    case 'finalize-logged-model':
+      await client.finalizeLoggedModel(modelOf(journal, op.ref).modelId, op.status);
+      return {};
+    case 'log-outputs':
+      await client.logOutputs(run.runId, [{ model_id: modelOf(journal, op.ref).modelId, step: op.step }]);
+      return {};
+    case 'register-model':
+      return { version: await registerModel(client, modelOf(journal, op.ref), run.runId, op.name, op.aliases, inDoubt) };
     case 'create-run':
     case 'log-batch':
       throw new Error(`bug: sendSimpleOp: ${op.kind} is not a simple op`);
@@ -478,4 +533,66 @@ async function sendSimpleOp(client: MLflowClient, run: RemoteRun, op: JournalOp)
       return never;
     }
   }
+}
+
+function modelOf(journal: Journal, ref: string): RemoteModel {
+  const model = journal.model(ref);
+  if (model === undefined) {
+    throw new MLflowError(`logged model "${ref}" of ${journal.path} was never created`, 'rejected', 'MODEL_NOT_CREATED', undefined);
+  }
+  return model;
+}
+
+async function createModelOnce(
+  client: MLflowClient,
+  run: RemoteRun,
+  op: Extract<JournalOp, { kind: 'create-logged-model' }>,
+  journal: Journal,
+  inDoubt: boolean,
+): Promise<RemoteModel> {
+  const refTag = `${journal.journalId}/${op.ref}`;
+  if (inDoubt) {
+    const found = await client.searchLoggedModels({
+      experimentIds: [run.experimentId],
+      filter: `tags.\`${MODEL_REF_TAG}\` = '${refTag}'`,
+      maxResults: 1,
+    });
+    const existing = found[0];
+    if (existing !== undefined) return { ref: op.ref, modelId: existing.info.model_id, artifactUri: existing.info.artifact_uri };
+  }
+  const tags = [...op.tags.filter((t) => t.key !== MODEL_REF_TAG), { key: MODEL_REF_TAG, value: refTag }];
+  const req: Parameters<MLflowClient['createLoggedModel']>[0] = { experimentId: run.experimentId, name: op.name, sourceRunId: run.runId, tags, params: op.params };
+  if (op.modelType !== undefined) req.modelType = op.modelType;
+  const model = await client.createLoggedModel(req);
+  return { ref: op.ref, modelId: model.info.model_id, artifactUri: model.info.artifact_uri };
+}
+
+/**
+ * A new version of registered model `name` from the logged model (the registered model is created
+ * when missing), then its aliases. In doubt, a version of that name from the same logged model is
+ * taken instead of creating another.
+ */
+export async function registerModel(
+  client: MLflowClient,
+  model: Pick<RemoteModel, 'modelId' | 'artifactUri'>,
+  runId: string | undefined,
+  name: string,
+  aliases: readonly string[],
+  inDoubt: boolean,
+): Promise<{ name: string; version: string }> {
+  await client.createRegisteredModel(name);
+  // MLflow 3's source for a logged model; the version answers do not carry model_id, the source does.
+  const source = `models:/${model.modelId}`;
+  let version: string | undefined;
+  if (inDoubt) {
+    const existing = await client.searchModelVersions(`name = '${name.replace(/'/g, "\\'")}'`);
+    version = existing.find((v) => v.source === source)?.version;
+  }
+  if (version === undefined) {
+    const req: Parameters<MLflowClient['createModelVersion']>[0] = { name, source, modelId: model.modelId };
+    if (runId !== undefined) req.runId = runId;
+    version = (await client.createModelVersion(req)).version;
+  }
+  for (const alias of aliases) await client.setRegisteredModelAlias(name, alias, version);
+  return { name, version };
 }

@@ -65,6 +65,44 @@ export interface Metric {
   value: number;
   timestamp: number;
   step: number;
+  /** MLflow 3: the LoggedModel the value measures (its model metrics page shows it). */
+  model_id?: string;
+  /** MLflow 3: the dataset (name and digest of a logged input) the value was measured on. */
+  dataset_name?: string;
+  dataset_digest?: string;
+}
+
+/** One dataset a run used (`runs/log-inputs`); schema and profile are JSON strings. */
+export interface DatasetInput {
+  tags: KeyValue[];
+  dataset: { name: string; digest: string; source_type: string; source: string; schema?: string; profile?: string };
+}
+
+export type LoggedModelStatus = 'LOGGED_MODEL_PENDING' | 'LOGGED_MODEL_READY' | 'LOGGED_MODEL_UPLOAD_FAILED';
+
+export interface LoggedModel {
+  info: {
+    model_id: string;
+    experiment_id: string;
+    name: string;
+    artifact_uri: string;
+    status: LoggedModelStatus;
+    source_run_id?: string;
+    model_type?: string;
+    tags?: KeyValue[];
+  };
+  data?: { params?: KeyValue[]; metrics?: Metric[] };
+}
+
+export interface ModelVersion {
+  name: string;
+  version: string;
+  source: string;
+  run_id?: string;
+  model_id?: string;
+  status?: string;
+  aliases?: string[];
+  tags?: KeyValue[];
 }
 
 export interface RunInfo {
@@ -136,6 +174,8 @@ interface RequestOptions {
   query?: Record<string, string | number | undefined>;
   body?: unknown;
   rawBody?: Uint8Array;
+  /** Return the answer's bytes instead of parsing JSON. */
+  binary?: boolean;
   /** What failed, for messages: e.g. `create run in experiment 3`. */
   what: string;
 }
@@ -296,6 +336,141 @@ export class MLflowClient {
     return out;
   }
 
+  // ---- datasets, logged models ----
+
+  /** Records datasets (and models) as inputs of the run. Logging the same dataset again is a no-op. */
+  async logInputs(runId: string, datasets: DatasetInput[], models: Array<{ model_id: string }> = []): Promise<void> {
+    await this.request('POST', '/api/2.0/mlflow/runs/log-inputs', {
+      body: { run_id: runId, datasets, models },
+      what: `log ${datasets.length} dataset input(s) to run ${runId}`,
+    });
+  }
+
+  /** Records logged models as outputs of the run (the run page's "Logged models"). */
+  async logOutputs(runId: string, models: Array<{ model_id: string; step: number }>): Promise<void> {
+    await this.request('POST', '/api/2.0/mlflow/runs/outputs', {
+      body: { run_id: runId, models },
+      what: `log ${models.length} model output(s) of run ${runId}`,
+    });
+  }
+
+  /** A new LoggedModel, PENDING until finalized; its artifacts go under its artifact_uri. */
+  async createLoggedModel(req: {
+    experimentId: string;
+    name: string;
+    sourceRunId?: string;
+    modelType?: string;
+    params?: KeyValue[];
+    tags?: KeyValue[];
+  }): Promise<LoggedModel> {
+    const res = await this.request<{ model: LoggedModel }>('POST', '/api/2.0/mlflow/logged-models', {
+      body: {
+        experiment_id: req.experimentId,
+        name: req.name,
+        source_run_id: req.sourceRunId,
+        model_type: req.modelType,
+        params: req.params ?? [],
+        tags: req.tags ?? [],
+      },
+      what: `create logged model "${req.name}" in experiment ${req.experimentId}`,
+    });
+    return res.model;
+  }
+
+  async getLoggedModel(modelId: string): Promise<LoggedModel> {
+    const res = await this.request<{ model: LoggedModel }>('GET', `/api/2.0/mlflow/logged-models/${encodeURIComponent(modelId)}`, {
+      what: `get logged model ${modelId}`,
+    });
+    return decodeLoggedModel(res.model);
+  }
+
+  async searchLoggedModels(req: { experimentIds: string[]; filter?: string; maxResults?: number }): Promise<LoggedModel[]> {
+    const res = await this.request<{ models?: LoggedModel[] }>('POST', '/api/2.0/mlflow/logged-models/search', {
+      body: { experiment_ids: req.experimentIds, filter: req.filter, max_results: req.maxResults },
+      what: `search logged models in experiments ${req.experimentIds.join(', ')}`,
+    });
+    return (res.models ?? []).map(decodeLoggedModel);
+  }
+
+  async logLoggedModelParams(modelId: string, params: KeyValue[]): Promise<void> {
+    for (let i = 0; i < params.length; i += LOG_BATCH_LIMITS.params) {
+      await this.request('POST', `/api/2.0/mlflow/logged-models/${encodeURIComponent(modelId)}/params`, {
+        body: { model_id: modelId, params: params.slice(i, i + LOG_BATCH_LIMITS.params) },
+        what: `log params of logged model ${modelId}`,
+      });
+    }
+  }
+
+  async setLoggedModelTags(modelId: string, tags: KeyValue[]): Promise<void> {
+    await this.request('PATCH', `/api/2.0/mlflow/logged-models/${encodeURIComponent(modelId)}/tags`, {
+      body: { model_id: modelId, tags },
+      what: `set tags of logged model ${modelId}`,
+    });
+  }
+
+  async finalizeLoggedModel(modelId: string, status: LoggedModelStatus): Promise<LoggedModel> {
+    const res = await this.request<{ model: LoggedModel }>('PATCH', `/api/2.0/mlflow/logged-models/${encodeURIComponent(modelId)}`, {
+      body: { model_id: modelId, status },
+      what: `finalize logged model ${modelId} as ${status}`,
+    });
+    return res.model;
+  }
+
+  // ---- the model registry ----
+
+  /** Creates the registered model; true when it was created, false when it existed already. */
+  async createRegisteredModel(name: string, description?: string): Promise<boolean> {
+    try {
+      await this.request('POST', '/api/2.0/mlflow/registered-models/create', {
+        body: { name, description },
+        what: `create registered model "${name}"`,
+      });
+      return true;
+    } catch (error) {
+      if (error instanceof MLflowError && error.errorCode === 'RESOURCE_ALREADY_EXISTS') return false;
+      throw error;
+    }
+  }
+
+  async createModelVersion(req: { name: string; source: string; runId?: string; modelId?: string; tags?: KeyValue[]; description?: string }): Promise<ModelVersion> {
+    const res = await this.request<{ model_version: ModelVersion }>('POST', '/api/2.0/mlflow/model-versions/create', {
+      body: { name: req.name, source: req.source, run_id: req.runId, model_id: req.modelId, tags: req.tags ?? [], description: req.description },
+      what: `create a version of registered model "${req.name}"`,
+    });
+    return res.model_version;
+  }
+
+  async searchModelVersions(filter: string): Promise<ModelVersion[]> {
+    const res = await this.request<{ model_versions?: ModelVersion[] }>('GET', '/api/2.0/mlflow/model-versions/search', {
+      query: { filter, max_results: 1000 },
+      what: `search model versions (${filter})`,
+    });
+    return res.model_versions ?? [];
+  }
+
+  async getModelVersion(name: string, version: string): Promise<ModelVersion> {
+    const res = await this.request<{ model_version: ModelVersion }>('GET', '/api/2.0/mlflow/model-versions/get', {
+      query: { name, version },
+      what: `get version ${version} of registered model "${name}"`,
+    });
+    return res.model_version;
+  }
+
+  async setRegisteredModelAlias(name: string, alias: string, version: string): Promise<void> {
+    await this.request('POST', '/api/2.0/mlflow/registered-models/alias', {
+      body: { name, alias, version },
+      what: `set alias @${alias} of registered model "${name}" to version ${version}`,
+    });
+  }
+
+  async getModelVersionByAlias(name: string, alias: string): Promise<ModelVersion> {
+    const res = await this.request<{ model_version: ModelVersion }>('GET', '/api/2.0/mlflow/registered-models/alias', {
+      query: { name, alias },
+      what: `get the version of registered model "${name}" with alias @${alias}`,
+    });
+    return res.model_version;
+  }
+
   // ---- artifacts ----
 
   /**
@@ -313,6 +488,25 @@ export class MLflowClient {
     await this.request('PUT', `/api/2.0/mlflow-artifacts/artifacts/${path}`, {
       rawBody: bytes,
       what: `upload artifact ${artifactPath} (${bytes.byteLength} bytes) to ${artifactUri}`,
+    });
+  }
+
+  /** The files directly under an `mlflow-artifacts:` URI (a run's or a logged model's artifacts). */
+  async listProxiedArtifacts(artifactUri: string, path = ''): Promise<FileInfo[]> {
+    const root = [proxiedArtifactPath(artifactUri), path].filter((p) => p !== '').join('/');
+    const res = await this.request<{ files?: FileInfo[] }>('GET', '/api/2.0/mlflow-artifacts/artifacts', {
+      query: { path: root },
+      what: `list artifacts under ${artifactUri}${path ? `/${path}` : ''}`,
+    });
+    return (res.files ?? []).map((f) => ({ ...f, path: path ? `${path}/${f.path}` : f.path }));
+  }
+
+  /** The bytes of `<artifactUri>/<path>` through the server's artifact proxy. */
+  async downloadProxiedArtifact(artifactUri: string, path: string): Promise<Uint8Array> {
+    const parts = [...proxiedArtifactPath(artifactUri).split('/'), ...path.split('/')].filter((p) => p !== '');
+    return this.request<Uint8Array>('GET', `/api/2.0/mlflow-artifacts/artifacts/${parts.map(encodeURIComponent).join('/')}`, {
+      binary: true,
+      what: `download artifact ${path} of ${artifactUri}`,
     });
   }
 
@@ -358,7 +552,7 @@ export class MLflowClient {
     return h;
   }
 
-  private async request<T = unknown>(method: 'GET' | 'POST' | 'PUT', path: string, opts: RequestOptions): Promise<T> {
+  private async request<T = unknown>(method: 'GET' | 'POST' | 'PUT' | 'PATCH', path: string, opts: RequestOptions): Promise<T> {
     const url = new URL(this.uri + path);
     for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined) url.searchParams.set(k, String(v));
     const headers = this.headers();
@@ -379,9 +573,11 @@ export class MLflowClient {
       }
       let res: Response;
       let text: string;
+      let bytes: Uint8Array | undefined;
       try {
         res = await fetch(url, { method, headers, body, signal: AbortSignal.timeout(this.retry.timeoutMs) });
-        text = await res.text();
+        if (opts.binary && res.ok) bytes = new Uint8Array(await res.arrayBuffer());
+        text = bytes === undefined ? await res.text() : '';
       } catch (cause) {
         lastError = new MLflowError(
           `Could not ${opts.what}: ${this.uri} is unreachable (${describeNetworkError(cause)})`,
@@ -392,7 +588,7 @@ export class MLflowClient {
         );
         continue;
       }
-      if (res.ok) return (text === '' ? {} : JSON.parse(text)) as T;
+      if (res.ok) return (bytes ?? (text === '' ? {} : JSON.parse(text))) as T;
       const { errorCode, message } = parseErrorBody(text, res.status);
       const err = new MLflowError(
         `Could not ${opts.what}: ${message} (HTTP ${res.status} ${errorCode} from ${this.uri})`,
@@ -484,13 +680,26 @@ export function proxiedArtifactPath(artifactUri: string): string {
 
 function encodeMetric(m: Metric): Record<string, unknown> {
   const value = Number.isNaN(m.value) ? 'NaN' : m.value === Infinity ? 'Infinity' : m.value === -Infinity ? '-Infinity' : m.value;
-  return { key: m.key, value, timestamp: m.timestamp, step: m.step };
+  const out: Record<string, unknown> = { key: m.key, value, timestamp: m.timestamp, step: m.step };
+  if (m.model_id !== undefined) out['model_id'] = m.model_id;
+  if (m.dataset_name !== undefined) out['dataset_name'] = m.dataset_name;
+  if (m.dataset_digest !== undefined) out['dataset_digest'] = m.dataset_digest;
+  return out;
 }
 
 function decodeMetric(m: Metric): Metric {
   const v = m.value as unknown;
   const value = typeof v === 'string' ? Number(v) : typeof v === 'number' ? v : NaN;
-  return { key: m.key, value, timestamp: Number(m.timestamp), step: Number(m.step ?? 0) };
+  const out: Metric = { key: m.key, value, timestamp: Number(m.timestamp), step: Number(m.step ?? 0) };
+  if (m.model_id) out.model_id = m.model_id;
+  if (m.dataset_name) out.dataset_name = m.dataset_name;
+  if (m.dataset_digest) out.dataset_digest = m.dataset_digest;
+  return out;
+}
+
+function decodeLoggedModel(model: LoggedModel): LoggedModel {
+  if (model.data?.metrics) model.data.metrics = model.data.metrics.map(decodeMetric);
+  return model;
 }
 
 function decodeRun(run: Run): Run {

@@ -63,10 +63,12 @@ export async function startSweepParent(options: {
       const best = rows.find((r) => r.status === 'succeeded' && r.metrics[options.objective] !== undefined);
       const now = Date.now();
       const metrics = best ? Object.entries(best.metrics).map(([key, value]) => ({ key: `best.${key}`, value, timestamp: now, step: 0 })) : [];
+      const compare = await compareUrl(client, experimentId, runId);
       const note = [
         `## Sweep ${options.sweepId}`,
         '',
         `${rows.length} trials over ${swept.join(', ')}; objective **${options.objective}** (${options.direction}).`,
+        ...(compare ? ['', `[Compare the trials](${compare}) (parallel coordinates: the swept params and ${options.objective}).`] : []),
         best ? `Best: **${best.id}** (${best.label}) with ${options.objective} = ${best.metrics[options.objective]?.toFixed(4)}.` : 'No trial succeeded.',
         '',
         '```',
@@ -78,6 +80,7 @@ export async function startSweepParent(options: {
         tags: [
           { key: 'mlflow.note.content', value: note.slice(0, 8000) },
           ...(best ? [{ key: 'pipe.best_trial', value: `${best.id} ${best.label}` }] : []),
+          ...(compare ? [{ key: 'pipe.compare_url', value: compare }] : []),
         ],
       });
       await client.uploadArtifact(artifactUri, 'trials.json', JSON.stringify(rows, null, 2));
@@ -91,6 +94,17 @@ export async function startSweepParent(options: {
       await client.updateRun(runId, { status, endTime: Date.now() });
     },
   };
+}
+
+/**
+ * The MLflow compare view of the sweep's trial runs (the children of the parent run), whose
+ * parallel-coordinates plot shows each trial's swept params and metrics side by side.
+ */
+async function compareUrl(client: MLflowClient, experimentId: string, parentRunId: string): Promise<string | undefined> {
+  const { runs } = await client.searchRuns({ experimentIds: [experimentId], filter: `tags.\`mlflow.parentRunId\` = '${parentRunId}'`, maxResults: 1000 });
+  if (runs.length === 0) return undefined;
+  const ids = encodeURIComponent(JSON.stringify(runs.map((r) => r.info.run_id)));
+  return `${client.uri}/#/compare-runs?runs=${ids}&experiments=${encodeURIComponent(JSON.stringify([experimentId]))}`;
 }
 
 /** The objective against the first numeric swept param, one line per combination of the others. */

@@ -34,7 +34,7 @@ export function writeTrackingRecord(runDir: string, record: TrackingRecord): voi
   writeFileSync(join(runDir, TRACKING_FILE), JSON.stringify(record, null, 2) + '\n');
 }
 
-/** Run directories (runs/<pipeline>/<run-id>/) that have a journal. */
+/** Run directories (runs/<pipeline>/<run-id>/, a sweep's runs/<pipeline>/<sweep-id>/<trial>/) that have a journal. */
 export function findRunDirs(projectDir: string): string[] {
   const runsDir = resolve(projectDir, 'runs');
   const out: string[] = [];
@@ -46,6 +46,7 @@ export function findRunDirs(projectDir: string): string[] {
       // `latest` is a link to a run directory listed under its own name.
       if (lstatSync(runDir, { throwIfNoEntry: false })?.isSymbolicLink() !== false) continue;
       if (existsSync(join(runDir, JOURNAL_FILE))) out.push(runDir);
+      else for (const trial of safeReaddir(runDir)) if (existsSync(join(runDir, trial, JOURNAL_FILE))) out.push(join(runDir, trial));
     }
   }
   return out.sort();
@@ -214,4 +215,14 @@ function safeReaddir(dir: string): string[] {
   } catch {
     return [];
   }
+}
+
+/** A client for the server a journal was recorded for (starting the embedded one if need be). */
+export async function clientForJournal(projectDir: string, journal: Journal, env: NodeJS.ProcessEnv = process.env): Promise<MLflowClient> {
+  const ref = journal.header.tracking;
+  const uri = ref.embedded ? (await ensureEmbeddedServer({ projectDir })).uri : ref.uri;
+  const options: ConstructorParameters<typeof MLflowClient>[0] = { uri };
+  const auth = ref.embedded ? undefined : authFromEnv(env);
+  if (auth !== undefined) options.auth = auth;
+  return new MLflowClient(options);
 }

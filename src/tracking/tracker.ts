@@ -10,12 +10,16 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { hostname, userInfo } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import type { RunEndEvent, RunEvent, RunListener, RunStartEvent, StageEndEvent, StageStatus } from '../core/events.ts';
+import type { PlannedStageInfo, RunEndEvent, RunEvent, RunListener, RunStartEvent, StageEndEvent, StageStatus } from '../core/events.ts';
 import type { MetricPoint } from '../core/stage-kind.ts';
 import { Journal, JOURNAL_FILE, lockJournal, replayJournal, ReplaySession, unlockJournal, type JournalOp, type TrackingRef } from './journal.ts';
 import { authFromEnv, MLflowClient, splitCredentials, type KeyValue, type Metric, type RetryOptions } from './mlflow-client.ts';
 import { resolveTracking } from './server.ts';
 import { syncRuns, writeTrackingRecord, type TrackingRecord } from './sync.ts';
+import { bookkeepingKey, isBookkeeping, mlflowPoints, optimizerParams } from './naming.ts';
+import { stageDatasets } from './datasets.ts';
+import { isModelMetric, loggedModelOps } from './logged-model.ts';
+import { samplingIntervalMs, SystemSampler } from './system-metrics.ts';
 
 export { markOrphans } from './sync.ts';
 
@@ -39,6 +43,10 @@ export interface TrackerOptions {
   retry?: Partial<RetryOptions>;
   /** Replay other runs' journals and mark orphaned runs in the background (default true). */
   syncOthers?: boolean;
+  /** System metrics sampling (system-metrics.ts); 0 turns it off. Default: MLflow's 10 s. */
+  systemMetricsIntervalMs?: number;
+  /** `--register NAME`: the run's logged model becomes a version of this registered model. */
+  register?: { name: string; aliases: string[] };
 }
 
 export interface TrackerResult {
@@ -65,8 +73,15 @@ interface RunState {
   record: TrackingRecord;
   /** stage -> signatures of points already journaled from stage-metric events. */
   streamed: Map<string, Set<string>>;
-  stageStartedAt: Map<string, number>;
+  /** The planned stages by name (their kinds and params name the metrics). */
+  stages: Map<string, PlannedStageInfo>;
   ended: boolean;
+  /** Records that need reading files first (datasets), in order; later records wait for them. */
+  work: Promise<void>;
+  /** The run's test set, once its datasets are read (the test metrics name it). */
+  testSet?: { name: string; digest: string };
+  /** Samples the run's system metrics until it ends. */
+  sampler?: { timer: NodeJS.Timeout; sampler: SystemSampler };
   /** Size of log.txt when it was queued for upload. */
   logSize: number;
   fatal?: string;
@@ -223,13 +238,15 @@ export function createTracker(opts: TrackerOptions): Tracker {
       session: new ReplaySession(false),
       record,
       streamed: new Map(),
-      stageStartedAt: new Map(),
+      stages: new Map(e.stages.map((s) => [s.name, s])),
       ended: false,
+      work: Promise.resolve(),
       logSize: -1,
     };
     runs.push(run);
     current = run;
     startBackgroundSync([runDir]);
+    startSampling(run);
 
     append(run, { kind: 'create-run', experimentName: e.experiment, runName: runName(e), startTime: e.startedAt, tags: runTags(e, opts, journal.journalId, env) }, e.startedAt);
     append(run, { kind: 'log-batch', params: runParams(e) }, e.startedAt);
@@ -237,48 +254,112 @@ export function createTracker(opts: TrackerOptions): Tracker {
     schedule(0);
   };
 
+  const systemInterval = opts.systemMetricsIntervalMs ?? samplingIntervalMs(env);
+
+  const startSampling = (run: RunState): void => {
+    if (systemInterval <= 0) return;
+    const sampler = new SystemSampler();
+    const timer = setInterval(() => void logSystemMetrics(run, sampler), systemInterval);
+    timer.unref();
+    run.sampler = { timer, sampler };
+  };
+
+  const logSystemMetrics = async (run: RunState, sampler: SystemSampler): Promise<void> => {
+    try {
+      const metrics = await sampler.sample();
+      if (metrics.length > 0) append(run, { kind: 'log-batch', metrics });
+      schedule(batchIntervalMs);
+    } catch (error) {
+      log(`MLflow tracking: system metrics: ${(error as Error).message}`);
+    }
+  };
+
+  /** The last sample (the time since the previous one), then no more. */
+  const stopSampling = (run: RunState): Promise<void> => {
+    const s = run.sampler;
+    if (s === undefined) return Promise.resolve();
+    run.sampler = undefined;
+    clearInterval(s.timer);
+    return logSystemMetrics(run, s.sampler);
+  };
+
   const onStageMetric = (run: RunState, stage: string, point: MetricPoint): void => {
-    const metric = toMetric(point);
     let seen = run.streamed.get(stage);
     if (seen === undefined) run.streamed.set(stage, (seen = new Set()));
-    const sig = metricSignature(metric);
-    if (seen.has(sig)) return;
-    seen.add(sig);
-    append(run, { kind: 'log-batch', metrics: [metric] }, point.timestamp);
+    const info = run.stages.get(stage);
+    // A model's test metrics wait for the stage's end, to be logged once with the model's id.
+    if (isModelMetric(info, point.key)) return;
+    const metrics = unseen(seen, mlflowPoints(info, point));
+    if (metrics.length === 0) return;
+    append(run, { kind: 'log-batch', metrics }, point.timestamp);
     schedule(batchIntervalMs);
   };
 
   const onStageEnd = (run: RunState, e: StageEndEvent): void => {
-    const now = Date.now();
     const seen = run.streamed.get(e.stage) ?? new Set<string>();
     // A cached stage's points come only here; a ran stage's were streamed (keep any that were not).
-    const metrics: Metric[] = [];
-    for (const p of e.metrics) {
-      const m = toMetric(p);
-      const sig = metricSignature(m);
-      if (seen.has(sig)) continue;
-      seen.add(sig);
-      metrics.push(m);
-    }
+    const stage = run.stages.get(e.stage);
+    const all = unseen(seen, e.metrics.flatMap((p) => mlflowPoints(stage, p)));
+    const modelMetrics = all.filter((m) => isModelMetric(stage, m.key));
+    const metrics = all.filter((m) => !isModelMetric(stage, m.key));
     run.streamed.set(e.stage, seen);
-    const started = run.stageStartedAt.get(e.stage);
-    const endedAt = started !== undefined ? started + e.durationMs : now;
-    const prefix = `stage.${metricKey(e.stage)}`;
-    if (e.status !== 'skipped') {
-      metrics.push({ key: `${prefix}.duration_s`, value: e.durationMs / 1000, timestamp: endedAt, step: 0 });
-    }
-    if (e.status === 'ran' || e.status === 'cached') {
-      metrics.push({ key: `${prefix}.cached`, value: e.status === 'cached' ? 1 : 0, timestamp: endedAt, step: 0 });
-    }
-    append(run, { kind: 'log-batch', metrics });
+    append(run, { kind: 'log-batch', metrics, tags: stageTags(e) });
     for (const a of e.artifacts) {
       append(run, { kind: 'upload-artifact', path: `${artifactSegment(e.stage)}/${a.name}`, file: a.path });
+    }
+    const done = e.status === 'ran' || e.status === 'cached';
+    if (done && stage !== undefined && e.outDir !== undefined) queueDatasets(run, stage, e.outDir);
+    if (modelMetrics.length > 0 || (done && stage !== undefined && e.outDir !== undefined)) {
+      // After the datasets: the test metrics name the test set they were measured on.
+      const outDir = done ? e.outDir : undefined;
+      run.work = run.work
+        .then(() => queueModel(run, stage, outDir, modelMetrics.map((m) => onTestSet(run, m))))
+        .catch((error: unknown) => log(`MLflow tracking: could not record the model of stage ${e.stage}: ${(error as Error).message}`));
     }
     schedule(0);
   };
 
+  const queueModel = (run: RunState, stage: PlannedStageInfo | undefined, outDir: string | undefined, metrics: Metric[]): void => {
+    const ops = stage !== undefined && outDir !== undefined ? loggedModelOps(modelInput(run, stage, outDir, metrics)) : [];
+    if (ops.length > 0) for (const op of ops) append(run, op);
+    else if (metrics.length > 0) append(run, { kind: 'log-batch', metrics });
+    schedule(0);
+  };
+
+  /** A test metric with the name and digest of the run's test set, once it is logged. */
+  const onTestSet = (run: RunState, m: Metric): Metric => {
+    const test = run.testSet;
+    return test === undefined || !m.key.startsWith('test_') ? m : { ...m, dataset_name: test.name, dataset_digest: test.digest };
+  };
+
+  const modelInput = (run: RunState, stage: PlannedStageInfo, outDir: string, metrics: Metric[]): Parameters<typeof loggedModelOps>[0] => {
+    const input: Parameters<typeof loggedModelOps>[0] = { start: run.start, stage, outDir, params: runParams(run.start), metrics };
+    if (opts.register !== undefined) input.register = opts.register;
+    return input;
+  };
+
+  /** The stage's datasets (read and digested in the background), as one log-inputs request. */
+  const queueDatasets = (run: RunState, stage: PlannedStageInfo, outDir: string): void => {
+    const reading = stageDatasets(stage, outDir, run.stages);
+    reading.catch(() => undefined); // handled in the chain below; not an unhandled rejection meanwhile
+    run.work = run.work
+      .then(async () => {
+        const datasets = await reading;
+        if (datasets.length > 0) append(run, { kind: 'log-inputs', datasets });
+        const test = datasets.find((d) => d.tags.some((t) => t.value === 'testing'));
+        if (test !== undefined) run.testSet = test.dataset;
+        schedule(0);
+      })
+      .catch((error: unknown) => log(`MLflow tracking: could not read the datasets of stage ${stage.name}: ${(error as Error).message}`));
+  };
+
   const onRunEnd = (run: RunState, e: RunEndEvent): void => {
     run.ended = true;
+    const sampled = stopSampling(run);
+    run.work = run.work.then(() => sampled).then(() => recordRunEnd(run, e));
+  };
+
+  const recordRunEnd = (run: RunState, e: RunEndEvent): void => {
     const status = e.summary.interrupted ? 'KILLED' : e.summary.status === 'succeeded' ? 'FINISHED' : 'FAILED';
     append(run, { kind: 'log-batch', tags: [{ key: 'mlflow.note.content', value: truncate(renderRunNote(run.start, e), MAX_TAG_VALUE) }] });
     queueRunLog(run);
@@ -303,6 +384,8 @@ export function createTracker(opts: TrackerOptions): Tracker {
 
   const finishWithoutEnd = (run: RunState, why: string): void => {
     run.ended = true;
+    if (run.sampler !== undefined) clearInterval(run.sampler.timer);
+    run.sampler = undefined;
     append(run, { kind: 'log-batch', tags: [{ key: 'mlflow.note.content', value: `**Run failed**: ${why}.` }] });
     queueRunLog(run);
     append(run, { kind: 'update-run', status: 'FAILED', endTime: Date.now() });
@@ -316,8 +399,6 @@ export function createTracker(opts: TrackerOptions): Tracker {
     if (run === undefined || run.ended) return;
     switch (e.type) {
       case 'stage-start':
-        run.stageStartedAt.set(e.stage, e.startedAt);
-        return;
       case 'stage-progress':
       case 'stage-log':
         return;
@@ -345,6 +426,8 @@ export function createTracker(opts: TrackerOptions): Tracker {
 
   const close = async (): Promise<TrackerResult> => {
     closing = true;
+    await Promise.all(runs.map((run) => run.work));
+    await Promise.all(runs.map((run) => stopSampling(run)));
     for (const run of runs) {
       if (!run.ended) finishWithoutEnd(run, 'the run ended without a run-end event');
       else queueRunLog(run); // the run log may have grown after run-end
@@ -423,6 +506,7 @@ export function runParams(e: RunStartEvent): KeyValue[] {
   const out = new Map<string, string>();
   for (const [k, v] of Object.entries(e.params)) flattenParam(k, v, out);
   for (const s of e.stages) for (const [k, v] of Object.entries(s.params)) flattenParam(`${s.name}.${k}`, v, out);
+  for (const s of e.stages) for (const [k, v] of optimizerParams(s)) out.set(k, v);
   out.set('pipeline_hash', e.pipelineHash);
   out.set('backend', e.backend);
   return [...out].map(([key, value]) => ({ key: metricKey(key), value: truncate(value, MAX_PARAM_VALUE) }));
@@ -479,12 +563,33 @@ export function renderRunNote(start: RunStartEvent, end: RunEndEvent): string {
 
 // ---- helpers ----
 
+/** The stage's bookkeeping as tags (naming.ts): its status, duration and throughput figures. */
+function stageTags(e: StageEndEvent): KeyValue[] {
+  const tags: KeyValue[] = [{ key: bookkeepingKey(e.stage, 'status'), value: e.status }];
+  if (e.status !== 'skipped') tags.push({ key: bookkeepingKey(e.stage, 'duration_s'), value: String(Math.round(e.durationMs) / 1000) });
+  for (const p of e.metrics) if (isBookkeeping(p.key)) tags.push({ key: bookkeepingKey(e.stage, p.key), value: String(Math.round(p.value * 100) / 100) });
+  return tags.map((t) => ({ key: metricKey(t.key), value: t.value }));
+}
+
 function toMetric(p: MetricPoint): Metric {
   return { key: metricKey(p.key), value: p.value, timestamp: Math.round(p.timestamp), step: Math.round(p.step) };
 }
 
 function metricSignature(m: Metric): string {
   return `${m.key}|${m.step}|${m.timestamp}|${m.value}`;
+}
+
+/** The points as MLflow metrics, less those already in `seen` (which learns the rest). */
+function unseen(seen: Set<string>, points: MetricPoint[]): Metric[] {
+  const out: Metric[] = [];
+  for (const p of points) {
+    const m = toMetric(p);
+    const sig = metricSignature(m);
+    if (seen.has(sig)) continue;
+    seen.add(sig);
+    out.push(m);
+  }
+  return out;
 }
 
 /** A name MLflow accepts for a metric, param or tag: [A-Za-z0-9_.\- /:], no empty or dot segments. */

@@ -42,7 +42,7 @@ test('ops, acks and rejections read back: what is pending, the run, the rejectio
   const s2 = journal.append({ kind: 'log-batch', metrics: [point(0, 1)] }, T0 + 1);
   const s3 = journal.append({ kind: 'log-batch', params: [{ key: 'lr', value: '0.1' }] }, T0 + 2);
   const s4 = journal.append({ kind: 'update-run', status: 'RUNNING' }, T0 + 3);
-  journal.ack([s1], run);
+  journal.ack([s1], { run });
   journal.reject([s3], 'INVALID_PARAMETER_VALUE');
   assert.equal([s1, s2, s3, s4], [1, 2, 3, 4]);
   assert.is(journal.hasTerminalStatus(), false, 'RUNNING is not an end');

@@ -63,7 +63,7 @@ function synthetic(runId: string, experiment: string, epochs: number): Synthetic
     backend: 'cpu',
     stages: [
       { name: 'data', kind: 'download', fingerprint: 'f1', cached: true, reasons: [], needs: [], params: { url: 'http://x/y.zip', opts: { retries: 3, mirrors: ['a', 'b'] } } },
-      { name: 'train', kind: 'train-head', fingerprint: 'f2', cached: false, reasons: ['no cache entry'], needs: ['data'], params: { epochs, lr: 0.0001 } },
+      { name: 'train', kind: 'train-head', fingerprint: 'f2', cached: false, reasons: ['no cache entry'], needs: ['data'], params: { epochs, learning_rate: 0.0001, optimizer: 'adam' } },
     ],
     startedAt: T0,
   };
@@ -113,6 +113,7 @@ function newTracker(): Tracker {
     batchIntervalMs: 100,
     reconnectIntervalMs: 200,
     retry: { retries: 1, baseDelayMs: 50, timeoutMs: 5000 },
+    systemMetricsIntervalMs: 0,
     log: () => {},
   });
 }
@@ -159,6 +160,10 @@ test('a run logs params, every metric step, tags, artifacts, note and status', a
   assert.is(params['data.opts.retries'], '3');
   assert.is(params['data.opts.mirrors'], '["a","b"]');
   assert.is(params['train.epochs'], '3');
+  // The optimizer's settings as Keras autolog names them, per training stage.
+  assert.is(params['train.opt_name'], 'adam');
+  assert.is(params['train.opt_learning_rate'], '0.0001');
+  assert.is(params['train.opt_beta_2'], '0.999');
   assert.is(params['pipeline_hash'], 'ab'.repeat(32));
   assert.is(params['backend'], 'cpu');
 
@@ -167,11 +172,16 @@ test('a run logs params, every metric step, tags, artifacts, note and status', a
   }
   assert.equal(strip(await mlflow.client.getMetricHistory(runId, 'images')), [[0, 2000, T0 - 86_400_000]]);
   assert.equal(strip(await mlflow.client.getMetricHistory(runId, 'test_accuracy')), [[0, 0.979, T0 + 3400]]);
-  assert.equal((await mlflow.client.getMetricHistory(runId, 'stage.data.cached')).map((m) => m.value), [1]);
-  assert.equal((await mlflow.client.getMetricHistory(runId, 'stage.train.cached')).map((m) => m.value), [0]);
-  assert.equal((await mlflow.client.getMetricHistory(runId, 'stage.train.duration_s')).map((m) => m.value), [3.5]);
+  // The learning rate per epoch, beside the loss.
+  assert.equal(strip(await mlflow.client.getMetricHistory(runId, 'learning_rate')), expected(s.trainPoints, 'loss').map(([step, , at]) => [step, 0.0001, at]));
+  // Bookkeeping: tags, not charts.
+  assert.equal(await mlflow.client.getMetricHistory(runId, 'stage.train.duration_s'), []);
+  assert.equal((run.data.metrics ?? []).map((m) => m.key).sort(), ['images', 'learning_rate', 'loss', 'test_accuracy', 'val_accuracy']);
 
   const tags = Object.fromEntries((run.data.tags ?? []).map((t) => [t.key, t.value]));
+  assert.is(tags['pipe.stage.data.status'], 'cached');
+  assert.is(tags['pipe.stage.train.status'], 'ran');
+  assert.is(tags['pipe.stage.train.duration_s'], '3.5');
   assert.is(tags['mlflow.runName'], 'demo 20260101-120000-aaaa1111');
   assert.is(run.info.run_name, 'demo 20260101-120000-aaaa1111');
   assert.is(tags['mlflow.source.name'], 'pipelines/demo.yaml');
@@ -194,7 +204,7 @@ test('a run logs params, every metric step, tags, artifacts, note and status', a
 test('a failed stage: run FAILED, the error in the note; a sweep trial nests under its parent', async () => {
   const s = synthetic('20260101-150000-dddd4444', 'tracker-failed', 2);
   const parent = await mlflow.client.createRun({ experimentId: await mlflow.client.getOrCreateExperiment('tracker-failed'), runName: 'sweep parent' });
-  const tracker = createTracker({ projectDir, trackingUri: mlflow.uri, parentRunId: parent.info.run_id, batchIntervalMs: 100, log: () => {} });
+  const tracker = createTracker({ projectDir, trackingUri: mlflow.uri, parentRunId: parent.info.run_id, batchIntervalMs: 100, systemMetricsIntervalMs: 0, log: () => {} });
   tracker.listener({ ...s.start, sweep: { id: 'sweep-1', trial: 't03' } });
   tracker.listener({ type: 'stage-start', stage: 'data', fingerprint: 'f1', startedAt: T0 });
   tracker.listener({ ...s.dataEnd, status: 'failed', error: 'download failed: HTTP 404 for http://x/y.zip', metrics: [], artifacts: [] });
@@ -221,8 +231,10 @@ test('a failed stage: run FAILED, the error in the note; a sweep trial nests und
   assert.match(note, '| data | download | **failed** | 12 ms | no cache entry |');
   assert.match(note, "| train | train-head | skipped |  | upstream stage 'data' failed |");
   assert.match(note, '**Stage `data` failed:**\n\n```\ndownload failed: HTTP 404 for http://x/y.zip\n```');
-  assert.equal((await mlflow.client.getMetricHistory(run.info.run_id, 'stage.data.duration_s')).map((m) => m.value), [0.012]);
-  assert.equal(await mlflow.client.getMetricHistory(run.info.run_id, 'stage.data.cached'), []);
+  assert.is(tags['pipe.stage.data.duration_s'], '0.012');
+  assert.is(tags['pipe.stage.data.status'], 'failed');
+  assert.is(tags['pipe.stage.train.status'], 'skipped');
+  assert.is(tags['pipe.stage.train.duration_s'], undefined);
 });
 
 test('MLflow (sqlite store) ignores an exact duplicate metric row; the journal does not rely on it', async () => {
@@ -301,7 +313,7 @@ test('a crash between send and ack: replay finds the run and the points, and sen
   assert.is(res.error, undefined);
   assert.is(res.pending, 0);
   assert.is(journal.run?.runId, runId, 'the run was found by its pipe.journal_id tag, not created again');
-  assert.is(res.deduplicated, s.trainPoints.length + 1 /* images */ + 1 /* test_accuracy */ + 4 /* stage metrics */);
+  assert.is(res.deduplicated, s.trainPoints.length + s.trainPoints.length / 2 /* learning_rate */ + 1 /* images */ + 1 /* test_accuracy */);
   assert.is((await findRun('tracker-crash')).length, 1);
   for (const key of ['loss', 'val_accuracy']) {
     assert.equal(strip(await mlflow.client.getMetricHistory(runId, key)), expected(s.trainPoints, key), key);
