@@ -12,6 +12,7 @@ import { hostname, userInfo } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import type { PlannedStageInfo, RunEndEvent, RunEvent, RunListener, RunStartEvent, StageEndEvent, StageStatus } from '../core/events.ts';
 import type { MetricPoint } from '../core/stage-kind.ts';
+import { unreachable } from '../core/errors.ts';
 import { Journal, JOURNAL_FILE, lockJournal, replayJournal, ReplaySession, unlockJournal, type JournalOp, type TrackingRef } from './journal.ts';
 import { authFromEnv, MLflowClient, splitCredentials, type KeyValue, type Metric, type RetryOptions } from './mlflow-client.ts';
 import { resolveTracking } from './server.ts';
@@ -88,17 +89,12 @@ interface RunState {
 }
 
 export function createTracker(opts: TrackerOptions): Tracker {
-  const env = opts.env ?? process.env;
-  const log = opts.log ?? ((m: string) => process.stderr.write(`pipe: ${m}\n`));
-  const batchIntervalMs = opts.batchIntervalMs ?? 2000;
-  const reconnectIntervalMs = opts.reconnectIntervalMs ?? 5000;
-  const named = opts.trackingUri ?? env['MLFLOW_TRACKING_URI'];
-  const trackingRef: TrackingRef =
-    named !== undefined && named !== '' ? { embedded: false, uri: splitCredentials(named).uri } : { embedded: true };
+  return new MLflowTracker(opts);
+}
 
-  // The server is found (or started) in the background: events are journaled meanwhile.
-  let clientError: string | undefined;
-  const clientPromise: Promise<MLflowClient | undefined> = (async () => {
+/** How the tracker reaches the server, found (or started) in the background; undefined: offline. */
+function connect(opts: TrackerOptions, env: NodeJS.ProcessEnv, log: (m: string) => void): Promise<MLflowClient | undefined> {
+  return (async () => {
     try {
       const resolveOpts: Parameters<typeof resolveTracking>[0] = { projectDir: opts.projectDir, env };
       if (opts.trackingUri !== undefined) resolveOpts.trackingUri = opts.trackingUri;
@@ -111,117 +107,253 @@ export function createTracker(opts: TrackerOptions): Tracker {
       if (auth !== undefined) clientOpts.auth = auth;
       return new MLflowClient(clientOpts);
     } catch (error) {
-      clientError = (error as Error).message;
-      log(`MLflow tracking is offline for this run: ${clientError}. The run's records are kept in its journal; \`pipe sync\` sends them later.`);
+      log(`MLflow tracking is offline for this run: ${(error as Error).message}. The run's records are kept in its journal; \`pipe sync\` sends them later.`);
       return undefined;
     }
   })();
+}
 
-  const runs: RunState[] = [];
-  let current: RunState | undefined;
-  let chain: Promise<void> = Promise.resolve();
-  let timer: NodeJS.Timeout | undefined;
-  let offline = false;
-  let lastAttempt = 0;
-  let closing = false;
-  let background: Promise<unknown> = Promise.resolve();
-  let backgroundStarted = false;
+/**
+ * Ships the runs' journals to the server in order, one replay at a time: soon after each record
+ * (metric points batched for `batchIntervalMs`), and every `reconnectIntervalMs` while the server
+ * is unreachable.
+ */
+class JournalSender {
+  private chain: Promise<void> = Promise.resolve();
+  private timer: NodeJS.Timeout | undefined;
+  private offline = false;
+  private lastAttempt = 0;
+  /** Set by close(): no more reconnection attempts are scheduled. */
+  closing = false;
 
-  const startBackgroundSync = (exclude: string[]): void => {
-    if (backgroundStarted || opts.syncOthers === false) return;
-    backgroundStarted = true;
-    background = (async () => {
-      const client = await clientPromise;
+  constructor(
+    private readonly client: Promise<MLflowClient | undefined>,
+    private readonly runs: readonly RunState[],
+    private readonly reconnectIntervalMs: number,
+    private readonly log: (m: string) => void,
+  ) {}
+
+  /** Sends within `delayMs` (at once for 0); a send already scheduled sooner stands. */
+  schedule(delayMs: number): void {
+    if (delayMs <= 0) {
+      this.cancelTimer();
+      void this.pump();
+      return;
+    }
+    if (this.timer !== undefined) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.pump();
+    }, delayMs);
+    this.timer.unref();
+  }
+
+  /** Sends what is queued now, even while offline (one attempt). */
+  flush(): Promise<void> {
+    this.cancelTimer();
+    return this.pump(true);
+  }
+
+  private cancelTimer(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private pump(force = false): Promise<void> {
+    this.chain = this.chain.then(() => this.sendAll(force)).catch((error: unknown) => this.log(`MLflow tracking error: ${(error as Error).stack ?? error}`));
+    return this.chain;
+  }
+
+  private async sendAll(force: boolean): Promise<void> {
+    const client = await this.client;
+    if (client === undefined) return;
+    if (this.offline && !force && Date.now() - this.lastAttempt < this.reconnectIntervalMs) {
+      this.schedule(this.reconnectIntervalMs - (Date.now() - this.lastAttempt));
+      return;
+    }
+    this.lastAttempt = Date.now();
+    for (const run of this.runs) {
+      if (run.fatal !== undefined || run.journal.pending().length === 0) continue;
+      const error = await this.sendRun(client, run);
+      if (error === undefined) continue;
+      if (!this.offline) {
+        this.log(
+          `MLflow server ${client.uri} is unreachable (${error}); the run goes on, ` +
+            `its records are kept in ${run.journal.path} and sent when the server is back (or by \`pipe sync\`)`,
+        );
+      }
+      this.offline = true;
+      if (!this.closing) this.schedule(this.reconnectIntervalMs);
+      return;
+    }
+    if (this.offline) this.log(`MLflow server ${client.uri} is reachable again; pending records sent`);
+    this.offline = false;
+  }
+
+  /** Replays one run's journal; returns why the server could not be reached, if it could not. */
+  private async sendRun(client: MLflowClient, run: RunState): Promise<string | undefined> {
+    const hadRun = run.journal.run !== undefined;
+    const res = await replayJournal(run.journal, client, run.session);
+    if (!hadRun && run.journal.run !== undefined) {
+      run.record = { ...run.record, run_id: run.journal.run.runId, experiment_id: run.journal.run.experimentId };
+      writeTrackingRecord(run.runDir, run.record);
+    }
+    if (res.rejected > 0) {
+      for (const r of run.journal.rejected.slice(-res.rejected)) this.log(`MLflow refused a request: ${r.error}`);
+    }
+    if (res.error === undefined) return undefined;
+    if (res.error.kind === 'rejected') {
+      run.fatal = res.error.message;
+      this.log(`MLflow tracking stopped for this run: ${res.error.message}`);
+      return undefined;
+    }
+    return res.error.message;
+  }
+}
+
+/** The tracker: each run event becomes journal records of the current run (see the top of this file). */
+class MLflowTracker implements Tracker {
+  private readonly env: NodeJS.ProcessEnv;
+  private readonly log: (m: string) => void;
+  private readonly batchIntervalMs: number;
+  private readonly systemInterval: number;
+  private readonly trackingRef: TrackingRef;
+  private readonly client: Promise<MLflowClient | undefined>;
+  private readonly runs: RunState[] = [];
+  private readonly sender: JournalSender;
+  private current: RunState | undefined;
+  private background: Promise<unknown> = Promise.resolve();
+  private backgroundStarted = false;
+
+  constructor(private readonly opts: TrackerOptions) {
+    this.env = opts.env ?? process.env;
+    this.log = opts.log ?? ((m: string) => process.stderr.write(`pipe: ${m}\n`));
+    this.batchIntervalMs = opts.batchIntervalMs ?? 2000;
+    this.systemInterval = opts.systemMetricsIntervalMs ?? samplingIntervalMs(this.env);
+    const named = opts.trackingUri ?? this.env['MLFLOW_TRACKING_URI'];
+    this.trackingRef = named !== undefined && named !== '' ? { embedded: false, uri: splitCredentials(named).uri } : { embedded: true };
+    // The server is found (or started) in the background: events are journaled meanwhile.
+    this.client = connect(opts, this.env, this.log);
+    this.sender = new JournalSender(this.client, this.runs, opts.reconnectIntervalMs ?? 5000, this.log);
+  }
+
+  readonly listener: RunListener = (event) => {
+    try {
+      this.handle(event);
+    } catch (error) {
+      // Tracking must never fail the run.
+      this.log(`MLflow tracking error: ${(error as Error).stack ?? error}`);
+    }
+  };
+
+  flush(): Promise<void> {
+    return this.sender.flush();
+  }
+
+  async close(): Promise<TrackerResult> {
+    this.sender.closing = true;
+    await Promise.all(this.runs.map((run) => run.work));
+    await Promise.all(this.runs.map((run) => this.stopSampling(run)));
+    for (const run of this.runs) {
+      if (!run.ended) this.finishWithoutEnd(run, 'the run ended without a run-end event');
+      else this.queueRunLog(run); // the run log may have grown after run-end
+    }
+    await this.sender.flush();
+    await this.background;
+    const client = await this.client;
+    const result: TrackerResult = { runs: [], pending: 0 };
+    if (client !== undefined) result.uri = client.uri;
+    for (const run of this.runs) {
+      const entry = this.release(run, client);
+      result.pending += entry.pending;
+      result.runs.push(entry);
+    }
+    return result;
+  }
+
+  /** What a closed run left: its MLflow ids and URL, what is still pending; its journal unlocked. */
+  private release(run: RunState, client: MLflowClient | undefined): TrackerResult['runs'][number] {
+    const pending = run.journal.pending().length;
+    const r = run.journal.run;
+    const entry: TrackerResult['runs'][number] = { runDir: run.runDir, pending };
+    if (r !== undefined) {
+      entry.runId = r.runId;
+      entry.experimentId = r.experimentId;
+      if (client !== undefined) entry.url = `${client.uri}/#/experiments/${r.experimentId}/runs/${r.runId}`;
+    }
+    unlockJournal(run.runDir);
+    if (pending > 0) {
+      this.log(`${pending} MLflow request(s) of this run are kept in ${run.journal.path}; \`pipe sync\` sends them when the server is reachable`);
+    }
+    return entry;
+  }
+
+  private handle(e: RunEvent): void {
+    if (e.type === 'run-start') return this.onRunStart(e);
+    const run = this.current;
+    if (run === undefined || run.ended) return;
+    switch (e.type) {
+      case 'stage-start':
+      case 'stage-progress':
+      case 'stage-log':
+        return;
+      case 'stage-metric':
+        return this.onStageMetric(run, e.stage, e.point);
+      case 'stage-end':
+        return this.onStageEnd(run, e);
+      case 'run-end':
+        return this.onRunEnd(run, e);
+      default:
+        return unreachable(e, 'run event');
+    }
+  }
+
+  private append(run: RunState, op: JournalOp, at?: number): void {
+    run.journal.append(op, at);
+  }
+
+  private startBackgroundSync(exclude: string[]): void {
+    if (this.backgroundStarted || this.opts.syncOthers === false) return;
+    this.backgroundStarted = true;
+    const { log, env } = this;
+    this.background = (async () => {
+      const client = await this.client;
       if (client === undefined) return;
-      const syncOpts: Parameters<typeof syncRuns>[0] = { projectDir: opts.projectDir, exclude, env };
+      const syncOpts: Parameters<typeof syncRuns>[0] = { projectDir: this.opts.projectDir, exclude, env };
       const report = await syncRuns(syncOpts);
       const sent = report.runs.filter((r) => (r.result?.sent ?? 0) > 0).length;
       if (sent > 0) log(`sent the journals of ${sent} earlier run(s) to MLflow`);
     })().catch((error: unknown) => log(`could not sync earlier runs: ${(error as Error).message}`));
-  };
+  }
 
-  // ---- sending ----
+  private onRunStart(e: RunStartEvent): void {
+    if (this.current !== undefined && !this.current.ended) this.finishWithoutEnd(this.current, 'a new run started before this one ended');
+    this.current = this.openRun(e);
+    const run = this.current;
+    if (run === undefined) return;
+    this.runs.push(run);
+    this.startBackgroundSync([run.runDir]);
+    this.startSampling(run);
+    const { journal } = run;
+    this.append(run, { kind: 'create-run', experimentName: e.experiment, runName: runName(e), startTime: e.startedAt, tags: runTags(e, this.opts, journal.journalId, this.env) }, e.startedAt);
+    this.append(run, { kind: 'log-batch', params: runParams(e) }, e.startedAt);
+    this.append(run, { kind: 'upload-artifact', path: 'pipeline.yaml', text: e.pipelineYaml }, e.startedAt);
+    this.sender.schedule(0);
+  }
 
-  const schedule = (delayMs: number): void => {
-    if (delayMs <= 0) {
-      if (timer !== undefined) clearTimeout(timer);
-      timer = undefined;
-      pump();
-      return;
-    }
-    if (timer !== undefined) return;
-    timer = setTimeout(() => {
-      timer = undefined;
-      pump();
-    }, delayMs);
-    timer.unref();
-  };
-
-  const pump = (force = false): Promise<void> => {
-    chain = chain.then(() => sendAll(force)).catch((error: unknown) => log(`MLflow tracking error: ${(error as Error).stack ?? error}`));
-    return chain;
-  };
-
-  const sendAll = async (force: boolean): Promise<void> => {
-    const client = await clientPromise;
-    if (client === undefined) return;
-    if (offline && !force && Date.now() - lastAttempt < reconnectIntervalMs) {
-      schedule(reconnectIntervalMs - (Date.now() - lastAttempt));
-      return;
-    }
-    lastAttempt = Date.now();
-    for (const run of runs) {
-      if (run.fatal !== undefined || run.journal.pending().length === 0) continue;
-      const hadRun = run.journal.run !== undefined;
-      const res = await replayJournal(run.journal, client, run.session);
-      if (!hadRun && run.journal.run !== undefined) {
-        run.record = { ...run.record, run_id: run.journal.run.runId, experiment_id: run.journal.run.experimentId };
-        writeTrackingRecord(run.runDir, run.record);
-      }
-      if (res.rejected > 0) {
-        for (const r of run.journal.rejected.slice(-res.rejected)) log(`MLflow refused a request: ${r.error}`);
-      }
-      if (res.error === undefined) continue;
-      if (res.error.kind === 'rejected') {
-        run.fatal = res.error.message;
-        log(`MLflow tracking stopped for this run: ${res.error.message}`);
-        continue;
-      }
-      if (!offline) {
-        log(
-          `MLflow server ${client.uri} is unreachable (${res.error.message}); the run goes on, ` +
-            `its records are kept in ${run.journal.path} and sent when the server is back (or by \`pipe sync\`)`,
-        );
-      }
-      offline = true;
-      if (!closing) schedule(reconnectIntervalMs);
-      return;
-    }
-    if (offline) log(`MLflow server ${client.uri} is reachable again; pending records sent`);
-    offline = false;
-  };
-
-  // ---- events ----
-
-  const append = (run: RunState, op: JournalOp, at?: number): void => {
-    run.journal.append(op, at);
-  };
-
-  const onRunStart = (e: RunStartEvent): void => {
-    if (current !== undefined && !current.ended) finishWithoutEnd(current, 'a new run started before this one ended');
+  /** A new journal in the run's directory, locked; undefined (with a word why) when there cannot be one. */
+  private openRun(e: RunStartEvent): RunState | undefined {
     const runDir = resolve(e.runDir);
     if (!lockJournal(runDir)) {
-      log(`MLflow tracking skipped: another process holds ${join(runDir, 'mlflow-journal.lock')}`);
-      current = undefined;
-      return;
+      this.log(`MLflow tracking skipped: another process holds ${join(runDir, 'mlflow-journal.lock')}`);
+      return undefined;
     }
     if (existsSync(join(runDir, JOURNAL_FILE))) {
       unlockJournal(runDir);
-      log(`MLflow tracking skipped: ${runDir} already has a journal (one MLflow run per run directory)`);
-      current = undefined;
-      return;
+      this.log(`MLflow tracking skipped: ${runDir} already has a journal (one MLflow run per run directory)`);
+      return undefined;
     }
-    const journal = Journal.create(runDir, trackingRef);
+    const journal = Journal.create(runDir, this.trackingRef);
     const record: TrackingRecord = {
       run_id: null,
       experiment_id: null,
@@ -231,7 +363,7 @@ export function createTracker(opts: TrackerOptions): Tracker {
       started_at: e.startedAt,
     };
     writeTrackingRecord(runDir, record);
-    const run: RunState = {
+    return {
       start: e,
       runDir,
       journal,
@@ -243,47 +375,36 @@ export function createTracker(opts: TrackerOptions): Tracker {
       work: Promise.resolve(),
       logSize: -1,
     };
-    runs.push(run);
-    current = run;
-    startBackgroundSync([runDir]);
-    startSampling(run);
+  }
 
-    append(run, { kind: 'create-run', experimentName: e.experiment, runName: runName(e), startTime: e.startedAt, tags: runTags(e, opts, journal.journalId, env) }, e.startedAt);
-    append(run, { kind: 'log-batch', params: runParams(e) }, e.startedAt);
-    append(run, { kind: 'upload-artifact', path: 'pipeline.yaml', text: e.pipelineYaml }, e.startedAt);
-    schedule(0);
-  };
-
-  const systemInterval = opts.systemMetricsIntervalMs ?? samplingIntervalMs(env);
-
-  const startSampling = (run: RunState): void => {
-    if (systemInterval <= 0) return;
+  private startSampling(run: RunState): void {
+    if (this.systemInterval <= 0) return;
     const sampler = new SystemSampler();
-    const timer = setInterval(() => void logSystemMetrics(run, sampler), systemInterval);
+    const timer = setInterval(() => void this.logSystemMetrics(run, sampler), this.systemInterval);
     timer.unref();
     run.sampler = { timer, sampler };
-  };
+  }
 
-  const logSystemMetrics = async (run: RunState, sampler: SystemSampler): Promise<void> => {
+  private async logSystemMetrics(run: RunState, sampler: SystemSampler): Promise<void> {
     try {
       const metrics = await sampler.sample();
-      if (metrics.length > 0) append(run, { kind: 'log-batch', metrics });
-      schedule(batchIntervalMs);
+      if (metrics.length > 0) this.append(run, { kind: 'log-batch', metrics });
+      this.sender.schedule(this.batchIntervalMs);
     } catch (error) {
-      log(`MLflow tracking: system metrics: ${(error as Error).message}`);
+      this.log(`MLflow tracking: system metrics: ${(error as Error).message}`);
     }
-  };
+  }
 
   /** The last sample (the time since the previous one), then no more. */
-  const stopSampling = (run: RunState): Promise<void> => {
+  private stopSampling(run: RunState): Promise<void> {
     const s = run.sampler;
     if (s === undefined) return Promise.resolve();
     run.sampler = undefined;
     clearInterval(s.timer);
-    return logSystemMetrics(run, s.sampler);
-  };
+    return this.logSystemMetrics(run, s.sampler);
+  }
 
-  const onStageMetric = (run: RunState, stage: string, point: MetricPoint): void => {
+  private onStageMetric(run: RunState, stage: string, point: MetricPoint): void {
     let seen = run.streamed.get(stage);
     if (seen === undefined) run.streamed.set(stage, (seen = new Set()));
     const info = run.stages.get(stage);
@@ -291,11 +412,11 @@ export function createTracker(opts: TrackerOptions): Tracker {
     if (isModelMetric(info, point.key)) return;
     const metrics = unseen(seen, mlflowPoints(info, point));
     if (metrics.length === 0) return;
-    append(run, { kind: 'log-batch', metrics }, point.timestamp);
-    schedule(batchIntervalMs);
-  };
+    this.append(run, { kind: 'log-batch', metrics }, point.timestamp);
+    this.sender.schedule(this.batchIntervalMs);
+  }
 
-  const onStageEnd = (run: RunState, e: StageEndEvent): void => {
+  private onStageEnd(run: RunState, e: StageEndEvent): void {
     const seen = run.streamed.get(e.stage) ?? new Set<string>();
     // A cached stage's points come only here; a ran stage's were streamed (keep any that were not).
     const stage = run.stages.get(e.stage);
@@ -303,73 +424,67 @@ export function createTracker(opts: TrackerOptions): Tracker {
     const modelMetrics = all.filter((m) => isModelMetric(stage, m.key));
     const metrics = all.filter((m) => !isModelMetric(stage, m.key));
     run.streamed.set(e.stage, seen);
-    append(run, { kind: 'log-batch', metrics, tags: stageTags(e) });
+    this.append(run, { kind: 'log-batch', metrics, tags: stageTags(e) });
     for (const a of e.artifacts) {
-      append(run, { kind: 'upload-artifact', path: `${artifactSegment(e.stage)}/${a.name}`, file: a.path });
+      this.append(run, { kind: 'upload-artifact', path: `${artifactSegment(e.stage)}/${a.name}`, file: a.path });
     }
     const done = e.status === 'ran' || e.status === 'cached';
-    if (done && stage !== undefined && e.outDir !== undefined) queueDatasets(run, stage, e.outDir);
+    if (done && stage !== undefined && e.outDir !== undefined) this.queueDatasets(run, stage, e.outDir);
     if (modelMetrics.length > 0 || (done && stage !== undefined && e.outDir !== undefined)) {
       // After the datasets: the test metrics name the test set they were measured on.
       const outDir = done ? e.outDir : undefined;
       run.work = run.work
-        .then(() => queueModel(run, stage, outDir, modelMetrics.map((m) => onTestSet(run, m))))
-        .catch((error: unknown) => log(`MLflow tracking: could not record the model of stage ${e.stage}: ${(error as Error).message}`));
+        .then(() => this.queueModel(run, stage, outDir, modelMetrics.map((m) => withTestSet(run, m))))
+        .catch((error: unknown) => this.log(`MLflow tracking: could not record the model of stage ${e.stage}: ${(error as Error).message}`));
     }
-    schedule(0);
-  };
+    this.sender.schedule(0);
+  }
 
-  const queueModel = (run: RunState, stage: PlannedStageInfo | undefined, outDir: string | undefined, metrics: Metric[]): void => {
-    const ops = stage !== undefined && outDir !== undefined ? loggedModelOps(modelInput(run, stage, outDir, metrics)) : [];
-    if (ops.length > 0) for (const op of ops) append(run, op);
-    else if (metrics.length > 0) append(run, { kind: 'log-batch', metrics });
-    schedule(0);
-  };
+  private queueModel(run: RunState, stage: PlannedStageInfo | undefined, outDir: string | undefined, metrics: Metric[]): void {
+    const ops = stage !== undefined && outDir !== undefined ? loggedModelOps(this.modelInput(run, stage, outDir, metrics)) : [];
+    if (ops.length > 0) for (const op of ops) this.append(run, op);
+    else if (metrics.length > 0) this.append(run, { kind: 'log-batch', metrics });
+    this.sender.schedule(0);
+  }
 
-  /** A test metric with the name and digest of the run's test set, once it is logged. */
-  const onTestSet = (run: RunState, m: Metric): Metric => {
-    const test = run.testSet;
-    return test === undefined || !m.key.startsWith('test_') ? m : { ...m, dataset_name: test.name, dataset_digest: test.digest };
-  };
-
-  const modelInput = (run: RunState, stage: PlannedStageInfo, outDir: string, metrics: Metric[]): Parameters<typeof loggedModelOps>[0] => {
+  private modelInput(run: RunState, stage: PlannedStageInfo, outDir: string, metrics: Metric[]): Parameters<typeof loggedModelOps>[0] {
     const input: Parameters<typeof loggedModelOps>[0] = { start: run.start, stage, outDir, params: runParams(run.start), metrics };
-    if (opts.register !== undefined) input.register = opts.register;
+    if (this.opts.register !== undefined) input.register = this.opts.register;
     return input;
-  };
+  }
 
   /** The stage's datasets (read and digested in the background), as one log-inputs request. */
-  const queueDatasets = (run: RunState, stage: PlannedStageInfo, outDir: string): void => {
+  private queueDatasets(run: RunState, stage: PlannedStageInfo, outDir: string): void {
     const reading = stageDatasets(stage, outDir, run.stages);
     reading.catch(() => undefined); // handled in the chain below; not an unhandled rejection meanwhile
     run.work = run.work
       .then(async () => {
         const datasets = await reading;
-        if (datasets.length > 0) append(run, { kind: 'log-inputs', datasets });
+        if (datasets.length > 0) this.append(run, { kind: 'log-inputs', datasets });
         const test = datasets.find((d) => d.tags.some((t) => t.value === 'testing'));
         if (test !== undefined) run.testSet = test.dataset;
-        schedule(0);
+        this.sender.schedule(0);
       })
-      .catch((error: unknown) => log(`MLflow tracking: could not read the datasets of stage ${stage.name}: ${(error as Error).message}`));
-  };
+      .catch((error: unknown) => this.log(`MLflow tracking: could not read the datasets of stage ${stage.name}: ${(error as Error).message}`));
+  }
 
-  const onRunEnd = (run: RunState, e: RunEndEvent): void => {
+  private onRunEnd(run: RunState, e: RunEndEvent): void {
     run.ended = true;
-    const sampled = stopSampling(run);
-    run.work = run.work.then(() => sampled).then(() => recordRunEnd(run, e));
-  };
+    const sampled = this.stopSampling(run);
+    run.work = run.work.then(() => sampled).then(() => this.recordRunEnd(run, e));
+  }
 
-  const recordRunEnd = (run: RunState, e: RunEndEvent): void => {
+  private recordRunEnd(run: RunState, e: RunEndEvent): void {
     const status = e.summary.interrupted ? 'KILLED' : e.summary.status === 'succeeded' ? 'FINISHED' : 'FAILED';
-    append(run, { kind: 'log-batch', tags: [{ key: 'mlflow.note.content', value: truncate(renderRunNote(run.start, e), MAX_TAG_VALUE) }] });
-    queueRunLog(run);
-    append(run, { kind: 'update-run', status, endTime: e.endedAt });
+    this.append(run, { kind: 'log-batch', tags: [{ key: 'mlflow.note.content', value: truncate(renderRunNote(run.start, e), MAX_TAG_VALUE) }] });
+    this.queueRunLog(run);
+    this.append(run, { kind: 'update-run', status, endTime: e.endedAt });
     run.record = { ...run.record, ended: status };
     writeTrackingRecord(run.runDir, run.record);
-    schedule(0);
-  };
+    this.sender.schedule(0);
+  }
 
-  const queueRunLog = (run: RunState): void => {
+  private queueRunLog(run: RunState): void {
     const file = join(run.runDir, 'log.txt');
     let size: number;
     try {
@@ -379,92 +494,25 @@ export function createTracker(opts: TrackerOptions): Tracker {
     }
     if (size === run.logSize) return;
     run.logSize = size;
-    append(run, { kind: 'upload-artifact', path: 'log.txt', file });
-  };
+    this.append(run, { kind: 'upload-artifact', path: 'log.txt', file });
+  }
 
-  const finishWithoutEnd = (run: RunState, why: string): void => {
+  private finishWithoutEnd(run: RunState, why: string): void {
     run.ended = true;
     if (run.sampler !== undefined) clearInterval(run.sampler.timer);
     run.sampler = undefined;
-    append(run, { kind: 'log-batch', tags: [{ key: 'mlflow.note.content', value: `**Run failed**: ${why}.` }] });
-    queueRunLog(run);
-    append(run, { kind: 'update-run', status: 'FAILED', endTime: Date.now() });
+    this.append(run, { kind: 'log-batch', tags: [{ key: 'mlflow.note.content', value: `**Run failed**: ${why}.` }] });
+    this.queueRunLog(run);
+    this.append(run, { kind: 'update-run', status: 'FAILED', endTime: Date.now() });
     run.record = { ...run.record, ended: 'FAILED' };
     writeTrackingRecord(run.runDir, run.record);
-  };
+  }
+}
 
-  const handle = (e: RunEvent): void => {
-    if (e.type === 'run-start') return onRunStart(e);
-    const run = current;
-    if (run === undefined || run.ended) return;
-    switch (e.type) {
-      case 'stage-start':
-      case 'stage-progress':
-      case 'stage-log':
-        return;
-      case 'stage-metric':
-        return onStageMetric(run, e.stage, e.point);
-      case 'stage-end':
-        return onStageEnd(run, e);
-      case 'run-end':
-        return onRunEnd(run, e);
-      default: {
-        const never: never = e;
-        return never;
-      }
-    }
-  };
-
-  const listener: RunListener = (event) => {
-    try {
-      handle(event);
-    } catch (error) {
-      // Tracking must never fail the run.
-      log(`MLflow tracking error: ${(error as Error).stack ?? error}`);
-    }
-  };
-
-  const close = async (): Promise<TrackerResult> => {
-    closing = true;
-    await Promise.all(runs.map((run) => run.work));
-    await Promise.all(runs.map((run) => stopSampling(run)));
-    for (const run of runs) {
-      if (!run.ended) finishWithoutEnd(run, 'the run ended without a run-end event');
-      else queueRunLog(run); // the run log may have grown after run-end
-    }
-    if (timer !== undefined) clearTimeout(timer);
-    timer = undefined;
-    await pump(true);
-    await background;
-    const client = await clientPromise;
-    const result: TrackerResult = { runs: [], pending: 0 };
-    if (client !== undefined) result.uri = client.uri;
-    for (const run of runs) {
-      const pending = run.journal.pending().length;
-      result.pending += pending;
-      const r = run.journal.run;
-      const entry: TrackerResult['runs'][number] = { runDir: run.runDir, pending };
-      if (r !== undefined) {
-        entry.runId = r.runId;
-        entry.experimentId = r.experimentId;
-        if (client !== undefined) entry.url = `${client.uri}/#/experiments/${r.experimentId}/runs/${r.runId}`;
-      }
-      result.runs.push(entry);
-      unlockJournal(run.runDir);
-      if (pending > 0) {
-        log(`${pending} MLflow request(s) of this run are kept in ${run.journal.path}; \`pipe sync\` sends them when the server is reachable`);
-      }
-    }
-    return result;
-  };
-
-  const flush = async (): Promise<void> => {
-    if (timer !== undefined) clearTimeout(timer);
-    timer = undefined;
-    await pump(true);
-  };
-
-  return { listener, flush, close };
+/** A test metric with the name and digest of the run's test set, once it is logged. */
+function withTestSet(run: RunState, m: Metric): Metric {
+  const test = run.testSet;
+  return test === undefined || !m.key.startsWith('test_') ? m : { ...m, dataset_name: test.name, dataset_digest: test.digest };
 }
 
 // ---- what a run records (pure; exported for tests) ----

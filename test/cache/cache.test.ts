@@ -43,13 +43,16 @@ test('an entry is written privately and appears complete in one step', async () 
   const entry = await cache.publish(staging, result(1234));
   assert.is(entry.dir, cache.entryDir(fp(1)));
   assert.equal(entry.record, record(1));
-  assert.equal(entry.result, result(1234));
+  const { checksums, ...recorded } = entry.result;
+  assert.equal(recorded, result(1234));
+  assert.equal(Object.keys(checksums ?? {}), ['out/model.txt', 'metrics.jsonl'].filter((f) => f in (checksums ?? {})), 'every file is checksummed');
+  assert.ok(checksums?.['out/model.txt'], 'the artifact is checksummed');
   assert.is(readFileSync(path.join(entry.outDir, 'model.txt'), 'utf8'), 'weights');
   assert.is(existsSync(staging.dir), false);
   assert.equal(readdirSync(path.join(cache.root, 'tmp')), []);
 
   const read = await cache.read(fp(1));
-  assert.equal([read?.fingerprint, read?.outDir, read?.result], [fp(1), path.join(cache.entryDir(fp(1)), 'out'), result(1234)]);
+  assert.equal([read?.fingerprint, read?.outDir, read?.result], [fp(1), path.join(cache.entryDir(fp(1)), 'out'), entry.result]);
   assert.is(await cache.has(fp(1)), true);
   assert.equal(await cache.list(), [{ fingerprint: fp(1), dir: cache.entryDir(fp(1)) }]);
   assert.ok((await cache.size(fp(1))) >= 'weights'.length);

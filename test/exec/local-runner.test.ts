@@ -188,14 +188,14 @@ stages:
   const controller = new AbortController();
   // Abort once the command runs (the marker file exists), as a user's Ctrl-C would.
   const watcher = setInterval(() => {
-    if (existsSync(path.join(p.dir, 'slow.started'))) controller.abort();
+    if (existsSync(path.join(p.dir, 'slow.started'))) controller.abort('SIGINT');
   }, 50);
   const t0 = Date.now();
   const ran = await execute(p, { signal: controller.signal, cpuSlots: 1 }).finally(() => clearInterval(watcher));
   assert.ok(Date.now() - t0 < 20_000);
   assert.equal(statuses(ran), { slow: 'failed', after: 'skipped', queued: 'skipped' });
-  assert.is(ran.end('slow').error, 'stopped: interrupted');
-  assert.is(ran.end('queued').error, 'not started: interrupted');
+  assert.is(ran.end('slow').error, 'stopped: interrupted by SIGINT');
+  assert.is(ran.end('queued').error, 'not started: interrupted by SIGINT');
   assert.is(ran.end('after').error, "upstream stage 'slow' did not complete");
 });
 

@@ -109,7 +109,7 @@ test('expandTrials: every problem at once, located in the file or on the command
     ['s.yaml:21:15', 'bad-param-type', 'sweep.grid.lr.1', 'expected a number, got string "fast"'],
     ['<command line>:0:0', 'bad-override', '-S lr=0.1,x', "param 'lr': expected a number, got 'x'"],
     ['<command line>:0:0', 'unknown-param', '-S bogus=1', "unknown param 'bogus' (params of s.yaml: depth, lr, note)"],
-    ['<command line>:0:0', 'unknown-param', '-S novalue', 'expected NAME=V1,V2,...'],
+    ['<command line>:0:0', 'unknown-param', '-S novalue', 'expected NAME=V1,V2,... or NAME=DIST(…)'],
     ['s.yaml:23:15', 'bad-param-type', 'sweep.trials.0.depth', 'expected an integer, got string "deep"'],
     ['s.yaml:24:8', 'unknown-param', 'sweep.trials.1.colour', "unknown param 'colour'"],
   ]);
