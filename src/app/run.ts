@@ -188,8 +188,10 @@ export async function executePrepared(prepared: Prepared, values: CommandOptions
       signal: interruption.signal,
     });
   } finally {
-    interruption.dispose();
+    // The handlers stay until the MLflow run is closed: a signal that comes while the final status
+    // is being sent must not end this process before it is (the run itself is over by then).
     await closeTracker(tracker, io);
+    interruption.dispose();
     await logWriter.close();
   }
   await fs.writeFile(path.join(runDir, 'summary.json'), JSON.stringify(summary, null, 2));
