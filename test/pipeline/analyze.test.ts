@@ -48,14 +48,14 @@ test('params: defaults, with path defaults resolved against the pipeline directo
 
 test('params: -p overrides are typed by the declaration; paths resolve against the working directory', async () => {
   const { params, stages } = await analyzed(withParams, { overrides: overrides('n=7', 'rate=1e-3', 'data=./other.txt') });
-  assert.equal(params, { n: 7, rate: 0.001, data: '/work/other.txt', url: 'https://example.com/x.zip' });
-  assert.is(stages[0]?.command, 'echo 7 0.001 /work/other.txt https://example.com/x.zip');
-  assert.equal(stages[0]?.params, { data: '/work/other.txt', n: 7, rate: 0.001, url: 'https://example.com/x.zip' });
+  assert.equal(params, { n: 7, rate: 0.001, data: '/srv/data/other.txt', url: 'https://example.com/x.zip' });
+  assert.is(stages[0]?.command, 'echo 7 0.001 /srv/data/other.txt https://example.com/x.zip');
+  assert.equal(stages[0]?.params, { data: '/srv/data/other.txt', n: 7, rate: 0.001, url: 'https://example.com/x.zip' });
 });
 
 test('params: sweep values replace defaults without text; undeclared names are ignored', async () => {
   const { params } = await analyzed(withParams, { values: { n: 3, data: 'trials/1.txt', other: 1 } });
-  assert.equal(params, { n: 3, rate: 0.5, data: '/work/trials/1.txt', url: 'https://example.com/x.zip' });
+  assert.equal(params, { n: 3, rate: 0.5, data: '/srv/data/trials/1.txt', url: 'https://example.com/x.zip' });
 });
 
 test('params: an unknown -p name and a mistyped -p value are command-line diagnostics', async () => {
