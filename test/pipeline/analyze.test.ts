@@ -11,7 +11,7 @@ async function run(text: string, options: Partial<AnalyzeOptions> = {}) {
   const loaded = parsePipeline(text, 'p.yaml', '/project');
   assert.ok(loaded.file, JSON.stringify(loaded.diagnostics));
   assert.equal(loaded.diagnostics, []);
-  return analyze(loaded.file, { kinds: stageKinds, cwd: '/work', ...options });
+  return analyze(loaded.file, { kinds: stageKinds, cwd: '/srv/data', ...options });
 }
 
 async function analyzed(text: string, options: Partial<AnalyzeOptions> = {}) {
