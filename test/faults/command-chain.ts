@@ -239,7 +239,7 @@ export class CommandChain {
     this.checkTrace();
     if (!this.tracked) return;
     await this.ctx.mlflow.ready();
-    await syncAndCheckRecords(this.ctx.tally, this.ctx.mlflow.client, this.ctx.mlflow.uri, this.dir, this.name, this.experiment);
+    await syncAndCheckRecords(this.ctx.tally, this.ctx.mlflow.client, this.ctx.mlflow.uri, [this.dir], this.name, this.experiment);
   }
 
   private uncachedStages(): string[] {

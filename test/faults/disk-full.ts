@@ -129,6 +129,5 @@ async function runRounds(ctx: DiskContext, random: Random, rounds: number, mount
     }
   }
   await mlflow.ready();
-  await syncAndCheckRecords(tally, mlflow.client, mlflow.uri, referenceDir, 'disk', 'faults-disk');
-  await syncAndCheckRecords(tally, mlflow.client, mlflow.uri, dir, 'disk', 'faults-disk');
+  await syncAndCheckRecords(tally, mlflow.client, mlflow.uri, [referenceDir, dir], 'disk', 'faults-disk');
 }

@@ -197,7 +197,7 @@ async function commandChains(ctx: Context, mlflow: BouncingMlflow): Promise<void
   running = false;
   await bounces;
   await Promise.all(chains.map((chain) => chain.finish()));
-  await syncAndCheckRecords(tally, mlflow.client, mlflow.uri, ctx.referenceDir!, 'chain-reference', 'faults-reference');
+  await syncAndCheckRecords(tally, mlflow.client, mlflow.uri, [ctx.referenceDir!], 'chain-reference', 'faults-reference');
 }
 
 Faults('a disk that fills: the cache on a small tmpfs', async (ctx) => {
@@ -235,6 +235,10 @@ Faults("a stage's command SIGKILLed: what it started does not outlive the stage"
 
 Faults('a stage that times out: its command is stopped with it', () => {
   noLeaks((f) => f === STAGE_TIMEOUT);
+});
+
+Faults('a run without a fault (or whose fault came too late) leaves nothing running', () => {
+  noLeaks((f) => f.startsWith('no fault'));
 });
 
 Faults('a corrupt cache entry is detected, recomputed, never used', () => {

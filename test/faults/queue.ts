@@ -88,7 +88,7 @@ export async function queueScenario(ctx: QueueContext, random: Random, rounds: n
       await queueRound(ctx, random, { redis, workers, cache, dir, where: `queue round ${round}`, kind: round % 2 === 1 ? 'worker' : 'redis' });
     }
     await ctx.mlflow.ready();
-    await syncAndCheckRecords(ctx.tally, ctx.mlflow.client, ctx.mlflow.uri, dir, 'queue', 'faults-queue');
+    await syncAndCheckRecords(ctx.tally, ctx.mlflow.client, ctx.mlflow.uri, [dir], 'queue', 'faults-queue');
   } finally {
     await workers.stop('queue');
     await redis.stop();
@@ -133,7 +133,10 @@ async function queueRound(ctx: QueueContext, random: Random, round: Round): Prom
   else if (first.ended.exitCode !== 0 && first.ended.exitCode !== 1) {
     tally.problem('broken promise', label, `${where}: the submitter exited ${first.ended.exitCode ?? first.ended.signal}: ${first.ended.stderr.slice(-400)}`);
   }
-  await checkCacheAfter(tally, label, where, cache, first.ended, [], label === WORKER_KILL);
+  // A submitter that failed (a worker killed, Redis gone) no longer waits for the stages the
+  // workers still run: their staging directories are theirs to publish or discard, and the check
+  // after the resumed submit below finds any that stayed.
+  await checkCacheAfter(tally, label, where, cache, first.ended, [], label === WORKER_KILL || label === REDIS_RESTART);
 
   // Resumed until it succeeds; then once more, all from the cache, which must find nothing stale.
   let last = first.ended;

@@ -227,10 +227,21 @@ export async function checkCacheAfter(tally: Tally, fault: string, where: string
   }
 }
 
-/** `pipe sync` in the project, then every run's MLflow record (see checkRecords). */
-export async function syncAndCheckRecords(tally: Tally, client: MLflowClient, uri: string, dir: string, pipelineName: string, experiment: string): Promise<void> {
-  const sync = await execa(process.execPath, [pipeBin, 'sync'], { cwd: dir, env: { CI: '1', MLFLOW_TRACKING_URI: uri }, reject: false });
-  if (sync.exitCode !== 0) tally.problem('records lost', 'any fault (pipe sync)', `${experiment}: pipe sync exited ${sync.exitCode}: ${String(sync.stdout).slice(-300)}`);
-  const records = await checkRecords(client, dir, pipelineName, experiment);
-  for (const line of [...records.lost, ...records.notTerminal]) tally.problem('records lost', 'any fault (after pipe sync)', line);
+/**
+ * `pipe sync` in each project directory that records to the experiment, then every run's MLflow
+ * record (see checkRecords). All of them first: the check covers the whole experiment, so a project
+ * not yet synced would show its killed runs as RUNNING.
+ */
+export async function syncAndCheckRecords(tally: Tally, client: MLflowClient, uri: string, dirs: readonly string[], pipelineName: string, experiment: string): Promise<void> {
+  for (const dir of dirs) {
+    const sync = await execa(process.execPath, [pipeBin, 'sync'], { cwd: dir, env: { CI: '1', MLFLOW_TRACKING_URI: uri }, reject: false });
+    if (sync.exitCode !== 0) tally.problem('records lost', 'any fault (pipe sync)', `${experiment}: pipe sync exited ${sync.exitCode}: ${String(sync.stdout).slice(-300)}`);
+  }
+  const notTerminal = new Set<string>();
+  for (const dir of dirs) {
+    const records = await checkRecords(client, dir, pipelineName, experiment);
+    for (const line of records.lost) tally.problem('records lost', 'any fault (after pipe sync)', line);
+    for (const line of records.notTerminal) notTerminal.add(line);
+  }
+  for (const line of notTerminal) tally.problem('records lost', 'any fault (after pipe sync)', line);
 }

@@ -54,6 +54,8 @@ export class Tally {
     const byFault = new Map<string, number>();
     for (const p of this.problems) byFault.set(`${p.kind} after ${p.fault}`, (byFault.get(`${p.kind} after ${p.fault}`) ?? 0) + 1);
     for (const [what, n] of byFault) lines.push(`  ${n} × ${what}`);
+    // The evidence of each, so that a failure of the counts above can be read in CI's log.
+    for (const p of this.problems.slice(0, 20)) lines.push(`  - ${p.kind} after ${p.fault}: ${p.detail}`);
     return lines.join('\n');
   }
 }
