@@ -74,6 +74,12 @@ export interface FeaturesMeta {
   sets: Record<FeatureSetName, FeatureSetMeta>;
 }
 
+/** What the stored activations cost: bytes per row (one view of one image) and in all. */
+export function activationBytes(rowSize: number, dtype: 'float32' | 'float16', rows: number): Record<string, number> {
+  const perView = rowSize * (dtype === 'float16' ? 2 : 4);
+  return { activation_bytes_per_view: perView, activation_bytes: perView * rows };
+}
+
 export function featureFileName(kind: FeatureKind, set: FeatureSetName, dtype: FeatureDtype = 'float32'): string {
   return `${kind}-${set}.${dtype === 'float16' ? 'f16' : 'f32'}`;
 }
@@ -201,14 +207,15 @@ export interface FeatureArray {
 
 /**
  * Reads the pooled features or boundary activations of a set, all rows or only those of one view
- * (`view`: rows view·count … (view+1)·count − 1), as float32.
+ * (`view`: rows view·count … (view+1)·count − 1), as float32; `rows` narrows that to `count` rows
+ * from `start` (for reading in batches).
  */
 export async function readFeatures(
   dir: string,
   meta: FeaturesMeta,
   set: FeatureSetName,
   kind: FeatureKind,
-  options: { view?: number } = {},
+  options: { view?: number; rows?: { start: number; count: number } } = {},
 ): Promise<FeatureArray> {
   const setMeta = meta.sets[set];
   const file = kind === 'pooled' ? setMeta.pooled : setMeta.boundary;
@@ -225,6 +232,14 @@ export async function readFeatures(
     }
     firstRow = options.view * setMeta.count;
     rows = setMeta.count;
+  }
+  if (options.rows !== undefined) {
+    const { start, count } = options.rows;
+    if (!Number.isInteger(start) || !Number.isInteger(count) || start < 0 || count < 0 || start + count > rows) {
+      throw new Error(`bug: features ${set}: rows ${start}…${start + count - 1} out of range (0…${rows - 1})`);
+    }
+    firstRow += start;
+    rows = count;
   }
   const bytes = rows * rowSize * bytesPerValue;
   const buffer = new ArrayBuffer(bytes);

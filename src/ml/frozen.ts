@@ -87,8 +87,8 @@ function pair(value: unknown): [number, number] {
  * Compiles the part of `model` that computes `outputs` (layer names) into folded steps, with
  * BatchNormalization in inference mode. Throws on layer types or settings it cannot fold.
  */
-export function foldNetwork(tf: Tf, model: LayersModel, outputs: string[]): FrozenNet {
-  const graph = layerGraph(model, outputs);
+export function foldNetwork(tf: Tf, model: LayersModel, outputs: string[], options: FoldOptions = {}): FrozenNet {
+  const graph = layerGraph(model, outputs, options.from);
   const { steps, owned, alias } = compileSteps(tf, graph);
   const source = (name: string) => carrierOf(alias, name);
   const resultNames = outputs.map(source);
@@ -106,38 +106,57 @@ export function foldNetwork(tf: Tf, model: LayersModel, outputs: string[]): Froz
   };
 }
 
+export interface FoldOptions {
+  /**
+   * Start at this layer's output instead of the model's input: `apply` then takes that activation
+   * (e.g. cached boundary activations) and runs only the layers above it. Every output must depend
+   * on the model's input through this layer alone (a block boundary of MobileNetV2: no residual
+   * connection crosses it).
+   */
+  from?: string;
+}
+
 /** The layers `outputs` depend on, in model order, with who consumes whom among them. */
 interface LayerGraph {
   infos: Map<string, LayerInfo>;
   /** The layers asked for as outputs: never folded into a following step. */
   wanted: Set<string>;
   order: string[];
-  /** The model's single input layer. */
+  /** The model's single input layer, or the layer the network starts from (FoldOptions.from). */
   modelInput: string;
 }
 
-function layerGraph(model: LayersModel, outputs: string[]): LayerGraph {
+function layerGraph(model: LayersModel, outputs: string[], from?: string): LayerGraph {
   if (outputs.length === 0) throw new Error('bug: foldNetwork: no outputs asked for');
   const infos = new Map<string, LayerInfo>();
   model.layers.forEach((layer, index) => {
     const inputs = (layer.inboundNodes[0]?.inboundLayers ?? []).map((source) => source.name);
     infos.set(layer.name, { layer, index, className: layer.getClassName(), config: layer.getConfig(), inputs, consumers: [] });
   });
-  for (const name of outputs) if (!infos.has(name)) throw new Error(`bug: foldNetwork: ${model.name} has no layer ${name}`);
+  for (const name of [...outputs, ...(from === undefined ? [] : [from])]) {
+    if (!infos.has(name)) throw new Error(`bug: foldNetwork: ${model.name} has no layer ${name}`);
+  }
 
-  // Only the layers the outputs depend on.
+  // Only the layers the outputs depend on (above `from`, when given).
   const needed = new Set<string>();
   const visit = (name: string) => {
     if (needed.has(name)) return;
     needed.add(name);
-    for (const input of infos.get(name)!.inputs) visit(input);
+    if (name !== from) for (const input of infos.get(name)!.inputs) visit(input);
   };
   outputs.forEach(visit);
-  for (const name of needed) for (const input of infos.get(name)!.inputs) infos.get(input)!.consumers.push(name);
+  for (const name of needed) {
+    if (name === from) continue;
+    for (const input of infos.get(name)!.inputs) infos.get(input)!.consumers.push(name);
+  }
   const order = [...needed].sort((a, b) => infos.get(a)!.index - infos.get(b)!.index);
 
   const inputLayers = order.filter((name) => infos.get(name)!.className === 'InputLayer');
-  const modelInput = model.inputs[0]!.sourceLayer.name;
+  const modelInput = from ?? model.inputs[0]!.sourceLayer.name;
+  if (from !== undefined && inputLayers.length > 0) {
+    throw new Error(`bug: foldNetwork: ${outputs.join(', ')} depend(s) on the input other than through ${from}: not a boundary`);
+  }
+  if (from !== undefined && !needed.has(from)) throw new Error(`bug: foldNetwork: ${outputs.join(', ')} do(es) not depend on ${from}`);
   if (inputLayers.some((name) => name !== modelInput)) throw new Error('bug: foldNetwork: only single-input models are supported');
   return { infos, wanted: new Set(outputs), order, modelInput };
 }
@@ -417,6 +436,15 @@ function batchNormWeights(tf: Tf, info: LayerInfo, channels: number): [Tensor1D,
  */
 export function buildBottom(tf: Tf, model: LayersModel, boundary: Boundary): FrozenNet {
   return foldNetwork(tf, model, [boundary.layerName]);
+}
+
+/**
+ * The frozen blocks between two boundaries: from the activation at `from` (a lower boundary) to the
+ * one at `to`. Its `apply` takes `from`'s activations and returns `[to's activation]`; with equal
+ * boundaries it returns a copy of its input.
+ */
+export function buildBetween(tf: Tf, model: LayersModel, from: Boundary, to: Boundary): FrozenNet {
+  return foldNetwork(tf, model, [to.layerName], { from: from.layerName });
 }
 
 /**

@@ -63,7 +63,7 @@ const kind: StageKind<EvaluateParams> = {
     'Test loss and accuracy, predictions picture, confusion matrix and learning curves; saves the whole ' +
     'trained model (raw pixels in, logits out) in tfjs layers format for pipe predict.',
   params: paramsSchema,
-  inputs: { model: ['fine-tune', 'train-head'], data: ['split'], 'features?': ['extract-features'], 'head?': ['train-head'] },
+  inputs: { model: ['fine-tune', 'train-head'], data: ['split'], 'features?': ['extract-features', 'derive-activations'], 'head?': ['train-head'] },
   usesTensorflow: true,
   resources: { cpu: 'all' },
   run,

@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import type { Tensor4D } from '@tensorflow/tfjs-node';
 import { imageBytes, readImageSetMeta, type ImageSetMeta } from '../ml/dataset.ts';
 import {
+  activationBytes,
   BASE_DIR,
   FEATURES_FORMAT,
   FeatureWriter,
@@ -246,7 +247,7 @@ async function run(ctx: StageContext<ExtractFeaturesParams>): Promise<void> {
     images_per_second: Math.round(imagesPerSecond * 10) / 10,
     views: sets.views.views,
     weights: weights.source,
-    ...(boundary ? { boundary: boundary.layerName, boundary_shape: boundary.shape.join('x') } : {}),
+    ...(boundary ? { boundary: boundary.layerName, boundary_shape: boundary.shape.join('x'), ...activationBytes(boundarySize, params.dtype, total) } : {}),
   });
 }
 

@@ -8,6 +8,7 @@ const registry: Record<string, () => Promise<{ default: StageKind<any> }>> = {
   split: () => import('./split.ts'),
   augment: () => import('./augment.ts'),
   'extract-features': () => import('./extract-features.ts'),
+  'derive-activations': () => import('./derive-activations.ts'),
   'train-head': () => import('./train-head.ts'),
   'fine-tune': () => import('./fine-tune.ts'),
   evaluate: () => import('./evaluate.ts'),

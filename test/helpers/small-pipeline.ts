@@ -1,5 +1,5 @@
 // The learning pipeline at test size: generated images, a small random MobileNetV2 (alpha 0.35 at
-// 96 px), two views, a couple of epochs. Shared by the end-to-end and the cluster tests.
+// 96 px), two views, a couple of epochs; the flagship's layout (one base pass, derived boundary). Shared by the end-to-end and the cluster tests.
 
 export const smallPipeline = `name: small
 experiment: small-e2e
@@ -22,11 +22,11 @@ stages:
   features:
     kind: extract-features
     needs: [split, augment]
-    with: {weights: none, alpha: 0.35, pooled: true, batch_size: 8}
+    with: {weights: none, alpha: 0.35, pooled: true, fine_tune_at: 54, batch_size: 8}
   activations:
-    kind: extract-features
-    needs: [split, augment]
-    with: {weights: none, alpha: 0.35, pooled: false, fine_tune_at: "\${params.fine_tune_at}", batch_size: 8}
+    kind: derive-activations
+    needs: [features]
+    with: {fine_tune_at: "\${params.fine_tune_at}", batch_size: 8}
   head:
     kind: train-head
     needs: [features]

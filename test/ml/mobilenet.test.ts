@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import type { LayersModel, Scalar, Tensor, Tensor4D, Variable } from '@tensorflow/tfjs-node';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { buildBottom, foldNetwork } from '../../src/ml/frozen.ts';
+import { buildBetween, buildBottom, foldNetwork } from '../../src/ml/frozen.ts';
 import { decodeAndResize } from '../../src/ml/images.ts';
 import {
   boundaryFor,
@@ -224,6 +224,30 @@ test('the folded frozen path computes what the layers model computes (BN in infe
   identity.dispose();
   // The folded weights are copies: the model still works after dispose().
   tf.tidy(() => model.predict(tf.zeros([1, 96, 96, 3])));
+  model.dispose();
+});
+
+test('the frozen blocks between two boundaries, from a cached activation, give what the whole path gives', () => {
+  const model = buildMobileNetV2(tf, { alpha: 0.35, inputSize: 96, seed: 9 });
+  randomizeBatchNorm(model, 300);
+  const x = tf.randomUniform([2, 96, 96, 3], -1, 1, 'float32', 6) as Tensor4D;
+  const low = boundaryFor(60, model.layers);
+  const high = boundaryFor(130, model.layers);
+  assert.equal([low.layerName, high.layerName], ['block_5_add', 'block_13_project_BN']);
+  const bottom = buildBottom(tf, model, low);
+  const between = buildBetween(tf, model, low, high);
+  assert.equal(between.inputShape, low.shape);
+  assert.equal(between.outputShapes, [high.shape]);
+  const [cached] = bottom.apply(x);
+  const [derived] = between.apply(cached!);
+  const inner = tf.model({ inputs: model.inputs, outputs: model.getLayer(high.layerName).output as never });
+  const expected = inner.predict(x) as Tensor;
+  assertClose(derived!, expected, 'buildBetween');
+  // Not a boundary: block_8_add also reads block_7_add, past block 8's projection.
+  assert.throws(() => foldNetwork(tf, model, ['block_8_add'], { from: 'block_8_project_BN' }), /not a boundary/);
+  tf.dispose([x, cached!, derived!, expected]);
+  bottom.dispose();
+  between.dispose();
   model.dispose();
 });
 
