@@ -99,7 +99,7 @@ const kind: StageKind<FineTuneParams> = {
     'Fine-tunes the top of the base from fine_tune_at together with the head (RMSprop, BatchNormalization ' +
     'in inference mode) on the cached boundary activations, as phase 2 of the Keras transfer-learning recipe.',
   params: paramsSchema,
-  inputs: { activations: ['extract-features'], head: ['train-head'] },
+  inputs: { activations: ['extract-features', 'derive-activations'], head: ['train-head'] },
   usesTensorflow: true,
   resources: { cpu: 'all' },
   run,
