@@ -1,21 +1,30 @@
 // `npm run bench`: pipe against the Keras recipe, on the same machine, in the same run, from the
-// same data folder and weights file (issue 6). One measurement after the other, never two at once:
+// same data folder and weights file (issues 6 and 11). One measurement after the other, never two
+// at once:
 //
 //   keras       bench/keras_recipe.py, the whole recipe (bench/.venv, see bench/setup-keras.sh)
 //   pipe        `pipe run pipelines/mobilenet.yaml` on an empty cache
-//   refit       the same with only fine_tune_at changed (--refit-at, default 120)
+//   graph       bench/graph_rates.py: TensorFlow in graph mode (tf.function) on this machine, the
+//               base forward and a fine-tuning step over the top, images/s; against the cold run's
+//               `features` (extract_images_per_second) and `fine-tune` (fine_tune_images_per_second)
+//   refit       the same as `pipe` with only fine_tune_at changed (--refit-at, default 120), in its cache
+//   lr          the same as `pipe` with only the fine-tuning learning rate changed (--lr, default
+//               0.00003; fine_tune_at stays 100), in the cache of the runs above
 //   warm        the same as `pipe` again, nothing changed
-//   sweep       `pipe sweep` (3 fine_tune_at × 2 learning rates) in the cache of the runs above
+//   sweep       `pipe sweep` (3 fine_tune_at × 2 learning rates) in a project directory of its own:
+//               from an empty cache; the six Keras runs are 6 × the measured one (--keras-sweep)
 //   throughput  bench/probe.ts with the weights: the base's images/s through pipe's code path
 //
 // bench/probe.ts always runs first (backend, libtensorflow, matmul GFLOP/s, FLOPs per forward).
-// Each pipe command runs in a fresh project directory under bench/work/<date>/project (its own
-// runs/: cache, state, run directories and the embedded MLflow store), so the cache is cold and
-// nothing of the repository's own runs/ is touched. Results go to <out-dir>/<date>.json and .md
-// and <out-dir>/latest.md, rewritten after every measurement (marked partial until the end).
+// The pipe runs go to a fresh project directory bench/work/<date>/project (its own runs/: cache,
+// state, run directories and the embedded MLflow store), so the first one's cache is cold and
+// nothing of the repository's own runs/ is touched; the sweep to bench/work/<date>/sweep-project.
+// Results go to <out-dir>/<date>.json and .md and <out-dir>/latest.md, rewritten after every
+// measurement (marked partial until the end).
 //
 //   npm run bench -- [--data DIR] [--weights FILE] [--out-dir DIR] [--only LIST | --skip LIST]
-//                    [--limit N] [--epochs I,F] [--keras-sweep measure|extrapolate] [--refit-at N] [--verbose]
+//                    [--limit N] [--epochs I,F] [--keras-sweep measure|extrapolate] [--refit-at N]
+//                    [--lr RATE] [--graph-seconds S] [--worktree] [--verbose]
 
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
@@ -24,13 +33,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { DEFAULTS, MEASUREMENTS, parseBenchOptions, formatDuration, type BenchOptions } from './lib.ts';
+import { DEFAULTS, MEASUREMENTS, PIPELINE, parseBenchOptions, formatDuration, type BenchOptions } from './lib.ts';
 import { fromRepo } from './shared.ts';
 import { timedRun, loadAverage, type TimedRun } from './proc.ts';
 import {
   renderMarkdown,
   withTargets,
   type BenchResult,
+  parseGraphRates,
+  type GraphRates,
   type KerasRun,
   type PipeRun,
   type PipeSweep,
@@ -43,6 +54,7 @@ import {
 const root = path.resolve(fileURLToPath(new URL('..', import.meta.url)));
 const kerasPython = path.join(root, 'bench', '.venv', 'bin', 'python');
 const kerasScript = path.join(root, 'bench', 'keras_recipe.py');
+const graphScript = path.join(root, 'bench', 'graph_rates.py');
 const IMAGE = /\.(bmp|gif|jpe?g|png)$/i;
 
 const USAGE = `npm run bench -- [options]
@@ -55,7 +67,9 @@ const USAGE = `npm run bench -- [options]
   --limit N             the first N images of each class (a copied folder both sides read): smoke runs
   --epochs I,F          initial and fine-tune epochs for both sides (default 10,10: 10 + 11 as the recipe)
   --keras-sweep MODE    extrapolate (default: 6 × the measured Keras run) or measure (5 more Keras runs)
-  --refit-at N          fine_tune_at of the second pipe run (default 120)
+  --refit-at N          fine_tune_at of the refit run (default ${DEFAULTS.refitAt}; ${PIPELINE.lowestFineTuneAt}–153, not ${PIPELINE.fineTuneAt})
+  --lr RATE             fine-tuning learning rate of the lr run (default ${DEFAULTS.lr}; the pipeline's is ${PIPELINE.fineTuneLearningRate})
+  --graph-seconds S     seconds each TF graph-mode rate is timed over (default ${DEFAULTS.graphSeconds})
   --worktree            run pipe from the working tree as it is (default: from an export of the
                         committed HEAD under bench/work/, so that uncommitted edits do not leak in)
   --verbose             echo the commands' output
@@ -84,6 +98,8 @@ function parseCli(): BenchOptions & { worktree: boolean } {
         epochs: { type: 'string' },
         'keras-sweep': { type: 'string' },
         'refit-at': { type: 'string' },
+        lr: { type: 'string' },
+        'graph-seconds': { type: 'string' },
         verbose: { type: 'boolean' },
         worktree: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
@@ -108,7 +124,7 @@ function parseCli(): BenchOptions & { worktree: boolean } {
   const problems: string[] = [];
   if (!existsSync(o.data) || !statSync(o.data).isDirectory()) problems.push(`--data: ${o.data} is not a directory`);
   if (!existsSync(o.weights) || !statSync(o.weights).isFile()) problems.push(`--weights: ${o.weights} is not a file`);
-  if (o.only.has('keras') && !existsSync(kerasPython)) problems.push(`${kerasPython} is missing: run bench/setup-keras.sh first`);
+  if ((o.only.has('keras') || o.only.has('graph')) && !existsSync(kerasPython)) problems.push(`${kerasPython} is missing: run bench/setup-keras.sh first`);
   if (problems.length > 0) fail(problems.join('\n       '));
   return { ...o, worktree: Boolean(worktree) };
 }
@@ -184,6 +200,8 @@ const options = parseCli();
 const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, 'Z');
 const workDir = path.join(root, 'bench', 'work', stamp);
 const projectDir = path.join(workDir, 'project');
+// the sweep's own project directory: its cache starts empty
+const sweepProjectDir = path.join(workDir, 'sweep-project');
 const logFile = path.join(workDir, 'bench.log');
 await mkdir(projectDir, { recursive: true });
 await mkdir(options.outDir, { recursive: true });
@@ -199,7 +217,7 @@ if (options.limit !== undefined) {
 }
 
 let result: BenchResult = {
-  format: 'pipe-bench/1',
+  format: 'pipe-bench/2',
   date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
   partial: true,
   notes: [],
@@ -212,7 +230,7 @@ let result: BenchResult = {
     loadAverage: { start: loadAverage() },
   },
   inputs: { data: fromRepo(options.data), weights: fromRepo(options.weights), ...(options.limit ? { limit: options.limit } : {}), epochs },
-  options: { only: [...options.only], kerasSweep: options.kerasSweep, refitAt: options.refitAt },
+  options: { only: [...options.only], kerasSweep: options.kerasSweep, refitAt: options.refitAt, lr: options.lr, graphSeconds: options.graphSeconds },
   pipeSource: { commit: source.commit, from: source.from, dirty: source.dirty, dir: path.relative(root, source.dir) || '.' },
   targets: [],
 };
@@ -236,10 +254,11 @@ const pipeParams = [
   '-p', `weights=${options.weights}`,
   ...(options.epochs ? ['-p', `initial_epochs=${epochs.initial}`, '-p', `fine_tune_epochs=${epochs.fineTune}`] : []),
 ];
-let pipeStarted = false;
+/** Project directories pipe ran in (their embedded MLflow servers are stopped at the end). */
+const pipeProjects = new Set<string>();
 
-async function runDirs(): Promise<Set<string>> {
-  const dir = path.join(projectDir, 'runs', 'mobilenet');
+async function runDirs(project: string): Promise<Set<string>> {
+  const dir = path.join(project, 'runs', 'mobilenet');
   return new Set(existsSync(dir) ? (await readdir(dir)).filter((n) => /^(sweep-)?\d{8}-\d{6}/.test(n)) : []);
 }
 
@@ -251,15 +270,16 @@ interface RawStage {
   summary?: Record<string, unknown>;
 }
 
-async function pipeCommand(label: string, args: string[]): Promise<PipeRun & { raw: Record<string, unknown>; dir: string }> {
-  const before = await runDirs();
-  say(`${label}: pipe ${args.join(' ')}`);
-  pipeStarted = true;
-  const run = await timedRun([process.execPath, pipeBin, ...args], { cwd: projectDir, env: pipeEnv, logFile, echo: options.verbose });
-  const added = [...(await runDirs())].filter((n) => !before.has(n)).sort();
+async function pipeCommand(label: string, args: string[], project = projectDir): Promise<PipeRun & { raw: Record<string, unknown>; dir: string }> {
+  await mkdir(project, { recursive: true });
+  const before = await runDirs(project);
+  say(`${label}: pipe ${args.join(' ')}${project === projectDir ? '' : ` (in ${path.relative(root, project)})`}`);
+  pipeProjects.add(project);
+  const run = await timedRun([process.execPath, pipeBin, ...args], { cwd: project, env: pipeEnv, logFile, echo: options.verbose });
+  const added = [...(await runDirs(project))].filter((n) => !before.has(n)).sort();
   const name = added.pop();
   if (name === undefined) throw new Error(`${label}: pipe wrote no run directory (exit ${run.exitCode}; see ${run.log})`);
-  const dir = path.join(projectDir, 'runs', 'mobilenet', name);
+  const dir = path.join(project, 'runs', 'mobilenet', name);
   const summaryFile = path.join(dir, 'summary.json');
   if (!existsSync(summaryFile)) throw new Error(`${label}: no ${summaryFile} (exit ${run.exitCode}; see ${run.log})`);
   const raw = JSON.parse(await readFile(summaryFile, 'utf8')) as { status: string; stages: RawStage[]; metrics?: Record<string, number> };
@@ -285,6 +305,7 @@ async function pipeCommand(label: string, args: string[]): Promise<PipeRun & { r
     valAccuracy: metrics['val_accuracy'],
     testAccuracy: metrics['test_accuracy'],
     testLoss: metrics['test_loss'],
+    metrics,
   };
   say(`${label}: ${formatDuration(run.wallS)}, ${raw.status}${figs.testAccuracy !== undefined ? `, test accuracy ${figs.testAccuracy}` : ''}; peak RSS ${Math.round(run.memory.treeMb)} MiB`);
   if (run.exitCode !== 0 || raw.status !== 'succeeded') throw new Error(`${label}: pipe exited ${run.exitCode} (${raw.status}); see ${run.log}`);
@@ -345,6 +366,19 @@ async function probe(withWeights: boolean): Promise<Probe> {
   return { ...p, ...figures(run) };
 }
 
+async function graphRates(): Promise<GraphRates> {
+  const out = path.join(workDir, 'graph-rates.json');
+  say(`graph: graph_rates.py (TF graph mode: base forward and fine-tuning step, ${options.graphSeconds} s each)`);
+  const run = await timedRun(
+    [kerasPython, graphScript, '--weights', options.weights, '--seconds', String(options.graphSeconds), '--fine-tune-at', String(PIPELINE.fineTuneAt), '--out', out],
+    { cwd: root, env, logFile, echo: options.verbose },
+  );
+  if (run.exitCode !== 0 || !existsSync(out)) throw new Error(`graph: graph_rates.py exited ${run.exitCode}; see ${run.log}`);
+  const figs: GraphRates = { ...figures(run), ...parseGraphRates(JSON.parse(await readFile(out, 'utf8'))) };
+  say(`graph: forward ${figs.forward?.imagesPerSecond ?? '—'} images/s, fine-tune step ${figs.fineTune?.imagesPerSecond ?? '—'} images/s (TF graph mode)`);
+  return figs;
+}
+
 async function measure(name: string, step: () => Promise<void>): Promise<void> {
   try {
     await step();
@@ -382,10 +416,23 @@ if (options.only.has('pipe')) {
     result.pipe = run;
   });
 }
+if (options.only.has('graph')) {
+  await measure('graph', async () => {
+    result.graph = await graphRates();
+  });
+}
 if (options.only.has('refit') && result.pipe) {
   await measure('refit', async () => {
     const { raw: _raw, dir: _dir, ...run } = await pipeCommand(`pipe (fine_tune_at=${options.refitAt})`, pipeRun(['-p', `fine_tune_at=${options.refitAt}`]));
     result.refit = run;
+  });
+}
+if (options.only.has('lr') && result.pipe) {
+  // fine_tune_at stays at the pipeline's default: only fine-tune and evaluate should run again
+  const lr = String(Number(options.lr.toPrecision(12)));
+  await measure('lr', async () => {
+    const { raw: _raw, dir: _dir, ...run } = await pipeCommand(`pipe (fine_tune_learning_rate=${lr})`, pipeRun(['-p', `fine_tune_learning_rate=${lr}`]));
+    result.lr = run;
   });
 }
 if (options.only.has('warm') && result.pipe) {
@@ -394,9 +441,10 @@ if (options.only.has('warm') && result.pipe) {
     result.warm = run;
   });
 }
-if (options.only.has('sweep') && result.pipe) {
+if (options.only.has('sweep')) {
   await measure('sweep', async () => {
-    const { raw: _raw, dir, ...run } = await pipeCommand('pipe sweep', ['sweep', pipeline, ...pipeParams]);
+    // a project directory of its own: the sweep starts from an empty cache
+    const { raw: _raw, dir, ...run } = await pipeCommand('pipe sweep (empty cache)', ['sweep', pipeline, ...pipeParams], sweepProjectDir);
     const trialsRaw = JSON.parse(await readFile(path.join(dir, 'trials.json'), 'utf8')) as {
       id: string;
       values: Record<string, unknown>;
@@ -410,14 +458,11 @@ if (options.only.has('sweep') && result.pipe) {
       valAccuracy: t.metrics?.['val_accuracy'],
       testAccuracy: t.metrics?.['test_accuracy'],
     }));
-    const cached = run.stages.filter((s) => s.status === 'cached');
-    const cachedOriginalS = cached.reduce((sum, s) => sum + (s.originalDurationS ?? 0), 0);
     const sweep: PipeSweep = {
       ...run,
+      emptyCache: true,
       ran: run.stages.filter((s) => s.status === 'ran').length,
-      cached: cached.length,
-      cachedOriginalS,
-      estimatedColdS: run.wallS + cachedOriginalS,
+      cached: run.stages.filter((s) => s.status === 'cached').length,
       trials,
     };
     result.sweep = sweep;
@@ -429,7 +474,7 @@ if (options.only.has('sweep') && result.pipe) {
         mode: 'extrapolated',
         totalS: 6 * single.wallS,
         runs: [],
-        note: `extrapolated: 6 × the measured Keras run (fine_tune_at 100, lr 1e-5, ${formatDuration(single.wallS)}); a lower fine_tune_at trains more layers and costs Keras more per phase-2 step, so this is a lower estimate for the 60 trials.`,
+        note: `extrapolated: 6 × the measured run (keras_recipe.py with fine_tune_at 100, lr 1e-5, ${formatDuration(single.wallS)}); a lower fine_tune_at trains more layers and costs Keras more per phase-2 step, so this is a lower estimate for the 60 trials.`,
       };
     } else {
       await measure('keras sweep', async () => {
@@ -459,10 +504,10 @@ if (options.only.has('throughput')) {
   });
 }
 
-if (pipeStarted) {
-  // the embedded MLflow server pipe started in the project directory outlives the runs: stop it
-  const stop = await timedRun([process.execPath, pipeBin, 'ui', '--stop'], { cwd: projectDir, env: pipeEnv, logFile });
-  if (stop.exitCode !== 0) result.notes.push(`\`pipe ui --stop\` exited ${stop.exitCode}; the embedded MLflow server of ${path.relative(root, projectDir)} may still run`);
+for (const project of pipeProjects) {
+  // the embedded MLflow server pipe started in a project directory outlives the runs: stop it
+  const stop = await timedRun([process.execPath, pipeBin, 'ui', '--stop'], { cwd: project, env: pipeEnv, logFile });
+  if (stop.exitCode !== 0) result.notes.push(`\`pipe ui --stop\` exited ${stop.exitCode}; the embedded MLflow server of ${path.relative(root, project)} may still run`);
 }
 
 result.machine.loadAverage.end = loadAverage();
@@ -472,7 +517,16 @@ result.notes.push(
     'For pipe the tree is the CLI and its stage processes; the embedded MLflow server is counted apart (it is shared by runs and outlives them).',
 );
 if (result.sweep) {
-  result.notes.push('The sweep ran in the cache the single runs filled, as a user would run it after them; the empty-cache figure adds the cold times of the stages it reused (estimated, not measured).');
+  result.notes.push(
+    `The sweep ran in a project directory of its own (${path.relative(root, sweepProjectDir)}), from an empty cache: none of its stages came from the single runs' cache.` +
+      (result.kerasSweep?.mode === 'extrapolated' ? ' Its Keras side is extrapolated: 6 × the measured run (`--keras-sweep measure` runs the five other trials).' : ''),
+  );
+}
+if (result.graph) {
+  result.notes.push(
+    'The rates compare images/s per computation on the same machine: pipe\'s from its stage metrics (`features`: extract_images_per_second, compute only; ' +
+      '`fine-tune`: fine_tune_images_per_second, training steps only, loading and validation excluded), TF graph mode\'s from bench/graph_rates.py (random inputs, after a warm-up).',
+  );
 }
 await save();
 say(`done: ${path.relative(root, path.join(options.outDir, `${stamp}.md`))}`);

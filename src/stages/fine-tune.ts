@@ -174,6 +174,10 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
 
     const range = fineTuneEpochs(headMeta.epochs, headMeta.lastEpoch, params.epochs, params.keras_initial_epoch_quirk);
     const epochCount = range.epochs - range.initialEpoch;
+    // Training time alone (the batches of every epoch: loading a view and validating excluded), for
+    // the rate metric.
+    let trainMs = 0;
+    let epochStarted = 0;
     ctx.log(
       `fit(epochs=${range.epochs}, initial_epoch=${range.initialEpoch}): ${epochCount} epochs` +
         (params.keras_initial_epoch_quirk ? ' (the recipe continues at history.epoch[-1], one epoch more than fine_tune_epochs)' : ''),
@@ -190,15 +194,20 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
       seed: deriveSeed(params.seed, 'fine-tune'),
       beforeEpoch: async (epoch) => {
         const view = epoch % trainSet.views;
-        if (current?.view === view) return;
-        current?.tensor.dispose();
-        current = undefined;
-        const features = await readFeatures(activationsDir, meta, 'views', 'boundary', { view });
-        current = { view, tensor: tf.tensor4d(features.data, [trainSet.count, h, w, c]) };
+        if (current?.view !== view) {
+          current?.tensor.dispose();
+          current = undefined;
+          const features = await readFeatures(activationsDir, meta, 'views', 'boundary', { view });
+          current = { view, tensor: tf.tensor4d(features.data, [trainSet.count, h, w, c]) };
+        }
+        epochStarted = performance.now();
       },
       inputs: (_epoch, indices) => gather(current!.tensor, indices),
       forward,
-      validate,
+      validate: () => {
+        trainMs += performance.now() - epochStarted;
+        return validate();
+      },
       onBatch: (epoch, done, total) =>
         ctx.progress((epoch - range.initialEpoch) * total + done, epochCount * total, 'fine-tuning'),
       onEpoch: (record) => {
@@ -206,6 +215,10 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
         ctx.log(epochLine(record, range.epochs));
       },
     });
+
+    const imagesPerSecond = trainMs > 0 ? (epochCount * trainSet.count) / (trainMs / 1000) : 0;
+    ctx.log(`trained on ${epochCount * trainSet.count} images at ${imagesPerSecond.toFixed(1)} images/s (training steps only)`);
+    ctx.metric('fine_tune_images_per_second', imagesPerSecond);
 
     await saveLayersModel(base, path.join(ctx.outDir, 'base'));
     await writeHead(ctx.outDir, head.weights());
