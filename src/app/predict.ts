@@ -17,7 +17,7 @@ import type { Tensor } from '@tensorflow/tfjs-node';
 import type { CommandStatus } from '../core/io.ts';
 import { CLASSIFIER_FORMAT, type ClassifierMetadata } from '../ml/head.ts';
 import { decodeAndResize } from '../ml/images.ts';
-import { loadTf } from '../ml/tf.ts';
+import { loadTf, tidyValues } from '../ml/tf.ts';
 import type { Flavour } from '../core/stage-kind.ts';
 import { InputError } from '../core/errors.ts';
 
@@ -92,10 +92,10 @@ async function predictLocal(
         status = 'failed';
         continue;
       }
-      const probabilities = tf.tidy(() => {
+      const probabilities = tidyValues(tf, () => {
         const logits = model.predict(tf.tensor4d(pixels, [1, height, width, 3], 'float32')) as Tensor;
-        return (task.kind === 'binary' ? tf.sigmoid(logits) : tf.softmax(logits)).dataSync() as Float32Array;
-      });
+        return [task.kind === 'binary' ? tf.sigmoid(logits) : tf.softmax(logits)];
+      })[0]!;
       let predicted: number;
       let probability: number;
       if (task.kind === 'binary') {

@@ -113,16 +113,25 @@ export class Cache {
     return undefined;
   }
 
-  /** What is wrong with an entry's files, if anything (checked once per Cache object). */
+  /**
+   * What is wrong with an entry's files, if anything (checked once per Cache object). Hashing is
+   * skipped when the entry's stamp (written by an earlier check) shows every file unchanged since.
+   */
   private async damage(entry: CacheEntry): Promise<string | undefined> {
     if (this.intact.has(entry.fingerprint)) return undefined;
-    for (const [file, expected] of Object.entries(entry.result.checksums ?? {})) {
+    const checksums = entry.result.checksums ?? {};
+    if (await stampHolds(entry.dir, Object.keys(checksums))) {
+      this.intact.add(entry.fingerprint);
+      return undefined;
+    }
+    for (const [file, expected] of Object.entries(checksums)) {
       const actual = await checksumOf(path.join(entry.dir, file)).catch(() => undefined);
       if (!actual) return `${file} is missing`;
       if (actual.size !== expected.size) return `${file} has ${actual.size} bytes, ${expected.size} when published`;
       if (actual.sha256 !== expected.sha256) return `${file} has changed since it was published (sha256 ${actual.sha256.slice(0, 12)}…, recorded ${expected.sha256.slice(0, 12)}…)`;
     }
     this.intact.add(entry.fingerprint);
+    await writeStamp(entry.dir, Object.keys(checksums));
     return undefined;
   }
 
@@ -442,6 +451,69 @@ export async function readMetricsFile(file: string): Promise<MetricPoint[]> {
     }
   }
   return points;
+}
+
+// ---- the verification stamp ----
+//
+// Hashing every file of every entry a run restores costs seconds per GB. As git's index and DVC's
+// state database do, an entry keeps a stamp of its files' size, inode, mtime and ctime from the last
+// time their hashes were checked; while they are all the same, the content is taken as checked. Any
+// write to a file (a flipped byte included) changes its ctime, which nothing can set back. A file
+// changed within STAMP_RACY_MS before the stamp was written could be changed again within the same
+// clock tick without its times moving: such a stamp is not trusted (the entry is hashed and stamped
+// again), as git does with racily clean entries.
+
+const STAMP_FILE = 'verified.json';
+const STAMP_RACY_MS = 2000;
+
+interface Stamp {
+  /** When the hashes were checked (ms since the epoch). */
+  checkedAt: number;
+  /** Per file (as in checksums): size, inode, mtime and ctime in ns, as strings. */
+  files: Record<string, [string, string, string, string]>;
+}
+
+async function statOf(file: string): Promise<[string, string, string, string] | undefined> {
+  try {
+    const st = await fs.stat(file, { bigint: true });
+    return [String(st.size), String(st.ino), String(st.mtimeNs), String(st.ctimeNs)];
+  } catch {
+    return undefined;
+  }
+}
+
+async function stampHolds(entryDir: string, files: string[]): Promise<boolean> {
+  if (files.length === 0) return false;
+  let stamp: Stamp;
+  try {
+    stamp = JSON.parse(await fs.readFile(path.join(entryDir, STAMP_FILE), 'utf8')) as Stamp;
+  } catch {
+    return false;
+  }
+  for (const file of files) {
+    const now = await statOf(path.join(entryDir, file));
+    const then = stamp.files?.[file];
+    if (!now || !then || now.join() !== then.join()) return false;
+    if (Number(BigInt(now[3]) / 1_000_000n) > stamp.checkedAt - STAMP_RACY_MS) return false;
+  }
+  return true;
+}
+
+/** Records the files' state after their hashes were checked; best effort (a read-only cache keeps none). */
+async function writeStamp(entryDir: string, files: string[]): Promise<void> {
+  const stamp: Stamp = { checkedAt: Date.now(), files: {} };
+  for (const file of files) {
+    const st = await statOf(path.join(entryDir, file));
+    if (!st) return;
+    stamp.files[file] = st;
+  }
+  const tmp = path.join(entryDir, `.${STAMP_FILE}.${process.pid}.${randomBytes(4).toString('hex')}`);
+  try {
+    await fs.writeFile(tmp, JSON.stringify(stamp));
+    await fs.rename(tmp, path.join(entryDir, STAMP_FILE));
+  } catch {
+    await fs.rm(tmp, { force: true }).catch(() => undefined);
+  }
 }
 
 /** The files of an entry that are checked before it is used: its artifacts and its metrics. */

@@ -9,13 +9,14 @@ import { EXIT_INVALID, EXIT_OK, exitCodeOfError, exitCodeOfStatus } from './exit
 const usage = `pipe — declarative experiment pipelines with a caching DAG executor and MLflow tracking
 
 Usage:
-  pipe run FILE [-p NAME=VALUE]... [--force STAGE]... [--fail-fast] [--jobs N] [--json] [--verbose] [--no-track]
-               [--queue redis://HOST:PORT] [--cache DIR]
-  pipe status FILE [-p NAME=VALUE]... [--json]
+  pipe run FILE [-p NAME=VALUE]... [--force STAGE]... [--fail-fast] [--jobs N] [--backend B] [--json] [--verbose] [--no-track]
+               [--queue redis://HOST:PORT] [--cache DIR] [--retries N] [--register NAME [--alias ALIAS]...]
+  pipe status FILE [-p NAME=VALUE]... [--force STAGE]... [--backend B] [--json] [--cache DIR]
   pipe sweep FILE [-S NAME=V1,V2 | -S NAME=DIST(…)]... [--samples N] [--seed N] [-p NAME=VALUE]... [--dry-run]
-               [--objective METRIC] [--json] [--queue URL]
+               [--objective METRIC] [--json] [--jobs N] [--backend B] [--verbose] [--no-track]
+               [--queue URL] [--cache DIR] [--retries N] [--register NAME [--alias ALIAS]...]
   pipe worker --queue redis://HOST:PORT [--cpus N] [--gpus N] [--cache DIR] [--name NAME]
-  pipe gc [FILE...] [--dry-run]
+  pipe gc [FILE...] [--dry-run] [--cache DIR]
   pipe predict MODEL IMAGE...                (MODEL: a directory, or models:/NAME/VERSION, models:/NAME@ALIAS)
   pipe register RUN|MODEL NAME [--alias ALIAS]...
   pipe ui [EXPERIMENT] [--host H] [--stop]
@@ -27,7 +28,7 @@ Commands:
   status   say, for each stage, whether it would run and why
   sweep    run trials over parameter values; shared stages run once
   worker   take stage jobs from a Redis queue and run them (one per machine of a cluster)
-  gc       remove cache entries that no pipeline references (--dry-run lists them)
+  gc       remove cache entries that no pipeline references, stale locks and tmp dirs (--dry-run lists them)
   predict  classify images with a model saved by an evaluate stage (or registered in MLflow)
   register make a run's logged model a version of registered model NAME in MLflow's Model Registry
   ui       start or find the MLflow server and print the URL of the runs

@@ -38,3 +38,18 @@ export function loadTf(flavour: Flavour = 'cpu'): Tf {
   loaded = { flavour, tf };
   return tf;
 }
+
+/**
+ * The values of the tensors `compute` makes, read after its tf.tidy (which frees the rest).
+ * Never return typed arrays from tf.tidy itself: it looks for tensors in its result by walking
+ * every key of every object it returns, a Float32Array's elements included — for a batch of
+ * activations that cost 5× the forward pass that made them.
+ */
+export function tidyValues(tf: Tf, compute: () => import('@tensorflow/tfjs-node').Tensor[]): Float32Array[] {
+  const tensors = tf.tidy(compute);
+  try {
+    return tensors.map((t) => t.dataSync() as Float32Array);
+  } finally {
+    tf.dispose(tensors);
+  }
+}

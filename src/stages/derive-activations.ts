@@ -26,7 +26,7 @@ import {
 } from '../ml/features.ts';
 import { buildBetween } from '../ml/frozen.ts';
 import { boundaryFor, describeMobileNetV2 } from '../ml/mobilenet.ts';
-import { loadTf } from '../ml/tf.ts';
+import { loadTf, tidyValues } from '../ml/tf.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import { InputError } from '../core/errors.ts';
 
@@ -112,10 +112,7 @@ async function run(ctx: StageContext<DeriveActivationsParams>): Promise<void> {
               const count = Math.min(params.batch_size, rows - start);
               const input = await readFeatures(featuresDir, meta, set, 'boundary', { rows: { start, count } });
               const began = performance.now();
-              const values = tf.tidy(() => {
-                const [out] = net.apply(tf.tensor4d(input.data, [count, ...from.shape]));
-                return out!.dataSync() as Float32Array;
-              });
+              const values = tidyValues(tf, () => net.apply(tf.tensor4d(input.data, [count, ...from.shape])))[0]!;
               computeMs += performance.now() - began;
               await writer.append(values);
               done += count;

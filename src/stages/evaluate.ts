@@ -29,7 +29,7 @@ import { foldNetwork } from '../ml/frozen.ts';
 import { HeadVariables, buildClassifier, readHead } from '../ml/head.ts';
 import { loadMobileNetV2, saveLayersModel } from '../ml/mobilenet.ts';
 import { confusionMatrix, imageGrid, learningCurves } from '../ml/plots.ts';
-import { type Tf, loadTf } from '../ml/tf.ts';
+import { type Tf, loadTf, tidyValues } from '../ml/tf.ts';
 import { type History, type Task, evaluateBatches, logitUnits, probabilities } from '../ml/train.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import type { FineTuneMeta } from './fine-tune.ts';
@@ -266,9 +266,7 @@ async function checkSavedModel(
     const size = imageBytes(testSet);
     const pixels = new Float32Array(images.length * size);
     images.forEach((image, row) => pixels.set(imageAt(testSet, image), row * size));
-    const out = tf.tidy(
-      () => (saved.predict(tf.tensor4d(pixels, [images.length, testSet.height, testSet.width, 3])) as Tensor).dataSync() as Float32Array,
-    );
+    const out = tidyValues(tf, () => [saved.predict(tf.tensor4d(pixels, [images.length, testSet.height, testSet.width, 3])) as Tensor])[0]!;
     let gap = 0;
     images.forEach((image, row) => {
       for (let u = 0; u < units; u++) gap = Math.max(gap, Math.abs(out[row * units + u]! - logits[image * units + u]!));

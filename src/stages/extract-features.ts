@@ -29,7 +29,7 @@ import {
   saveLayersModel,
   type Boundary,
 } from '../ml/mobilenet.ts';
-import { loadTf } from '../ml/tf.ts';
+import { loadTf, tidyValues } from '../ml/tf.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import { InputError } from '../core/errors.ts';
 
@@ -189,15 +189,15 @@ async function run(ctx: StageContext<ExtractFeaturesParams>): Promise<void> {
           const n = Math.min(params.batch_size, rows - start);
           await readFully(pixels, buffer, n * size, start * size);
           const began = performance.now();
-          const values = tf.tidy(() => {
+          const [pooledValues, boundaryValues] = tidyValues(tf, () => {
             const x = preprocess(tf, buffer.subarray(0, n * size), [n, meta.height, meta.width, 3]);
             const results = net.apply(x);
-            const pooled = params.pooled ? tf.mean(results[0]!, [1, 2]) : undefined;
-            return {
-              pooled: pooled?.dataSync() as Float32Array | undefined,
-              boundary: boundary ? (results[results.length - 1]!.dataSync() as Float32Array) : undefined,
-            };
+            return [
+              params.pooled ? tf.mean(results[0]!, [1, 2]) : tf.zeros([0]),
+              boundary ? results[results.length - 1]! : tf.zeros([0]),
+            ];
           });
+          const values = { pooled: params.pooled ? pooledValues : undefined, boundary: boundary ? boundaryValues : undefined };
           computeMs += performance.now() - began;
           if (pooledWriter && values.pooled) await pooledWriter.append(values.pooled);
           if (boundaryWriter && values.boundary) await boundaryWriter.append(values.boundary);

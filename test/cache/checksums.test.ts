@@ -74,4 +74,47 @@ test('waiting for a lock ends when the run is stopped', async () => {
   await release();
 });
 
+/** Makes the entry's stamp older than its files' last change by more than the racy window. */
+async function ageStamp(dir: string): Promise<void> {
+  const file = path.join(dir, 'verified.json');
+  const stamp = JSON.parse(await fs.readFile(file, 'utf8')) as { checkedAt: number };
+  stamp.checkedAt += 60_000;
+  await fs.writeFile(file, JSON.stringify(stamp));
+}
+
+test('a checked entry is stamped; while its files are unchanged the next runs do not hash them again', async () => {
+  const { dir, fingerprint } = await published({ 'out/a.txt': 'abc', 'metrics.jsonl': '{}\n' });
+  const root = path.dirname(path.dirname(dir));
+  assert.ok(await new Cache(root).readIntact(fingerprint, noDamage));
+  await ageStamp(dir); // as if the check had been made a minute after publishing
+  // A wrong recorded hash goes unnoticed only if the files are not hashed: the stamp is trusted.
+  const result = JSON.parse(await fs.readFile(path.join(dir, 'result.json'), 'utf8')) as { checksums: Record<string, { sha256: string }> };
+  result.checksums['out/a.txt']!.sha256 = '0'.repeat(64);
+  await fs.writeFile(path.join(dir, 'result.json'), JSON.stringify(result));
+  assert.ok(await new Cache(root).readIntact(fingerprint, noDamage), 'stamp trusted, files not hashed');
+});
+
+test('a file written after the stamp (same size) is hashed and found changed', async () => {
+  const { dir, fingerprint } = await published({ 'out/a.txt': 'abc' });
+  const root = path.dirname(path.dirname(dir));
+  assert.ok(await new Cache(root).readIntact(fingerprint, noDamage));
+  await ageStamp(dir);
+  await fs.writeFile(path.join(dir, 'out', 'a.txt'), 'abd');
+  const problems: string[] = [];
+  assert.is(await new Cache(root).readIntact(fingerprint, (p) => problems.push(p)), undefined);
+  assert.match(problems[0] ?? '', /out\/a\.txt has changed since it was published/);
+});
+
+test('a stamp written right after its files changed (racy) is not trusted', async () => {
+  const { dir, fingerprint } = await published({ 'out/a.txt': 'abc' });
+  const root = path.dirname(path.dirname(dir));
+  assert.ok(await new Cache(root).readIntact(fingerprint, noDamage));
+  const result = JSON.parse(await fs.readFile(path.join(dir, 'result.json'), 'utf8')) as { checksums: Record<string, { sha256: string }> };
+  result.checksums['out/a.txt']!.sha256 = '0'.repeat(64);
+  await fs.writeFile(path.join(dir, 'result.json'), JSON.stringify(result));
+  const problems: string[] = [];
+  assert.is(await new Cache(root).readIntact(fingerprint, (p) => problems.push(p)), undefined, 'hashed again');
+  assert.is(problems.length, 1);
+});
+
 test.run();
