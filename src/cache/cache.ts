@@ -168,6 +168,9 @@ export class Cache {
   async publish(staging: Staging, result: EntryResult): Promise<CacheEntry> {
     const checksums = await checksumsOf(staging.dir);
     await fs.writeFile(path.join(staging.dir, 'result.json'), JSON.stringify({ ...result, checksums }, null, 2));
+    // The stage process is gone and the directory is ours alone: nothing can write the files between
+    // hashing and stamping, so this stamp is settled (not racy) from the start.
+    await writeStamp(staging.dir, Object.keys(checksums), true);
     const target = this.entryDir(staging.fingerprint);
     await fs.mkdir(path.dirname(target), { recursive: true });
     try {
@@ -461,7 +464,8 @@ export async function readMetricsFile(file: string): Promise<MetricPoint[]> {
 // write to a file (a flipped byte included) changes its ctime, which nothing can set back. A file
 // changed within STAMP_RACY_MS before the stamp was written could be changed again within the same
 // clock tick without its times moving: such a stamp is not trusted (the entry is hashed and stamped
-// again), as git does with racily clean entries.
+// again), as git does with racily clean entries — except the stamp written at publishing, when the
+// stage process that wrote the files has exited and the staging directory is private.
 
 const STAMP_FILE = 'verified.json';
 const STAMP_RACY_MS = 2000;
@@ -469,6 +473,8 @@ const STAMP_RACY_MS = 2000;
 interface Stamp {
   /** When the hashes were checked (ms since the epoch). */
   checkedAt: number;
+  /** Written when the entry was published, when no writer was left (never racy). */
+  settled?: boolean;
   /** Per file (as in checksums): size, inode, mtime and ctime in ns, as strings. */
   files: Record<string, [string, string, string, string]>;
 }
@@ -494,14 +500,14 @@ async function stampHolds(entryDir: string, files: string[]): Promise<boolean> {
     const now = await statOf(path.join(entryDir, file));
     const then = stamp.files?.[file];
     if (!now || !then || now.join() !== then.join()) return false;
-    if (Number(BigInt(now[3]) / 1_000_000n) > stamp.checkedAt - STAMP_RACY_MS) return false;
+    if (!stamp.settled && Number(BigInt(now[3]) / 1_000_000n) > stamp.checkedAt - STAMP_RACY_MS) return false;
   }
   return true;
 }
 
 /** Records the files' state after their hashes were checked; best effort (a read-only cache keeps none). */
-async function writeStamp(entryDir: string, files: string[]): Promise<void> {
-  const stamp: Stamp = { checkedAt: Date.now(), files: {} };
+async function writeStamp(entryDir: string, files: string[], settled = false): Promise<void> {
+  const stamp: Stamp = { checkedAt: Date.now(), ...(settled ? { settled } : {}), files: {} };
   for (const file of files) {
     const st = await statOf(path.join(entryDir, file));
     if (!st) return;

@@ -105,9 +105,21 @@ test('a file written after the stamp (same size) is hashed and found changed', a
   assert.match(problems[0] ?? '', /out\/a\.txt has changed since it was published/);
 });
 
+test('the stamp written at publishing is trusted at once', async () => {
+  const { dir, fingerprint } = await published({ 'out/a.txt': 'abc' });
+  const result = JSON.parse(await fs.readFile(path.join(dir, 'result.json'), 'utf8')) as { checksums: Record<string, { sha256: string }> };
+  result.checksums['out/a.txt']!.sha256 = '0'.repeat(64);
+  await fs.writeFile(path.join(dir, 'result.json'), JSON.stringify(result));
+  assert.ok(await new Cache(path.dirname(path.dirname(dir))).readIntact(fingerprint, noDamage), 'not hashed');
+  // A write after publishing: hashed, found changed.
+  await fs.writeFile(path.join(dir, 'out', 'a.txt'), 'abd');
+  assert.is(await new Cache(path.dirname(path.dirname(dir))).readIntact(fingerprint, () => undefined), undefined);
+});
+
 test('a stamp written right after its files changed (racy) is not trusted', async () => {
   const { dir, fingerprint } = await published({ 'out/a.txt': 'abc' });
   const root = path.dirname(path.dirname(dir));
+  await fs.rm(path.join(dir, 'verified.json')); // as an entry published before stamps
   assert.ok(await new Cache(root).readIntact(fingerprint, noDamage));
   const result = JSON.parse(await fs.readFile(path.join(dir, 'result.json'), 'utf8')) as { checksums: Record<string, { sha256: string }> };
   result.checksums['out/a.txt']!.sha256 = '0'.repeat(64);
