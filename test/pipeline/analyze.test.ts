@@ -94,7 +94,7 @@ test('kinds: an unknown kind names the kinds there are', async () => {
   assert.equal(await problems(text), [
     {
       code: 'unknown-kind', field: 'stages.a.kind', line: 4,
-      message: "unknown stage kind 'fetsh' (expected one of: fetch, split, augment, extract-features, train-head, fine-tune, evaluate, or 'run:' for a command)",
+      message: "unknown stage kind 'fetsh' (expected one of: fetch, split, augment, extract-features, derive-activations, train-head, fine-tune, evaluate, or 'run:' for a command)",
     },
   ]);
 });

@@ -159,6 +159,18 @@ function mutate(text: string, mutations: Mutation[]): string {
     const parentPath = at.slice(0, -1);
     const last = at[at.length - 1] as string | number;
     const parent = parentPath.length ? doc.getIn(parentPath, true) : doc.contents;
+    try {
+      applyMutation(doc, m, at, parent, last);
+    } catch {
+      // The yaml library refuses some edits of nodes an earlier mutation shared or wrapped
+      // ("Expected YAML collection at …"): that mutation is skipped, the others stand.
+    }
+  }
+  return doc.toString();
+}
+
+function applyMutation(doc: ReturnType<typeof parseDocument>, m: Mutation, at: (string | number)[], parent: unknown, last: string | number): void {
+  {
     switch (m.op) {
       case 'delete':
         doc.deleteIn(at);
@@ -179,7 +191,6 @@ function mutate(text: string, mutations: Mutation[]): string {
         break;
     }
   }
-  return doc.toString();
 }
 
 type TextEdit = { op: 'cut' | 'insert' | 'duplicate-line' | 'swap-lines' | 'tab'; at: number; length: number; text: string };

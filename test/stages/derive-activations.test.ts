@@ -4,41 +4,16 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import extract from '../../src/stages/extract-features.ts';
 import kind from '../../src/stages/derive-activations.ts';
-import { writeImageSet, type ImageSet } from '../../src/ml/dataset.ts';
 import { loadFeatureBase, readFeatures, readFeaturesMeta } from '../../src/ml/features.ts';
 import { loadTf } from '../../src/ml/tf.ts';
-import { runKind, tempDir } from '../helpers/run-kind.ts';
-import { shapeImage } from '../helpers/images.ts';
+import { runKind } from '../helpers/run-kind.ts';
+import { splitAndViews } from '../helpers/image-sets.ts';
 
 const tf = loadTf('cpu');
 const SIZE = 64;
 
-function imageSet(count: number, views: number, offset: number): ImageSet {
-  const labels = Array.from({ length: count }, (_, i) => i % 2);
-  const pixels = new Uint8Array(count * views * SIZE * SIZE * 3);
-  for (let v = 0; v < views; v++) {
-    for (let i = 0; i < count; i++) {
-      const image = shapeImage(labels[i]!, offset + i + 7 * v, SIZE, SIZE);
-      pixels.set(image.data, (v * count + i) * image.data.length);
-    }
-  }
-  return {
-    count, views, height: SIZE, width: SIZE, channels: 3,
-    classNames: ['circles', 'squares'],
-    labels,
-    files: labels.map((label, i) => `${label ? 'squares' : 'circles'}/${offset + i}.png`),
-    pixels,
-  };
-}
-
-async function fixtures(): Promise<{ split: string; augment: string }> {
-  const split = tempDir('pipe-split-');
-  await writeImageSet(split, 'train', imageSet(5, 1, 0));
-  await writeImageSet(split, 'validation', imageSet(3, 1, 100));
-  await writeImageSet(split, 'test', imageSet(2, 1, 200));
-  const augment = tempDir('pipe-augment-');
-  await writeImageSet(augment, 'views', imageSet(5, 2, 0));
-  return { split, augment };
+function fixtures(): Promise<{ split: string; augment: string }> {
+  return splitAndViews(SIZE, { train: 5, validation: 3, test: 2 });
 }
 
 const base = { weights: 'none', seed: 3, alpha: 0.35, batch_size: 4 } as const;

@@ -4,42 +4,18 @@ import type { Tensor, Tensor4D } from '@tensorflow/tfjs-node';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import kind, { type ExtractFeaturesParams } from '../../src/stages/extract-features.ts';
-import { imageAt, readImageSet, writeImageSet, type ImageSet } from '../../src/ml/dataset.ts';
+import { imageAt, readImageSet, type ImageSet } from '../../src/ml/dataset.ts';
 import { fromFloat16Bits, loadFeatureBase, readFeatures, readFeaturesMeta, toFloat16Bits } from '../../src/ml/features.ts';
 import { loadTf } from '../../src/ml/tf.ts';
-import { runKind, tempDir, withDefaults } from '../helpers/run-kind.ts';
-import { shapeImage } from '../helpers/images.ts';
+import { runKind, withDefaults } from '../helpers/run-kind.ts';
+import { splitAndViews } from '../helpers/image-sets.ts';
 
 const tf = loadTf('cpu');
 const SIZE = 96;
 
-function imageSet(count: number, views: number, offset: number): ImageSet {
-  const labels = Array.from({ length: count }, (_, i) => i % 2);
-  const pixels = new Uint8Array(count * views * SIZE * SIZE * 3);
-  for (let v = 0; v < views; v++) {
-    for (let i = 0; i < count; i++) {
-      const image = shapeImage(labels[i]!, offset + i + 7 * v, SIZE, SIZE);
-      pixels.set(image.data, (v * count + i) * image.data.length);
-    }
-  }
-  return {
-    count, views, height: SIZE, width: SIZE, channels: 3,
-    classNames: ['circles', 'squares'],
-    labels,
-    files: labels.map((label, i) => `${label ? 'squares' : 'circles'}/${offset + i}.png`),
-    pixels,
-  };
-}
-
 /** A split artifact (train 5, validation 4, test 3) and an augment artifact (train × 2 views). */
-async function fixtures(): Promise<{ split: string; augment: string }> {
-  const split = tempDir('pipe-split-');
-  await writeImageSet(split, 'train', imageSet(5, 1, 0));
-  await writeImageSet(split, 'validation', imageSet(4, 1, 100));
-  await writeImageSet(split, 'test', imageSet(3, 1, 200));
-  const augment = tempDir('pipe-augment-');
-  await writeImageSet(augment, 'views', imageSet(5, 2, 0));
-  return { split, augment };
+function fixtures(): Promise<{ split: string; augment: string }> {
+  return splitAndViews(SIZE, { train: 5, validation: 4, test: 3 });
 }
 
 function preprocessed(set: ImageSet, rows: number[]): Tensor4D {
