@@ -44,6 +44,7 @@ from keras_recipe import (  # noqa: E402
     load_base_weights,
     n_params,
     peak_rss_mb,
+    write_json,
 )
 
 RATES = ("forward", "fine-tune")
@@ -234,11 +235,7 @@ def main(argv):
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     text = json.dumps(result)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-        log(f"wrote {args.out}")
+        write_json(args.out, result)
     print(text, flush=True)
 
 

@@ -322,11 +322,16 @@ def main(argv):
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     summary(result)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-        log(f"wrote {args.out}")
+        write_json(args.out, result)
+
+
+def write_json(path, result):
+    """The measurements as indented JSON at `path` (its folder made if need be)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    log(f"wrote {path}")
 
 
 def run(args, result, times, tmp):

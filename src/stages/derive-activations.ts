@@ -127,7 +127,7 @@ async function run(ctx: StageContext<DeriveActivationsParams>): Promise<void> {
     } finally {
       net?.dispose();
     }
-    await copyDir(path.join(featuresDir, meta.base), path.join(ctx.outDir, BASE_DIR));
+    await fs.cp(path.join(featuresDir, meta.base), path.join(ctx.outDir, BASE_DIR), { recursive: true });
     const out: FeaturesMeta = { ...meta, base: BASE_DIR, pooled: null, boundary: { ...to, dtype: params.dtype }, sets };
     await writeFeaturesMeta(ctx.outDir, out);
     const rowsPerSecond = computeMs > 0 ? total / (computeMs / 1000) : 0;
@@ -155,13 +155,5 @@ async function linkOrCopy(from: string, to: string): Promise<void> {
     await fs.link(from, to);
   } catch {
     await fs.copyFile(from, to);
-  }
-}
-
-async function copyDir(from: string, to: string): Promise<void> {
-  await fs.mkdir(to, { recursive: true });
-  for (const entry of await fs.readdir(from, { withFileTypes: true })) {
-    if (entry.isDirectory()) await copyDir(path.join(from, entry.name), path.join(to, entry.name));
-    else await fs.copyFile(path.join(from, entry.name), path.join(to, entry.name));
   }
 }

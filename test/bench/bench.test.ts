@@ -262,7 +262,7 @@ test('spliceReadme: adds a Benchmarks section before Tests once, then replaces o
 const GRAPH_JSON =
   '{"format": "pipe-graph-rates/1", "versions": {"tensorflow": "2.21.0", "keras": "3.15.1", "numpy": "2.4.6"}, "machine": {"cpu_count": 2, "cpu_model": "AMD EPYC"}, ' +
   '"image_size": 160, "batch_size": 32, "timing": {"seconds": 20.0, "batches": 2, "warmup": 1}, "times_s": {"import": 3.596, "build": 1.092, "total": 10.087}, ' +
-  '"weights": {"source": "/work/shared/weights/mobilenet_v2_1.0_no_top_imagenet_coral.h5", "method": "load_weights", "layers_checked": 104}, ' +
+  '"weights": {"source": "../shared/weights/mobilenet_v2_1.0_no_top_imagenet_coral.h5", "method": "load_weights", "layers_checked": 104}, ' +
   '"forward": {"images_per_second": 70.11, "median_batch_images_per_second": 70.11, "best_batch_images_per_second": 72.36, "batches": 2, "images": 64, "seconds": 0.913, "warmup_batches": 1, "warmup_s": 1.497, "first_call_s": 1.497, "output_shape": [5, 5, 1280]}, ' +
   '"fine_tune": {"images_per_second": 98.1, "median_batch_images_per_second": 98.1, "best_batch_images_per_second": 99.22, "batches": 2, "images": 64, "seconds": 0.652, "warmup_batches": 1, "warmup_s": 1.699, "first_call_s": 1.699, ' +
   '"fine_tune_at": 100, "boundary": "block_10_project_BN", "boundary_index": 97, "boundary_shape": [10, 10, 96], "top_layers": 56, "frozen_computed": ["block_11_expand", "block_11_expand_BN"], ' +
