@@ -53,3 +53,27 @@ export function tidyValues(tf: Tf, compute: () => import('@tensorflow/tfjs-node'
     tf.dispose(tensors);
   }
 }
+
+type Tensor = import('@tensorflow/tfjs-node').Tensor;
+
+interface NodeBackend {
+  binding: { TF_ATTR_TYPE: number; TF_ATTR_BOOL: number; TF_FLOAT: number };
+  executeSingleOutput(name: string, attrs: Array<{ name: string; type: number; value: unknown }>, inputs: Tensor[]): Tensor;
+}
+
+/**
+ * Runs one TensorFlow op that tfjs does not expose (e.g. `Relu6Grad`, `BiasAddGrad`) on float32
+ * inputs (and boolean attributes, e.g. `transpose_a`), through tfjs-node's binding — the same
+ * path tfjs's own kernels take. The op is not
+ * recorded for gradients: use it inside a tf.customGrad.
+ */
+export function rawOp(tf: Tf, name: string, inputs: Tensor[], flags: Record<string, boolean> = {}): Tensor {
+  const backend = tf.backend() as unknown as NodeBackend;
+  if (typeof backend.executeSingleOutput !== 'function') throw new Error(`bug: rawOp ${name}: the ${tf.getBackend()} backend runs no TensorFlow ops`);
+  for (const input of inputs) if (input.dtype !== 'float32') throw new Error(`bug: rawOp ${name}: float32 inputs only, got ${input.dtype}`);
+  const attrs = [
+    { name: 'T', type: backend.binding.TF_ATTR_TYPE, value: backend.binding.TF_FLOAT as unknown },
+    ...Object.entries(flags).map(([flag, value]) => ({ name: flag, type: backend.binding.TF_ATTR_BOOL, value: value as unknown })),
+  ];
+  return backend.executeSingleOutput(name, attrs, inputs);
+}

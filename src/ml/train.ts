@@ -17,7 +17,7 @@
 //   batch-size weights), validation after each epoch in inference mode; Keras-like history with the
 //   epoch indices.
 
-import type { Tf } from './tf.ts';
+import { rawOp, type Tf } from './tf.ts';
 import type * as tfTypes from '@tensorflow/tfjs-node';
 import { InputError, unreachable } from '../core/errors.ts';
 
@@ -504,26 +504,72 @@ export function epochLine(record: EpochRecord, totalEpochs: number): string {
 // ---------------------------------------------------------------------------------------------
 // A fast, differentiable forward pass with BatchNormalization in inference mode
 
-/** ReLU6 with TensorFlow's gradient (dy where 0 < x < 6), cheaper than tfjs's composite one. */
-function relu6Op(tf: Tf): (x: Tensor) => Tensor {
-  return tf.customGrad((x, save) => {
-    const input = x as Tensor;
-    (save as (tensors: Tensor[]) => void)([input]);
+/** The ops of the folded forward pass with TensorFlow's own fused gradients (one kernel each). */
+interface FastOps {
+  /** ReLU6; gradient `Relu6Grad`. */
+  relu6: (x: Tensor) => Tensor;
+  /** relu6(z + bias): `BiasAdd` and `Relu6`; gradients `Relu6Grad` and `BiasAddGrad`. */
+  biasRelu6: (z: Tensor, bias: Tensor) => Tensor;
+  /** z + bias: `BiasAdd`; gradients dy and `BiasAddGrad`. */
+  biasAdd: (z: Tensor, bias: Tensor) => Tensor;
+  /**
+   * A 1×1 convolution with stride 1 of [rows, in] by [in, out] as the matrix product it is, plus
+   * bias and, with relu6, ReLU6: `MatMul`, `BiasAdd`, `Relu6`; gradients `Relu6Grad`,
+   * `BiasAddGrad` and two `MatMul`s. `inputGrad` false skips dx (zeros: a model input).
+   */
+  pointwise: (x: Tensor, kernel: Tensor, bias: Tensor, relu6: boolean, inputGrad: boolean) => Tensor;
+}
+
+function fastOps(tf: Tf): FastOps {
+  const relu6 = tf.customGrad((x, save) => {
+    const y = tf.relu6(x as Tensor);
+    (save as (tensors: Tensor[]) => void)([y]);
+    // Relu6Grad takes the op's input or its output: the same result.
+    return { value: y, gradFunc: (dy, saved) => [rawOp(tf, 'Relu6Grad', [dy as Tensor, (saved as Tensor[])[0]!])] };
+  }) as (x: Tensor) => Tensor;
+  const biasRelu6 = tf.customGrad((z, bias, save) => {
+    const y = tf.tidy(() => tf.relu6(rawOp(tf, 'BiasAdd', [z as Tensor, bias as Tensor])));
+    (save as (tensors: Tensor[]) => void)([y]);
     return {
-      value: tf.clipByValue(input, 0, 6),
+      value: y,
       gradFunc: (dy, saved) => {
-        const [kept] = saved as Tensor[];
-        return [tf.where(tf.logicalAnd(tf.greater(kept!, 0), tf.less(kept!, 6)), dy as Tensor, tf.zerosLike(dy as Tensor))];
+        const d = rawOp(tf, 'Relu6Grad', [dy as Tensor, (saved as Tensor[])[0]!]);
+        return [d, rawOp(tf, 'BiasAddGrad', [d])];
       },
     };
-  }) as (x: Tensor) => Tensor;
+  }) as (z: Tensor, bias: Tensor) => Tensor;
+  const biasAdd = tf.customGrad((z, bias) => ({
+    value: rawOp(tf, 'BiasAdd', [z as Tensor, bias as Tensor]),
+    gradFunc: (dy) => [(dy as Tensor).clone(), rawOp(tf, 'BiasAddGrad', [dy as Tensor])],
+  })) as (z: Tensor, bias: Tensor) => Tensor;
+  const pointwiseOf = (withRelu6: boolean, inputGrad: boolean) =>
+    tf.customGrad((x, kernel, bias, save) => {
+      const y = tf.tidy(() => {
+        const z = rawOp(tf, 'BiasAdd', [rawOp(tf, 'MatMul', [x as Tensor, kernel as Tensor]), bias as Tensor]);
+        return withRelu6 ? tf.relu6(z) : z;
+      });
+      (save as (tensors: Tensor[]) => void)([x as Tensor, kernel as Tensor, y]);
+      return {
+        value: y,
+        gradFunc: (dy, saved) => {
+          const [xs, ks, ys] = saved as [Tensor, Tensor, Tensor];
+          const d = withRelu6 ? rawOp(tf, 'Relu6Grad', [dy as Tensor, ys]) : (dy as Tensor);
+          const dx = inputGrad ? rawOp(tf, 'MatMul', [d, ks], { transpose_a: false, transpose_b: true }) : tf.zerosLike(xs);
+          return [dx, rawOp(tf, 'MatMul', [xs, d], { transpose_a: true, transpose_b: false }), rawOp(tf, 'BiasAddGrad', [d])];
+        },
+      };
+    }) as (x: Tensor, kernel: Tensor, bias: Tensor) => Tensor;
+  const pointwiseOps = [pointwiseOf(false, false), pointwiseOf(false, true), pointwiseOf(true, false), pointwiseOf(true, true)];
+  const pointwise = (x: Tensor, kernel: Tensor, bias: Tensor, withRelu6: boolean, inputGrad: boolean) =>
+    pointwiseOps[(withRelu6 ? 2 : 0) + (inputGrad ? 1 : 0)]!(x, kernel, bias);
+  return { relu6, biasRelu6, biasAdd, pointwise };
 }
 
 type LayerObject = tfTypes.LayersModel['layers'][number];
 type SymbolicTensor = tfTypes.SymbolicTensor;
 
 type ForwardStep =
-  | { op: 'conv'; layer: LayerObject; bn?: LayerObject; input: number; output: number }
+  | { op: 'conv'; layer: LayerObject; bn?: LayerObject; relu6: boolean; input: number; output: number; folded: number[]; inputGradient: boolean }
   | { op: 'batchnorm'; layer: LayerObject; input: number; output: number }
   | { op: 'relu6'; input: number; output: number }
   | { op: 'layer'; layer: LayerObject; inputs: number[]; output: number };
@@ -533,23 +579,25 @@ type ForwardStep =
  * at every call, with BatchNormalization in inference mode (moving statistics, which never change)
  * folded into the preceding convolution: kernel·s and bias β − μ·s, with s = γ / sqrt(σ² + ε).
  * The folding is part of the differentiated computation, so gradients reach kernels, γ and β
- * exactly as through `model.apply(x, {training: false})` — but the backward pass skips tfjs's
- * activation-sized BatchNormalization gradient, and ReLU6 gets TensorFlow's cheap gradient: a
- * fine-tuning step of MobileNetV2's top runs about 1.6× faster. Layers other than Conv2D,
- * DepthwiseConv2D, BatchNormalization and ReLU(max 6) run through their own `apply`.
+ * exactly as through `model.apply(x, {training: false})`, but with TensorFlow's fused gradients:
+ * no activation-sized BatchNormalization gradient, `Relu6Grad` and `BiasAddGrad`, and 1×1
+ * convolutions as matrix products. `inputGradient: false` (for training the model's variables
+ * only) skips the first convolutions' gradient with respect to the model's input: what reaches
+ * the input is then not its gradient, the variables' gradients are unchanged. Layers other than Conv2D, DepthwiseConv2D, BatchNormalization and ReLU(max 6) run
+ * through their own `apply`.
  */
-export function inferenceForward(tf: Tf, model: tfTypes.LayersModel): (x: Tensor) => Tensor {
+export function inferenceForward(tf: Tf, model: tfTypes.LayersModel, options: { inputGradient?: boolean } = {}): (x: Tensor) => Tensor {
   if (model.inputs.length !== 1 || model.outputs.length !== 1) {
     throw new Error(`bug: inferenceForward: ${model.name} must have one input and one output`);
   }
   const input = model.inputs[0]!;
   const output = model.outputs[0]!;
-  const steps = forwardSteps(input, output);
-  const relu6 = relu6Op(tf);
+  const steps = forwardSteps(input, output, options.inputGradient ?? true);
+  const ops = fastOps(tf);
   return (x: Tensor) =>
     tf.tidy(() => {
       const values = new Map<number, Tensor>([[input.id, x]]);
-      for (const step of steps) values.set(step.output, runForwardStep(tf, step, values, relu6));
+      for (const step of steps) values.set(step.output, runForwardStep(tf, step, values, ops));
       return values.get(output.id)!;
     });
 }
@@ -576,7 +624,7 @@ function graphOrder(input: SymbolicTensor, output: SymbolicTensor): { order: Sym
 }
 
 /** The steps of the forward pass: convolutions with their BatchNormalization folded in, where it can be. */
-function forwardSteps(input: SymbolicTensor, output: SymbolicTensor): ForwardStep[] {
+function forwardSteps(input: SymbolicTensor, output: SymbolicTensor, inputGradient: boolean): ForwardStep[] {
   const { order, consumers } = graphOrder(input, output);
   const steps: ForwardStep[] = [];
   const alias = new Map<number, number>([[input.id, input.id]]);
@@ -584,8 +632,8 @@ function forwardSteps(input: SymbolicTensor, output: SymbolicTensor): ForwardSte
   for (const tensor of order) {
     if (tensor.id === input.id || folded.has(tensor.id)) continue;
     const inputs = tensor.inputs.map((source) => alias.get(source.id)!);
-    const step = specialStep(tensor, inputs, order, consumers, output) ?? { op: 'layer', layer: tensor.sourceLayer, inputs, output: tensor.id };
-    if (step.op === 'conv' && step.output !== tensor.id) folded.add(step.output);
+    const step = specialStep(tensor, inputs, order, consumers, output, inputGradient ? undefined : input) ?? { op: 'layer', layer: tensor.sourceLayer, inputs, output: tensor.id };
+    if (step.op === 'conv') for (const id of step.folded) folded.add(id);
     steps.push(step);
     alias.set(tensor.id, tensor.id);
     alias.set(step.output, step.output);
@@ -595,7 +643,7 @@ function forwardSteps(input: SymbolicTensor, output: SymbolicTensor): ForwardSte
 
 /** A conv (with the BatchNormalization it alone feeds), a BatchNormalization or a ReLU6; else undefined. */
 function specialStep(
-  tensor: SymbolicTensor, inputs: number[], order: SymbolicTensor[], consumers: Map<number, number>, output: SymbolicTensor,
+  tensor: SymbolicTensor, inputs: number[], order: SymbolicTensor[], consumers: Map<number, number>, output: SymbolicTensor, noGradient?: SymbolicTensor,
 ): ForwardStep | undefined {
   const layer = tensor.sourceLayer;
   switch (layer.getClassName()) {
@@ -607,15 +655,24 @@ function specialStep(
       // The conv's only consumer in this graph, when it is a BatchNormalization, folds into it.
       const next = order.find((t) => t.inputs.length === 1 && t.inputs[0]!.id === tensor.id);
       const fold = consumers.get(tensor.id) === 1 && next?.sourceLayer.getClassName() === 'BatchNormalization' && next !== output ? next : undefined;
-      return { op: 'conv', layer, bn: fold?.sourceLayer, input: inputs[0]!, output: (fold ?? tensor).id };
+      // And a ReLU6 that alone consumes the result, too.
+      const last = fold ?? tensor;
+      const after = order.find((t) => t.inputs.length === 1 && t.inputs[0]!.id === last.id);
+      const relu = consumers.get(last.id) === 1 && last !== output && after !== undefined && isRelu6(after.sourceLayer) ? after : undefined;
+      const folded = [fold, relu].flatMap((t) => (t ? [t.id] : []));
+      return { op: 'conv', layer, bn: fold?.sourceLayer, relu6: relu !== undefined, input: inputs[0]!, output: (relu ?? last).id, folded, inputGradient: tensor.inputs[0]!.id !== noGradient?.id };
     }
     case 'BatchNormalization':
       return { op: 'batchnorm', layer, input: inputs[0]!, output: tensor.id };
     case 'ReLU':
-      return (layer.getConfig() as { maxValue?: number | null }).maxValue === 6 ? { op: 'relu6', input: inputs[0]!, output: tensor.id } : undefined;
+      return isRelu6(layer) ? { op: 'relu6', input: inputs[0]!, output: tensor.id } : undefined;
     default:
       return undefined;
   }
+}
+
+function isRelu6(layer: LayerObject): boolean {
+  return layer.getClassName() === 'ReLU' && (layer.getConfig() as { maxValue?: number | null }).maxValue === 6;
 }
 
 /** A BatchNormalization in inference mode as `x * scale + shift`, from the layer's current variables. */
@@ -631,16 +688,16 @@ function bnScale(tf: Tf, bn: LayerObject): { scale: Tensor; shift: Tensor } {
   return { scale, shift: beta!.sub(mean!.mul(scale)) };
 }
 
-function runForwardStep(tf: Tf, step: ForwardStep, values: Map<number, Tensor>, relu6: (x: Tensor) => Tensor): Tensor {
+function runForwardStep(tf: Tf, step: ForwardStep, values: Map<number, Tensor>, ops: FastOps): Tensor {
   switch (step.op) {
     case 'conv':
-      return foldedConv(tf, step, values.get(step.input)! as tfTypes.Tensor4D);
+      return foldedConv(tf, step, values.get(step.input)! as tfTypes.Tensor4D, ops);
     case 'batchnorm': {
       const { scale, shift } = bnScale(tf, step.layer);
       return values.get(step.input)!.mul(scale).add(shift);
     }
     case 'relu6':
-      return relu6(values.get(step.input)!);
+      return ops.relu6(values.get(step.input)!);
     case 'layer': {
       const inputs = step.inputs.map((id) => values.get(id)!);
       return step.layer.apply(inputs.length === 1 ? inputs[0]! : inputs, { training: false }) as Tensor;
@@ -650,8 +707,12 @@ function runForwardStep(tf: Tf, step: ForwardStep, values: Map<number, Tensor>, 
   }
 }
 
-/** The conv with its BatchNormalization folded into kernel and bias, as one fused op. */
-function foldedConv(tf: Tf, step: Extract<ForwardStep, { op: 'conv' }>, x: tfTypes.Tensor4D): Tensor {
+/**
+ * The conv with its BatchNormalization folded into kernel and bias, and the ReLU6 after it: the
+ * conv (a 1×1 conv with stride 1 as the matrix product it is, whose gradients TensorFlow computes
+ * faster than a convolution's), then `BiasAdd` and `Relu6` with their fused gradients.
+ */
+function foldedConv(tf: Tf, step: Extract<ForwardStep, { op: 'conv' }>, x: tfTypes.Tensor4D, ops: FastOps): Tensor {
   const depthwise = step.layer.getClassName() === 'DepthwiseConv2D';
   const config = step.layer.getConfig() as { strides: number | number[]; padding: 'same' | 'valid'; useBias?: boolean };
   const strides = [config.strides].flat() as [number, number];
@@ -664,6 +725,19 @@ function foldedConv(tf: Tf, step: Extract<ForwardStep, { op: 'conv' }>, x: tfTyp
     filter = filter.mul(depthwise ? scale.reshape([1, 1, channels, 1]) : scale.reshape([1, 1, 1, channels]));
     bias = bias ? bias.mul(scale).add(shift) : shift;
   }
-  const args = { x, filter, strides, pad: config.padding, bias };
-  return depthwise ? tf.fused.depthwiseConv2d(args) : tf.fused.conv2d(args);
+  const [kh, kw, inChannels, outChannels] = filter.shape;
+  let z: Tensor;
+  if (depthwise) {
+    z = tf.depthwiseConv2d(x, filter, strides, config.padding);
+  } else if (kh === 1 && kw === 1 && strides.every((s) => s === 1)) {
+    const [n, h, w] = x.shape;
+    const rows = x.reshape([n * h * w, inChannels]);
+    const kernel2d = filter.reshape([inChannels, outChannels]);
+    const y = ops.pointwise(rows, kernel2d, bias ?? tf.zeros([outChannels]), step.relu6, step.inputGradient);
+    return y.reshape([n, h, w, outChannels]);
+  } else {
+    z = tf.conv2d(x, filter, strides, config.padding);
+  }
+  if (!bias) return step.relu6 ? ops.relu6(z) : z;
+  return step.relu6 ? ops.biasRelu6(z, bias) : ops.biasAdd(z, bias);
 }

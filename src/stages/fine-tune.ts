@@ -158,7 +158,7 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
     const trainSet = meta.sets.views;
     // The top with BatchNormalization in inference mode, folded into the convolutions (the same
     // values and gradients as top.apply(x, {training: false}), faster backward).
-    const topForward = inferenceForward(tf, top);
+    const topForward = inferenceForward(tf, top, { inputGradient: false });
     const forward = (x: Tensor, training: boolean, dropoutSeed: number) =>
       tf.tidy(() => head.logitsOfActivation(topForward(x), training, dropoutSeed));
     const gather = (source: Tensor, rows: number[]) => tf.gather(source, tf.tensor1d(rows, 'int32'));

@@ -201,6 +201,21 @@ test('inferenceForward: the values and gradients of model.apply(x, {training: fa
   }
   // Moving statistics are no variables of the computation: only γ, β and kernels get gradients.
   assert.ok(vars.every((v) => !/moving/.test(v.name)));
+  // The gradient with respect to the input, too (1×1 convs as matrix products, BiasAdd, Relu6Grad)…
+  const inputGrad = (f: (t: Tensor) => Tensor) => tf.grad((t: Tensor) => f(t).square().mean())(x);
+  const dxReference = inputGrad((t) => top.apply(t, { training: false }) as Tensor);
+  const dx = inputGrad(forward);
+  const dxSize = tf.max(tf.abs(dxReference)).dataSync()[0]!;
+  assert.ok(dxSize > 0);
+  close(tf.max(tf.abs(dxReference.sub(dx))).dataSync()[0]!, 0, 1e-4 * dxSize, 'input gradient');
+  // …which `inputGradient: false` skips through the first convolutions (it is no longer the
+  // input's gradient then) without changing the variables' gradients.
+  const trainingOnly = inferenceForward(tf, top, { inputGradient: false });
+  assert.ok(tf.max(tf.abs(inputGrad(trainingOnly).sub(dxReference))).dataSync()[0]! > 1e-3 * dxSize);
+  const skipped = tf.variableGrads(lossOf(trainingOnly), vars);
+  for (const v of vars) {
+    close(tf.max(tf.abs(folded.grads[v.name]!.sub(skipped.grads[v.name]!))).dataSync()[0]!, 0, 1e-9, v.name);
+  }
   base.dispose();
 });
 
