@@ -196,6 +196,20 @@ abstract class SlotOptimizer implements KerasOptimizer {
 
   protected abstract update(variable: Variable, grad: Tensor, step: number): void;
 
+  private readonly constants = new Map<number, Scalar>();
+  /**
+   * A float32 constant, made once: `v.mul(0.9)` would upload a new scalar tensor on every call,
+   * several per variable and step.
+   */
+  protected constant(value: number): Scalar {
+    let scalar = this.constants.get(value);
+    if (!scalar) {
+      scalar = this.tf.keep(this.tf.scalar(value, 'float32'));
+      this.constants.set(value, scalar);
+    }
+    return scalar;
+  }
+
   applyGradients(pairs: ReadonlyArray<{ variable: Variable; grad: Tensor | null | undefined }>): void {
     const step = this.iterations + 1;
     for (const { variable, grad } of pairs) {
@@ -208,6 +222,8 @@ abstract class SlotOptimizer implements KerasOptimizer {
   dispose(): void {
     for (const slots of this.slots.values()) for (const slot of slots) slot.dispose();
     this.slots.clear();
+    for (const scalar of this.constants.values()) scalar.dispose();
+    this.constants.clear();
   }
 }
 
@@ -240,9 +256,11 @@ export class KerasAdam extends SlotOptimizer {
     const b1t = Math.fround(Math.pow(Math.fround(this.beta1), step));
     const b2t = Math.fround(Math.pow(Math.fround(this.beta2), step));
     const alpha = (this.learningRate * Math.sqrt(1 - b2t)) / (1 - b1t);
-    m.assign(m.add(grad.sub(m).mul(1 - this.beta1)));
-    v.assign(v.add(grad.square().sub(v).mul(1 - this.beta2)));
-    variable.assign(variable.sub(m.mul(alpha).div(v.sqrt().add(this.epsilon))));
+    const c = (value: number) => this.constant(value);
+    m.assign(m.add(grad.sub(m).mul(c(1 - this.beta1))));
+    v.assign(v.add(grad.square().sub(v).mul(c(1 - this.beta2))));
+    // α changes every step: not one of the kept constants
+    variable.assign(variable.sub(m.mul(alpha).div(v.sqrt().add(c(this.epsilon)))));
   }
 }
 
@@ -267,8 +285,9 @@ export class KerasRmsprop extends SlotOptimizer {
   }
   protected update(variable: Variable, grad: Tensor): void {
     const [v] = this.slotsFor(variable, 1) as [Variable];
-    v.assign(v.mul(this.rho).add(grad.square().mul(1 - this.rho)));
-    variable.assign(variable.sub(grad.mul(this.learningRate).div(v.add(this.epsilon).sqrt())));
+    const c = (value: number) => this.constant(value);
+    v.assign(v.mul(c(this.rho)).add(grad.square().mul(c(1 - this.rho))));
+    variable.assign(variable.sub(grad.mul(c(this.learningRate)).div(v.add(c(this.epsilon)).sqrt())));
   }
 }
 
@@ -276,7 +295,7 @@ export class KerasRmsprop extends SlotOptimizer {
 export class KerasSgd extends SlotOptimizer {
   readonly name = 'sgd' as const;
   protected update(variable: Variable, grad: Tensor): void {
-    variable.assign(variable.sub(grad.mul(this.learningRate)));
+    variable.assign(variable.sub(grad.mul(this.constant(this.learningRate))));
   }
 }
 
