@@ -123,11 +123,10 @@ async function runAugment(ctx: StageContext<AugmentParams>): Promise<void> {
     ctx.log(`${views} views of ${count} images (${height}×${width}) in ${seconds.toFixed(1)} s`);
 
     if (count > 0) await writePicture(ctx, await train.image(0), written, seed, settings);
+    ctx.summary({ views, augmented_images: views * count });
   } finally {
     await train.close();
   }
-  const count = train.meta.count;
-  ctx.summary({ views, augmented_images: views * count });
 }
 
 /** 9 augmentations of the first training image, drawn from their own stream (not the views'). */
