@@ -90,6 +90,16 @@ test('cache bytes per stage in the run summary and pipe status (text and --json)
   const text = await pipe(dir, ['status', 'p.yaml']);
   assert.match(text.stdout, /^b\s+cached\s+[0-9a-f]+\s+40\d\.\d KB$/m);
   assert.match(text.stdout, /up to date: every stage is cached; the cached stages take 1\.2 MB in the cache/);
+
+  // status does not count as a use of an entry; a run that restores it does (least recently used first)
+  const entryDir = path.join(dir, 'runs', 'cache', 'entries', summary.stages[0]!.fingerprint);
+  const old = new Date(Date.now() - 3_600_000);
+  utimesSync(entryDir, old, old);
+  await pipe(dir, ['status', 'p.yaml']);
+  assert.ok(statSync(entryDir).mtimeMs < Date.now() - 3_000_000);
+  const again = await pipe(dir, ['run', 'p.yaml', '--no-track']);
+  assert.match(again.stderr, /3 cached/);
+  assert.ok(statSync(entryDir).mtimeMs > Date.now() - 60_000, 'restoring the entry marks it used');
 });
 
 test('gc --max-size removes the least recently used entries first, never one a running stage holds', async () => {
