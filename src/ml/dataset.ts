@@ -2,7 +2,7 @@
 // stages (extract-features, train-head, fine-tune, evaluate).
 //
 // An image set `<name>` in a stage's artifact directory is a JSON file and a pixel file:
-//   <name>.json    {count, height, width, channels, views, classNames, labels, files[, pixels]}
+//   <name>.json    {count, height, width, channels, views, classNames, labels, files[, indexed]}
 //   <name>.u8      count × views × height × width × channels bytes, NHWC, RGB, values 0..255
 // Pixels are the Keras `image_dataset_from_directory` values (bilinear resize, no antialias),
 // rounded to uint8: a 160×160 view is 77 KB instead of 307 KB as float32.
