@@ -1,6 +1,7 @@
 // The artifact cache on real directories: entries appear complete or not at all, the lock lets
 // one process compute an entry and is taken over from a dead or silent holder, and what killed
-// writers leave behind is cleaned.
+// writers leave behind is cleaned; entries a running stage reads are held, and their sizes count a
+// shared (hard-linked) file once.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
