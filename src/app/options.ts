@@ -14,6 +14,8 @@ export interface CommandOptions {
   register?: string;
   alias?: string[];
   'dry-run'?: boolean;
+  /** `gc`: the size budget of the cache (`50GB`). */
+  'max-size'?: string;
   sweep?: string[];
   objective?: string;
   samples?: string;

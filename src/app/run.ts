@@ -20,6 +20,7 @@ import type { ExecuteOptions, Runner } from '../exec/run-book.ts';
 import { shortFingerprint } from '../cache/fingerprint.ts';
 import { loadPipeline, type PipelineFile } from '../pipeline/pipeline.ts';
 import { planPipeline, type Plan } from '../plan/plan.ts';
+import { formatBytes } from '../util/format.ts';
 import { hashIndexPath, newRunId, openCache, projectPaths, statePath, type ProjectPaths } from '../cache/project.ts';
 import { outputLinker, plainRenderer, runLogWriter, ttyRenderer } from '../render/render.ts';
 import { gpuIds, resolveFlavour, runtimeFingerprint } from '../exec/runtime.ts';
@@ -105,20 +106,37 @@ export async function statusCommand(file: string, values: CommandOptions, io: Io
   const prepared = await prepare(file, values, io);
   if (!prepared) return 'invalid';
   const { plan } = prepared;
+  // What the cached stages' entries take (a file several entries share, counted once in the total).
+  const usage = await openCache(prepared.paths).usage(plan.stages.filter((s) => s.cached).map((s) => s.fingerprint));
+  const bytesOf = (fingerprint: string) => usage.entries.get(fingerprint);
   if (values.json) {
     io.out(`${JSON.stringify({
       pipeline: prepared.file.name,
-      stages: plan.stages.map((s) => ({ name: s.name, kind: s.kindName, fingerprint: s.fingerprint, status: s.cached ? 'cached' : 'will-run', reasons: s.reasons })),
+      stages: plan.stages.map((s) => {
+        const entry = s.cached ? bytesOf(s.fingerprint) : undefined;
+        return {
+          name: s.name,
+          kind: s.kindName,
+          fingerprint: s.fingerprint,
+          status: s.cached ? 'cached' : 'will-run',
+          reasons: s.reasons,
+          ...(entry ? { cacheBytes: entry.bytes, cacheLinkedBytes: entry.linkedBytes } : {}),
+        };
+      }),
+      cacheBytes: usage.uniqueBytes,
     }, null, 2)}\n`);
     return 'ok';
   }
   const width = Math.max(5, ...plan.stages.map((s) => s.name.length));
   for (const s of plan.stages) {
-    if (s.cached) io.out(`${s.name.padEnd(width)}  cached    ${shortFingerprint(s.fingerprint)}\n`);
+    const entry = bytesOf(s.fingerprint);
+    const size = entry ? `  ${formatBytes(entry.bytes)}${entry.linkedBytes ? ` (${formatBytes(entry.linkedBytes)} linked)` : ''}` : '';
+    if (s.cached) io.out(`${s.name.padEnd(width)}  cached    ${shortFingerprint(s.fingerprint)}${size}\n`);
     else io.out(`${s.name.padEnd(width)}  will run  ${shortFingerprint(s.fingerprint)}  ${s.reasons.join('; ')}\n`);
   }
   const toRun = plan.stages.filter((s) => !s.cached).length;
-  io.out(toRun === 0 ? 'up to date: every stage is cached\n' : `${toRun} of ${plan.stages.length} stages would run\n`);
+  io.out(toRun === 0 ? 'up to date: every stage is cached' : `${toRun} of ${plan.stages.length} stages would run`);
+  io.out(usage.entries.size > 0 ? `; the cached stages take ${formatBytes(usage.uniqueBytes)} in the cache\n` : '\n');
   return 'ok';
 }
 

@@ -9,6 +9,8 @@
 //       out/           the artifacts
 //   <root>/tmp/<fingerprint>.<pid>.<nonce>.<host>/   an entry being written (same layout)
 //   <root>/locks/<fingerprint>.lock           who is computing that entry right now
+//   <root>/locks/<fingerprint>.use.<pid>.<nonce>   a running stage reading that entry (an input):
+//                                             `pipe gc` never removes an entry held so
 //
 // An entry is written under tmp/ and renamed into entries/ in one step, so a reader sees a
 // complete entry or none. A killed writer leaves only a tmp/ directory and a lock naming a dead
@@ -19,6 +21,10 @@
 // is atomic there too, so two workers never publish one entry half-way. A lock holder on another
 // host cannot be checked for life, so a held lock is refreshed (its mtime) every few seconds, and a
 // lock nobody refreshed for LOCK_LEASE_MS is stale wherever its holder was.
+//
+// An entry's directory mtime is when it was last used (published, restored or read as an input):
+// `pipe gc --max-size` removes the least recently used first. Files of different entries may be
+// one file (hard links: split links the fetched pixels): sizes are counted once per inode.
 
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants, promises as fs } from 'node:fs';
@@ -107,7 +113,10 @@ export class Cache {
   async readIntact(fingerprint: string, onDamaged: (problem: string) => void): Promise<CacheEntry | undefined> {
     const entry = await this.read(fingerprint);
     const problem = entry ? await this.damage(entry) : await this.unreadable(fingerprint);
-    if (problem === undefined) return entry;
+    if (problem === undefined) {
+      if (entry) await this.touch(fingerprint);
+      return entry;
+    }
     onDamaged(`cache entry ${fingerprint.slice(0, 10)} is damaged: ${problem}; removed it`);
     await this.remove(fingerprint);
     return undefined;
@@ -184,6 +193,79 @@ export class Cache {
     const entry = await this.read(staging.fingerprint);
     if (!entry) throw new UnavailableError(`cache entry ${staging.fingerprint} vanished right after publishing (removed by a concurrent pipe gc?)`);
     return entry;
+  }
+
+  /** Marks an entry as used now (its directory's mtime; best effort: a read-only cache keeps none). */
+  async touch(fingerprint: string): Promise<void> {
+    const now = new Date();
+    await fs.utimes(this.entryDir(fingerprint), now, now).catch(() => undefined);
+  }
+
+  /**
+   * Holds entries a running stage reads, so that `pipe gc` leaves them alone until `release`: a use
+   * file per entry, refreshed as a lock is (a holder that died stops holding, as its lock would).
+   */
+  async hold(fingerprints: string[]): Promise<() => Promise<void>> {
+    const dir = path.join(this.root, 'locks');
+    await fs.mkdir(dir, { recursive: true });
+    const me: LockInfo = { pid: process.pid, host: os.hostname(), since: Date.now() };
+    const files: string[] = [];
+    for (const fingerprint of new Set(fingerprints)) {
+      const file = path.join(dir, `${fingerprint}.use.${process.pid}.${randomBytes(4).toString('hex')}`);
+      await fs.writeFile(file, JSON.stringify(me));
+      files.push(file);
+    }
+    const heartbeat = setInterval(() => {
+      const now = new Date();
+      for (const file of files) fs.utimes(file, now, now).catch(() => undefined);
+    }, LOCK_REFRESH_MS);
+    heartbeat.unref();
+    return async () => {
+      clearInterval(heartbeat);
+      await Promise.all(files.map((file) => fs.rm(file, { force: true })));
+    };
+  }
+
+  /** Fingerprints that a live process holds: being computed (their lock) or read by a running stage. */
+  async held(): Promise<Set<string>> {
+    const locks = path.join(this.root, 'locks');
+    const held = new Set<string>();
+    for (const name of await readdirSafe(locks)) {
+      const match = /^([^.]+)\.(?:lock|use\.\d+\.[0-9a-f]+)$/.exec(name);
+      if (!match) continue;
+      const file = path.join(locks, name);
+      if (!(await staleWriter(await lockWriter(file), file, LOCK_LEASE_MS))) held.add(match[1]!);
+    }
+    return held;
+  }
+
+  /**
+   * What entries take on disk: per entry its bytes, the part of them in files hard-linked with
+   * other files (shared with another entry: no extra space), the inodes (to count each once), and
+   * when it was last used; `uniqueBytes` counts every inode once.
+   */
+  async usage(fingerprints: string[]): Promise<CacheUsage> {
+    const entries = new Map<string, EntryUsage>();
+    const inodes = new Map<string, number>();
+    for (const fingerprint of fingerprints) {
+      const dir = this.entryDir(fingerprint);
+      const dirStat = await fs.stat(dir).catch(() => undefined);
+      if (!dirStat) continue;
+      const usage: EntryUsage = { bytes: 0, linkedBytes: 0, files: [], lastUsedMs: dirStat.mtimeMs };
+      for (const rel of await listFiles(dir).catch(() => [])) {
+        const st = await fs.lstat(path.join(dir, rel)).catch(() => undefined);
+        if (!st) continue;
+        const key = `${st.dev}:${st.ino}`;
+        usage.bytes += st.size;
+        if (st.nlink > 1) usage.linkedBytes += st.size;
+        usage.files.push({ key, size: st.size });
+        inodes.set(key, st.size);
+      }
+      entries.set(fingerprint, usage);
+    }
+    let uniqueBytes = 0;
+    for (const size of inodes.values()) uniqueBytes += size;
+    return { entries, uniqueBytes };
   }
 
   async discard(staging: Staging): Promise<void> {
@@ -356,6 +438,23 @@ async function whyNotWritable(dir: string): Promise<string | undefined> {
     if (code === 'EACCES' || code === 'EPERM') return `permission denied on ${existing}`;
     return (error as Error).message;
   }
+}
+
+export interface EntryUsage {
+  /** Bytes of the entry's files. */
+  bytes: number;
+  /** Of those, bytes in files with more than one link (e.g. split's links of the fetched pixels). */
+  linkedBytes: number;
+  /** Each file's inode (`dev:ino`) and size, to count a file shared by entries once. */
+  files: Array<{ key: string; size: number }>;
+  /** When the entry was last published, restored or read as an input (ms since the epoch). */
+  lastUsedMs: number;
+}
+
+export interface CacheUsage {
+  entries: Map<string, EntryUsage>;
+  /** Bytes of all the entries' files, each inode once. */
+  uniqueBytes: number;
 }
 
 /** Something a crashed or killed process left in the cache, and why it is known to be abandoned. */

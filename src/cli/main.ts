@@ -16,7 +16,7 @@ Usage:
                [--objective METRIC] [--json] [--jobs N] [--backend B] [--verbose] [--no-track]
                [--queue URL] [--cache DIR] [--retries N] [--register NAME [--alias ALIAS]...]
   pipe worker --queue redis://HOST:PORT [--cpus N] [--gpus N] [--cache DIR] [--name NAME]
-  pipe gc [FILE...] [--dry-run] [--cache DIR]
+  pipe gc [FILE...] [--dry-run] [--max-size SIZE] [--cache DIR]
   pipe predict MODEL IMAGE...                (MODEL: a directory, or models:/NAME/VERSION, models:/NAME@ALIAS)
   pipe register RUN|MODEL NAME [--alias ALIAS]...
   pipe ui [EXPERIMENT] [--host H] [--stop]
@@ -28,7 +28,8 @@ Commands:
   status   say, for each stage, whether it would run and why
   sweep    run trials over parameter values; shared stages run once
   worker   take stage jobs from a Redis queue and run them (one per machine of a cluster)
-  gc       remove cache entries that no pipeline references, stale locks and tmp dirs (--dry-run lists them)
+  gc       remove cache entries that no pipeline references, stale locks and tmp dirs (--dry-run lists them;
+           --max-size 50GB also removes the least recently used entries until the cache fits)
   predict  classify images with a model saved by an evaluate stage (or registered in MLflow)
   register make a run's logged model a version of registered model NAME in MLflow's Model Registry
   ui       start or find the MLflow server and print the URL of the runs
@@ -71,6 +72,7 @@ const runOptions = {
   register: { type: 'string' },
   alias: { type: 'string', multiple: true },
   'dry-run': { type: 'boolean' },
+  'max-size': { type: 'string' },
   sweep: { type: 'string', short: 'S', multiple: true },
   objective: { type: 'string' },
   samples: { type: 'string' },

@@ -105,6 +105,9 @@ export interface StageSummary {
   summary: Record<string, string | number | boolean>;
   /** Which `pipe worker` ran it, when the run went through a queue. */
   worker?: string;
+  /** Bytes of its cache entry (ran or cached stages), and of those, bytes in files hard-linked with another entry's. */
+  cacheBytes?: number;
+  cacheLinkedBytes?: number;
 }
 
 export interface RunSummary {
@@ -115,6 +118,8 @@ export interface RunSummary {
   interrupted?: string;
   durationMs: number;
   stages: StageSummary[];
+  /** Bytes of the run's cache entries, a file shared by several (hard links) counted once. */
+  cacheBytes?: number;
   /** The last value (highest step) of every metric the stages reported, by key (e.g. `test_accuracy`). */
   metrics: Record<string, number>;
 }

@@ -114,6 +114,13 @@ export class RunBook {
       const o = this.outcomes.get(s.name) ?? skippedOutcome('not reached');
       return { name: s.name, kind: s.kindName, status: o.status, durationMs: o.durationMs, fingerprint: s.fingerprint, error: o.error, reasons: s.reasons, summary: o.summary, ...(o.worker ? { worker: o.worker } : {}) };
     });
+    // What each finished stage's entry takes in the cache (an unreadable cache just leaves it out).
+    const finished = stages.filter((s) => s.status === 'ran' || s.status === 'cached');
+    const usage = await options.cache.usage(finished.map((s) => s.fingerprint)).catch(() => undefined);
+    for (const s of finished) {
+      const entry = usage?.entries.get(s.fingerprint);
+      if (entry) Object.assign(s, { cacheBytes: entry.bytes, cacheLinkedBytes: entry.linkedBytes });
+    }
     const metrics: Record<string, number> = {};
     for (const s of options.summaryMetrics === false ? [] : options.plan.stages) {
       const points = [...(this.outcomes.get(s.name)?.metrics ?? [])].sort((a, b) => a.step - b.step || a.timestamp - b.timestamp);
@@ -126,6 +133,7 @@ export class RunBook {
       ...(this.interruptedBy ? { interrupted: this.interruptedBy } : {}),
       durationMs: Date.now() - this.started,
       stages,
+      ...(usage ? { cacheBytes: usage.uniqueBytes } : {}),
       metrics,
     };
     this.emit({ type: 'run-end', summary, endedAt: Date.now() });

@@ -145,9 +145,15 @@ async function computeEntry(stage: StageJob, gpus: string[], run: RunContext, wo
       if (workspace !== undefined) await restoreOuts(existing, workspace);
       return await cachedOutcome(existing);
     }
-    const damagedInput = await damagedInputs(stage, cache);
-    if (damagedInput) return { status: 'failed', durationMs: 0, error: damagedInput, metrics: [], artifacts: [], summary: {} };
-    return await runInChild(stage, gpus, run);
+    // The inputs are held while the stage reads them: pipe gc (--max-size) leaves them alone.
+    const releaseInputs = await cache.hold(Object.values(stage.inputs));
+    try {
+      const damagedInput = await damagedInputs(stage, cache);
+      if (damagedInput) return { status: 'failed', durationMs: 0, error: damagedInput, metrics: [], artifacts: [], summary: {} };
+      return await runInChild(stage, gpus, run);
+    } finally {
+      await releaseInputs();
+    }
   } finally {
     await release();
   }

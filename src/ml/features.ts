@@ -206,9 +206,82 @@ export interface FeatureArray {
 }
 
 /**
+ * Reads rows of one set's pooled features or boundary activations through one open file, as
+ * float32 (float16 files are converted): positioned reads, so a batch loop opens the file once and
+ * files past 2 GiB read like any other.
+ */
+export class FeatureReader {
+  readonly rowShape: number[];
+  readonly rowSize: number;
+  readonly bytesPerValue: number;
+
+  private constructor(
+    readonly file: string,
+    readonly setMeta: FeatureSetMeta,
+    readonly dtype: FeatureDtype,
+    rowShape: number[],
+    private readonly handle: fs.FileHandle,
+  ) {
+    this.rowShape = rowShape;
+    this.rowSize = rowShape.reduce((a, b) => a * b, 1);
+    this.bytesPerValue = dtype === 'float16' ? 2 : 4;
+  }
+
+  static async open(dir: string, meta: FeaturesMeta, set: FeatureSetName, kind: FeatureKind): Promise<FeatureReader> {
+    const setMeta = meta.sets[set];
+    const file = kind === 'pooled' ? setMeta.pooled : setMeta.boundary;
+    const rowShape = kind === 'pooled' ? (meta.pooled ? [meta.pooled.dim] : undefined) : meta.boundary?.shape;
+    const dtype: FeatureDtype = kind === 'pooled' ? 'float32' : (meta.boundary?.dtype ?? 'float32');
+    if (!file || !rowShape) throw new InputError(`features in ${dir} have no ${kind} values for ${set}`);
+    const full = path.join(dir, file);
+    const handle = await fs.open(full, 'r');
+    const reader = new FeatureReader(full, setMeta, dtype, [...rowShape], handle);
+    try {
+      const { size } = await handle.stat();
+      const expected = reader.rows * reader.rowSize * reader.bytesPerValue;
+      if (size !== expected) throw new InputError(`${full}: ${size} bytes, expected ${expected}`);
+    } catch (error) {
+      await handle.close();
+      throw error;
+    }
+    return reader;
+  }
+
+  /** Rows in the file: count × views. */
+  get rows(): number {
+    return this.setMeta.count * this.setMeta.views;
+  }
+
+  /** Rows [start, start + count) as float32, shaped [count, ...row shape]. */
+  async read(start: number, count: number): Promise<FeatureArray> {
+    if (!Number.isInteger(start) || !Number.isInteger(count) || start < 0 || count < 0 || start + count > this.rows) {
+      throw new Error(`bug: ${this.file}: rows ${start}…${start + count - 1} out of range (0…${this.rows - 1})`);
+    }
+    const rowBytes = this.rowSize * this.bytesPerValue;
+    const bytes = count * rowBytes;
+    const buffer = new ArrayBuffer(bytes);
+    const view = new Uint8Array(buffer);
+    const position = start * rowBytes;
+    if (!Number.isSafeInteger(position + bytes)) throw new Error(`bug: ${this.file}: row ${start} has no exact offset`);
+    let done = 0;
+    while (done < bytes) {
+      const { bytesRead } = await this.handle.read(view, done, bytes - done, position + done);
+      if (bytesRead === 0) throw new InputError(`${this.file}: unexpected end of file`);
+      done += bytesRead;
+    }
+    const data = this.dtype === 'float16' ? float16ToFloat32(new Uint16Array(buffer)) : new Float32Array(buffer);
+    return { data, shape: [count, ...this.rowShape] };
+  }
+
+  async close(): Promise<void> {
+    await this.handle.close();
+  }
+}
+
+/**
  * Reads the pooled features or boundary activations of a set, all rows or only those of one view
  * (`view`: rows view·count … (view+1)·count − 1), as float32; `rows` narrows that to `count` rows
- * from `start` (for reading in batches).
+ * from `start`. Opens the file for this one read: a loop over batches should hold a FeatureReader.
  */
 export async function readFeatures(
   dir: string,
@@ -218,12 +291,6 @@ export async function readFeatures(
   options: { view?: number; rows?: { start: number; count: number } } = {},
 ): Promise<FeatureArray> {
   const setMeta = meta.sets[set];
-  const file = kind === 'pooled' ? setMeta.pooled : setMeta.boundary;
-  const rowShape = kind === 'pooled' ? (meta.pooled ? [meta.pooled.dim] : undefined) : meta.boundary?.shape;
-  const dtype: FeatureDtype = kind === 'pooled' ? 'float32' : (meta.boundary?.dtype ?? 'float32');
-  if (!file || !rowShape) throw new InputError(`features in ${dir} have no ${kind} values for ${set}`);
-  const rowSize = rowShape.reduce((a, b) => a * b, 1);
-  const bytesPerValue = dtype === 'float16' ? 2 : 4;
   let firstRow = 0;
   let rows = setMeta.count * setMeta.views;
   if (options.view !== undefined) {
@@ -241,25 +308,12 @@ export async function readFeatures(
     firstRow += start;
     rows = count;
   }
-  const bytes = rows * rowSize * bytesPerValue;
-  const buffer = new ArrayBuffer(bytes);
-  const handle = await fs.open(path.join(dir, file), 'r');
+  const reader = await FeatureReader.open(dir, meta, set, kind);
   try {
-    const { size } = await handle.stat();
-    const expected = setMeta.count * setMeta.views * rowSize * bytesPerValue;
-    if (size !== expected) throw new InputError(`${path.join(dir, file)}: ${size} bytes, expected ${expected}`);
-    const view = new Uint8Array(buffer);
-    let done = 0;
-    while (done < bytes) {
-      const { bytesRead } = await handle.read(view, done, bytes - done, firstRow * rowSize * bytesPerValue + done);
-      if (bytesRead === 0) throw new InputError(`${path.join(dir, file)}: unexpected end of file`);
-      done += bytesRead;
-    }
+    return await reader.read(firstRow, rows);
   } finally {
-    await handle.close();
+    await reader.close();
   }
-  const data = dtype === 'float16' ? float16ToFloat32(new Uint16Array(buffer)) : new Float32Array(buffer);
-  return { data, shape: [rows, ...rowShape] };
 }
 
 /**

@@ -95,30 +95,29 @@ export function toUint8(values: ArrayLike<number>): Uint8Array {
   return out;
 }
 
-export interface LoadedImages {
-  /** `kept.length` images of height × width × 3 bytes, in the order of `kept`. */
-  pixels: Uint8Array;
-  /** Indexes (into the input list) of the files that decoded. */
+export interface DecodedImages {
+  /** Indexes (into the input list) of the files that decoded, in order. */
   kept: number[];
   /** Files that could not be read or decoded, with the reason. */
   skipped: Array<{ file: string; reason: string }>;
 }
 
 /**
- * Reads, decodes and resizes `files` (paths relative to `root`). Undecodable files are skipped and
- * reported, never fatal. `onProgress` is called every few images.
+ * Reads, decodes and resizes `files` (paths relative to `root`) one by one, handing each decoded
+ * image (height × width × 3 bytes) to `onImage` in input order before the next is decoded: memory
+ * does not grow with the number of files. Undecodable files are skipped and reported, never fatal.
+ * `onProgress` is called every few images.
  */
-export async function loadImages(
+export async function decodeImages(
   tf: Tf,
   root: string,
   files: readonly string[],
   size: readonly [number, number],
+  onImage: (pixels: Uint8Array, index: number) => Promise<void>,
   onProgress?: (done: number, total: number) => void,
-): Promise<LoadedImages> {
-  const bytesPerImage = size[0] * size[1] * 3;
-  const pixels = new Uint8Array(files.length * bytesPerImage);
+): Promise<DecodedImages> {
   const kept: number[] = [];
-  const skipped: LoadedImages['skipped'] = [];
+  const skipped: DecodedImages['skipped'] = [];
   // Read ahead a few files while TensorFlow decodes the current one.
   const readAhead = 8;
   const reads = new Map<number, Promise<Buffer>>();
@@ -134,18 +133,20 @@ export async function loadImages(
   for (let i = 0; i < files.length; i++) {
     startRead(i + readAhead);
     const file = files[i]!;
+    let image: Uint8Array | undefined;
     try {
-      const bytes = await reads.get(i)!;
-      const image = decodeAndResize(tf, bytes, size);
-      pixels.set(image, kept.length * bytesPerImage);
-      kept.push(i);
+      image = decodeAndResize(tf, await reads.get(i)!, size);
     } catch (error) {
       skipped.push({ file, reason: firstLine(error) });
     }
     reads.delete(i);
+    if (image) {
+      await onImage(image, i);
+      kept.push(i);
+    }
     if (onProgress && ((i + 1) % 25 === 0 || i + 1 === files.length)) onProgress(i + 1, files.length);
   }
-  return { pixels: pixels.subarray(0, kept.length * bytesPerImage), kept, skipped };
+  return { kept, skipped };
 }
 
 function firstLine(error: unknown): string {

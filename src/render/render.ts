@@ -5,6 +5,7 @@ import { createWriteStream, mkdirSync, renameSync, rmSync, symlinkSync, type Wri
 import * as path from 'node:path';
 import type { RunEvent, RunListener, RunSummary, StageStatus } from '../core/events.ts';
 import { shortFingerprint } from '../cache/fingerprint.ts';
+import { formatBytes } from '../util/format.ts';
 
 type Write = (text: string) => void;
 
@@ -175,20 +176,29 @@ export function formatSummary(summary: RunSummary): string {
   const where = (s: RunSummary['stages'][number]) => (workers ? `  ${(s.worker ?? (s.status === 'cached' ? 'here' : '-')).padEnd(workerWidth)}` : '');
   const lines = [
     '',
-    `${'stage'.padEnd(width)}  ${'status'.padEnd(7)}  ${'time'.padStart(9)}${workers ? `  ${'worker'.padEnd(workerWidth)}` : ''}  fingerprint`,
+    `${'stage'.padEnd(width)}  ${'status'.padEnd(7)}  ${'time'.padStart(9)}${workers ? `  ${'worker'.padEnd(workerWidth)}` : ''}  ${'cache'.padStart(9)}  fingerprint`,
     ...summary.stages.map(
       (s) =>
-        `${s.name.padEnd(width)}  ${s.status.padEnd(7)}  ${formatDuration(s.durationMs).padStart(9)}${where(s)}  ${shortFingerprint(s.fingerprint)}${s.error ? `  ${s.error}` : ''}`,
+        `${s.name.padEnd(width)}  ${s.status.padEnd(7)}  ${formatDuration(s.durationMs).padStart(9)}${where(s)}  ${cacheColumn(s).padStart(9)}  ${shortFingerprint(s.fingerprint)}` +
+        `${s.cacheLinkedBytes ? `  (${formatBytes(s.cacheLinkedBytes)} linked)` : ''}${s.error ? `  ${s.error}` : ''}`,
     ),
   ];
   const counts = (['ran', 'cached', 'failed', 'skipped'] as const).map((st) => `${summary.stages.filter((s) => s.status === st).length} ${st}`);
   const verdict = summary.interrupted ? `INTERRUPTED by ${summary.interrupted}` : summary.status === 'succeeded' ? 'succeeded' : 'FAILED';
-  lines.push(`${verdict} in ${formatDuration(summary.durationMs)}: ${counts.join(', ')}`);
+  lines.push(
+    `${verdict} in ${formatDuration(summary.durationMs)}: ${counts.join(', ')}` +
+      `${summary.cacheBytes !== undefined ? `; ${formatBytes(summary.cacheBytes)} in the cache` : ''}`,
+  );
   const metricNames = Object.keys(summary.metrics);
   if (metricNames.length) {
     lines.push(`metrics: ${metricNames.slice(0, 12).map((k) => `${k}=${round(summary.metrics[k] ?? NaN)}`).join('  ')}${metricNames.length > 12 ? ' …' : ''}`);
   }
   return `${lines.join('\n')}\n`;
+}
+
+/** A stage's entry size for the summary table; '-' when it has none (failed, skipped). */
+function cacheColumn(s: RunSummary['stages'][number]): string {
+  return s.cacheBytes === undefined ? '-' : formatBytes(s.cacheBytes);
 }
 
 function round(v: number): string {

@@ -23,7 +23,7 @@ import {
   viewTransforms,
   type AugmentSettings,
 } from '../ml/augment.ts';
-import { imageAt, imageBytes, readImageSet, type ImageSetMeta } from '../ml/dataset.ts';
+import { ImageSetReader, ImageSetWriter, type ImageSetMeta } from '../ml/dataset.ts';
 import { imageGrid } from '../ml/plots.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import { InputError } from '../core/errors.ts';
@@ -81,52 +81,52 @@ async function runAugment(ctx: StageContext<AugmentParams>): Promise<void> {
   const seed = ctx.params.seed;
   const settings: AugmentSettings = { flip: ctx.params.flip, rotation: ctx.params.rotation };
 
-  const train = await readImageSet(dataDir, 'train');
-  if (train.views !== 1) throw new InputError(`the training set in ${dataDir} already has ${train.views} views`);
-  const { count, height, width, channels } = train;
-  const size = imageBytes(train);
-
-  const record: AugmentRecord = { seed, views, ...settings, count, draws: [] };
-  const started = Date.now();
-  const chunk = new Uint8Array(Math.min(CHUNK, Math.max(1, count)) * size);
-  const handle = await fs.open(path.join(ctx.outDir, 'views.u8'), 'w');
+  const train = await ImageSetReader.open(dataDir, 'train');
   try {
-    for (let view = 0; view < views; view++) {
-      const transforms = viewTransforms(seed, view, count, settings);
-      for (let start = 0; start < count; start += CHUNK) {
-        const end = Math.min(count, start + CHUNK);
-        for (let i = start; i < end; i++) {
-          const out = chunk.subarray((i - start) * size, (i - start + 1) * size);
-          augmentImage(imageAt(train, i), out, height, width, channels, transforms[i]!);
-        }
-        await handle.write(chunk, 0, (end - start) * size);
-        ctx.progress(view * count + end, views * count, 'augment');
-      }
-      record.draws.push({
-        flips: transforms.map((t) => (t.flip ? '1' : '0')).join(''),
-        angles: transforms.map((t) => Math.round(((t.angle * 180) / Math.PI) * 1e4) / 1e4),
-      });
-    }
-  } finally {
-    await handle.close();
-  }
-  const meta: ImageSetMeta = {
-    count,
-    height,
-    width,
-    channels,
-    views,
-    classNames: train.classNames,
-    labels: train.labels,
-    files: train.files,
-  };
-  await fs.writeFile(path.join(ctx.outDir, 'views.json'), JSON.stringify(meta));
-  await fs.writeFile(path.join(ctx.outDir, 'augment.json'), JSON.stringify(record) + '\n');
-  const seconds = (Date.now() - started) / 1000;
-  ctx.log(`${views} views of ${count} images (${height}×${width}) in ${seconds.toFixed(1)} s`);
+    const { meta } = train;
+    if (meta.views !== 1) throw new InputError(`the training set in ${dataDir} already has ${meta.views} views`);
+    const { count, height, width, channels } = meta;
+    const size = train.rowBytes;
 
-  if (count > 0) await writePicture(ctx, imageAt(train, 0), meta, seed, settings);
-  ctx.summary({ views, augmented_images: views * count });
+    const record: AugmentRecord = { seed, views, ...settings, count, draws: [] };
+    const started = Date.now();
+    // A chunk of the training images in, their augmentations out: memory is two chunks, whatever the count.
+    const input = new Uint8Array(Math.min(CHUNK, Math.max(1, count)) * size);
+    const chunk = new Uint8Array(input.length);
+    const writer = await ImageSetWriter.create(ctx.outDir, 'views', { height, width, channels });
+    let written: ImageSetMeta;
+    try {
+      for (let view = 0; view < views; view++) {
+        const transforms = viewTransforms(seed, view, count, settings);
+        for (let start = 0; start < count; start += CHUNK) {
+          const end = Math.min(count, start + CHUNK);
+          await train.read(start, end - start, input);
+          for (let i = start; i < end; i++) {
+            const out = chunk.subarray((i - start) * size, (i - start + 1) * size);
+            augmentImage(input.subarray((i - start) * size, (i - start + 1) * size), out, height, width, channels, transforms[i]!);
+          }
+          await writer.append(chunk.subarray(0, (end - start) * size));
+          ctx.progress(view * count + end, views * count, 'augment');
+        }
+        record.draws.push({
+          flips: transforms.map((t) => (t.flip ? '1' : '0')).join(''),
+          angles: transforms.map((t) => Math.round(((t.angle * 180) / Math.PI) * 1e4) / 1e4),
+        });
+      }
+      written = await writer.finish({ count, views, classNames: meta.classNames, labels: meta.labels, files: meta.files });
+    } catch (error) {
+      await writer.abort();
+      throw error;
+    }
+    await fs.writeFile(path.join(ctx.outDir, 'augment.json'), JSON.stringify(record) + '\n');
+    const seconds = (Date.now() - started) / 1000;
+    ctx.log(`${views} views of ${count} images (${height}×${width}) in ${seconds.toFixed(1)} s`);
+
+    if (count > 0) await writePicture(ctx, await train.image(0), written, seed, settings);
+    ctx.summary({ views, augmented_images: views * count });
+  } finally {
+    await train.close();
+  }
 }
 
 /** 9 augmentations of the first training image, drawn from their own stream (not the views'). */

@@ -18,7 +18,7 @@ import {
   FeatureWriter,
   featureFileName,
   loadFeatureBase,
-  readFeatures,
+  FeatureReader,
   writeFeaturesMeta,
   type FeatureSetMeta,
   type FeatureSetName,
@@ -107,10 +107,11 @@ async function run(ctx: StageContext<DeriveActivationsParams>): Promise<void> {
           done += rows;
         } else {
           const writer = await FeatureWriter.create(path.join(ctx.outDir, file), to.shape.reduce((a, b) => a * b, 1), params.dtype);
+          const reader = await FeatureReader.open(featuresDir, meta, set, 'boundary');
           try {
             for (let start = 0; start < rows; start += params.batch_size) {
               const count = Math.min(params.batch_size, rows - start);
-              const input = await readFeatures(featuresDir, meta, set, 'boundary', { rows: { start, count } });
+              const input = await reader.read(start, count);
               const began = performance.now();
               const values = tidyValues(tf, () => net.apply(tf.tensor4d(input.data, [count, ...from.shape])))[0]!;
               computeMs += performance.now() - began;
@@ -119,6 +120,7 @@ async function run(ctx: StageContext<DeriveActivationsParams>): Promise<void> {
               ctx.progress(done, total, set);
             }
           } finally {
+            await reader.close();
             await writer.close();
           }
         }

@@ -23,14 +23,14 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { LayersModel, Tensor, Tensor4D } from '@tensorflow/tfjs-node';
-import { imageAt, imageBytes, readImageSet } from '../ml/dataset.ts';
+import { imageBytes, ImageSetReader, type ImageSetMeta } from '../ml/dataset.ts';
 import { loadFeatureBase, readFeaturesMeta } from '../ml/features.ts';
 import { foldNetwork } from '../ml/frozen.ts';
 import { HeadVariables, buildClassifier, readHead } from '../ml/head.ts';
 import { loadMobileNetV2, saveLayersModel } from '../ml/mobilenet.ts';
 import { confusionMatrix, imageGrid, learningCurves } from '../ml/plots.ts';
 import { type Tf, loadTf, tidyValues } from '../ml/tf.ts';
-import { type History, type Task, evaluateBatches, logitUnits, probabilities } from '../ml/train.ts';
+import { type EvalResult, type History, type Task, evaluateBatches, logitUnits, probabilities } from '../ml/train.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import type { FineTuneMeta } from './fine-tune.ts';
 import type { TrainHeadMeta } from './train-head.ts';
@@ -44,6 +44,9 @@ export interface TestPrediction {
   /** Probability of the predicted class. */
   probability: number;
 }
+
+/** Test images read per chunk, in batches of batch_size (a chunk is evaluated before the next is read). */
+const EVALUATE_CHUNK_BATCHES = 32;
 
 const paramsSchema = {
   type: 'object',
@@ -111,8 +114,6 @@ async function histories(ctx: StageContext<EvaluateParams>, modelDir: string, me
 }
 
 async function run(ctx: StageContext<EvaluateParams>): Promise<void> {
-  const batchSize = ctx.params.batch_size;
-  const pictureCount = ctx.params.picture_images;
   const modelDir = ctx.inputs['model'];
   const dataDir = ctx.inputs['data'];
   if (!modelDir) throw new Error('bug: evaluate needs its model input (a fine-tune or train-head stage)');
@@ -124,13 +125,31 @@ async function run(ctx: StageContext<EvaluateParams>): Promise<void> {
   }
   const tf = loadTf(ctx.flavour);
   const headWeights = await readHead(modelDir);
+  const reader = await ImageSetReader.open(dataDir, 'test');
+  try {
+    await evaluateTestSet(ctx, tf, modelDir, meta, headWeights, reader);
+  } finally {
+    await reader.close();
+  }
+}
+
+/** Evaluates on the test set read batch by batch: memory does not grow with the number of test images. */
+async function evaluateTestSet(
+  ctx: StageContext<EvaluateParams>,
+  tf: Tf,
+  modelDir: string,
+  meta: ModelMeta,
+  headWeights: Awaited<ReturnType<typeof readHead>>,
+  reader: ImageSetReader,
+): Promise<void> {
+  const { batch_size: batchSize, picture_images: pictureCount } = ctx.params;
   const task: Task = headWeights.task;
   const classNames = headWeights.classNames;
-  const testSet = await readImageSet(dataDir, 'test');
+  const testSet = reader.meta;
   if (testSet.classNames.join('\n') !== classNames.join('\n')) {
     throw new InputError(`the test images are of classes ${testSet.classNames.join(', ')}, the model of ${classNames.join(', ')}`);
   }
-  if (testSet.count === 0) throw new InputError(`the split in ${dataDir} has no test images`);
+  if (testSet.count === 0) throw new InputError(`the split in ${reader.dir} has no test images`);
 
   const base = await loadBase(tf, ctx, modelDir, meta);
   const [h, w] = (base.inputs[0]!.shape.slice(1) as number[]) as [number, number];
@@ -147,24 +166,34 @@ async function run(ctx: StageContext<EvaluateParams>): Promise<void> {
   let classifier: LayersModel | undefined;
   try {
     // --- Test loss and accuracy, every test image's logits
-    const size = imageBytes(testSet);
-    const batchPixels = (indices: number[]): Tensor4D => {
-      const values = new Float32Array(indices.length * size);
-      indices.forEach((image, row) => {
-        const pixels = imageAt(testSet, image);
-        for (let k = 0; k < size; k++) values[row * size + k] = pixels[k]! / 127.5 - 1;
+    // A chunk of whole batches is read at a time and evaluated; the chunks' sums make the totals.
+    const size = reader.rowBytes;
+    const chunkRows = batchSize * EVALUATE_CHUNK_BATCHES;
+    const chunk = new Uint8Array(Math.min(chunkRows, testSet.count) * size);
+    const parts: EvalResult[] = [];
+    for (let start = 0; start < testSet.count; start += chunkRows) {
+      const n = Math.min(chunkRows, testSet.count - start);
+      const pixels = await reader.read(start, n, chunk);
+      const chunkLogits = new Float32Array(n * units);
+      const part = evaluateBatches(tf, {
+        task,
+        labels: testSet.labels.slice(start, start + n),
+        batchSize,
+        inputs: (indices: number[]): Tensor4D => {
+          const values = new Float32Array(indices.length * size);
+          indices.forEach((image, row) => {
+            for (let k = 0; k < size; k++) values[row * size + k] = pixels[image * size + k]! / 127.5 - 1;
+          });
+          return tf.tensor4d(values, [indices.length, h, w, 3]);
+        },
+        forward: (x) => tf.tidy(() => head.logitsOfActivation(net.apply(x as Tensor4D)[0]!, false)),
+        keepLogits: chunkLogits,
+        onBatch: (done) => ctx.progress(start + done, testSet.count, 'test images'),
       });
-      return tf.tensor4d(values, [indices.length, h, w, 3]);
-    };
-    const result = evaluateBatches(tf, {
-      task,
-      labels: testSet.labels,
-      batchSize,
-      inputs: batchPixels,
-      forward: (x) => tf.tidy(() => head.logitsOfActivation(net.apply(x as Tensor4D)[0]!, false)),
-      keepLogits: logits,
-      onBatch: (done, total) => ctx.progress(done, total, 'test images'),
-    });
+      logits.set(chunkLogits, start * units);
+      parts.push(part);
+    }
+    const result = parts.length === 1 ? parts[0]! : combineResults(parts);
     ctx.metric('test_loss', result.loss);
     ctx.metric('test_accuracy', result.accuracy);
     ctx.log(`Test loss: ${result.loss.toFixed(4)} - Test accuracy: ${result.accuracy.toFixed(4)}`);
@@ -202,11 +231,13 @@ async function run(ctx: StageContext<EvaluateParams>): Promise<void> {
 
     // --- The recipe's pictures
     const shown = Array.from({ length: Math.min(pictureCount, testSet.count) }, (_, i) => i);
+    const shownPixels = await reader.read(0, shown.length);
+    const shownImage = (i: number) => shownPixels.subarray(i * size, (i + 1) * size);
     await writeArtifact(
       ctx,
       'plots/predictions.png',
       await imageGrid(
-        shown.map((i) => ({ data: imageAt(testSet, i), height: h, width: w, channels: 3 })),
+        shown.map((i) => ({ data: shownImage(i), height: h, width: w, channels: 3 })),
         shown.map((i) => classNames[predicted[i]!]!),
         { cols: 3, titleColours: shown.map((i) => (predicted[i] === testSet.labels[i] ? undefined : '#d62728')) },
       ),
@@ -230,7 +261,7 @@ async function run(ctx: StageContext<EvaluateParams>): Promise<void> {
     const modelOut = path.join(ctx.outDir, 'model');
     await saveLayersModel(classifier, modelOut);
     for (const file of (await fs.readdir(modelOut)).sort()) ctx.artifact(`model/${file}`);
-    const gap = await checkSavedModel(tf, modelOut, testSet, shown, logits, units);
+    const gap = await checkSavedModel(tf, modelOut, testSet, shown.map(shownImage), logits, units);
     ctx.log(
       `saved the model (raw ${h}×${w} RGB pixels in, logits out; ${classifier.countParams()} parameters) to model/; ` +
         `reloaded, it agrees with the test predictions within ${gap.toExponential(1)}`,
@@ -256,8 +287,8 @@ async function run(ctx: StageContext<EvaluateParams>): Promise<void> {
 async function checkSavedModel(
   tf: Tf,
   dir: string,
-  testSet: Awaited<ReturnType<typeof readImageSet>>,
-  images: number[],
+  testSet: ImageSetMeta,
+  images: Uint8Array[],
   logits: Float32Array,
   units: number,
 ): Promise<number> {
@@ -265,10 +296,11 @@ async function checkSavedModel(
   try {
     const size = imageBytes(testSet);
     const pixels = new Float32Array(images.length * size);
-    images.forEach((image, row) => pixels.set(imageAt(testSet, image), row * size));
+    images.forEach((image, row) => pixels.set(image, row * size));
     const out = tidyValues(tf, () => [saved.predict(tf.tensor4d(pixels, [images.length, testSet.height, testSet.width, 3])) as Tensor])[0]!;
     let gap = 0;
-    images.forEach((image, row) => {
+    images.forEach((_, image) => {
+      const row = image;
       for (let u = 0; u < units; u++) gap = Math.max(gap, Math.abs(out[row * units + u]! - logits[image * units + u]!));
     });
     const scale = logits.reduce((max, v) => Math.max(max, Math.abs(v)), 1);
@@ -279,6 +311,14 @@ async function checkSavedModel(
   } finally {
     saved.dispose();
   }
+}
+
+/** The loss and accuracy of the whole set from those of its chunks (weighted by their counts). */
+function combineResults(parts: EvalResult[]): EvalResult {
+  const count = parts.reduce((n, p) => n + p.count, 0);
+  const loss = parts.reduce((sum, p) => sum + p.loss * p.count, 0) / count;
+  const correct = parts.reduce((sum, p) => sum + Math.round(p.accuracy * p.count), 0);
+  return { loss, accuracy: correct / count, count };
 }
 
 async function writeJson(dir: string, name: string, value: unknown): Promise<void> {

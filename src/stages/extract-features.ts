@@ -8,7 +8,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { Tensor4D } from '@tensorflow/tfjs-node';
-import { imageBytes, readImageSetMeta, type ImageSetMeta } from '../ml/dataset.ts';
+import { ImageSetReader, readImageSetMeta, type ImageSetMeta } from '../ml/dataset.ts';
 import {
   activationBytes,
   BASE_DIR,
@@ -178,16 +178,13 @@ async function run(ctx: StageContext<ExtractFeaturesParams>): Promise<void> {
       const boundaryWriter = boundary
         ? await FeatureWriter.create(path.join(ctx.outDir, featureFileName('boundary', job.name, params.dtype)), boundarySize, params.dtype)
         : undefined;
-      const pixels = await fs.open(path.join(job.dir, `${job.imageSet}.u8`), 'r');
+      const pixels = await ImageSetReader.open(job.dir, job.imageSet);
       try {
-        const size = imageBytes(meta);
-        const expected = rows * size;
-        const { size: actual } = await pixels.stat();
-        if (actual !== expected) throw new InputError(`image set ${job.slot}/${job.imageSet}: ${actual} bytes, expected ${expected}`);
+        const size = pixels.rowBytes;
         const buffer = new Uint8Array(params.batch_size * size);
         for (let start = 0; start < rows; start += params.batch_size) {
           const n = Math.min(params.batch_size, rows - start);
-          await readFully(pixels, buffer, n * size, start * size);
+          await pixels.read(start, n, buffer);
           const began = performance.now();
           const [pooledValues, boundaryValues] = tidyValues(tf, () => {
             const x = preprocess(tf, buffer.subarray(0, n * size), [n, meta.height, meta.width, 3]);
@@ -256,13 +253,4 @@ function preprocess(tf: ReturnType<typeof loadTf>, pixels: Uint8Array, shape: [n
   const values = new Float32Array(pixels.length);
   for (let i = 0; i < pixels.length; i++) values[i] = pixels[i]! / 127.5 - 1;
   return tf.tensor4d(values, shape);
-}
-
-async function readFully(handle: fs.FileHandle, buffer: Uint8Array, length: number, position: number): Promise<void> {
-  let done = 0;
-  while (done < length) {
-    const { bytesRead } = await handle.read(buffer, done, length - done, position + done);
-    if (bytesRead === 0) throw new InputError('unexpected end of image data');
-    done += bytesRead;
-  }
 }

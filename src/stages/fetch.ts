@@ -18,8 +18,8 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { download, readDownloadRecord, sha256File } from '../util/download.ts';
-import { writeImageSet, type ImageSet } from '../ml/dataset.ts';
-import { comparePaths, listImageFiles, loadImages, IMAGE_EXTENSIONS } from '../ml/images.ts';
+import { ImageSetWriter, withImageSet, type ImageSetMeta } from '../ml/dataset.ts';
+import { comparePaths, decodeImages, listImageFiles, IMAGE_EXTENSIONS } from '../ml/images.ts';
 import { createRng, shuffle } from '../ml/augment.ts';
 import { imageGrid } from '../ml/plots.ts';
 import { loadTf } from '../ml/tf.ts';
@@ -49,6 +49,9 @@ export interface FetchRecord {
 }
 
 const IGNORED_FOLDERS = new Set(['__MACOSX']);
+
+/** Decoded images per write of a set's pixel file. */
+const WRITE_BATCH = 32;
 
 export function isUrl(source: string): boolean {
   return /^https?:\/\//i.test(source);
@@ -147,39 +150,53 @@ async function runFetch(ctx: StageContext<FetchParams>): Promise<void> {
     sets: {},
     skipped: [],
   };
-  const written: Record<string, ImageSet> = {};
+  const written: Record<string, ImageSetMeta> = {};
   let done = 0;
   for (const listing of listings) {
-    const loaded = await loadImages(tf, root, listing.files, size, (n) => ctx.progress(done + n, total, 'decode'));
+    // Image by image into the set's pixel file, a batch per write: memory stays flat in the count.
+    const writer = await ImageSetWriter.create(ctx.outDir, listing.set, { height: size[0], width: size[1], channels: 3 });
+    const batch = new Uint8Array(WRITE_BATCH * writer.rowBytes);
+    let batched = 0;
+    const flush = async () => {
+      await writer.append(batch.subarray(0, batched * writer.rowBytes));
+      batched = 0;
+    };
+    let decoded;
+    try {
+      decoded = await decodeImages(
+        tf,
+        root,
+        listing.files,
+        size,
+        async (pixels) => {
+          batch.set(pixels, batched * writer.rowBytes);
+          if (++batched === WRITE_BATCH) await flush();
+        },
+        (n) => ctx.progress(done + n, total, 'decode'),
+      );
+      await flush();
+    } catch (error) {
+      await writer.abort();
+      throw error;
+    }
     done += listing.files.length;
-    for (const skip of loaded.skipped) {
+    for (const skip of decoded.skipped) {
       ctx.log(`skipped ${joinLabel(rootLabel, skip.file)}: ${skip.reason}`);
       record.skipped.push({ file: joinLabel(rootLabel, skip.file), reason: skip.reason });
     }
-    const labels = loaded.kept.map((i) => listing.labels[i]!);
-    const files = loaded.kept.map((i) => listing.files[i]!);
+    const labels = decoded.kept.map((i) => listing.labels[i]!);
+    const files = decoded.kept.map((i) => listing.files[i]!);
     const perClass: Record<string, number> = {};
     for (const [label, className] of classNames.entries()) {
       const count = labels.filter((l) => l === label).length;
       if (count === 0) {
+        await writer.abort();
         const classRel = layout === 'flat' ? className : `${listing.set}/${className}`;
         throw new InputError(`class folder ${folderLabel(classRel)} has no decodable images`);
       }
       perClass[className] = count;
     }
-    const set: ImageSet = {
-      count: files.length,
-      height: size[0],
-      width: size[1],
-      channels: 3,
-      views: 1,
-      classNames,
-      labels,
-      files,
-      pixels: loaded.pixels,
-    };
-    await writeImageSet(ctx.outDir, listing.set, set);
-    written[listing.set] = set;
+    written[listing.set] = await writer.finish({ count: files.length, views: 1, classNames, labels, files });
     record.sets[listing.set] = perClass;
     ctx.log(
       `${listing.set}: ${files.length} images (${classNames.map((c) => `${c} ${perClass[c]}`).join(', ')})`,
@@ -187,7 +204,7 @@ async function runFetch(ctx: StageContext<FetchParams>): Promise<void> {
   }
   await fs.writeFile(path.join(ctx.outDir, 'fetch.json'), JSON.stringify(record, null, 2) + '\n');
 
-  const shown = written['train'] ?? written['all'] ?? Object.values(written)[0]!;
+  const shown = written['train'] ? 'train' : written['all'] ? 'all' : Object.keys(written)[0]!;
   await writeSamples(ctx, shown);
 
   const facts: Record<string, number | string> = { classes: classNames.join(', '), skipped_images: record.skipped.length };
@@ -340,15 +357,14 @@ async function checkClasses(
   return reference ?? [];
 }
 
-async function writeSamples(ctx: StageContext<FetchParams>, set: ImageSet): Promise<void> {
-  const order = shuffle([...Array(set.count).keys()], createRng(0));
-  const picked = order.slice(0, 9);
-  const size = set.height * set.width * set.channels;
-  const png = await imageGrid(
-    picked.map((i) => ({ data: set.pixels.subarray(i * size, (i + 1) * size), height: set.height, width: set.width })),
-    picked.map((i) => set.classNames[set.labels[i]!] ?? String(set.labels[i])),
-    { cols: 3 },
-  );
+async function writeSamples(ctx: StageContext<FetchParams>, name: string): Promise<void> {
+  const png = await withImageSet(ctx.outDir, name, async (set) => {
+    const { meta } = set;
+    const picked = shuffle([...Array(meta.count).keys()], createRng(0)).slice(0, 9);
+    const images = [];
+    for (const i of picked) images.push({ data: await set.image(i), height: meta.height, width: meta.width });
+    return imageGrid(images, picked.map((i) => meta.classNames[meta.labels[i]!] ?? String(meta.labels[i])), { cols: 3 });
+  });
   await fs.mkdir(path.join(ctx.outDir, 'plots'), { recursive: true });
   await fs.writeFile(path.join(ctx.outDir, 'plots', 'samples.png'), png);
   ctx.artifact('plots/samples.png');

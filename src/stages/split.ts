@@ -15,11 +15,15 @@
 // The two cases have separate parameters so that one pipeline can serve both kinds of data.
 //
 // Artifacts: image sets `train`, `validation`, `test` and `split.json` (rule, seed, counts per class).
+// The sets are indexed (src/ml/dataset.ts): each names, per image, its row in a fetched pixel file
+// that split hard-links into its own directory as `fetched-<set>.u8` (copied when the file system
+// cannot link). No pixel is read or stored twice, and the artifact stays complete on its own: a
+// link keeps the pixels alive whatever happens to the fetch entry (pipe gc may remove it).
 
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { createRng, shuffle } from '../ml/augment.ts';
-import { imageBytes, readImageSet, writeImageSet, type ImageSet } from '../ml/dataset.ts';
+import { pixelFileName, readImageSetMeta, writeImageSetMeta, type ImageSetMeta } from '../ml/dataset.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import { exists } from '../util/files.ts';
 import { InputError } from '../core/errors.ts';
@@ -77,7 +81,8 @@ export type SplitParams = ParamsOf<typeof paramsSchema>;
 
 const splitKind: StageKind<SplitParams> = {
   name: 'split',
-  version: 1,
+  // 2: indexed sets over hard links of the fetched pixels instead of copies of them.
+  version: 2,
   description:
     'Shuffles the fetched images (seeded) and splits them into train, validation and test: the recipe\'s batch-wise cut of the validation set, or a stratified split of a single set.',
   params: paramsSchema,
@@ -100,16 +105,16 @@ async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
   }
 
   let record: SplitRecord;
-  let sets: Record<SetName, { source: ImageSet; order: number[] }>;
+  let sets: Record<SetName, { source: FetchedSet; order: number[] }>;
   if (present.includes('train') && present.includes('validation')) {
     const testFraction = ctx.params.test_batch_fraction;
-    const train = await readImageSet(dataDir, 'train');
-    const validation = await readImageSet(dataDir, 'validation');
+    const train = await fetchedSet(dataDir, 'train');
+    const validation = await fetchedSet(dataDir, 'validation');
     checkSameClasses(train, validation, 'validation');
     const trainOrder = shuffle(indexes(train.count), createRng(seed, 1));
     const validationOrder = shuffle(indexes(validation.count), createRng(seed, 2));
     if (present.includes('test')) {
-      const test = await readImageSet(dataDir, 'test');
+      const test = await fetchedSet(dataDir, 'test');
       checkSameClasses(train, test, 'test');
       sets = {
         train: { source: train, order: trainOrder },
@@ -144,7 +149,7 @@ async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
     const name = present[0];
     const testFraction = ctx.params.test_fraction;
     const validationFraction = ctx.params.validation_fraction;
-    const all = await readImageSet(dataDir, name);
+    const all = await fetchedSet(dataDir, name);
     const parts = stratify(all, validationFraction, testFraction, createRng(seed, 4));
     sets = {
       train: { source: all, order: shuffle(parts.train, createRng(seed, 1)) },
@@ -163,10 +168,18 @@ async function runSplit(ctx: StageContext<SplitParams>): Promise<void> {
     );
   }
 
+  const linked = new Map<string, string>();
   for (const name of SETS) {
     const { source, order } = sets[name];
-    const subset = pick(source, order);
-    await writeImageSet(ctx.outDir, name, subset);
+    const target = source.meta.indexed?.file ?? pixelFileName(source.name);
+    let file = linked.get(target);
+    if (file === undefined) {
+      file = `fetched-${target}`;
+      await linkOrCopy(path.join(dataDir, target), path.join(ctx.outDir, file));
+      linked.set(target, file);
+    }
+    const subset = pick(source, order, file);
+    await writeImageSetMeta(ctx.outDir, name, subset);
     record.counts[name] = countPerClass(subset);
   }
   await fs.writeFile(path.join(ctx.outDir, 'split.json'), JSON.stringify(record, null, 2) + '\n');
@@ -191,7 +204,7 @@ export function recipeTestCount(count: number, batchSize: number, fraction: numb
 
 /** Per class: shuffled, then the first round(n·test) to test, the next round(n·validation) to validation. */
 export function stratify(
-  set: Pick<ImageSet, 'labels' | 'classNames'>,
+  set: Pick<ImageSetMeta, 'labels' | 'classNames'>,
   validationFraction: number,
   testFraction: number,
   rng: () => number,
@@ -237,7 +250,7 @@ function indexes(count: number): number[] {
   return Array.from({ length: count }, (_, i) => i);
 }
 
-function checkSameClasses(a: ImageSet, b: ImageSet, name: string): void {
+function checkSameClasses(a: FetchedSet, b: FetchedSet, name: string): void {
   if (a.classNames.join('\n') !== b.classNames.join('\n')) {
     throw new InputError(`${name} has classes ${b.classNames.join(', ')} but train has ${a.classNames.join(', ')}`);
   }
@@ -246,25 +259,55 @@ function checkSameClasses(a: ImageSet, b: ImageSet, name: string): void {
   }
 }
 
-/** The images of `set` at `order`, as a new image set. */
-function pick(set: ImageSet, order: readonly number[]): ImageSet {
-  const size = imageBytes(set);
-  const pixels = new Uint8Array(order.length * size);
-  order.forEach((from, to) => pixels.set(set.pixels.subarray(from * size, (from + 1) * size), to * size));
+/** A fetched image set's metadata (the pixels stay where they are). */
+interface FetchedSet {
+  name: string;
+  meta: ImageSetMeta;
+  count: number;
+  height: number;
+  width: number;
+  channels: number;
+  classNames: string[];
+  labels: number[];
+}
+
+async function fetchedSet(dir: string, name: string): Promise<FetchedSet> {
+  const meta = await readImageSetMeta(dir, name);
+  if (meta.views !== 1) throw new InputError(`image set ${name} in ${dir} has ${meta.views} views: split takes fetched images`);
+  return { name, meta, count: meta.count, height: meta.height, width: meta.width, channels: meta.channels, classNames: meta.classNames, labels: meta.labels };
+}
+
+/** The images of `set` at `order`, as an indexed set over the pixel file `file` (a link of the set's own). */
+function pick(set: FetchedSet, order: readonly number[], file: string): ImageSetMeta {
+  const { meta } = set;
+  const sourceRows = meta.indexed?.rows;
   return {
     count: order.length,
-    height: set.height,
-    width: set.width,
-    channels: set.channels,
+    height: meta.height,
+    width: meta.width,
+    channels: meta.channels,
     views: 1,
-    classNames: set.classNames,
-    labels: order.map((i) => set.labels[i]!),
-    files: order.map((i) => set.files[i]!),
-    pixels,
+    classNames: meta.classNames,
+    labels: order.map((i) => meta.labels[i]!),
+    files: order.map((i) => meta.files[i]!),
+    indexed: {
+      file,
+      rows: order.map((i) => (sourceRows ? sourceRows[i]! : i)),
+      fileRows: meta.indexed?.fileRows ?? meta.count,
+    },
   };
 }
 
-function countPerClass(set: ImageSet): Record<string, number> {
+/** A hard link (no bytes copied, and it outlives the fetch entry), or a copy across file systems. */
+async function linkOrCopy(from: string, to: string): Promise<void> {
+  try {
+    await fs.link(from, to);
+  } catch {
+    await fs.copyFile(from, to);
+  }
+}
+
+function countPerClass(set: Pick<ImageSetMeta, 'classNames' | 'labels'>): Record<string, number> {
   const counts: Record<string, number> = {};
   for (const name of set.classNames) counts[name] = 0;
   for (const label of set.labels) {

@@ -3,15 +3,15 @@
 // content, its schema (a uint8 image tensor and a class label) and its profile (images per class).
 //
 // The digest is the first 16 hex digits of the sha256 of the image set's metadata (files, labels,
-// sizes) and pixels as the stage stored them: equal digests mean the same images in the same order.
+// sizes) and pixels, in the set's order (an indexed set's through its rows): equal digests mean the same images in the same order.
 // The context tag (`mlflow.data.context`) says what a set was for: `fetched`, `training`,
 // `validation` or `testing`.
 
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { PlannedStageInfo } from '../core/events.ts';
+import { withImageSet } from '../ml/dataset.ts';
 import type { DatasetInput } from './mlflow-client.ts';
 
 export const DATASET_CONTEXT_TAG = 'mlflow.data.context';
@@ -104,11 +104,20 @@ async function readMeta(dir: string, set: string): Promise<SetMeta> {
   return JSON.parse(await readFile(join(dir, `${set}.json`), 'utf8')) as SetMeta;
 }
 
+/** Rows hashed per read: a few MB whatever the size of the set. */
+const DIGEST_ROWS = 64;
+
 async function digestOf(dir: string, sets: string[]): Promise<string> {
   const hash = createHash('sha256');
   for (const set of sets) {
     hash.update(await readFile(join(dir, `${set}.json`)));
-    for await (const chunk of createReadStream(join(dir, `${set}.u8`))) hash.update(chunk as Buffer);
+    // The pixels in the set's order (an indexed set's through its rows), a batch at a time.
+    await withImageSet(dir, set, async (reader) => {
+      const buffer = new Uint8Array(DIGEST_ROWS * reader.rowBytes);
+      for (let start = 0; start < reader.rows; start += DIGEST_ROWS) {
+        hash.update(await reader.read(start, Math.min(DIGEST_ROWS, reader.rows - start), buffer));
+      }
+    });
   }
   return hash.digest('hex').slice(0, 16);
 }

@@ -1,6 +1,7 @@
 // The artifact cache on real directories: entries appear complete or not at all, the lock lets
 // one process compute an entry and is taken over from a dead or silent holder, and what killed
-// writers leave behind is cleaned.
+// writers leave behind is cleaned; entries a running stage reads are held, and their sizes count a
+// shared (hard-linked) file once.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
@@ -184,6 +185,45 @@ test('cleanStale removes what dead local writers and long-silent remote ones lef
   assert.is(await cache.cleanStale(), 0);
   await cache.publish(live, result(1));
   assert.ok(await cache.read(fp(14)), 'a live writer publishes as usual');
+});
+
+test('hold: entries a running stage reads are held until released; a dead holder holds nothing', async () => {
+  const cache = newCache();
+  await publishOne(cache, 1, 'one');
+  await publishOne(cache, 2, 'two');
+  assert.equal([...(await cache.held())], []);
+  const release = await cache.hold([fp(1), fp(2), fp(1)]);
+  assert.equal([...(await cache.held())].sort(), [fp(1), fp(2)]);
+  assert.is(readdirSync(path.join(cache.root, 'locks')).length, 2);
+  await release();
+  assert.equal([...(await cache.held())], []);
+  assert.equal(readdirSync(path.join(cache.root, 'locks')), []);
+  // a use file whose process is gone: not held, and removed with the other stale locks
+  const dead = deadPid();
+  writeFileSync(path.join(cache.root, 'locks', `${fp(1)}.use.${dead}.00000000`), JSON.stringify({ pid: dead, host: os.hostname(), since: 0 }));
+  assert.equal([...(await cache.held())], []);
+  assert.is(await cache.cleanStale(), 1);
+  // an entry being computed (its lock) is held as well
+  const unlock = await cache.lock(fp(3));
+  assert.equal([...(await cache.held())], [fp(3)]);
+  await unlock();
+});
+
+test('usage counts a file two entries share (a hard link) once, and says which bytes are linked', async () => {
+  const cache = newCache();
+  await publishOne(cache, 1, 'x'.repeat(10_000));
+  await publishOne(cache, 2, 'y'.repeat(100));
+  const shared = path.join(cache.entryDir(fp(1)), 'out', 'model.txt');
+  const { link } = await import('node:fs/promises');
+  await link(shared, path.join(cache.entryDir(fp(2)), 'out', 'linked.txt'));
+  const usage = await cache.usage([fp(1), fp(2), fp(9)]);
+  const one = usage.entries.get(fp(1))!;
+  const two = usage.entries.get(fp(2))!;
+  assert.is(usage.entries.has(fp(9)), false);
+  assert.is(one.linkedBytes, 10_000);
+  assert.is(two.linkedBytes, 10_000);
+  assert.ok(two.bytes > 10_100);
+  assert.is(usage.uniqueBytes, one.bytes + two.bytes - 10_000);
 });
 
 test.run();

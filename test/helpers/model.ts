@@ -2,7 +2,7 @@
 // seeded MobileNetV2 (alpha 0.35, 96 px) with calibrated BatchNormalization statistics.
 
 import type { Tensor } from '@tensorflow/tfjs-node';
-import { writeImageSet } from '../../src/ml/dataset.ts';
+import { writeImageSet } from './image-sets.ts';
 import { buildMobileNetV2, saveLayersModel } from '../../src/ml/mobilenet.ts';
 import { loadTf } from '../../src/ml/tf.ts';
 import { rng } from '../../src/ml/train.ts';

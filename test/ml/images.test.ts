@@ -2,7 +2,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { decodeAndResize, isImageFile, listImageFiles, loadImages, resizeKeras } from '../../src/ml/images.ts';
+import { decodeAndResize, decodeImages, isImageFile, listImageFiles, resizeKeras } from '../../src/ml/images.ts';
 import { loadTf } from '../../src/ml/tf.ts';
 import {
   encodeBmp,
@@ -103,11 +103,15 @@ test('undecodable files are skipped and reported; the rest load in order', async
   writeFileSync(path.join(root, 'a/good2.png'), await encodePng(gradientImage(4, 4, () => 90)));
   const files = ['a/good1.png', 'a/broken.jpg', 'a/missing.png', 'a/truncated.png', 'a/good2.png'];
   const progress: number[] = [];
-  const loaded = await loadImages(tf, root, files, [2, 2], (done) => progress.push(done));
+  const images: Array<{ index: number; pixels: Uint8Array }> = [];
+  const loaded = await decodeImages(tf, root, files, [2, 2], async (pixels, index) => {
+    images.push({ index, pixels });
+  }, (done) => progress.push(done));
   assert.equal(loaded.kept, [0, 4]);
-  assert.is(loaded.pixels.length, 2 * 2 * 2 * 3);
-  assert.is(loaded.pixels[0], 10);
-  assert.is(loaded.pixels[12], 90);
+  assert.equal(images.map((i) => i.index), [0, 4]);
+  assert.ok(images.every((i) => i.pixels.length === 2 * 2 * 3));
+  assert.is(images[0]!.pixels[0], 10);
+  assert.is(images[1]!.pixels[0], 90);
   assert.equal(
     loaded.skipped.map((s) => s.file),
     ['a/broken.jpg', 'a/missing.png', 'a/truncated.png'],

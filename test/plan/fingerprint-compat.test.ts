@@ -1,7 +1,9 @@
 // Cache compatibility: the fingerprints of the pipelines shipped at commit 89eb3d0 (kept as fixtures:
 // the flagship has since moved to one base pass) and of every stage kind with its defaults are the
-// ones computed at that commit, before the stage params moved to one JSON-schema source. A change
-// here means a cache written before no longer hits: bump a kind's `version` on purpose instead.
+// ones computed at that commit, before the stage params moved to one JSON-schema source, except
+// where a kind's `version` was bumped on purpose since (`bumps` below: the reason, and the
+// fingerprints of the bumped stages and their dependents after it). Any other change means a cache
+// written before no longer hits by accident.
 // Input hashes and the runtime are fixed so that the values do not depend on the machine.
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -42,7 +44,7 @@ const scenarios: Record<string, { file: string; args: string[] }> = {
 };
 
 /** Fingerprints at commit 89eb3d0 (scenario → stage → sha256). */
-const expected: Record<string, Record<string, string>> = {
+const at89eb3d0: Record<string, Record<string, string>> = {
   defaults: {
     fetch: 'a4202f992aa20ce31b1322586f02452d1e673b42261e9650561bd04b99e664db',
     split: '4ddcc3f9c5620b27adb78de85aeb9445841ee5e0dfafc6c5ccb5d8663d2538d0',
@@ -98,6 +100,76 @@ const expected: Record<string, Record<string, string>> = {
   },
 };
 
+/**
+ * Deliberate version bumps since 89eb3d0, oldest first. Each names the kinds it bumped and the new
+ * fingerprints of the stages it changed (those kinds' stages and everything downstream of them);
+ * stages it does not list keep their earlier fingerprints.
+ */
+const bumps: Array<{ reason: string; kinds: string[]; fingerprints: Record<string, Record<string, string>> }> = [
+  {
+    reason:
+      'issue 16: split 1 → 2 stores indexed sets (row numbers into hard links of the fetched pixel files) instead of ' +
+      'copies of the pixels; the sets read the same, but a split entry of version 1 is not one of version 2',
+    kinds: ['split'],
+    fingerprints: {
+      defaults: {
+        split: 'c02eb0f0294bc3513ccab3e2d0b79bd43e3e477e1c5d7ecde3004dc8bce88f8e',
+        augment: 'fbef08c0a8ff0b73debf539d560ebe76afff10e9d560d2e59daa8ee76e5acc73',
+        features: 'd86ce7667d29939b61ebf3c3573905d08f493de4355618fe24a2fa1d0d2cb7b0',
+        activations: 'e824b30cbb7151d707b962900fa542d1b92512a4d6c8860f02f1924c1af14e26',
+        head: '55a3e267809977548f0474a7abf6908adeec7c9cb0cc9e1e4847c4248cbe0484',
+        'fine-tune': 'd1a6aeaec0f5e33303f15818b1787852f1ee4fddba5f03792ff7fc81e486a6b9',
+        evaluate: '8ba3f627c2534f19cf8ee19a9242133aee27d5ac03c64baa2cbf57d34ba94543',
+      },
+      shared: {
+        split: '4603522a958c468d7c94f4531a4f3a2f17f6b382a74fce51acf0e72ef8671030',
+        augment: 'aa43ed0cbd788243c091a873485dc84d4c9732da669487fd0185b15e803730e5',
+        features: 'b9742b7e91fd490193eb0c66db9e32b118a82a46ef128197d9a30d34bd62bf6b',
+        activations: '4332dca341fdbba65de79223b544c45b191d17f1255a7856d1b2d6c505ea57d1',
+        head: 'f6b98687f43a3a4b0f214fa979709f0f50697dcce6f0cf413743568a51411347',
+        'fine-tune': 'c173b8250f95c32a14c8bd6753b211e844a96a3d2ea420887233126be8e27f14',
+        evaluate: 'c6ef54f1fc632b839d125c521662c90a52d1ab13f9d32e160a3e77152b93ed56',
+      },
+      trial: {
+        split: 'c02eb0f0294bc3513ccab3e2d0b79bd43e3e477e1c5d7ecde3004dc8bce88f8e',
+        augment: '81b25f9691f17bc8597ae7e51127884bd64619ccee54687f25e41c835de39e3c',
+        features: 'c76b166c1f47e322323a5839bad676be3b3bef659957abbd245815a5242dd456',
+        activations: 'd490a80811c09561eff4691677e334cc3f6d33d87957f009d73822e9670800c0',
+        head: '4545dde929b19ef81eb1d54723b4d565519624833e83b8ea1ada3a0f49102e91',
+        'fine-tune': '3324e8f90637a1291efea6c7fa6ac500370c15d77d49ba6fcfba3df7ec791264',
+        evaluate: '842a69070f457f74bf19173c40297abcfdb704f995fdcc2ac7ce9437ca1a9121',
+      },
+      minimal: {
+        split: 'c02eb0f0294bc3513ccab3e2d0b79bd43e3e477e1c5d7ecde3004dc8bce88f8e',
+        augment: 'fbef08c0a8ff0b73debf539d560ebe76afff10e9d560d2e59daa8ee76e5acc73',
+        features: 'ca1fe6d1f9b4bdc98cc6720c122e3159e94957dd053d67e519dc6814588308f8',
+        activations: '1b7c6762401b01e0d95e898de766534666aeba457ef33171aa1863959068cfc7',
+        local: '81865907940bc45fa4b821ca54497ab3c9a2d3f79106f9d0b8eeb5bb15b041d7',
+        head: '4c4d112f56502a14efb2786448f51130d09790064972b50b02c32fd78feac138',
+        'fine-tune': 'c360fe19d0e66af09f8885b1718fe189f849335f6a5ba28bc297b5885637cd80',
+        evaluate: 'd46bf1939c4ff4f27b9b3b62e2d8c31eca3c8dfe505db4bf267628ef4cca9053',
+        'evaluate-head': 'a83f1a0dbdfcf8ca10160a767586f6d7a239b2cd5742ee4141719d85bcb63cd9',
+      },
+      onepass: {
+        split: 'c02eb0f0294bc3513ccab3e2d0b79bd43e3e477e1c5d7ecde3004dc8bce88f8e',
+        augment: 'fbef08c0a8ff0b73debf539d560ebe76afff10e9d560d2e59daa8ee76e5acc73',
+        features: 'e79ca078f25a4072de7a7a582fac06e30497f739ffe5ee52b63a98b188b63239',
+        head: 'd3f5e6efc8deccb3cf59c0fb0710dbfb295f41185ee00e5f32673e5ee23e362a',
+        'fine-tune': 'e587a86bade75a0cc30abbeebbb3ef43508dfd1dee1c9cdebfcb4b0eb796d586',
+        evaluate: 'defc3d180b3938d48f189fdb44ff73160d03ae76ef5b4465760cf2633f9b269e',
+      },
+    },
+  },
+];
+
+/** The fingerprints expected now: 89eb3d0's with every bump applied. */
+const expected: Record<string, Record<string, string>> = Object.fromEntries(
+  Object.entries(at89eb3d0).map(([scenario, stages]) => [
+    scenario,
+    { ...stages, ...Object.assign({}, ...bumps.map((bump) => bump.fingerprints[scenario] ?? {})) },
+  ]),
+);
+
 async function fingerprints(file: string, args: string[]) {
   const text = file === 'minimal' ? minimal : readFileSync(fileURLToPath(new URL(file.includes('-89eb3d0') ? `./fixtures/${file}` : `../../pipelines/${file}`, import.meta.url)), 'utf8');
   const loaded = parsePipeline(text, file, '/project/pipelines');
@@ -110,7 +182,7 @@ async function fingerprints(file: string, args: string[]) {
 }
 
 for (const [name, { file, args }] of Object.entries(scenarios)) {
-  test(`fingerprints of ${name} (${file} ${args.join(' ')}) are those of 89eb3d0`, async () => {
+  test(`fingerprints of ${name} (${file} ${args.join(' ')}) are those of 89eb3d0 and the deliberate bumps since`, async () => {
     const stages = await fingerprints(file, args);
     assert.equal(stages.map((s) => s.stage.name), Object.keys(expected[name] ?? {}));
     for (const { stage, fingerprint, record } of stages) {
@@ -119,12 +191,31 @@ for (const [name, { file, args }] of Object.entries(scenarios)) {
   });
 }
 
-test('the flagship in its one-pass layout reuses the data stages of a cache written at 89eb3d0', async () => {
+test('only the stages of bumped kinds and their dependents changed, and each bump changed them all', async () => {
+  for (const [name, { file, args }] of Object.entries(scenarios)) {
+    const stages = await fingerprints(file, args);
+    const byName = new Map(stages.map((s) => [s.stage.name, s.stage]));
+    const downstreamOf = (stage: string, kinds: string[]): boolean => {
+      const s = byName.get(stage)!;
+      return kinds.includes(s.kindName) || s.upstream.some((n) => downstreamOf(n, kinds));
+    };
+    for (const { stage, fingerprint } of stages) {
+      for (const bump of bumps) {
+        const changed = bump.fingerprints[name]?.[stage.name] !== undefined;
+        assert.is(changed, downstreamOf(stage.name, bump.kinds), `${name}: ${stage.name}`);
+      }
+      if (!bumps.some((b) => b.fingerprints[name]?.[stage.name])) assert.is(fingerprint, at89eb3d0[name]?.[stage.name], `${name}: ${stage.name}`);
+    }
+  }
+});
+
+test('the flagship in its one-pass layout shares the data stages of the 89eb3d0 layouts (fetch: also their cache)', async () => {
   for (const scenario of ['defaults', 'shared', 'trial'] as const) {
     const stages = await fingerprints('mobilenet.yaml', scenarios[scenario]!.args);
     for (const name of ['fetch', 'split', 'augment']) {
       assert.is(stages.find((s) => s.stage.name === name)?.fingerprint, expected[scenario]?.[name], `${scenario}: ${name}`);
     }
+    assert.is(stages.find((s) => s.stage.name === 'fetch')?.fingerprint, at89eb3d0[scenario]?.['fetch'], `${scenario}: fetch as at 89eb3d0`);
   }
 });
 

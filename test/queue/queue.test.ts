@@ -95,7 +95,7 @@ Cluster('a sweep through two workers: shared stages once across both, results eq
   assert.is(result.stages.length, 7);
   assert.ok(result.stages.every((s) => s.status === 'ran' && (s.worker === 'w1' || s.worker === 'w2')), JSON.stringify(result.stages));
   assert.equal(new Set(result.stages.map((s) => s.worker)).size, 2, 'both workers ran stages');
-  assert.match(remote.stderr, /stage\s+status\s+time\s+worker\s+fingerprint/);
+  assert.match(remote.stderr, /stage\s+status\s+time\s+worker\s+cache\s+fingerprint/);
   // The outputs came back to the submitter's workspace from the shared cache.
   assert.is(readFileSync(path.join(client, 'm-2-2.json'), 'utf8').trim(), '{"score": 2.2}');
 

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { augmented, viewTransforms } from '../../src/ml/augment.ts';
-import { imageAt, readImageSet, writeImageSet, type ImageSet } from '../../src/ml/dataset.ts';
+import { imageAt, readImageSet, writeImageSet, type ImageSet } from '../helpers/image-sets.ts';
 import augmentKind, { type AugmentRecord } from '../../src/stages/augment.ts';
 import { shapeImage } from '../helpers/images.ts';
 import { runKind, tempDir } from '../helpers/run-kind.ts';

@@ -80,4 +80,20 @@ test('evaluate after fine-tune and after train-head alone; predict reads the sav
   }
 });
 
+test('the test set is read in chunks of batches: several chunks give the metrics and predictions of one', async () => {
+  const split = await generatedSplit({ train: 6, validation: 4, test: 40 });
+  const features = await runKind(extractFeatures, { weights: await calibratedBase(), alpha: 0.35 }, { data: split });
+  const head = await runKind(trainHead, { epochs: 1, learning_rate: 0.01 }, { features: features.outDir });
+  const inputs = { model: head.outDir, data: split, features: features.outDir };
+  const whole = await runKind(evaluate, { batch_size: 40 }, inputs); // one chunk of one batch
+  const chunked = await runKind(evaluate, { batch_size: 1 }, inputs); // chunks of 32 batches of 1: rows 0-31, 32-39
+  const metric = (run: typeof whole, key: string) => run.metrics.find((m) => m.key === key)!.value;
+  assert.is(metric(chunked, 'test_accuracy'), metric(whole, 'test_accuracy'));
+  assert.ok(Math.abs(metric(chunked, 'test_loss') - metric(whole, 'test_loss')) < 1e-5);
+  const predictions = async (run: typeof whole) =>
+    (JSON.parse(await fs.readFile(path.join(run.outDir, 'predictions.json'), 'utf8')) as TestPrediction[]).map((p) => [p.file, p.predicted]);
+  assert.equal(await predictions(chunked), await predictions(whole));
+  assert.is((await predictions(whole)).length, 40);
+});
+
 test.run();

@@ -4,7 +4,7 @@ import type { Tensor, Tensor4D } from '@tensorflow/tfjs-node';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import kind, { type ExtractFeaturesParams } from '../../src/stages/extract-features.ts';
-import { imageAt, readImageSet, type ImageSet } from '../../src/ml/dataset.ts';
+import { imageAt, readImageSet, type ImageSet } from '../helpers/image-sets.ts';
 import { fromFloat16Bits, loadFeatureBase, readFeatures, readFeaturesMeta, toFloat16Bits } from '../../src/ml/features.ts';
 import { loadTf } from '../../src/ml/tf.ts';
 import { runKind, withDefaults } from '../helpers/run-kind.ts';

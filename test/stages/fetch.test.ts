@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { imageAt, readImageSet } from '../../src/ml/dataset.ts';
+import { imageAt, readImageSet } from '../helpers/image-sets.ts';
 import { decodeAndResize } from '../../src/ml/images.ts';
 import { loadTf } from '../../src/ml/tf.ts';
 import fetchKind, { DEFAULT_SOURCE, type FetchParams, type FetchRecord } from '../../src/stages/fetch.ts';

@@ -1,8 +1,9 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { readImageSet, writeImageSet, type ImageSet } from '../../src/ml/dataset.ts';
+import { readImageSet, writeImageSet, type ImageSet } from '../helpers/image-sets.ts';
+import type { ImageSetMeta } from '../../src/ml/dataset.ts';
 import splitKind, { recipeTestCount, type SplitParams, type SplitRecord } from '../../src/stages/split.ts';
 import { runKind, tempDir } from '../helpers/run-kind.ts';
 
@@ -92,10 +93,7 @@ test('deterministic for a seed, different for another seed', async () => {
   const b = await split(data, { seed: 7, batch_size: 8 });
   const c = await split(data, { seed: 8, batch_size: 8 });
   for (const name of ['train', 'validation', 'test'] as const) {
-    assert.equal(
-      readFileSync(path.join(a.run.outDir, `${name}.u8`)),
-      readFileSync(path.join(b.run.outDir, `${name}.u8`)),
-    );
+    assert.equal(a.sets[name].pixels, b.sets[name].pixels);
     assert.equal(a.sets[name].files, b.sets[name].files);
     assert.not.equal(a.sets[name].files, c.sets[name].files);
   }
@@ -150,6 +148,52 @@ test('a fetched test set is kept; too few images is a clear error', async () => 
       (error as Error).message,
       'class class1 has 2 images: too few to keep any for training after validation_fraction 0.5 and test_fraction 0.4',
     );
+  }
+});
+
+test('the sets index the fetched pixels through hard links: nothing is copied, and they outlive the fetch artifact', async () => {
+  const data = await fetched({
+    train: syntheticSet('train', [30, 20]),
+    validation: syntheticSet('validation', [40, 40]),
+  });
+  const { run, sets } = await split(data, { seed: 5, batch_size: 8 });
+  // no pixel file of its own: train reads fetched-train.u8, validation and test both fetched-validation.u8
+  for (const name of ['train', 'validation', 'test']) assert.not.ok(existsSync(path.join(run.outDir, `${name}.u8`)), name);
+  const meta = (name: string) => JSON.parse(readFileSync(path.join(run.outDir, `${name}.json`), 'utf8')) as ImageSetMeta;
+  assert.equal(meta('train').indexed?.file, 'fetched-train.u8');
+  assert.equal(meta('validation').indexed?.file, 'fetched-validation.u8');
+  assert.equal(meta('test').indexed?.file, 'fetched-validation.u8');
+  assert.is(meta('validation').indexed?.fileRows, 80);
+  for (const name of ['train', 'validation']) {
+    const linked = statSync(path.join(run.outDir, `fetched-${name}.u8`));
+    assert.is(linked.ino, statSync(path.join(data, `${name}.u8`)).ino, `${name}: a hard link, not a copy`);
+    assert.is(linked.nlink, 2);
+  }
+  // image i of a split set is row rows[i] of the fetched set: the pixels that go with its file and label
+  const rows = meta('test').indexed!.rows;
+  const fetchedValidation = await readImageSet(data, 'validation');
+  rows.forEach((row, i) => assert.is(sets.test.files[i], fetchedValidation.files[row]));
+  // the fetch artifact goes (pipe gc); the split still reads the same pixels
+  rmSync(data, { recursive: true });
+  for (const name of ['train', 'validation', 'test'] as const) {
+    const again = await readImageSet(run.outDir, name);
+    assert.equal(again.pixels, sets[name].pixels, name);
+    assertConsistent(again);
+  }
+});
+
+test('a damaged index is an error that names the set, not a wrong image', async () => {
+  const data = await fetched({ all: syntheticSet('all', [20, 20]) });
+  const { run } = await split(data);
+  const file = path.join(run.outDir, 'train.json');
+  const meta = JSON.parse(readFileSync(file, 'utf8')) as ImageSetMeta;
+  meta.indexed!.rows[3] = 40;
+  writeFileSync(file, JSON.stringify(meta));
+  try {
+    await readImageSet(run.outDir, 'train');
+    assert.unreachable();
+  } catch (error) {
+    assert.is((error as Error).message, `image set train in ${run.outDir}: image 3 is row 40 of a file of 40`);
   }
 });
 
