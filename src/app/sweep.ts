@@ -15,12 +15,14 @@ import type { RunListener, RunSummary } from '../core/events.ts';
 import { loadPipeline, type PipelineFile } from '../pipeline/pipeline.ts';
 import type { SweepParent } from '../tracking/sweep-parent.ts';
 import { formatDuration, outputLinker, runLogWriter } from '../render/render.ts';
-import { demultiplex, expandTrials, mergePlans, type SweepPlan, type Trial } from '../plan/sweep.ts';
+import { demultiplex, expandTrials, mergePlans, schedulerOfFile, SweepScheduler, trialSummary, type SweepPlan, type Trial } from '../plan/sweep.ts';
+import type { SchedulerConfig } from '../plan/scheduler.ts';
+import type { PrunedAt } from '../core/events.ts';
 
 export async function sweepCommand(file: string, values: CommandOptions, io: Io): Promise<CommandStatus> {
   const loaded = loadSweep(file, values, io);
   if (!loaded) return 'invalid';
-  const { pipelineFile, trials } = loaded;
+  const { pipelineFile, trials, scheduler } = loaded;
   const prepared = await prepareTrials(file, values, io, pipelineFile, trials);
   if (!prepared) return 'invalid';
   const plans = new Map([...prepared].map(([id, p]) => [id, p.plan]));
@@ -29,7 +31,7 @@ export async function sweepCommand(file: string, values: CommandOptions, io: Io)
   const direction = pipelineFile.sweep?.direction ?? (/loss|error/.test(objective) ? 'minimize' : 'maximize');
 
   if (values['dry-run']) {
-    printDryRun(io, trials, sweepPlan);
+    printDryRun(io, trials, sweepPlan, scheduler);
     return 'ok';
   }
 
@@ -40,12 +42,15 @@ export async function sweepCommand(file: string, values: CommandOptions, io: Io)
   const trialRunDir = (trial: Trial) => path.join(sweepDir, trial.id);
   for (const trial of trials) await fs.mkdir(trialRunDir(trial), { recursive: true });
 
-  const sweep: Sweep = { id: sweepId, dir: sweepDir, trials, objective, direction, pipelineFile, projectDir: first.paths.projectDir };
+  const sweep: Sweep = { id: sweepId, dir: sweepDir, trials, objective, direction, pipelineFile, projectDir: first.paths.projectDir, scheduler };
   const recorders = await trialRecorders(sweep, values, io, trialRunDir);
   const trialMetrics = new Map<string, Record<string, number>>();
   const demux = demultiplex(sweepPlan, trials, recorders.listeners, trialRunDir, prepared, trialMetrics);
   const mergedPrepared: Prepared = { ...first, plan: sweepPlan.plan };
-  const { summary } = await executePrepared(mergedPrepared, { ...values, 'no-track': true }, io, { listeners: [demux], runDir: sweepDir, runId: sweepId, latest: false, summaryMetrics: false });
+  const epochGate = scheduler ? new SweepScheduler(scheduler, sweepPlan) : undefined;
+  const { summary } = await executePrepared(mergedPrepared, { ...values, 'no-track': true }, io, {
+    listeners: [demux], runDir: sweepDir, runId: sweepId, latest: false, summaryMetrics: false, ...(epochGate ? { epochGate } : {}),
+  });
   for (const close of recorders.closers) await close().catch(() => undefined);
 
   const rows = trialRows(sweep, sweepPlan, summary, trialMetrics);
@@ -53,7 +58,7 @@ export async function sweepCommand(file: string, values: CommandOptions, io: Io)
   await registerBestTrial(sweep, rows, values, io, trialRunDir);
   // Interrupted: the trials' runs and the parent run are recorded KILLED; now exit 130/143/129.
   if (summary.interrupted) throw interruptedError(summary);
-  return rows.every((r) => r.status === 'succeeded') ? 'ok' : 'failed';
+  return rows.every((r) => r.status !== 'failed') ? 'ok' : 'failed';
 }
 
 /** `--register NAME`: the best trial's model, through its own journal (kept for `pipe sync` when the server is down). */
@@ -76,18 +81,22 @@ interface Sweep {
   direction: 'maximize' | 'minimize';
   pipelineFile: PipelineFile;
   projectDir: string;
+  /** Early stopping, when the sweep has a scheduler. */
+  scheduler: SchedulerConfig | undefined;
 }
 
 interface TrialResult {
   trial: Trial;
-  status: 'succeeded' | 'failed';
+  /** pruned: the scheduler stopped it early (its learning stage ran `pruned.epoch` epochs; what depends on it did not run). */
+  status: 'succeeded' | 'failed' | 'pruned';
   error: string | undefined;
+  pruned: (PrunedAt & { stage: string }) | undefined;
   metrics: Record<string, number>;
   objective: number | undefined;
 }
 
 /** Loads the pipeline and expands its trials; prints every problem and returns undefined when there are any. */
-function loadSweep(file: string, values: CommandOptions, io: Io): { pipelineFile: PipelineFile; trials: Trial[] } | undefined {
+function loadSweep(file: string, values: CommandOptions, io: Io): { pipelineFile: PipelineFile; trials: Trial[]; scheduler: SchedulerConfig | undefined } | undefined {
   const loaded = loadPipeline(file, file);
   if (!loaded.file || loaded.diagnostics.length > 0) {
     printDiagnostics(io, loaded.diagnostics, loaded.source ? { [file]: loaded.source.text } : {});
@@ -99,6 +108,8 @@ function loadSweep(file: string, values: CommandOptions, io: Io): { pipelineFile
     seed: values.seed !== undefined ? wholeNumber('--seed', values.seed, 0) : undefined,
   };
   const { trials, diagnostics } = expandTrials(pipelineFile, values.sweep ?? [], sampling);
+  const { scheduler, diagnostics: schedulerProblems } = schedulerOfFile(pipelineFile);
+  diagnostics.push(...schedulerProblems);
   const overridden = new Set((values.param ?? []).map((p) => p.split('=')[0]));
   for (const trial of trials) {
     for (const name of Object.keys(trial.values)) {
@@ -110,7 +121,7 @@ function loadSweep(file: string, values: CommandOptions, io: Io): { pipelineFile
     return undefined;
   }
   if (trials.length === 0) throw new UsageError(`pipe sweep ${file}: nothing to sweep: add a sweep: section or -S NAME=V1,V2`);
-  return { pipelineFile, trials };
+  return { pipelineFile, trials, scheduler };
 }
 
 /** Each trial analyzed and planned as an ordinary run; undefined (problems printed) when one is invalid. */
@@ -191,7 +202,11 @@ function trialRows(sweep: Sweep, sweepPlan: SweepPlan, summary: RunSummary, tria
       }
     }
     Object.assign(metrics, trialMetrics.get(trial.id) ?? {});
-    return { trial, status, error, metrics, objective: metrics[objective] };
+    // Stopped early (and nothing else went wrong): pruned, not failed.
+    const ended = trialSummary(trial, sweepPlan, summary);
+    const pruned = ended.status === 'succeeded' ? ended.pruned : undefined;
+    if (pruned) return { trial, status: 'pruned', error: undefined, pruned, metrics, objective: metrics[objective] };
+    return { trial, status, error, pruned: undefined, metrics, objective: metrics[objective] };
   });
   rows.sort((a, b) => {
     const av = a.objective ?? (direction === 'maximize' ? -Infinity : Infinity);
@@ -208,9 +223,11 @@ async function reportSweep(
   const { id: sweepId, objective, direction, trials } = sweep;
   const table = formatTrialTable(rows, objective);
   io.err(`\nsweep ${sweepId}: ${trials.length} trials, ${sweepPlan.plan.stages.length} distinct stages (${summary.stages.filter((s) => s.status === 'ran').length} ran, ${summary.stages.filter((s) => s.status === 'cached').length} cached) in ${formatDuration(summary.durationMs)}; sorted by ${objective} (${direction})\n${table}`);
-  await fs.writeFile(path.join(sweep.dir, 'trials.json'), JSON.stringify(rows.map((r) => ({ id: r.trial.id, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), null, 2));
-  await parent?.finish(rows.map((r) => ({ id: r.trial.id, label: r.trial.label, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), table, summary.interrupted).catch((error: Error) => io.err(`tracking: ${error.message}\n`));
-  if (values.json) io.out(`${JSON.stringify({ sweep: sweepId, objective, direction, trials: rows.map((r) => ({ id: r.trial.id, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), stages: summary.stages }, null, 2)}\n`);
+  const json = rows.map((r) => ({ id: r.trial.id, values: r.trial.values, status: r.status, error: r.error, ...(r.pruned ? { pruned: r.pruned } : {}), metrics: r.metrics }));
+  await fs.writeFile(path.join(sweep.dir, 'trials.json'), JSON.stringify(json, null, 2));
+  await parent?.finish(rows.map((r) => ({ id: r.trial.id, label: r.trial.label, values: r.trial.values, status: r.status, error: r.error, ...(r.pruned ? { pruned: r.pruned } : {}), metrics: r.metrics })), table, summary.interrupted).catch((error: Error) => io.err(`tracking: ${error.message}\n`));
+  const scheduler = sweep.scheduler ? { scheduler: schedulerJson(sweep.scheduler) } : {};
+  if (values.json) io.out(`${JSON.stringify({ sweep: sweepId, objective, direction, ...scheduler, trials: json, stages: summary.stages }, null, 2)}\n`);
 }
 
 function wholeNumber(flag: string, text: string, min: number): number {
@@ -219,14 +236,26 @@ function wholeNumber(flag: string, text: string, min: number): number {
   return n;
 }
 
-function formatTrialTable(rows: Array<{ trial: Trial; status: string; error?: string; metrics: Record<string, number> }>, objective: string): string {
+/** The scheduler's settings under Ray Tune's names, as in the pipeline file. */
+export function schedulerJson(config: SchedulerConfig): Record<string, unknown> {
+  return {
+    type: config.type,
+    metric: config.metric,
+    mode: config.mode,
+    stage: config.stage,
+    grace_period: config.gracePeriod,
+    ...(config.type === 'asha' ? { reduction_factor: config.reductionFactor, ...(config.maxT !== undefined ? { max_t: config.maxT } : {}) } : { min_samples_required: config.minSamplesRequired }),
+  };
+}
+
+function formatTrialTable(rows: TrialResult[], objective: string): string {
   const names = [...new Set(rows.flatMap((r) => Object.keys(r.trial.values)))];
   const extra = [objective, ...['val_accuracy', 'test_loss', 'accuracy'].filter((k) => k !== objective && rows.some((r) => k in r.metrics))];
   const header = ['trial', ...names, 'status', ...extra];
   const body = rows.map((r) => [
     r.trial.id,
     ...names.map((n) => (n in r.trial.values ? JSON.stringify(r.trial.values[n]) : '')),
-    r.status,
+    r.pruned ? `pruned@${r.pruned.epoch}` : r.status,
     ...extra.map((k) => (r.metrics[k] === undefined ? '' : (r.metrics[k] as number).toFixed(4))),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => (row[i] ?? '').length)));
@@ -235,8 +264,12 @@ function formatTrialTable(rows: Array<{ trial: Trial; status: string; error?: st
   return `${[line(header), ...body.map(line)].join('\n')}\n${failures.length ? `${failures.join('\n')}\n` : ''}`;
 }
 
-function printDryRun(io: Io, trials: Trial[], sweepPlan: SweepPlan): void {
+function printDryRun(io: Io, trials: Trial[], sweepPlan: SweepPlan, scheduler: SchedulerConfig | undefined): void {
   io.out(`${trials.length} trials:\n`);
+  if (scheduler) {
+    const settings = Object.entries(schedulerJson(scheduler)).filter(([k]) => !['type', 'metric', 'mode', 'stage'].includes(k)).map(([k, v]) => `${k} ${String(v)}`).join(', ');
+    io.out(`early stopping: ${scheduler.type} on ${scheduler.metric} (${scheduler.mode}) after each epoch of stage ${scheduler.stage}; ${settings}\n`);
+  }
   for (const trial of trials) io.out(`  ${trial.id}  ${trial.label}\n`);
   io.out(`\n${sweepPlan.plan.stages.length} distinct stages:\n`);
   const width = Math.max(...sweepPlan.plan.stages.map((s) => s.name.length));

@@ -38,6 +38,8 @@ export interface EntryResult {
   artifacts: string[];
   /** Command stages: content hash of each declared output (relative path → hash). */
   outs?: Record<string, string>;
+  /** A pruned result (see prunedKey): the stage stopped after `epoch` of its `of` epochs. */
+  pruned?: { epoch: number; of: number };
   /**
    * Size and sha256 of each file of the entry as published (path relative to the entry: `out/…`,
    * `metrics.jsonl`). Entries published before pipe recorded these have none, and are used unchecked.
@@ -62,6 +64,15 @@ export interface CacheEntry {
   outDir: string;
   record: FingerprintRecord;
   result: EntryResult;
+}
+
+/**
+ * Where a pruned result is kept (a learning stage a sweep's scheduler stopped after `epoch`
+ * epochs): beside the entries, under a key that is not the stage's fingerprint, so the stage is
+ * never taken as computed in full.
+ */
+export function prunedKey(fingerprint: string, epoch: number): string {
+  return `${fingerprint}.pruned-${epoch}`;
 }
 
 export class Cache {

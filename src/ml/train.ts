@@ -422,6 +422,11 @@ export interface FitSpec {
   /** Called (and awaited) before each epoch, e.g. to load that epoch's view. */
   beforeEpoch?: (epoch: number) => Promise<void> | void;
   onEpoch?: (record: EpochRecord) => void;
+  /**
+   * Awaited after onEpoch with the epochs run so far (1-based) and the epochs planned: true ends
+   * the fit there (early stopping); the history then holds the epochs run.
+   */
+  shouldStop?: (epochsRun: number, of: number) => Promise<boolean>;
   onBatch?: (epoch: number, done: number, total: number) => void;
 }
 
@@ -476,6 +481,8 @@ export async function fit(tf: Tf, spec: FitSpec): Promise<History> {
     history.val_loss.push(record.val_loss);
     history.val_accuracy.push(record.val_accuracy);
     spec.onEpoch?.(record);
+    const first = spec.initialEpoch ?? 0;
+    if (await spec.shouldStop?.(epoch - first + 1, spec.epochs - first)) break;
   }
   return history;
 }

@@ -72,6 +72,8 @@ export interface FineTuneMeta {
   /** Epochs of the head phase (the recipe's initial_epochs): where fine-tuning starts on the curves. */
   headEpochs: number;
   final: { loss: number; accuracy: number; val_loss: number; val_accuracy: number };
+  /** Set when a sweep's scheduler stopped the training early: after `epoch` of `of` epochs. */
+  pruned?: { epoch: number; of: number };
   params: FineTuneParams;
 }
 
@@ -214,10 +216,14 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
         for (const key of ['loss', 'accuracy', 'val_loss', 'val_accuracy'] as const) ctx.metric(key, record[key], record.epoch);
         ctx.log(epochLine(record, range.epochs));
       },
+      shouldStop: (epochsRun, of) => ctx.epochEnd(epochsRun, of),
     });
+    const epochsRun = history.epoch.length;
+    const pruned = epochsRun < epochCount ? { epoch: epochsRun, of: epochCount } : undefined;
+    if (pruned) ctx.log(`pruned: stopped by the sweep's scheduler after epoch ${pruned.epoch} of ${pruned.of}`);
 
-    const imagesPerSecond = trainMs > 0 ? (epochCount * trainSet.count) / (trainMs / 1000) : 0;
-    ctx.log(`trained on ${epochCount * trainSet.count} images at ${imagesPerSecond.toFixed(1)} images/s (training steps only)`);
+    const imagesPerSecond = trainMs > 0 ? (epochsRun * trainSet.count) / (trainMs / 1000) : 0;
+    ctx.log(`trained on ${epochsRun * trainSet.count} images at ${imagesPerSecond.toFixed(1)} images/s (training steps only)`);
     ctx.metric('fine_tune_images_per_second', imagesPerSecond);
 
     await saveLayersModel(base, path.join(ctx.outDir, 'base'));
@@ -243,6 +249,7 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
         val_loss: history.val_loss[last]!,
         val_accuracy: history.val_accuracy[last]!,
       },
+      ...(pruned ? { pruned } : {}),
       params,
     };
     await fs.writeFile(path.join(ctx.outDir, 'meta.json'), JSON.stringify(result, null, 1) + '\n');
@@ -250,7 +257,8 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
     ctx.summary({
       fine_tune_at: params.fine_tune_at,
       trainable_params: baseParams + headParams,
-      epochs_run: epochCount,
+      epochs_run: epochsRun,
+      ...(pruned ? { pruned_after_epoch: pruned.epoch } : {}),
       val_accuracy: round(result.final.val_accuracy),
       val_loss: round(result.final.val_loss),
     });

@@ -43,6 +43,8 @@ export interface TrainHeadMeta {
   trainableParams: number;
   initial: { val_loss: number; val_accuracy: number };
   final: { loss: number; accuracy: number; val_loss: number; val_accuracy: number };
+  /** Set when a sweep's scheduler stopped the training early: after `epoch` of `of` epochs. */
+  pruned?: { epoch: number; of: number };
   params: TrainHeadParams;
 }
 
@@ -142,7 +144,10 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
         for (const key of ['loss', 'accuracy', 'val_loss', 'val_accuracy'] as const) ctx.metric(key, record[key], record.epoch);
         ctx.log(epochLine(record, params.epochs));
       },
+      shouldStop: (epochsRun, of) => ctx.epochEnd(epochsRun, of),
     });
+    const epochsRun = history.epoch.length;
+    if (epochsRun < params.epochs) ctx.log(`pruned: stopped by the sweep's scheduler after epoch ${epochsRun} of ${params.epochs}`);
 
     await writeHead(ctx.outDir, head.weights());
     await fs.writeFile(path.join(ctx.outDir, 'history.json'), JSON.stringify(history, null, 1) + '\n');
@@ -151,7 +156,7 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
       format: 'pipe-train-head/1',
       classNames: meta.classNames,
       task,
-      epochs: params.epochs,
+      epochs: epochsRun,
       lastEpoch: history.epoch[last]!,
       trainableParams: trainable,
       initial: { val_loss: initial.loss, val_accuracy: initial.accuracy },
@@ -161,6 +166,7 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
         val_loss: history.val_loss[last]!,
         val_accuracy: history.val_accuracy[last]!,
       },
+      ...(epochsRun < params.epochs ? { pruned: { epoch: epochsRun, of: params.epochs } } : {}),
       params,
     };
     await fs.writeFile(path.join(ctx.outDir, 'meta.json'), JSON.stringify(result, null, 1) + '\n');
@@ -170,6 +176,7 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
       initial_val_accuracy: round(initial.accuracy),
       val_accuracy: round(result.final.val_accuracy),
       val_loss: round(result.final.val_loss),
+      ...(result.pruned ? { pruned_after_epoch: result.pruned.epoch } : {}),
     });
   } finally {
     optimizer.dispose();

@@ -15,8 +15,11 @@ export interface TrialRow {
   id: string;
   label: string;
   values: Record<string, unknown>;
-  status: 'succeeded' | 'failed';
+  /** pruned: stopped early by the sweep's scheduler. */
+  status: 'succeeded' | 'failed' | 'pruned';
   error?: string;
+  /** Where a pruned trial stopped: its learning stage ran `epoch` of `of` epochs. */
+  pruned?: { stage: string; epoch: number; of: number };
   metrics: Record<string, number>;
 }
 
@@ -90,7 +93,7 @@ export async function startSweepParent(options: {
         await fs.writeFile(path.join(options.sweepDir, 'objective.png'), chart);
         await client.uploadArtifact(artifactUri, 'objective.png', chart);
       }
-      const status = interrupted ? 'KILLED' : rows.every((r) => r.status === 'succeeded') ? 'FINISHED' : 'FAILED';
+      const status = interrupted ? 'KILLED' : rows.every((r) => r.status !== 'failed') ? 'FINISHED' : 'FAILED';
       await client.updateRun(runId, { status, endTime: Date.now() });
     },
   };
