@@ -47,9 +47,11 @@ export async function sweepCommand(file: string, values: CommandOptions, io: Io)
   const trialMetrics = new Map<string, Record<string, number>>();
   const demux = demultiplex(sweepPlan, trials, recorders.listeners, trialRunDir, prepared, trialMetrics);
   const mergedPrepared: Prepared = { ...first, plan: sweepPlan.plan };
-  const epochGate = scheduler ? new SweepScheduler(scheduler, sweepPlan) : undefined;
+  // Through a queue the workers run the stages, and no decision reaches them yet.
+  if (scheduler && values.queue) io.err('early stopping: not available with --queue yet; every trial runs all its epochs\n');
+  const epochGate = scheduler && !values.queue ? new SweepScheduler(scheduler, sweepPlan) : undefined;
   const { summary } = await executePrepared(mergedPrepared, { ...values, 'no-track': true }, io, {
-    listeners: [demux], runDir: sweepDir, runId: sweepId, latest: false, summaryMetrics: false, ...(epochGate ? { epochGate } : {}),
+    listeners: epochGate ? [epochGate.listener, demux] : [demux], runDir: sweepDir, runId: sweepId, latest: false, summaryMetrics: false, ...(epochGate ? { epochGate } : {}),
   });
   for (const close of recorders.closers) await close().catch(() => undefined);
 

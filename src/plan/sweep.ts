@@ -458,4 +458,23 @@ export class SweepScheduler {
     const value = [...metrics].reverse().find((p) => p.key === this.config.metric)?.value ?? Number.NaN;
     return this.scheduler.onResult(stage, epoch, value) === 'stop' && epoch < of;
   }
+
+  /**
+   * A watched stage that came from the cache ran in an earlier sweep: its epochs are results the
+   * scheduler compares the running trials with, as if they had just arrived (the decisions about
+   * it are moot: it is complete).
+   */
+  replay(stage: string, metrics: readonly MetricPoint[], of: number): void {
+    if (!this.watched.has(stage)) return;
+    this.scheduler ??= createScheduler(this.config, of);
+    const points = metrics.filter((p) => p.key === this.config.metric).sort((a, b) => a.step - b.step);
+    points.forEach((point, i) => this.scheduler?.onResult(stage, i + 1, point.value));
+  }
+
+  /** The listener that replays the watched stages restored from the cache. */
+  readonly listener = (event: RunEvent): void => {
+    if (event.type !== 'stage-end' || event.status !== 'cached' || !this.watched.has(event.stage)) return;
+    const epochs = event.metrics.filter((p) => p.key === this.config.metric).length;
+    this.replay(event.stage, event.metrics, epochs);
+  };
 }

@@ -1,0 +1,115 @@
+// Early stopping of sweep trials on the learning pipeline, through the real CLI, on generated
+// images and a small random MobileNetV2, tracked by a real MLflow server: ASHA stops the trial whose
+// fine-tuning diverges after its first epoch; its result is kept apart from a full one; its
+// evaluation does not run; MLflow shows it FINISHED with where it stopped and its curves up to there.
+import { existsSync, readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { pipe, project } from '../helpers/cli.ts';
+import { writeImageFolder } from '../helpers/images.ts';
+import { startTestMlflow, type TestMlflow } from '../helpers/mlflow.ts';
+import { smallPipeline } from '../helpers/small-pipeline.ts';
+
+// lr 30 makes RMSprop diverge at once: its val_loss after epoch 1 is far above the sane trial's.
+const pipeline = `${smallPipeline
+  .replace('  fine_tune_at: 100\n', '  fine_tune_at: 100\n  lr: 0.0001\n')
+  .replace('with: {fine_tune_at: "${params.fine_tune_at}", epochs: 1, learning_rate: 0.0001}', 'with: {fine_tune_at: "${params.fine_tune_at}", epochs: 3, learning_rate: "${params.lr}", keras_initial_epoch_quirk: false}')}sweep:
+  grid:
+    lr: [0.0001, 30]
+  scheduler: {type: asha, metric: val_loss, grace_period: 1, reduction_factor: 2}
+`;
+
+interface SweepJson {
+  scheduler: Record<string, unknown>;
+  trials: Array<{ id: string; values: { lr: number }; status: string; pruned?: { stage: string; epoch: number; of: number }; metrics: Record<string, number> }>;
+  stages: Array<{ name: string; status: string; fingerprint: string; error?: string; afterPruned?: boolean; pruned?: { epoch: number; of: number } }>;
+}
+
+let mlflow: TestMlflow;
+let dir: string;
+
+test.before(async () => {
+  mlflow = await startTestMlflow();
+  dir = project({ 'small.yaml': pipeline });
+  await writeImageFolder(path.join(dir, 'images'), { classes: { cats: 12, dogs: 12 }, height: 64, width: 80 });
+});
+
+test.after(async () => {
+  await mlflow?.dispose();
+});
+
+const stage = (r: SweepJson, name: string) => r.stages.find((s) => s.name === name);
+
+test('asha stops the lagging trial after its first epoch; its evaluation never runs; MLflow records where', async () => {
+  assert.ok(pipeline.includes('learning_rate: "${params.lr}"'), 'the fixture sweeps the fine-tuning rate');
+  const dry = await pipe(dir, ['sweep', 'small.yaml', '--dry-run']);
+  assert.match(dry.stdout, /early stopping: asha on val_loss \(min\) after each epoch of stage fine-tune; grace_period 1, reduction_factor 2/);
+
+  const r = await pipe(dir, ['sweep', 'small.yaml', '--json'], { PIPE_NO_TRACK: '0', MLFLOW_TRACKING_URI: mlflow.uri });
+  assert.is(r.exitCode, 0, r.stderr);
+  const result = JSON.parse(r.stdout) as SweepJson;
+  assert.equal(result.scheduler, { type: 'asha', metric: 'val_loss', mode: 'min', stage: 'fine-tune', grace_period: 1, reduction_factor: 2 });
+  const byId = Object.fromEntries(result.trials.map((t) => [t.id, t]));
+  assert.is(byId['t1']?.status, 'succeeded');
+  assert.ok(byId['t1']?.metrics['test_accuracy'] !== undefined);
+  assert.is(byId['t2']?.status, 'pruned');
+  assert.equal(byId['t2']?.pruned, { stage: 'fine-tune', epoch: 1, of: 3 });
+  assert.is(byId['t2']?.metrics['test_accuracy'], undefined, 'a pruned trial is not evaluated');
+  assert.ok((byId['t2']?.metrics['val_loss'] ?? 0) > (byId['t1']?.metrics['val_loss'] ?? Infinity) || Number.isNaN(byId['t2']?.metrics['val_loss']));
+  assert.match(r.stderr, /t2\s+30\s+pruned@1/);
+
+  const pruned = stage(result, 'fine-tune[lr=30]');
+  assert.is(pruned?.status, 'pruned');
+  assert.equal(pruned?.pruned, { epoch: 1, of: 3 });
+  const held = stage(result, 'evaluate[lr=30]');
+  assert.is(held?.status, 'skipped');
+  assert.is(held?.afterPruned, true);
+  assert.is(held?.error, "trial pruned: stage 'fine-tune[lr=30]' stopped after epoch 1 of 3");
+  assert.is(stage(result, 'fine-tune[lr=0.0001]')?.status, 'ran');
+
+  // The pruned result is kept apart: its fingerprint has no entry; the pruned one holds one epoch.
+  const entries = path.join(dir, 'runs', 'cache', 'entries');
+  const fp = pruned?.fingerprint ?? '';
+  assert.not.ok(existsSync(path.join(entries, fp)), 'no full entry for a pruned stage');
+  const prunedDir = path.join(entries, `${fp}.pruned-1`);
+  const history = JSON.parse(readFileSync(path.join(prunedDir, 'out', 'history.json'), 'utf8')) as { epoch: number[] };
+  assert.equal(history.epoch, [2], 'one epoch, numbered after the head’s two');
+  const meta = JSON.parse(readFileSync(path.join(prunedDir, 'out', 'meta.json'), 'utf8')) as { pruned: unknown };
+  assert.equal(meta.pruned, { epoch: 1, of: 3 });
+  const full = JSON.parse(readFileSync(path.join(entries, stage(result, 'fine-tune[lr=0.0001]')?.fingerprint ?? '', 'out', 'history.json'), 'utf8')) as { epoch: number[] };
+  assert.equal(full.epoch, [2, 3, 4]);
+
+  // MLflow: the pruned trial FINISHED, tagged with where it stopped, its curves up to there.
+  const experiment = await mlflow.client.getExperimentByName('small-e2e');
+  assert.ok(experiment);
+  const { runs } = await mlflow.client.searchRuns({ experimentIds: [experiment.experiment_id] });
+  const tag = (run: (typeof runs)[number], key: string) => (run.data.tags ?? []).find((t) => t.key === key)?.value;
+  const trialRun = (id: string) => runs.find((x) => tag(x, 'pipe.trial') === id);
+  const t2 = trialRun('t2');
+  const t1 = trialRun('t1');
+  assert.ok(t1 && t2, 'a run per trial');
+  assert.is(t2.info.status, 'FINISHED');
+  assert.is(tag(t2, 'pipe.trial_status'), 'pruned');
+  assert.is(tag(t2, 'pipe.pruned_at_epoch'), '1');
+  assert.is(tag(t2, 'pipe.pruned_stage'), 'fine-tune');
+  assert.is(tag(t2, 'pipe.stage.fine-tune.status'), 'pruned');
+  assert.is(tag(t1, 'pipe.trial_status'), undefined);
+  const steps = async (run: typeof t1) => (await mlflow.client.getMetricHistory(run.info.run_id, 'val_loss')).map((m) => m.step).sort((a, b) => a - b);
+  assert.equal(await steps(t2), [0, 1, 2], 'the head’s two epochs and the one fine-tuning epoch');
+  assert.equal(await steps(t1), [0, 1, 2, 3, 4]);
+  const parent = runs.find((x) => tag(x, 'pipe.sweep') !== undefined && tag(x, 'mlflow.parentRunId') === undefined);
+  assert.is(parent?.info.status, 'FINISHED', 'a pruned trial fails nothing');
+});
+
+test('again: the complete trial comes from the cache and still counts; the pruned one is pruned again, never taken as complete', async () => {
+  const r = await pipe(dir, ['sweep', 'small.yaml', '--json']);
+  assert.is(r.exitCode, 0, r.stderr);
+  const result = JSON.parse(r.stdout) as SweepJson;
+  assert.is(stage(result, 'fine-tune[lr=0.0001]')?.status, 'cached');
+  assert.is(stage(result, 'evaluate[lr=0.0001]')?.status, 'cached');
+  assert.is(stage(result, 'fine-tune[lr=30]')?.status, 'pruned', 'compared with the cached trial’s epochs');
+  assert.equal(result.trials.find((t) => t.id === 't2')?.pruned, { stage: 'fine-tune', epoch: 1, of: 3 });
+});
+
+test.run();
