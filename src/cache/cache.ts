@@ -88,6 +88,24 @@ export class Cache {
     return path.join(this.root, 'entries', fingerprint);
   }
 
+  /** Where a learning stage keeps its training checkpoints (src/ml/checkpoint.ts) between runs. */
+  checkpointDir(fingerprint: string): string {
+    return path.join(this.root, 'checkpoints', fingerprint);
+  }
+
+  /** Removes a stage's checkpoints (its full result is published): renamed away first, like an entry. */
+  async removeCheckpoints(fingerprint: string): Promise<void> {
+    const dir = this.checkpointDir(fingerprint);
+    const grave = path.join(this.root, 'tmp', `${fingerprint}.checkpoints.${process.pid}.${randomBytes(4).toString('hex')}`);
+    try {
+      await fs.mkdir(path.dirname(grave), { recursive: true });
+      await fs.rename(dir, grave);
+    } catch {
+      return;
+    }
+    await fs.rm(grave, { recursive: true, force: true });
+  }
+
   async has(fingerprint: string): Promise<boolean> {
     try {
       await fs.access(path.join(this.entryDir(fingerprint), 'result.json'));

@@ -98,6 +98,13 @@ export interface StageContext<P = Record<string, unknown>> {
    * one. Without a scheduler it resolves false at once; after the last epoch it is always false.
    */
   epochEnd(epoch: number, of: number): Promise<boolean>;
+  /**
+   * This stage's training checkpoints: a directory kept across runs, one per fingerprint. A
+   * learning stage resumes from the newest checkpoint there when it finds one (as if it had never
+   * stopped), and, when `write` is true (a sweep's scheduler watches it), saves one after each
+   * epoch. pipe removes the directory once the stage's full result is in the cache.
+   */
+  checkpoints: { dir: string; write: boolean };
 }
 
 /**

@@ -257,6 +257,7 @@ function stageSpec(stage: StageJob, run: RunContext, staging: Staging, tmpDir: s
     outs: stage.outs,
     metrics: stage.metrics,
     ...(run.epochGate?.watches(stage.name) ? { scheduled: true } : {}),
+    checkpointDir: run.cache.checkpointDir(stage.fingerprint),
   };
 }
 
@@ -386,6 +387,8 @@ async function publishOutcome(stage: StageJob, staging: Staging, reports: StageR
   if (stage.forced) await cache.remove(stage.fingerprint);
   const artifacts = [...reports.artifacts];
   const entry = await cache.publish(staging, { durationMs, finishedAt: Date.now(), summary: reports.summary, artifacts, outs: reports.done?.outs });
+  // Complete: the training checkpoints that led here are of no more use.
+  await cache.removeCheckpoints(stage.fingerprint);
   return {
     status: 'ran',
     durationMs,

@@ -30,8 +30,10 @@ export interface StageSpec {
   env: Record<string, string>;
   outs: string[];
   metrics: string[];
-  /** A sweep's scheduler watches this stage: after each epoch it waits for a decision (see epochEnd). */
+  /** A sweep's scheduler watches this stage: after each epoch it waits for a decision (see epochEnd), and it checkpoints. */
   scheduled?: boolean;
+  /** The stage's checkpoint directory (see StageContext.checkpoints). */
+  checkpointDir: string;
 }
 
 /** What the runner sends the stage process after the spec: the scheduler's answer to an `epoch` report. */
@@ -98,9 +100,11 @@ async function runKind(spec: StageSpec): Promise<void> {
     metric: (key, value, step = 0) => void send({ t: 'metric', key, value, step, timestamp: Date.now() }),
     artifact: (relPath) => void send({ t: 'artifact', path: relPath }),
     summary: (facts) => void send({ t: 'summary', facts }),
+    checkpoints: { dir: spec.checkpointDir, write: Boolean(spec.scheduled) },
     epochEnd: async (epoch, of) => {
       const stop = await epochDecision(spec, epoch, of);
-      if (stop) pruned = { epoch, of };
+      // The last decision counts (a resumed stage replays its checkpoint's epochs first).
+      pruned = stop ? { epoch, of } : undefined;
       return stop;
     },
   };

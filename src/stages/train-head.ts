@@ -19,6 +19,7 @@ import type { Tensor } from '@tensorflow/tfjs-node';
 import { readFeatures, readFeaturesMeta } from '../ml/features.ts';
 import { HeadVariables, headParamCount, initHead, writeHead } from '../ml/head.ts';
 import { loadTf } from '../ml/tf.ts';
+import { readCheckpoint, restoreCheckpoint, writeCheckpoint } from '../ml/checkpoint.ts';
 import {
   deriveSeed,
   epochLine,
@@ -128,9 +129,18 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
     ctx.metric('initial_val_accuracy', initial.accuracy);
     ctx.log(`initial loss: ${initial.loss.toFixed(2)}, initial accuracy: ${initial.accuracy.toFixed(2)}`);
 
+    const checkpoint = await readCheckpoint(ctx.checkpoints.dir, CHECKPOINT_OWNER);
+    if (checkpoint) {
+      // After the untrained head's figures, which the checkpoint's run reported too.
+      restoreCheckpoint(tf, checkpoint, head.vars, optimizer);
+      ctx.log(`resuming from the checkpoint after epoch ${checkpoint.fit.history.epoch.length} of ${params.epochs} (weights, optimizer slots, shuffle and dropout streams)`);
+      ctx.summary({ resumed_from_epoch: checkpoint.fit.history.epoch.length });
+    }
     const history = await fit(tf, {
       task,
       vars: head.vars,
+      resume: checkpoint?.fit,
+      onCheckpoint: ctx.checkpoints.write ? (state) => writeCheckpoint(ctx.checkpoints.dir, CHECKPOINT_OWNER, head.vars, optimizer, state) : undefined,
       optimizer,
       labels: trainSet.labels,
       epochs: params.epochs,
@@ -184,6 +194,8 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
     tf.dispose([trainAll, validation]);
   }
 }
+
+const CHECKPOINT_OWNER = 'train-head/1';
 
 function round(value: number): number {
   return Math.round(value * 10000) / 10000;
