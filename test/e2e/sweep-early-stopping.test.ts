@@ -2,7 +2,7 @@
 // images and a small random MobileNetV2, tracked by a real MLflow server: ASHA stops the trial whose
 // fine-tuning diverges after its first epoch; its result is kept apart from a full one; its
 // evaluation does not run; MLflow shows it FINISHED with where it stopped and its curves up to there.
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -108,8 +108,36 @@ test('again: the complete trial comes from the cache and still counts; the prune
   const result = JSON.parse(r.stdout) as SweepJson;
   assert.is(stage(result, 'fine-tune[lr=0.0001]')?.status, 'cached');
   assert.is(stage(result, 'evaluate[lr=0.0001]')?.status, 'cached');
-  assert.is(stage(result, 'fine-tune[lr=30]')?.status, 'pruned', 'compared with the cached trial’s epochs');
+  const again = result.stages.find((s) => s.name === 'fine-tune[lr=30]') as { status: string; summary: Record<string, unknown> } | undefined;
+  assert.is(again?.status, 'pruned', 'compared with the cached trial’s epochs');
+  assert.is(again?.summary['resumed_from_epoch'], 1, 'from its checkpoint: judged again without training');
   assert.equal(result.trials.find((t) => t.id === 't2')?.pruned, { stage: 'fine-tune', epoch: 1, of: 3 });
+});
+
+test('promoted: without the scheduler the pruned trial continues from its checkpoint, as if it had never stopped', async () => {
+  const plain = pipeline.replace(/  scheduler: .*\n/, '');
+  writeFileSync(path.join(dir, 'small.yaml'), plain);
+  const r = await pipe(dir, ['sweep', 'small.yaml', '--json']);
+  assert.is(r.exitCode, 0, r.stderr);
+  const result = JSON.parse(r.stdout) as SweepJson & { stages: Array<{ summary: Record<string, unknown> }> };
+  assert.ok(result.trials.every((t) => t.status === 'succeeded'), JSON.stringify(result.trials));
+  const promoted = result.stages.find((s) => s.name === 'fine-tune[lr=30]') as (SweepJson['stages'][number] & { summary: Record<string, unknown> }) | undefined;
+  assert.is(promoted?.status, 'ran');
+  assert.is(promoted?.summary['resumed_from_epoch'], 1);
+  assert.is(stage(result, 'evaluate[lr=30]')?.status, 'ran');
+  const cache = path.join(dir, 'runs', 'cache');
+  const entry = path.join(cache, 'entries', promoted?.fingerprint ?? '', 'out');
+  assert.equal((JSON.parse(readFileSync(path.join(entry, 'history.json'), 'utf8')) as { epoch: number[] }).epoch, [2, 3, 4]);
+  assert.not.ok(existsSync(path.join(cache, 'checkpoints', promoted?.fingerprint ?? '')), 'complete: its checkpoints are removed');
+
+  // The same stage computed from scratch (no checkpoint left) gives the same bytes.
+  const resumedFiles = ['head.bin', 'base/weights.bin', 'history.json'].map((f) => readFileSync(path.join(entry, f)));
+  const forced = await pipe(dir, ['run', 'small.yaml', '-p', 'lr=30', '--force', 'fine-tune', '--json']);
+  assert.is(forced.exitCode, 0, forced.stderr);
+  const fineTune = (JSON.parse(forced.stdout) as { stages: Array<{ name: string; status: string; fingerprint: string; summary: Record<string, unknown> }> }).stages.find((s) => s.name === 'fine-tune');
+  assert.is(fineTune?.fingerprint, promoted?.fingerprint);
+  assert.is(fineTune?.summary['resumed_from_epoch'], undefined, 'from epoch 0');
+  ['head.bin', 'base/weights.bin', 'history.json'].forEach((f, i) => assert.ok(readFileSync(path.join(entry, f)).equals(resumedFiles[i]!), `${f} differs from the resumed run's`));
 });
 
 test.run();
