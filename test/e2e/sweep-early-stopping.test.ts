@@ -2,11 +2,12 @@
 // images and a small random MobileNetV2, tracked by a real MLflow server: ASHA stops the trial whose
 // fine-tuning diverges after its first epoch; its result is kept apart from a full one; its
 // evaluation does not run; MLflow shows it FINISHED with where it stopped and its curves up to there.
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { pipe, project } from '../helpers/cli.ts';
+import { pipe, project, startPipe } from '../helpers/cli.ts';
+import { waitFor } from '../helpers/processes.ts';
 import { writeImageFolder } from '../helpers/images.ts';
 import { startTestMlflow, type TestMlflow } from '../helpers/mlflow.ts';
 import { smallPipeline } from '../helpers/small-pipeline.ts';
@@ -138,6 +139,33 @@ test('promoted: without the scheduler the pruned trial continues from its checkp
   assert.is(fineTune?.fingerprint, promoted?.fingerprint);
   assert.is(fineTune?.summary['resumed_from_epoch'], undefined, 'from epoch 0');
   ['head.bin', 'base/weights.bin', 'history.json'].forEach((f, i) => assert.ok(readFileSync(path.join(entry, f)).equals(resumedFiles[i]!), `${f} differs from the resumed run's`));
+});
+
+test('a sweep killed in the middle of a watched stage resumes it from its last checkpoint', async () => {
+  // A third trial, and a grace period as long as the training: checkpoints, but nobody is stopped.
+  const text = pipeline.replace('lr: [0.0001, 30]', 'lr: [0.0001, 30, 0.0002]').replace('grace_period: 1', 'grace_period: 3');
+  writeFileSync(path.join(dir, 'small.yaml'), text);
+  const checkpoints = path.join(dir, 'runs', 'cache', 'checkpoints');
+  const epochDirs = () => (existsSync(checkpoints) ? readdirSync(checkpoints).flatMap((fp) => readdirSync(path.join(checkpoints, fp)).filter((n) => n.startsWith('epoch-'))) : []);
+  assert.equal(epochDirs(), []);
+  const run = startPipe(dir, ['sweep', 'small.yaml']);
+  assert.ok(await waitFor(() => epochDirs().length > 0, 60_000), 'a checkpoint after the first epoch');
+  run.kill('SIGTERM');
+  const killed = await run;
+  assert.is(killed.exitCode, 143, String(killed.stderr));
+
+  const r = await pipe(dir, ['sweep', 'small.yaml', '--json']);
+  assert.is(r.exitCode, 0, r.stderr);
+  const result = JSON.parse(r.stdout) as { stages: Array<{ name: string; status: string; fingerprint: string; summary: Record<string, unknown> }> };
+  const resumed = result.stages.find((s) => s.name === 'fine-tune[lr=0.0002]');
+  assert.is(resumed?.status, 'ran');
+  assert.ok(Number(resumed?.summary['resumed_from_epoch']) >= 1, JSON.stringify(resumed?.summary));
+  const entry = path.join(dir, 'runs', 'cache', 'entries', resumed?.fingerprint ?? '', 'out');
+  const files = ['head.bin', 'base/weights.bin', 'history.json'];
+  const bytes = files.map((f) => readFileSync(path.join(entry, f)));
+  const forced = await pipe(dir, ['run', 'small.yaml', '-p', 'lr=0.0002', '--force', 'fine-tune']);
+  assert.is(forced.exitCode, 0, forced.stderr);
+  files.forEach((f, i) => assert.ok(readFileSync(path.join(entry, f)).equals(bytes[i]!), `${f} differs from the resumed run's`));
 });
 
 test.run();
