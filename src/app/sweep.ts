@@ -13,7 +13,7 @@ import { executePrepared, interruptedError, prepare, type Prepared } from './run
 import { dedupeDiagnostics } from '../core/diagnostics.ts';
 import type { RunListener, RunSummary } from '../core/events.ts';
 import { loadPipeline, type PipelineFile } from '../pipeline/pipeline.ts';
-import type { SweepParent } from '../tracking/sweep-parent.ts';
+import type { SearchSettings, SweepParent } from '../tracking/sweep-parent.ts';
 import { formatDuration, outputLinker, runLogWriter } from '../render/render.ts';
 import { demultiplex, expandTrials, mergePlans, schedulerOfFile, SweepScheduler, trialSummary, type SweepPlan, type Trial } from '../plan/sweep.ts';
 import type { SchedulerConfig } from '../plan/scheduler.ts';
@@ -42,7 +42,7 @@ export async function sweepCommand(file: string, values: CommandOptions, io: Io)
   const trialRunDir = (trial: Trial) => path.join(sweepDir, trial.id);
   for (const trial of trials) await fs.mkdir(trialRunDir(trial), { recursive: true });
 
-  const sweep: Sweep = { id: sweepId, dir: sweepDir, trials, objective, direction, pipelineFile, projectDir: first.paths.projectDir, scheduler };
+  const sweep: Sweep = { id: sweepId, dir: sweepDir, trials, objective, direction, pipelineFile, projectDir: first.paths.projectDir, scheduler, search: searchSettings(pipelineFile, values, scheduler) };
   const recorders = await trialRecorders(sweep, values, io, trialRunDir);
   const trialMetrics = new Map<string, Record<string, number>>();
   const demux = demultiplex(sweepPlan, trials, recorders.listeners, trialRunDir, prepared, trialMetrics);
@@ -50,12 +50,13 @@ export async function sweepCommand(file: string, values: CommandOptions, io: Io)
   // Through a queue the workers run the stages, and no decision reaches them yet.
   if (scheduler && values.queue) io.err('early stopping: not available with --queue yet; every trial runs all its epochs\n');
   const epochGate = scheduler && !values.queue ? new SweepScheduler(scheduler, sweepPlan) : undefined;
+  const curves = new Map<string, number[]>();
   const { summary } = await executePrepared(mergedPrepared, { ...values, 'no-track': true }, io, {
-    listeners: epochGate ? [epochGate.listener, demux] : [demux], runDir: sweepDir, runId: sweepId, latest: false, summaryMetrics: false, ...(epochGate ? { epochGate } : {}),
+    listeners: epochGate ? [epochGate.listener, curveRecorder(epochGate, curves), demux] : [demux], runDir: sweepDir, runId: sweepId, latest: false, summaryMetrics: false, ...(epochGate ? { epochGate } : {}),
   });
   for (const close of recorders.closers) await close().catch(() => undefined);
 
-  const rows = trialRows(sweep, sweepPlan, summary, trialMetrics);
+  const rows = trialRows(sweep, sweepPlan, summary, trialMetrics, curves);
   await reportSweep(sweep, sweepPlan, summary, rows, recorders.parent, values, io);
   await registerBestTrial(sweep, rows, values, io, trialRunDir);
   // Interrupted: the trials' runs and the parent run are recorded KILLED; now exit 130/143/129.
@@ -85,6 +86,8 @@ interface Sweep {
   projectDir: string;
   /** Early stopping, when the sweep has a scheduler. */
   scheduler: SchedulerConfig | undefined;
+  /** What the MLflow parent run records of the search. */
+  search: SearchSettings;
 }
 
 interface TrialResult {
@@ -95,6 +98,35 @@ interface TrialResult {
   pruned: (PrunedAt & { stage: string }) | undefined;
   metrics: Record<string, number>;
   objective: number | undefined;
+  /** Under a scheduler: the watched metric after each epoch of the watched stage. */
+  curve: number[] | undefined;
+}
+
+/** Records, per watched stage, its metric after each epoch (ran, pruned or from the cache): the curves of the parent run's picture. */
+function curveRecorder(gate: SweepScheduler, curves: Map<string, number[]>): RunListener {
+  return (event) => {
+    if (event.type !== 'stage-end' || !gate.watches(event.stage)) return;
+    const points = event.metrics.filter((p) => p.key === gate.config.metric).sort((a, b) => a.step - b.step);
+    curves.set(event.stage, points.map((p) => p.value));
+  };
+}
+
+/** The search space as written (`-S` distributions replacing the file's), samples, seed and the scheduler's settings. */
+function searchSettings(file: PipelineFile, values: CommandOptions, scheduler: SchedulerConfig | undefined): SearchSettings {
+  const space: Record<string, string> = {};
+  for (const [name, raw] of Object.entries(file.sweep?.space ?? {})) {
+    const [kind, args] = Object.entries(raw as Record<string, unknown[]>)[0] ?? ['?', []];
+    space[name] = `${kind}(${(args ?? []).map((a) => JSON.stringify(a)).join(', ')})`;
+  }
+  for (const arg of values.sweep ?? []) {
+    const eq = arg.indexOf('=');
+    const text = arg.slice(eq + 1);
+    if (/^\w+\(.*\)$/.test(text)) space[arg.slice(0, eq)] = text;
+    else delete space[arg.slice(0, eq)];
+  }
+  const samples = values.samples !== undefined ? Number(values.samples) : file.sweep?.samples;
+  const seed = values.seed !== undefined ? Number(values.seed) : (file.sweep?.seed ?? 0);
+  return { space, ...(samples !== undefined ? { samples } : {}), seed, ...(scheduler ? { scheduler: schedulerJson(scheduler) } : {}) };
 }
 
 /** Loads the pipeline and expands its trials; prints every problem and returns undefined when there are any. */
@@ -173,7 +205,7 @@ async function startSweepTracking(
   try {
     const { startSweepParent } = await import('../tracking/sweep-parent.ts');
     const { pipelineFile, projectDir } = sweep;
-    parent = await startSweepParent({ projectDir, pipeline: pipelineFile, sweepId: sweep.id, trials: sweep.trials, objective: sweep.objective, direction: sweep.direction, sweepDir: sweep.dir });
+    parent = await startSweepParent({ projectDir, pipeline: pipelineFile, sweepId: sweep.id, trials: sweep.trials, objective: sweep.objective, direction: sweep.direction, sweepDir: sweep.dir, search: sweep.search });
     const { createTracker } = await import('../tracking/tracker.ts');
     for (const trial of sweep.trials) {
       const tracker = await createTracker({ projectDir, trackingUri: pipelineFile.tracking.uri, parentRunId: parent.runId, log: (line: string) => io.err(`${line}\n`) });
@@ -189,8 +221,9 @@ async function startSweepTracking(
 }
 
 /** How each trial ended (failed when one of its stages did not run or restore), best objective first. */
-function trialRows(sweep: Sweep, sweepPlan: SweepPlan, summary: RunSummary, trialMetrics: Map<string, Record<string, number>>): TrialResult[] {
+function trialRows(sweep: Sweep, sweepPlan: SweepPlan, summary: RunSummary, trialMetrics: Map<string, Record<string, number>>, curves: Map<string, number[]>): TrialResult[] {
   const { objective, direction } = sweep;
+  const curveOf = (trial: Trial) => (sweep.scheduler ? curves.get(sweepPlan.trialStages.get(trial.id)?.get(sweep.scheduler.stage) ?? '') : undefined);
   const rows = sweep.trials.map((trial): TrialResult => {
     const local = sweepPlan.trialStages.get(trial.id) ?? new Map<string, string>();
     const metrics: Record<string, number> = {};
@@ -207,8 +240,8 @@ function trialRows(sweep: Sweep, sweepPlan: SweepPlan, summary: RunSummary, tria
     // Stopped early (and nothing else went wrong): pruned, not failed.
     const ended = trialSummary(trial, sweepPlan, summary);
     const pruned = ended.status === 'succeeded' ? ended.pruned : undefined;
-    if (pruned) return { trial, status: 'pruned', error: undefined, pruned, metrics, objective: metrics[objective] };
-    return { trial, status, error, pruned: undefined, metrics, objective: metrics[objective] };
+    if (pruned) return { trial, status: 'pruned', error: undefined, pruned, metrics, objective: metrics[objective], curve: curveOf(trial) };
+    return { trial, status, error, pruned: undefined, metrics, objective: metrics[objective], curve: curveOf(trial) };
   });
   rows.sort((a, b) => {
     const av = a.objective ?? (direction === 'maximize' ? -Infinity : Infinity);
@@ -225,9 +258,9 @@ async function reportSweep(
   const { id: sweepId, objective, direction, trials } = sweep;
   const table = formatTrialTable(rows, objective);
   io.err(`\nsweep ${sweepId}: ${trials.length} trials, ${sweepPlan.plan.stages.length} distinct stages (${summary.stages.filter((s) => s.status === 'ran').length} ran, ${summary.stages.filter((s) => s.status === 'cached').length} cached) in ${formatDuration(summary.durationMs)}; sorted by ${objective} (${direction})\n${table}`);
-  const json = rows.map((r) => ({ id: r.trial.id, values: r.trial.values, status: r.status, error: r.error, ...(r.pruned ? { pruned: r.pruned } : {}), metrics: r.metrics }));
+  const json = rows.map((r) => ({ id: r.trial.id, values: r.trial.values, status: r.status, error: r.error, ...(r.pruned ? { pruned: r.pruned } : {}), metrics: r.metrics, ...(r.curve ? { curve: r.curve } : {}) }));
   await fs.writeFile(path.join(sweep.dir, 'trials.json'), JSON.stringify(json, null, 2));
-  await parent?.finish(rows.map((r) => ({ id: r.trial.id, label: r.trial.label, values: r.trial.values, status: r.status, error: r.error, ...(r.pruned ? { pruned: r.pruned } : {}), metrics: r.metrics })), table, summary.interrupted).catch((error: Error) => io.err(`tracking: ${error.message}\n`));
+  await parent?.finish(rows.map((r) => ({ id: r.trial.id, label: r.trial.label, values: r.trial.values, status: r.status, error: r.error, ...(r.pruned ? { pruned: r.pruned } : {}), metrics: r.metrics, ...(r.curve ? { curve: r.curve } : {}) })), table, summary.interrupted).catch((error: Error) => io.err(`tracking: ${error.message}\n`));
   const scheduler = sweep.scheduler ? { scheduler: schedulerJson(sweep.scheduler) } : {};
   if (values.json) io.out(`${JSON.stringify({ sweep: sweepId, objective, direction, ...scheduler, trials: json, stages: summary.stages }, null, 2)}\n`);
 }

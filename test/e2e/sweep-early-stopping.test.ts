@@ -22,6 +22,7 @@ const pipeline = `${smallPipeline
 `;
 
 interface SweepJson {
+  sweep: string;
   scheduler: Record<string, unknown>;
   trials: Array<{ id: string; values: { lr: number }; status: string; pruned?: { stage: string; epoch: number; of: number }; metrics: Record<string, number> }>;
   stages: Array<{ name: string; status: string; fingerprint: string; error?: string; afterPruned?: boolean; pruned?: { epoch: number; of: number } }>;
@@ -100,7 +101,21 @@ test('asha stops the lagging trial after its first epoch; its evaluation never r
   assert.equal(await steps(t2), [0, 1, 2], 'the head’s two epochs and the one fine-tuning epoch');
   assert.equal(await steps(t1), [0, 1, 2, 3, 4]);
   const parent = runs.find((x) => tag(x, 'pipe.sweep') !== undefined && tag(x, 'mlflow.parentRunId') === undefined);
-  assert.is(parent?.info.status, 'FINISHED', 'a pruned trial fails nothing');
+  assert.ok(parent);
+  assert.is(parent.info.status, 'FINISHED', 'a pruned trial fails nothing');
+  const params = Object.fromEntries((parent.data.params ?? []).map((p) => [p.key, p.value]));
+  assert.equal(
+    [params['sweep.scheduler.type'], params['sweep.scheduler.metric'], params['sweep.scheduler.mode'], params['sweep.scheduler.grace_period'], params['sweep.scheduler.reduction_factor'], params['sweep.lr']],
+    ['asha', 'val_loss', 'min', '1', '2', '[0.0001,30]'],
+  );
+  assert.match(tag(parent, 'mlflow.note.content') ?? '', /Early stopping: \*\*asha\*\* on val_loss \(min\).*1 of 2 trials stopped early \(t2 @1\)/);
+  const artifacts = (await mlflow.client.listArtifacts(parent.info.run_id)).map((f) => f.path);
+  assert.ok(artifacts.includes('curves.png') && artifacts.includes('trials.json'), artifacts.join(', '));
+  const sweepDir = path.join(dir, 'runs', 'small', result.sweep);
+  const trialsJson = JSON.parse(readFileSync(path.join(sweepDir, 'trials.json'), 'utf8')) as Array<{ id: string; curve?: number[] }>;
+  assert.is(trialsJson.find((t) => t.id === 't2')?.curve?.length, 1, 'the pruned trial’s curve ends at epoch 1');
+  assert.is(trialsJson.find((t) => t.id === 't1')?.curve?.length, 3);
+  assert.ok(existsSync(path.join(sweepDir, 'curves.png')));
 });
 
 test('again: the complete trial comes from the cache and still counts; the pruned one is pruned again, never taken as complete', async () => {
