@@ -47,9 +47,8 @@ export async function sweepCommand(file: string, values: CommandOptions, io: Io)
   const trialMetrics = new Map<string, Record<string, number>>();
   const demux = demultiplex(sweepPlan, trials, recorders.listeners, trialRunDir, prepared, trialMetrics);
   const mergedPrepared: Prepared = { ...first, plan: sweepPlan.plan };
-  // Through a queue the workers run the stages, and no decision reaches them yet.
-  if (scheduler && values.queue) io.err('early stopping: not available with --queue yet; every trial runs all its epochs\n');
-  const epochGate = scheduler && !values.queue ? new SweepScheduler(scheduler, sweepPlan) : undefined;
+  // Also through a queue: the decisions are made here and sent to the worker running the trial.
+  const epochGate = scheduler ? new SweepScheduler(scheduler, sweepPlan) : undefined;
   const curves = new Map<string, number[]>();
   const { summary } = await executePrepared(mergedPrepared, { ...values, 'no-track': true }, io, {
     listeners: epochGate ? [epochGate.listener, curveRecorder(epochGate, curves), demux] : [demux], runDir: sweepDir, runId: sweepId, latest: false, summaryMetrics: false, ...(epochGate ? { epochGate } : {}),

@@ -35,8 +35,11 @@ export interface ExecuteOptions {
 export interface EpochGate {
   /** Whether the stage (by its name in the plan) reports its epochs to the gate. */
   watches(stage: string): boolean;
-  /** After `epoch` of `of` epochs, with every metric point the stage reported so far: true stops it. */
-  decide(stage: string, epoch: number, of: number, metrics: readonly MetricPoint[]): boolean;
+  /**
+   * After `epoch` of `of` epochs, with every metric point the stage reported so far: true stops it.
+   * A worker asks the submitter through the queue, hence the promise.
+   */
+  decide(stage: string, epoch: number, of: number, metrics: readonly MetricPoint[]): boolean | Promise<boolean>;
 }
 
 /** How a stage ended: the stage-end event without what the executor adds (its name, fingerprint). */

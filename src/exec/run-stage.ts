@@ -213,8 +213,8 @@ async function runInStaging(stage: StageJob, gpus: string[], run: RunContext, st
   const reports: StageReports = { metrics: [], artifacts: new Set(), summary: {}, stderrTail: [] };
   const exit = await spawnStage(stage, stageSpec(stage, run, staging, tmpDir), gpus, run, {
     onReport: (report) => handleReport(report, reports, stage.name, { writeLog, metricsFile, emit: run.emit }),
-    onEpoch: (epoch, of) => {
-      const stop = run.epochGate?.decide(stage.name, epoch, of, reports.metrics) ?? false;
+    onEpoch: async (epoch, of) => {
+      const stop = (await run.epochGate?.decide(stage.name, epoch, of, reports.metrics)) ?? false;
       if (stop && epoch < of) writeLog('log', `early stopping: the sweep's scheduler stops this trial after epoch ${epoch} of ${of}`);
       return stop;
     },
@@ -287,7 +287,7 @@ async function spawnStage(
     onReport: (report: ChildReport) => void;
     onLine: (stream: 'stdout' | 'stderr', line: string) => void;
     /** A watched stage finished an epoch: whether it stops. */
-    onEpoch: (epoch: number, of: number) => boolean;
+    onEpoch: (epoch: number, of: number) => Promise<boolean>;
   },
 ): Promise<StageExit> {
   const child = execa(process.execPath, ['--import', tsxLoader, stageProcessPath], {
@@ -314,18 +314,15 @@ async function spawnStage(
   child.on('message', (message: unknown) => {
     const report = message as ChildReport;
     if (report.t !== 'epoch') return on.onReport(report);
-    let stop = false;
-    try {
-      stop = on.onEpoch(report.epoch, report.of);
-    } catch {
-      // a scheduler's failure never stops a stage
-    }
-    const decision: EpochDecision = { t: 'decision', epoch: report.epoch, stop };
-    try {
-      child.send(decision);
-    } catch {
-      // the stage process is gone: nobody waits for the answer
-    }
+    // A scheduler's failure never stops a stage: it goes on.
+    void on.onEpoch(report.epoch, report.of).catch(() => false).then((stop) => {
+      const decision: EpochDecision = { t: 'decision', epoch: report.epoch, stop };
+      try {
+        child.send(decision);
+      } catch {
+        // the stage process is gone: nobody waits for the answer
+      }
+    });
   });
   child.send(spec);
   try {

@@ -10,16 +10,9 @@ import { pipe, project, startPipe } from '../helpers/cli.ts';
 import { waitFor } from '../helpers/processes.ts';
 import { writeImageFolder } from '../helpers/images.ts';
 import { startTestMlflow, type TestMlflow } from '../helpers/mlflow.ts';
-import { smallPipeline } from '../helpers/small-pipeline.ts';
+import { smallEarlyStoppingSweep } from '../helpers/small-pipeline.ts';
 
-// lr 30 makes RMSprop diverge at once: its val_loss after epoch 1 is far above the sane trial's.
-const pipeline = `${smallPipeline
-  .replace('  fine_tune_at: 100\n', '  fine_tune_at: 100\n  lr: 0.0001\n')
-  .replace('with: {fine_tune_at: "${params.fine_tune_at}", epochs: 1, learning_rate: 0.0001}', 'with: {fine_tune_at: "${params.fine_tune_at}", epochs: 3, learning_rate: "${params.lr}", keras_initial_epoch_quirk: false}')}sweep:
-  grid:
-    lr: [0.0001, 30]
-  scheduler: {type: asha, metric: val_loss, grace_period: 1, reduction_factor: 2}
-`;
+const pipeline = smallEarlyStoppingSweep;
 
 interface SweepJson {
   sweep: string;
