@@ -11,6 +11,7 @@ import type { CommandStatus, Io } from '../core/io.ts';
 import type { CommandOptions } from './options.ts';
 import { prepare } from './run.ts';
 import { formatBytes } from '../util/format.ts';
+import { diskUsage } from '../util/hash.ts';
 import { projectPaths, openCache } from '../cache/project.ts';
 import type { StaleItem } from '../cache/cache.ts';
 import { readState } from '../plan/plan.ts';
@@ -46,15 +47,25 @@ export async function gcCommand(files: string[], values: CommandOptions, io: Io)
   let removedBytes = 0;
   let removed = 0;
   const entries = await cache.list();
+  // A pruned result (`<fingerprint>.pruned-<k>`) and a training checkpoint go with their stage.
+  const kept = (key: string) => keep.has(key.replace(/\.pruned-\d+$/, ''));
   for (const { fingerprint } of entries) {
     const size = await cache.size(fingerprint);
     totalBytes += size;
-    if (keep.has(fingerprint)) continue;
+    if (kept(fingerprint)) continue;
     const record = await cache.read(fingerprint);
     io.out(`${values['dry-run'] ? 'would remove' : 'removed'} ${fingerprint.slice(0, 10)}  ${(record?.record.kind ?? '?').padEnd(16)} ${formatBytes(size)}\n`);
     if (!values['dry-run']) await cache.remove(fingerprint);
     removed++;
     removedBytes += size;
+  }
+  for (const { fingerprint } of await cache.listCheckpoints()) {
+    if (kept(fingerprint)) continue;
+    const size = await diskUsage(cache.checkpointDir(fingerprint));
+    io.out(`${values['dry-run'] ? 'would remove' : 'removed'} checkpoints of ${fingerprint.slice(0, 10)}  ${formatBytes(size)}\n`);
+    if (!values['dry-run']) await cache.removeCheckpoints(fingerprint);
+    removedBytes += size;
+    totalBytes += size;
   }
   io.out(
     `cache ${cache.root}: ${entries.length} entries, ${formatBytes(totalBytes)}; ` +

@@ -322,6 +322,12 @@ export class Cache {
     return stale;
   }
 
+  /** The stages that have training checkpoints. */
+  async listCheckpoints(): Promise<Array<{ fingerprint: string; dir: string }>> {
+    const root = path.join(this.root, 'checkpoints');
+    return (await readdirSafe(root)).map((fingerprint) => ({ fingerprint, dir: path.join(root, fingerprint) }));
+  }
+
   async list(): Promise<Array<{ fingerprint: string; dir: string }>> {
     const entries = path.join(this.root, 'entries');
     return (await readdirSafe(entries)).map((fingerprint) => ({ fingerprint, dir: path.join(entries, fingerprint) }));

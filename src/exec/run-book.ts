@@ -131,7 +131,8 @@ export class RunBook {
   finish(stage: PlannedStage, outcome: Outcome): Outcome {
     this.outcomes.set(stage.name, outcome);
     this.emit({ type: 'stage-end', stage: stage.name, fingerprint: stage.fingerprint, ...outcome });
-    if (outcome.status === 'ran' || outcome.status === 'cached') {
+    // A pruned stage too: `pipe gc` keeps its pruned result and checkpoint with the trials of the last sweep.
+    if (outcome.status === 'ran' || outcome.status === 'cached' || outcome.status === 'pruned') {
       this.stateWrites = this.stateWrites.then(() => recordState(this.options.statePath, stage.name, stage.fingerprint, stage.record)).catch(() => undefined);
     }
     if (outcome.status === 'failed' && this.options.failFast) this.abort(`--fail-fast: stage '${stage.name}' failed`);
