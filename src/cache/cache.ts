@@ -96,7 +96,7 @@ export class Cache {
   /** Removes a stage's checkpoints (its full result is published): renamed away first, like an entry. */
   async removeCheckpoints(fingerprint: string): Promise<void> {
     const dir = this.checkpointDir(fingerprint);
-    const grave = path.join(this.root, 'tmp', `${fingerprint}.checkpoints.${process.pid}.${randomBytes(4).toString('hex')}`);
+    const grave = path.join(this.root, 'tmp', `${fingerprint}.checkpoints.gc.${process.pid}.${randomBytes(4).toString('hex')}`);
     try {
       await fs.mkdir(path.dirname(grave), { recursive: true });
       await fs.rename(dir, grave);
@@ -409,8 +409,10 @@ function tmpWriter(name: string): { pid?: number; host?: string } {
   const removing = /\.removing\.(\d+)$/.exec(name);
   if (removing) return { pid: Number(removing[1]), host: hostTag() };
   const parts = name.split('.');
-  // <fingerprint>.gc.<pid>.<nonce>: an entry being removed (by this host: its name has no host).
-  if (parts[1] === 'gc') return { pid: Number(parts[2]), host: hostTag() };
+  // <key>.gc.<pid>.<nonce>: an entry (also a pruned one, <fingerprint>.pruned-<k>) or a stage's
+  // checkpoints (<fingerprint>.checkpoints) being removed, by this host: its name has no host.
+  const removed = /\.gc\.(\d+)\.[0-9a-f]+$/.exec(name);
+  if (removed) return { pid: Number(removed[1]), host: hostTag() };
   // <fingerprint>.<pid>.<nonce>[.<host>] (older names have no host: this one's).
   const [, pidText, , ...host] = parts;
   return { pid: Number(pidText), host: host.length === 0 ? hostTag() : host.join('.') };

@@ -52,6 +52,8 @@ export async function writeCheckpoint(dir: string, owner: string, vars: readonly
   await fs.rm(target, { recursive: true, force: true });
   await fs.rename(tmp, target);
   for (const older of await checkpointNames(dir)) if (older !== name) await fs.rm(path.join(dir, older), { recursive: true, force: true });
+  // What a killed writer left (the stage holds its cache lock: no other writer is at work here).
+  for (const left of await fs.readdir(dir)) if (left.startsWith('.epoch-')) await fs.rm(path.join(dir, left), { recursive: true, force: true });
 }
 
 /** The newest checkpoint in `dir` written by `owner`, if there is one (one that cannot be read counts as none). */
