@@ -157,12 +157,18 @@ export async function schedulerCurvesChart(rows: TrialRow[], scheduler: Record<s
       ...(r.pruned ? { stoppedAt: true } : {}),
     }));
   if (series.length === 0) return undefined;
-  const metric = String(scheduler['metric']);
+  let metric = String(scheduler['metric']);
+  // A diverging trial's loss (1e6 beside 0.5) would flatten every other curve: log scale then.
+  const values = series.flatMap((s) => s.points.map((p) => p.y)).filter((y) => Number.isFinite(y) && y > 0);
+  if (values.length > 0 && Math.max(...values) / Math.min(...values) > 100) {
+    for (const s of series) s.points = s.points.map((p) => ({ x: p.x, y: p.y > 0 ? Math.log10(p.y) : Number.NaN }));
+    metric = `log10(${metric})`;
+  }
   const epochs = Math.max(...series.map((s) => s.points.length));
   const rungs = scheduler['type'] === 'asha'
     ? rungEpochs(Number(scheduler['grace_period']), Number(scheduler['reduction_factor']), Number(scheduler['max_t'] ?? epochs)).map((x) => ({ x, label: `rung ${x}` }))
     : [{ x: Number(scheduler['grace_period']), label: 'grace period' }];
-  return lineChart(series, { title: `${metric} per epoch of ${String(scheduler['stage'])} (${String(scheduler['type'])})`, x: 'epoch', y: metric }, { verticals: rungs });
+  return lineChart(series, { title: `${metric} per epoch of ${String(scheduler['stage'])} (${String(scheduler['type'])})`, x: 'epoch (of the stage)', y: metric }, { verticals: rungs });
 }
 
 /**

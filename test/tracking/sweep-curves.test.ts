@@ -37,6 +37,18 @@ test('curves with the stopped trial crossed out at its last epoch and the rungs 
   assert.ok(grey > 100 && grey < 340, `dashed: ${grey} grey pixels of 350`);
 });
 
+test('a diverging loss beside sane ones: the curves on a log scale', async () => {
+  const png = await schedulerCurvesChart([row('t1', [0.7, 0.6, 0.5]), row('t2', [3e6], 1)], { ...scheduler, metric: 'val_loss', mode: 'min' });
+  const image = await loadImage(png!);
+  const canvas = createCanvas(image.width, image.height);
+  const ctx = canvas.getContext('2d');
+  ctx.drawImage(image, 0, 0);
+  // log10: t1 spans -0.15..-0.30 and t2 sits at 6.5; the y range -0.98..7.18 (± 10 %). t1's last point
+  // (epoch 3, log10 0.5 = -0.301) is a blue dot, not squashed onto the axis.
+  const py = (v: number) => 420 - ((v - (-0.301 - 0.6801)) / (6.477 + 0.6801 + 0.301 + 0.6801)) * 370;
+  assert.equal(Array.from(ctx.getImageData(620 - 2, Math.round(py(-0.301)), 1, 1).data.subarray(0, 3)), [31, 119, 180]);
+});
+
 test('no curves, no picture', async () => {
   assert.is(await schedulerCurvesChart([row('t1', [])], scheduler), undefined);
 });
