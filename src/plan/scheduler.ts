@@ -3,9 +3,9 @@
 // are Ray Tune's, with its names and defaults, so that a Ray user reads the settings as they expect:
 //
 // - `asha`: asynchronous successive halving (Ray's ASHAScheduler, Li et al. 2018). Rungs at
-//   grace_period · reduction_factor^k epochs (below max_t). A trial reaching a rung is compared with
+//   grace_period · reduction_factor^k epochs (up to max_t). A trial reaching a rung is compared with
 //   the trials that reached it before: below the (1 − 1/reduction_factor) quantile of their results
-//   it stops; the first trial at a rung always goes on.
+//   it stops; the first trial at a rung goes on. A trial that reaches max_t stops, as in Ray.
 // - `median`: the median stopping rule (Ray's MedianStoppingRule, Golovin et al. 2017). After
 //   grace_period epochs a trial stops when its best result so far is worse than the median of the
 //   other trials' running means up to the same epoch, once min_samples_required trials are there.
@@ -26,7 +26,7 @@ export interface SchedulerConfig {
   gracePeriod: number;
   /** asha: 1/reduction_factor of the trials go on at each rung (Ray's default 4). */
   reductionFactor: number;
-  /** asha: the last rung is below max_t epochs (default: the stage's epochs). */
+  /** asha: the most epochs a trial runs, as Ray's max_t (default: the stage's epochs); rungs up to it. */
   maxT?: number;
   /** median: how many other trials must have reached the epoch before one is compared (Ray's default 3). */
   minSamplesRequired: number;
@@ -89,7 +89,7 @@ class Asha implements Scheduler {
   /** Highest rung first, as Ray walks them: a trial is recorded at the highest rung it reached. */
   private readonly rungs: Array<{ epoch: number; recorded: Map<string, number> }>;
 
-  constructor(readonly config: SchedulerConfig, maxT: number) {
+  constructor(readonly config: SchedulerConfig, private readonly maxT: number) {
     this.rungs = rungEpochs(config.gracePeriod, config.reductionFactor, maxT)
       .reverse()
       .map((epoch) => ({ epoch, recorded: new Map<string, number>() }));
@@ -97,14 +97,16 @@ class Asha implements Scheduler {
 
   onResult(trial: string, iteration: number, value: number): Decision {
     const result = signed(this.config, value);
+    // As Ray's: a trial that reached max_t stops there (whatever its rung says).
+    const atMax = iteration >= this.maxT;
     for (const rung of this.rungs) {
       if (iteration < rung.epoch || rung.recorded.has(trial)) continue;
       const others = [...rung.recorded.values()];
       const cutoff = others.length > 0 ? percentile(others, (1 - 1 / this.config.reductionFactor) * 100) : undefined;
       rung.recorded.set(trial, result);
-      return cutoff !== undefined && result < cutoff ? 'stop' : 'continue';
+      return atMax || (cutoff !== undefined && result < cutoff) ? 'stop' : 'continue';
     }
-    return 'continue';
+    return atMax ? 'stop' : 'continue';
   }
 }
 

@@ -31,7 +31,7 @@ test('asha: the first trial at a rung goes on; later ones below the top 1/rf sto
   assert.is(s.onResult('a', 2, 0.6), 'continue', 'alone at rung 2');
   assert.is(s.onResult('c', 2, 0.59), 'stop', 'below 0.6 at rung 2');
   assert.is(s.onResult('a', 3, 0.1), 'continue', 'no rung at epoch 3: already recorded at rung 2');
-  assert.is(s.onResult('a', 4, 0.9), 'continue', 'alone at rung 4');
+  assert.is(s.onResult('a', 4, 0.9), 'stop', 'epoch 4 is max_t (the stage’s epochs): done');
 });
 
 test('asha: mode min compares negated results; equal results go on', () => {
@@ -49,13 +49,15 @@ test('asha: a trial that reports first past a rung is recorded at the highest ru
   assert.is(s.onResult('c', 3, 0.7), 'stop', 'below the 2/3 quantile of [0.8] at rung 3');
 });
 
-test('asha: NaN is the worst result, and max_t from the config wins over the stage epochs', () => {
-  const s = createScheduler({ ...base, maxT: 2 }, 100);
+test('asha: NaN is the worst result; max_t from the config wins over the stage epochs, and stops every trial there (as Ray)', () => {
+  const s = createScheduler({ ...base, maxT: 3 }, 100);
   assert.is(s.onResult('a', 1, 0.5), 'continue');
   assert.is(s.onResult('b', 1, Number.NaN), 'stop');
   assert.is(s.onResult('a', 2, 0.5), 'continue');
-  assert.is(s.onResult('c', 2, 0.4), 'stop', 'rung 2 exists (max_t 2)');
-  assert.is(s.onResult('a', 4, 0.1), 'continue', 'no rung 4 below max_t 2');
+  assert.is(s.onResult('c', 2, 0.4), 'stop', 'rung 2 exists (max_t 3)');
+  assert.is(s.onResult('a', 3, 0.9), 'stop', 'max_t reached: no rung 4, the trial ends');
+  const full = createScheduler(base, 3);
+  assert.is(full.onResult('a', 3, 0.9), 'stop', 'at the stage’s last epoch too (a moot decision: the stage is over)');
 });
 
 test('median: stop when the best so far is below the median of the others’ running means', () => {
