@@ -1,8 +1,11 @@
 // sweep.scheduler (early stopping) as a pipeline user writes it: every mistake is a located error,
 // all at once, exit 2. (The scheduler at work, on the learning stages: test/e2e/sweep-early-stopping.test.ts.)
+import { mkdirSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { pipe, project } from '../helpers/cli.ts';
+import { smallEarlyStoppingSweep } from '../helpers/small-pipeline.ts';
 
 const text = (scheduler: string) => `name: sched
 params:
@@ -45,6 +48,19 @@ test('a scheduler needs a learning stage; settings of the other rule and unknown
   const m = await pipe(missing, ['sweep', 'p.yaml', '--dry-run']);
   assert.is(m.exitCode, 2, m.stderr);
   assert.ok(m.stderr.includes("p.yaml:11:34: error: sweep.scheduler.stage: no stage 'nope' in the pipeline (stages: data)"), m.stderr);
+});
+
+test('the defaults as Ray has them, and the watched stage found by its kind (--dry-run)', async () => {
+  const median = smallEarlyStoppingSweep.replace(/  scheduler: .*\n/, '  scheduler: {type: median}\n');
+  const dir = project({ 'small.yaml': median });
+  mkdirSync(path.join(dir, 'images'));
+  const r = await pipe(dir, ['sweep', 'small.yaml', '--dry-run']);
+  assert.is(r.exitCode, 0, r.stderr);
+  assert.match(r.stdout, /early stopping: median on val_accuracy \(max\) after each epoch of stage fine-tune; grace_period 1, min_samples_required 3\n/);
+  writeFileSync(path.join(dir, 'small.yaml'), median.replace('{type: median}', '{type: asha, metric: loss, stage: head, max_t: 2}'));
+  const a = await pipe(dir, ['sweep', 'small.yaml', '--dry-run']);
+  assert.is(a.exitCode, 0, a.stderr);
+  assert.match(a.stdout, /early stopping: asha on loss \(min\) after each epoch of stage head; grace_period 1, reduction_factor 4, max_t 2\n/);
 });
 
 test.run();
