@@ -579,7 +579,8 @@ export function renderRunNote(start: RunStartEvent, end: RunEndEvent): string {
   const s = end.summary;
   const lines: string[] = [];
   const ok = s.status === 'succeeded';
-  lines.push(`### ${start.pipelineName} — ${ok ? 'succeeded' : '**failed**'} in ${formatDuration(s.durationMs)}`);
+  const verdict = !ok ? '**failed**' : s.pruned && !s.interrupted ? `stopped early by the sweep's scheduler (\`${s.pruned.stage}\` after epoch ${s.pruned.epoch} of ${s.pruned.of})` : 'succeeded';
+  lines.push(`### ${start.pipelineName} — ${verdict} in ${formatDuration(s.durationMs)}`);
   lines.push('');
   lines.push(`Run \`${start.runId}\` of \`${start.pipelineFile}\`, backend \`${start.backend}\`, pipeline hash \`${start.pipelineHash.slice(0, 12)}\`.`);
   lines.push('');

@@ -89,6 +89,7 @@ test('asha stops the lagging trial after its first epoch; its evaluation never r
   assert.is(tag(t2, 'pipe.pruned_at_epoch'), '1');
   assert.is(tag(t2, 'pipe.pruned_stage'), 'fine-tune');
   assert.is(tag(t2, 'pipe.stage.fine-tune.status'), 'pruned');
+  assert.match(tag(t2, 'mlflow.note.content') ?? '', /stopped early by the sweep's scheduler \(`fine-tune` after epoch 1 of 3\)/);
   assert.is(tag(t1, 'pipe.trial_status'), undefined);
   const steps = async (run: typeof t1) => (await mlflow.client.getMetricHistory(run.info.run_id, 'val_loss')).map((m) => m.step).sort((a, b) => a - b);
   assert.equal(await steps(t2), [0, 1, 2], 'the head’s two epochs and the one fine-tuning epoch');
