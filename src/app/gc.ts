@@ -13,6 +13,7 @@ import type { CommandStatus, Io } from '../core/io.ts';
 import type { CommandOptions } from './options.ts';
 import { prepare } from './run.ts';
 import { formatBytes, parseBytes } from '../util/format.ts';
+import { diskUsage } from '../util/hash.ts';
 import { UsageError } from '../core/errors.ts';
 import { projectPaths, openCache } from '../cache/project.ts';
 import type { CacheUsage, StaleItem } from '../cache/cache.ts';
@@ -44,6 +45,8 @@ export async function gcCommand(files: string[], values: CommandOptions, io: Io)
   }
 
   const verb = values['dry-run'] ? 'would remove' : 'removed';
+  // A pruned result (`<fingerprint>.pruned-<k>`) and a training checkpoint go with their stage.
+  const kept = (key: string) => keep.has(key.replace(/\.pruned-\d+$/, ''));
 
   const stale = await cache.findStale();
   for (const item of stale) {
@@ -68,12 +71,23 @@ export async function gcCommand(files: string[], values: CommandOptions, io: Io)
     removed.push(fingerprint);
   };
   for (const { fingerprint } of entries) {
-    if (keep.has(fingerprint)) continue;
+    if (kept(fingerprint)) continue;
     if (held.has(fingerprint)) {
       inUse++;
       continue;
     }
     await remove(fingerprint, '');
+  }
+  // Checkpoints of learning stages no pipeline keeps (a sweep's trials stopped or killed mid-way).
+  let checkpointBytes = 0;
+  let checkpointsRemoved = 0;
+  for (const { fingerprint } of await cache.listCheckpoints()) {
+    const size = await diskUsage(cache.checkpointDir(fingerprint));
+    checkpointBytes += size;
+    if (kept(fingerprint)) continue;
+    io.out(`${verb} checkpoints of ${fingerprint.slice(0, 10)}  ${formatBytes(size)}\n`);
+    if (!values['dry-run']) await cache.removeCheckpoints(fingerprint);
+    checkpointsRemoved += size;
   }
   // Over the size budget: the least recently used entries go first, referenced or not.
   let overBudget = false;
@@ -99,6 +113,9 @@ export async function gcCommand(files: string[], values: CommandOptions, io: Io)
       `kept ${keptCount} (${formatBytes(space.bytes)})` +
       `${stale.length ? `; ${verb} ${countOf(stale, 'lock', 'stale lock')} and ${countOf(stale, 'tmp', 'abandoned temporary directory', 'abandoned temporary directories')}` : ''}\n`,
   );
+  if (checkpointBytes > 0) {
+    io.out(`checkpoints: ${formatBytes(checkpointBytes)}; ${verb} ${formatBytes(checkpointsRemoved)}, kept ${formatBytes(checkpointBytes - checkpointsRemoved)}\n`);
+  }
   if (inUse > 0) io.out(`left ${inUse} ${inUse === 1 ? 'entry' : 'entries'} alone that running stages hold\n`);
   if (overBudget) io.out(`still over --max-size ${formatBytes(maxSize!)}: what is left is held by running stages\n`);
   return 'ok';

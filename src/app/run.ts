@@ -16,7 +16,7 @@ import { dedupeDiagnostics, type Diagnostic } from '../core/diagnostics.ts';
 import type { RunListener, RunSummary } from '../core/events.ts';
 import { stageKinds } from '../stages/index.ts';
 import { localRunner } from '../exec/local-runner.ts';
-import type { ExecuteOptions, Runner } from '../exec/run-book.ts';
+import type { EpochGate, ExecuteOptions, Runner } from '../exec/run-book.ts';
 import { shortFingerprint } from '../cache/fingerprint.ts';
 import { loadPipeline, type PipelineFile } from '../pipeline/pipeline.ts';
 import { planPipeline, type Plan } from '../plan/plan.ts';
@@ -171,6 +171,8 @@ export interface ExecuteExtra {
   runDir?: string;
   latest?: boolean;
   summaryMetrics?: boolean;
+  /** A sweep's early stopping (its scheduler). */
+  epochGate?: EpochGate;
 }
 
 export async function executePrepared(prepared: Prepared, values: CommandOptions, io: Io, extra: ExecuteExtra = {}): Promise<RunOutcome> {
@@ -202,6 +204,7 @@ export async function executePrepared(prepared: Prepared, values: CommandOptions
       gpuIds: gpuIds(),
       failFast: Boolean(values['fail-fast']),
       summaryMetrics: extra.summaryMetrics,
+      ...(extra.epochGate ? { epochGate: extra.epochGate } : {}),
       listeners,
       signal: interruption.signal,
     });

@@ -13,14 +13,16 @@ import { executePrepared, interruptedError, prepare, type Prepared } from './run
 import { dedupeDiagnostics } from '../core/diagnostics.ts';
 import type { RunListener, RunSummary } from '../core/events.ts';
 import { loadPipeline, type PipelineFile } from '../pipeline/pipeline.ts';
-import type { SweepParent } from '../tracking/sweep-parent.ts';
+import type { SearchSettings, SweepParent } from '../tracking/sweep-parent.ts';
 import { formatDuration, outputLinker, runLogWriter } from '../render/render.ts';
-import { demultiplex, expandTrials, mergePlans, type SweepPlan, type Trial } from '../plan/sweep.ts';
+import { demultiplex, expandTrials, mergePlans, schedulerOfFile, SweepScheduler, trialSummary, type SweepPlan, type Trial } from '../plan/sweep.ts';
+import type { SchedulerConfig } from '../plan/scheduler.ts';
+import type { PrunedAt } from '../core/events.ts';
 
 export async function sweepCommand(file: string, values: CommandOptions, io: Io): Promise<CommandStatus> {
   const loaded = loadSweep(file, values, io);
   if (!loaded) return 'invalid';
-  const { pipelineFile, trials } = loaded;
+  const { pipelineFile, trials, scheduler } = loaded;
   const prepared = await prepareTrials(file, values, io, pipelineFile, trials);
   if (!prepared) return 'invalid';
   const plans = new Map([...prepared].map(([id, p]) => [id, p.plan]));
@@ -29,7 +31,7 @@ export async function sweepCommand(file: string, values: CommandOptions, io: Io)
   const direction = pipelineFile.sweep?.direction ?? (/loss|error/.test(objective) ? 'minimize' : 'maximize');
 
   if (values['dry-run']) {
-    printDryRun(io, trials, sweepPlan);
+    printDryRun(io, trials, sweepPlan, scheduler);
     return 'ok';
   }
 
@@ -40,20 +42,25 @@ export async function sweepCommand(file: string, values: CommandOptions, io: Io)
   const trialRunDir = (trial: Trial) => path.join(sweepDir, trial.id);
   for (const trial of trials) await fs.mkdir(trialRunDir(trial), { recursive: true });
 
-  const sweep: Sweep = { id: sweepId, dir: sweepDir, trials, objective, direction, pipelineFile, projectDir: first.paths.projectDir };
+  const sweep: Sweep = { id: sweepId, dir: sweepDir, trials, objective, direction, pipelineFile, projectDir: first.paths.projectDir, scheduler, search: searchSettings(pipelineFile, values, scheduler) };
   const recorders = await trialRecorders(sweep, values, io, trialRunDir);
   const trialMetrics = new Map<string, Record<string, number>>();
   const demux = demultiplex(sweepPlan, trials, recorders.listeners, trialRunDir, prepared, trialMetrics);
   const mergedPrepared: Prepared = { ...first, plan: sweepPlan.plan };
-  const { summary } = await executePrepared(mergedPrepared, { ...values, 'no-track': true }, io, { listeners: [demux], runDir: sweepDir, runId: sweepId, latest: false, summaryMetrics: false });
+  // Also through a queue: the decisions are made here and sent to the worker running the trial.
+  const epochGate = scheduler ? new SweepScheduler(scheduler, sweepPlan) : undefined;
+  const curves = new Map<string, number[]>();
+  const { summary } = await executePrepared(mergedPrepared, { ...values, 'no-track': true }, io, {
+    listeners: epochGate ? [epochGate.listener, curveRecorder(epochGate, curves), demux] : [demux], runDir: sweepDir, runId: sweepId, latest: false, summaryMetrics: false, ...(epochGate ? { epochGate } : {}),
+  });
   for (const close of recorders.closers) await close().catch(() => undefined);
 
-  const rows = trialRows(sweep, sweepPlan, summary, trialMetrics);
+  const rows = trialRows(sweep, sweepPlan, summary, trialMetrics, curves);
   await reportSweep(sweep, sweepPlan, summary, rows, recorders.parent, values, io);
   await registerBestTrial(sweep, rows, values, io, trialRunDir);
   // Interrupted: the trials' runs and the parent run are recorded KILLED; now exit 130/143/129.
   if (summary.interrupted) throw interruptedError(summary);
-  return rows.every((r) => r.status === 'succeeded') ? 'ok' : 'failed';
+  return rows.every((r) => r.status !== 'failed') ? 'ok' : 'failed';
 }
 
 /** `--register NAME`: the best trial's model, through its own journal (kept for `pipe sync` when the server is down). */
@@ -76,18 +83,53 @@ interface Sweep {
   direction: 'maximize' | 'minimize';
   pipelineFile: PipelineFile;
   projectDir: string;
+  /** Early stopping, when the sweep has a scheduler. */
+  scheduler: SchedulerConfig | undefined;
+  /** What the MLflow parent run records of the search. */
+  search: SearchSettings;
 }
 
 interface TrialResult {
   trial: Trial;
-  status: 'succeeded' | 'failed';
+  /** pruned: the scheduler stopped it early (its learning stage ran `pruned.epoch` epochs; what depends on it did not run). */
+  status: 'succeeded' | 'failed' | 'pruned';
   error: string | undefined;
+  pruned: (PrunedAt & { stage: string }) | undefined;
   metrics: Record<string, number>;
   objective: number | undefined;
+  /** Under a scheduler: the watched metric after each epoch of the watched stage. */
+  curve: number[] | undefined;
+}
+
+/** Records, per watched stage, its metric after each epoch (ran, pruned or from the cache): the curves of the parent run's picture. */
+function curveRecorder(gate: SweepScheduler, curves: Map<string, number[]>): RunListener {
+  return (event) => {
+    if (event.type !== 'stage-end' || !gate.watches(event.stage)) return;
+    const points = event.metrics.filter((p) => p.key === gate.config.metric).sort((a, b) => a.step - b.step);
+    curves.set(event.stage, points.map((p) => p.value));
+  };
+}
+
+/** The search space as written (`-S` distributions replacing the file's), samples, seed and the scheduler's settings. */
+function searchSettings(file: PipelineFile, values: CommandOptions, scheduler: SchedulerConfig | undefined): SearchSettings {
+  const space: Record<string, string> = {};
+  for (const [name, raw] of Object.entries(file.sweep?.space ?? {})) {
+    const [kind, args] = Object.entries(raw as Record<string, unknown[]>)[0] ?? ['?', []];
+    space[name] = `${kind}(${(args ?? []).map((a) => JSON.stringify(a)).join(', ')})`;
+  }
+  for (const arg of values.sweep ?? []) {
+    const eq = arg.indexOf('=');
+    const text = arg.slice(eq + 1);
+    if (/^\w+\(.*\)$/.test(text)) space[arg.slice(0, eq)] = text;
+    else delete space[arg.slice(0, eq)];
+  }
+  const samples = values.samples !== undefined ? Number(values.samples) : file.sweep?.samples;
+  const seed = values.seed !== undefined ? Number(values.seed) : (file.sweep?.seed ?? 0);
+  return { space, ...(samples !== undefined ? { samples } : {}), seed, ...(scheduler ? { scheduler: schedulerJson(scheduler) } : {}) };
 }
 
 /** Loads the pipeline and expands its trials; prints every problem and returns undefined when there are any. */
-function loadSweep(file: string, values: CommandOptions, io: Io): { pipelineFile: PipelineFile; trials: Trial[] } | undefined {
+function loadSweep(file: string, values: CommandOptions, io: Io): { pipelineFile: PipelineFile; trials: Trial[]; scheduler: SchedulerConfig | undefined } | undefined {
   const loaded = loadPipeline(file, file);
   if (!loaded.file || loaded.diagnostics.length > 0) {
     printDiagnostics(io, loaded.diagnostics, loaded.source ? { [file]: loaded.source.text } : {});
@@ -99,6 +141,8 @@ function loadSweep(file: string, values: CommandOptions, io: Io): { pipelineFile
     seed: values.seed !== undefined ? wholeNumber('--seed', values.seed, 0) : undefined,
   };
   const { trials, diagnostics } = expandTrials(pipelineFile, values.sweep ?? [], sampling);
+  const { scheduler, diagnostics: schedulerProblems } = schedulerOfFile(pipelineFile);
+  diagnostics.push(...schedulerProblems);
   const overridden = new Set((values.param ?? []).map((p) => p.split('=')[0]));
   for (const trial of trials) {
     for (const name of Object.keys(trial.values)) {
@@ -110,7 +154,7 @@ function loadSweep(file: string, values: CommandOptions, io: Io): { pipelineFile
     return undefined;
   }
   if (trials.length === 0) throw new UsageError(`pipe sweep ${file}: nothing to sweep: add a sweep: section or -S NAME=V1,V2`);
-  return { pipelineFile, trials };
+  return { pipelineFile, trials, scheduler };
 }
 
 /** Each trial analyzed and planned as an ordinary run; undefined (problems printed) when one is invalid. */
@@ -160,7 +204,7 @@ async function startSweepTracking(
   try {
     const { startSweepParent } = await import('../tracking/sweep-parent.ts');
     const { pipelineFile, projectDir } = sweep;
-    parent = await startSweepParent({ projectDir, pipeline: pipelineFile, sweepId: sweep.id, trials: sweep.trials, objective: sweep.objective, direction: sweep.direction, sweepDir: sweep.dir });
+    parent = await startSweepParent({ projectDir, pipeline: pipelineFile, sweepId: sweep.id, trials: sweep.trials, objective: sweep.objective, direction: sweep.direction, sweepDir: sweep.dir, search: sweep.search });
     const { createTracker } = await import('../tracking/tracker.ts');
     for (const trial of sweep.trials) {
       const tracker = await createTracker({ projectDir, trackingUri: pipelineFile.tracking.uri, parentRunId: parent.runId, log: (line: string) => io.err(`${line}\n`) });
@@ -176,8 +220,9 @@ async function startSweepTracking(
 }
 
 /** How each trial ended (failed when one of its stages did not run or restore), best objective first. */
-function trialRows(sweep: Sweep, sweepPlan: SweepPlan, summary: RunSummary, trialMetrics: Map<string, Record<string, number>>): TrialResult[] {
+function trialRows(sweep: Sweep, sweepPlan: SweepPlan, summary: RunSummary, trialMetrics: Map<string, Record<string, number>>, curves: Map<string, number[]>): TrialResult[] {
   const { objective, direction } = sweep;
+  const curveOf = (trial: Trial) => (sweep.scheduler ? curves.get(sweepPlan.trialStages.get(trial.id)?.get(sweep.scheduler.stage) ?? '') : undefined);
   const rows = sweep.trials.map((trial): TrialResult => {
     const local = sweepPlan.trialStages.get(trial.id) ?? new Map<string, string>();
     const metrics: Record<string, number> = {};
@@ -191,7 +236,11 @@ function trialRows(sweep: Sweep, sweepPlan: SweepPlan, summary: RunSummary, tria
       }
     }
     Object.assign(metrics, trialMetrics.get(trial.id) ?? {});
-    return { trial, status, error, metrics, objective: metrics[objective] };
+    // Stopped early (and nothing else went wrong): pruned, not failed.
+    const ended = trialSummary(trial, sweepPlan, summary);
+    const pruned = ended.status === 'succeeded' ? ended.pruned : undefined;
+    if (pruned) return { trial, status: 'pruned', error: undefined, pruned, metrics, objective: metrics[objective], curve: curveOf(trial) };
+    return { trial, status, error, pruned: undefined, metrics, objective: metrics[objective], curve: curveOf(trial) };
   });
   rows.sort((a, b) => {
     const av = a.objective ?? (direction === 'maximize' ? -Infinity : Infinity);
@@ -208,9 +257,11 @@ async function reportSweep(
   const { id: sweepId, objective, direction, trials } = sweep;
   const table = formatTrialTable(rows, objective);
   io.err(`\nsweep ${sweepId}: ${trials.length} trials, ${sweepPlan.plan.stages.length} distinct stages (${summary.stages.filter((s) => s.status === 'ran').length} ran, ${summary.stages.filter((s) => s.status === 'cached').length} cached) in ${formatDuration(summary.durationMs)}; sorted by ${objective} (${direction})\n${table}`);
-  await fs.writeFile(path.join(sweep.dir, 'trials.json'), JSON.stringify(rows.map((r) => ({ id: r.trial.id, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), null, 2));
-  await parent?.finish(rows.map((r) => ({ id: r.trial.id, label: r.trial.label, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), table, summary.interrupted).catch((error: Error) => io.err(`tracking: ${error.message}\n`));
-  if (values.json) io.out(`${JSON.stringify({ sweep: sweepId, objective, direction, trials: rows.map((r) => ({ id: r.trial.id, values: r.trial.values, status: r.status, error: r.error, metrics: r.metrics })), stages: summary.stages }, null, 2)}\n`);
+  const json = rows.map((r) => ({ id: r.trial.id, values: r.trial.values, status: r.status, error: r.error, ...(r.pruned ? { pruned: r.pruned } : {}), metrics: r.metrics, ...(r.curve ? { curve: r.curve } : {}) }));
+  await fs.writeFile(path.join(sweep.dir, 'trials.json'), JSON.stringify(json, null, 2));
+  await parent?.finish(rows.map((r) => ({ id: r.trial.id, label: r.trial.label, values: r.trial.values, status: r.status, error: r.error, ...(r.pruned ? { pruned: r.pruned } : {}), metrics: r.metrics, ...(r.curve ? { curve: r.curve } : {}) })), table, summary.interrupted).catch((error: Error) => io.err(`tracking: ${error.message}\n`));
+  const scheduler = sweep.scheduler ? { scheduler: schedulerJson(sweep.scheduler) } : {};
+  if (values.json) io.out(`${JSON.stringify({ sweep: sweepId, objective, direction, ...scheduler, trials: json, stages: summary.stages }, null, 2)}\n`);
 }
 
 function wholeNumber(flag: string, text: string, min: number): number {
@@ -219,14 +270,26 @@ function wholeNumber(flag: string, text: string, min: number): number {
   return n;
 }
 
-function formatTrialTable(rows: Array<{ trial: Trial; status: string; error?: string; metrics: Record<string, number> }>, objective: string): string {
+/** The scheduler's settings under Ray Tune's names, as in the pipeline file. */
+export function schedulerJson(config: SchedulerConfig): Record<string, unknown> {
+  return {
+    type: config.type,
+    metric: config.metric,
+    mode: config.mode,
+    stage: config.stage,
+    grace_period: config.gracePeriod,
+    ...(config.type === 'asha' ? { reduction_factor: config.reductionFactor, ...(config.maxT !== undefined ? { max_t: config.maxT } : {}) } : { min_samples_required: config.minSamplesRequired }),
+  };
+}
+
+function formatTrialTable(rows: TrialResult[], objective: string): string {
   const names = [...new Set(rows.flatMap((r) => Object.keys(r.trial.values)))];
   const extra = [objective, ...['val_accuracy', 'test_loss', 'accuracy'].filter((k) => k !== objective && rows.some((r) => k in r.metrics))];
   const header = ['trial', ...names, 'status', ...extra];
   const body = rows.map((r) => [
     r.trial.id,
     ...names.map((n) => (n in r.trial.values ? JSON.stringify(r.trial.values[n]) : '')),
-    r.status,
+    r.pruned ? `pruned@${r.pruned.epoch}` : r.status,
     ...extra.map((k) => (r.metrics[k] === undefined ? '' : (r.metrics[k] as number).toFixed(4))),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => (row[i] ?? '').length)));
@@ -235,8 +298,12 @@ function formatTrialTable(rows: Array<{ trial: Trial; status: string; error?: st
   return `${[line(header), ...body.map(line)].join('\n')}\n${failures.length ? `${failures.join('\n')}\n` : ''}`;
 }
 
-function printDryRun(io: Io, trials: Trial[], sweepPlan: SweepPlan): void {
+function printDryRun(io: Io, trials: Trial[], sweepPlan: SweepPlan, scheduler: SchedulerConfig | undefined): void {
   io.out(`${trials.length} trials:\n`);
+  if (scheduler) {
+    const settings = Object.entries(schedulerJson(scheduler)).filter(([k]) => !['type', 'metric', 'mode', 'stage'].includes(k)).map(([k, v]) => `${k} ${String(v)}`).join(', ');
+    io.out(`early stopping: ${scheduler.type} on ${scheduler.metric} (${scheduler.mode}) after each epoch of stage ${scheduler.stage}; ${settings}\n`);
+  }
   for (const trial of trials) io.out(`  ${trial.id}  ${trial.label}\n`);
   io.out(`\n${sweepPlan.plan.stages.length} distinct stages:\n`);
   const width = Math.max(...sweepPlan.plan.stages.map((s) => s.name.length));

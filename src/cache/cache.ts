@@ -44,6 +44,8 @@ export interface EntryResult {
   artifacts: string[];
   /** Command stages: content hash of each declared output (relative path → hash). */
   outs?: Record<string, string>;
+  /** A pruned result (see prunedKey): the stage stopped after `epoch` of its `of` epochs. */
+  pruned?: { epoch: number; of: number };
   /**
    * Size and sha256 of each file of the entry as published (path relative to the entry: `out/…`,
    * `metrics.jsonl`). Entries published before pipe recorded these have none, and are used unchecked.
@@ -70,6 +72,15 @@ export interface CacheEntry {
   result: EntryResult;
 }
 
+/**
+ * Where a pruned result is kept (a learning stage a sweep's scheduler stopped after `epoch`
+ * epochs): beside the entries, under a key that is not the stage's fingerprint, so the stage is
+ * never taken as computed in full.
+ */
+export function prunedKey(fingerprint: string, epoch: number): string {
+  return `${fingerprint}.pruned-${epoch}`;
+}
+
 export class Cache {
   readonly root: string;
   /** Entries this Cache published or found intact: one object serves one run (or one worker job). */
@@ -81,6 +92,24 @@ export class Cache {
 
   entryDir(fingerprint: string): string {
     return path.join(this.root, 'entries', fingerprint);
+  }
+
+  /** Where a learning stage keeps its training checkpoints (src/ml/checkpoint.ts) between runs. */
+  checkpointDir(fingerprint: string): string {
+    return path.join(this.root, 'checkpoints', fingerprint);
+  }
+
+  /** Removes a stage's checkpoints (its full result is published): renamed away first, like an entry. */
+  async removeCheckpoints(fingerprint: string): Promise<void> {
+    const dir = this.checkpointDir(fingerprint);
+    const grave = path.join(this.root, 'tmp', `${fingerprint}.checkpoints.gc.${process.pid}.${randomBytes(4).toString('hex')}`);
+    try {
+      await fs.mkdir(path.dirname(grave), { recursive: true });
+      await fs.rename(dir, grave);
+    } catch {
+      return;
+    }
+    await fs.rm(grave, { recursive: true, force: true });
   }
 
   async has(fingerprint: string): Promise<boolean> {
@@ -375,6 +404,12 @@ export class Cache {
     return stale;
   }
 
+  /** The stages that have training checkpoints. */
+  async listCheckpoints(): Promise<Array<{ fingerprint: string; dir: string }>> {
+    const root = path.join(this.root, 'checkpoints');
+    return (await readdirSafe(root)).map((fingerprint) => ({ fingerprint, dir: path.join(root, fingerprint) }));
+  }
+
   async list(): Promise<Array<{ fingerprint: string; dir: string }>> {
     const entries = path.join(this.root, 'entries');
     return (await readdirSafe(entries)).map((fingerprint) => ({ fingerprint, dir: path.join(entries, fingerprint) }));
@@ -473,8 +508,10 @@ function tmpWriter(name: string): { pid?: number; host?: string } {
   const removing = /\.removing\.(\d+)$/.exec(name);
   if (removing) return { pid: Number(removing[1]), host: hostTag() };
   const parts = name.split('.');
-  // <fingerprint>.gc.<pid>.<nonce>: an entry being removed (by this host: its name has no host).
-  if (parts[1] === 'gc') return { pid: Number(parts[2]), host: hostTag() };
+  // <key>.gc.<pid>.<nonce>: an entry (also a pruned one, <fingerprint>.pruned-<k>) or a stage's
+  // checkpoints (<fingerprint>.checkpoints) being removed, by this host: its name has no host.
+  const removed = /\.gc\.(\d+)\.[0-9a-f]+$/.exec(name);
+  if (removed) return { pid: Number(removed[1]), host: hostTag() };
   // <fingerprint>.<pid>.<nonce>[.<host>] (older names have no host: this one's).
   const [, pidText, , ...host] = parts;
   return { pid: Number(pidText), host: host.length === 0 ? hostTag() : host.join('.') };

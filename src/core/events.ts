@@ -3,7 +3,14 @@
 
 import type { MetricPoint } from './stage-kind.ts';
 
-export type StageStatus = 'ran' | 'cached' | 'failed' | 'skipped';
+/** `pruned`: a sweep's scheduler stopped the stage after some of its epochs (early stopping). */
+export type StageStatus = 'ran' | 'cached' | 'failed' | 'skipped' | 'pruned';
+
+/** Where a pruned stage stopped: after `epoch` of its `of` epochs (counted from 1 within the stage). */
+export interface PrunedAt {
+  epoch: number;
+  of: number;
+}
 
 /** A stage as the run sees it before it starts. */
 export interface PlannedStageInfo {
@@ -90,6 +97,10 @@ export interface StageEndEvent {
   summary: Record<string, string | number | boolean>;
   /** The cache entry's artifact directory (absent when failed or skipped). */
   outDir?: string;
+  /** For a pruned stage: where the scheduler stopped it. */
+  pruned?: PrunedAt;
+  /** Skipped because an upstream stage was pruned: the trial ended early, nothing failed. */
+  afterPruned?: boolean;
   /** Which `pipe worker` ran (or found) it, when the run went through a queue. */
   worker?: string;
 }
@@ -108,6 +119,10 @@ export interface StageSummary {
   /** Bytes of its cache entry (ran or cached stages), and of those, bytes in files hard-linked with another entry's. */
   cacheBytes?: number;
   cacheLinkedBytes?: number;
+  /** For a pruned stage: where the scheduler stopped it. */
+  pruned?: PrunedAt;
+  /** Skipped because an upstream stage was pruned. */
+  afterPruned?: boolean;
 }
 
 export interface RunSummary {
@@ -122,6 +137,8 @@ export interface RunSummary {
   cacheBytes?: number;
   /** The last value (highest step) of every metric the stages reported, by key (e.g. `test_accuracy`). */
   metrics: Record<string, number>;
+  /** A sweep trial stopped early: which stage, after which epoch. */
+  pruned?: PrunedAt & { stage: string };
 }
 
 export interface RunEndEvent {

@@ -90,6 +90,21 @@ export interface StageContext<P = Record<string, unknown>> {
   artifact(relPath: string): void;
   /** Facts for the end-of-run summary and the MLflow note, e.g. {skipped_images: 3}. */
   summary(facts: Record<string, string | number | boolean>): void;
+  /**
+   * A learning stage calls this after each epoch, once that epoch's metrics are reported: `epoch`
+   * counts the epochs this stage has run (1-based), `of` the epochs it would run. Resolves true
+   * when a sweep's scheduler stops the trial here (early stopping); the stage then trains no more
+   * and writes its outputs as they are, which pipe keeps as a pruned result, apart from the full
+   * one. Without a scheduler it resolves false at once; after the last epoch it is always false.
+   */
+  epochEnd(epoch: number, of: number): Promise<boolean>;
+  /**
+   * This stage's training checkpoints: a directory kept across runs, one per fingerprint. A
+   * learning stage resumes from the newest checkpoint there when it finds one (as if it had never
+   * stopped), and, when `write` is true (a sweep's scheduler watches it), saves one after each
+   * epoch. pipe removes the directory once the stage's full result is in the cache.
+   */
+  checkpoints: { dir: string; write: boolean };
 }
 
 /**

@@ -2,7 +2,7 @@
 // and GPU slots, each in its own child process. It emits events; it never prints.
 
 import type { RunSummary } from '../core/events.ts';
-import { RunBook, skippedOutcome, type ExecuteOptions, type Outcome, type Runner } from './run-book.ts';
+import { RunBook, skippedOutcome, upstreamOutcome, type ExecuteOptions, type Outcome, type Runner } from './run-book.ts';
 import { restore, runStage, type RunContext, type StageProcess } from './run-stage.ts';
 import { Slots } from './slots.ts';
 import { stageJob } from './stage-job.ts';
@@ -25,14 +25,15 @@ export const localRunner: Runner = async (options: ExecuteOptions): Promise<RunS
     emit: book.emit,
     children,
     aborted: () => book.abortReason,
+    ...(options.epochGate ? { epochGate: options.epochGate } : {}),
   };
 
   for (const stage of plan.stages) {
     const upstream = stage.stage.upstream.map((name) => done.get(name) ?? Promise.resolve(skippedOutcome('missing')));
     done.set(stage.name, (async () => {
       const ups = await Promise.all(upstream);
-      const broken = stage.stage.upstream.filter((_, i) => ups[i]?.status === 'failed' || ups[i]?.status === 'skipped');
-      if (broken.length > 0) return book.finish(stage, skippedOutcome(`upstream stage '${broken.join("', '")}' did not complete`));
+      const blocked = upstreamOutcome(stage.stage.upstream, ups);
+      if (blocked) return book.finish(stage, blocked);
       if (book.abortReason) return book.finish(stage, skippedOutcome(`not started: ${book.abortReason}`));
       if (stage.cached) {
         const entry = await cache.readIntact(stage.fingerprint, (problem) => book.emit({ type: 'stage-log', stage: stage.name, stream: 'log', line: `${problem}: the stage runs again` }));

@@ -3,7 +3,7 @@
 // `queueRunner` (src/queue/submit.ts).
 
 import type { Cache } from '../cache/cache.ts';
-import type { Flavour } from '../core/stage-kind.ts';
+import type { Flavour, MetricPoint } from '../core/stage-kind.ts';
 import type { RunEvent, RunListener, RunStartEvent, RunSummary, StageEndEvent, StageSummary } from '../core/events.ts';
 import { recordState, type Plan, type PlannedStage } from '../plan/plan.ts';
 
@@ -22,8 +22,24 @@ export interface ExecuteOptions {
   listeners: RunListener[];
   /** False for a sweep's merged run, whose stages belong to different trials: no run metrics. */
   summaryMetrics?: boolean;
+  /** A sweep's early stopping: decides, after each epoch of the stages it watches, whether they stop. */
+  epochGate?: EpochGate;
   /** Aborts the run; its reason names the signal that interrupted it (SIGINT, SIGTERM, SIGHUP): running stages are stopped, nothing more starts. */
   signal?: AbortSignal;
+}
+
+/**
+ * A sweep's scheduler as the runner sees it. The stages it watches report each epoch and wait for
+ * the answer; a stage told to stop ends as `pruned`, its result kept apart from a full one.
+ */
+export interface EpochGate {
+  /** Whether the stage (by its name in the plan) reports its epochs to the gate. */
+  watches(stage: string): boolean;
+  /**
+   * After `epoch` of `of` epochs, with every metric point the stage reported so far: true stops it.
+   * A worker asks the submitter through the queue, hence the promise.
+   */
+  decide(stage: string, epoch: number, of: number, metrics: readonly MetricPoint[]): boolean | Promise<boolean>;
 }
 
 /** How a stage ended: the stage-end event without what the executor adds (its name, fingerprint). */
@@ -32,8 +48,23 @@ export type Outcome = Omit<StageEndEvent, 'type' | 'stage' | 'fingerprint'>;
 /** Executes a plan and says how each stage ended. */
 export type Runner = (options: ExecuteOptions) => Promise<RunSummary>;
 
-export function skippedOutcome(error: string): Outcome {
-  return { status: 'skipped', durationMs: 0, error, metrics: [], artifacts: [], summary: {} };
+export function skippedOutcome(error: string, afterPruned = false): Outcome {
+  return { status: 'skipped', durationMs: 0, error, metrics: [], artifacts: [], summary: {}, ...(afterPruned ? { afterPruned } : {}) };
+}
+
+/**
+ * A stage whose upstream stages did not all complete: skipped, and why. Downstream of a pruned
+ * stage (a sweep's early stopping) only, it is no failure: the trial ended early.
+ */
+export function upstreamOutcome(upstream: readonly string[], outcomes: ReadonlyArray<Outcome | undefined>): Outcome | undefined {
+  const ended = upstream.map((name, i) => ({ name, o: outcomes[i] }));
+  const broken = ended.filter(({ o }) => o?.status === 'failed' || o?.status === 'skipped' || o?.status === 'pruned');
+  if (broken.length === 0) return undefined;
+  const failed = broken.filter(({ o }) => o?.status !== 'pruned' && !o?.afterPruned);
+  if (failed.length > 0) return skippedOutcome(`upstream stage '${failed.map((b) => b.name).join("', '")}' did not complete`);
+  const pruned = broken.find(({ o }) => o?.status === 'pruned');
+  const at = pruned?.o?.pruned;
+  return skippedOutcome(pruned && at ? `trial pruned: stage '${pruned.name}' stopped after epoch ${at.epoch} of ${at.of}` : 'trial pruned upstream', true);
 }
 
 /**
@@ -100,7 +131,8 @@ export class RunBook {
   finish(stage: PlannedStage, outcome: Outcome): Outcome {
     this.outcomes.set(stage.name, outcome);
     this.emit({ type: 'stage-end', stage: stage.name, fingerprint: stage.fingerprint, ...outcome });
-    if (outcome.status === 'ran' || outcome.status === 'cached') {
+    // A pruned stage too: `pipe gc` keeps its pruned result and checkpoint with the trials of the last sweep.
+    if (outcome.status === 'ran' || outcome.status === 'cached' || outcome.status === 'pruned') {
       this.stateWrites = this.stateWrites.then(() => recordState(this.options.statePath, stage.name, stage.fingerprint, stage.record)).catch(() => undefined);
     }
     if (outcome.status === 'failed' && this.options.failFast) this.abort(`--fail-fast: stage '${stage.name}' failed`);
@@ -112,7 +144,10 @@ export class RunBook {
     await this.stateWrites;
     const stages: StageSummary[] = options.plan.stages.map((s) => {
       const o = this.outcomes.get(s.name) ?? skippedOutcome('not reached');
-      return { name: s.name, kind: s.kindName, status: o.status, durationMs: o.durationMs, fingerprint: s.fingerprint, error: o.error, reasons: s.reasons, summary: o.summary, ...(o.worker ? { worker: o.worker } : {}) };
+      return {
+        name: s.name, kind: s.kindName, status: o.status, durationMs: o.durationMs, fingerprint: s.fingerprint, error: o.error, reasons: s.reasons, summary: o.summary,
+        ...(o.worker ? { worker: o.worker } : {}), ...(o.pruned ? { pruned: o.pruned } : {}), ...(o.afterPruned ? { afterPruned: true } : {}),
+      };
     });
     // What each finished stage's entry takes in the cache (an unreadable cache just leaves it out).
     const finished = stages.filter((s) => s.status === 'ran' || s.status === 'cached');
@@ -129,7 +164,8 @@ export class RunBook {
     const summary: RunSummary = {
       runId: options.run.runId,
       pipeline: options.run.pipelineName,
-      status: stages.every((s) => s.status === 'ran' || s.status === 'cached') && !this.interruptedBy ? 'succeeded' : 'failed',
+      // A pruned stage and what it held back are an early end of a trial, not a failure.
+      status: stages.every((s) => s.status === 'ran' || s.status === 'cached' || s.status === 'pruned' || s.afterPruned) && !this.interruptedBy ? 'succeeded' : 'failed',
       ...(this.interruptedBy ? { interrupted: this.interruptedBy } : {}),
       durationMs: Date.now() - this.started,
       stages,

@@ -8,16 +8,16 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
 import type { Cache, CacheEntry, Staging } from '../cache/cache.ts';
-import { cacheWriteProblem, readMetricsFile } from '../cache/cache.ts';
+import { cacheWriteProblem, prunedKey, readMetricsFile } from '../cache/cache.ts';
 import { messageOf } from '../core/errors.ts';
 import type { RunEvent } from '../core/events.ts';
 import type { Flavour } from '../core/stage-kind.ts';
 import type { MetricPoint } from '../core/stage-kind.ts';
 import type { PlannedStage } from '../plan/plan.ts';
 import { hashPath } from '../util/hash.ts';
-import type { ExecuteOptions, Outcome } from './run-book.ts';
+import type { EpochGate, ExecuteOptions, Outcome } from './run-book.ts';
 import type { StageJob } from './stage-job.ts';
-import type { ChildReport, StageSpec } from './stage-process.ts';
+import type { ChildReport, EpochDecision, StageSpec } from './stage-process.ts';
 
 const stageProcessPath = fileURLToPath(new URL('./stage-process.ts', import.meta.url));
 const tsxLoader = import.meta.resolve('tsx');
@@ -77,6 +77,8 @@ export interface RunContext {
   children: Set<StageProcess>;
   /** Why the run is stopping, if it is. */
   aborted: () => string | undefined;
+  /** A sweep's early stopping, when it has a scheduler. */
+  epochGate?: EpochGate;
 }
 
 /** How long a stopped stage's processes get between SIGTERM and SIGKILL. */
@@ -217,6 +219,11 @@ async function runInStaging(stage: StageJob, gpus: string[], run: RunContext, st
   const reports: StageReports = { metrics: [], artifacts: new Set(), summary: {}, stderrTail: [] };
   const exit = await spawnStage(stage, stageSpec(stage, run, staging, tmpDir), gpus, run, {
     onReport: (report) => handleReport(report, reports, stage.name, { writeLog, metricsFile, emit: run.emit }),
+    onEpoch: async (epoch, of) => {
+      const stop = (await run.epochGate?.decide(stage.name, epoch, of, reports.metrics)) ?? false;
+      if (stop && epoch < of) writeLog('log', `early stopping: the sweep's scheduler stops this trial after epoch ${epoch} of ${of}`);
+      return stop;
+    },
     onLine: (stream, line) => {
       writeLog(stream, line);
       if (stream === 'stderr') {
@@ -228,7 +235,9 @@ async function runInStaging(stage: StageJob, gpus: string[], run: RunContext, st
   await Promise.all([closeStream(log), closeStream(metricsFile)]);
   const durationMs = Date.now() - t0;
   const abortReason = run.aborted();
-  if (reports.done && exit.exitCode === 0 && !abortReason) return publishOutcome(stage, staging, reports, durationMs, run.cache);
+  if (reports.done && exit.exitCode === 0 && !abortReason) {
+    return reports.done.pruned ? publishPruned(stage, staging, reports, durationMs, run.cache) : publishOutcome(stage, staging, reports, durationMs, run.cache);
+  }
   await run.cache.discard(staging);
   // The stack of a stage that was stopped only says that it was.
   const stopped = exit.timedOut || abortReason !== undefined;
@@ -253,6 +262,8 @@ function stageSpec(stage: StageJob, run: RunContext, staging: Staging, tmpDir: s
     env: stage.env,
     outs: stage.outs,
     metrics: stage.metrics,
+    ...(run.epochGate?.watches(stage.name) ? { scheduled: true } : {}),
+    checkpointDir: run.cache.checkpointDir(stage.fingerprint),
   };
 }
 
@@ -278,7 +289,12 @@ async function spawnStage(
   spec: StageSpec,
   gpus: string[],
   run: RunContext,
-  on: { onReport: (report: ChildReport) => void; onLine: (stream: 'stdout' | 'stderr', line: string) => void },
+  on: {
+    onReport: (report: ChildReport) => void;
+    onLine: (stream: 'stdout' | 'stderr', line: string) => void;
+    /** A watched stage finished an epoch: whether it stops. */
+    onEpoch: (epoch: number, of: number) => Promise<boolean>;
+  },
 ): Promise<StageExit> {
   const child = execa(process.execPath, ['--import', tsxLoader, stageProcessPath], {
     ipc: true,
@@ -301,7 +317,19 @@ async function spawnStage(
   const timer = stage.timeout ? setTimeout(() => processHandle.stop(timeoutReason), stage.timeout * 1000) : undefined;
   // Leftovers of the group die with the stage process, before its output pipes are waited for.
   child.on('exit', () => processHandle.reap());
-  child.on('message', (message: unknown) => on.onReport(message as ChildReport));
+  child.on('message', (message: unknown) => {
+    const report = message as ChildReport;
+    if (report.t !== 'epoch') return on.onReport(report);
+    // A scheduler's failure never stops a stage: it goes on.
+    void on.onEpoch(report.epoch, report.of).catch(() => false).then((stop) => {
+      const decision: EpochDecision = { t: 'decision', epoch: report.epoch, stop };
+      try {
+        child.send(decision);
+      } catch {
+        // the stage process is gone: nobody waits for the answer
+      }
+    });
+  });
   child.send(spec);
   try {
     const [result] = await Promise.all([child, readLines(child.stdout, (line) => on.onLine('stdout', line)), readLines(child.stderr, (line) => on.onLine('stderr', line))]);
@@ -362,6 +390,8 @@ async function publishOutcome(stage: StageJob, staging: Staging, reports: StageR
   if (stage.forced) await cache.remove(stage.fingerprint);
   const artifacts = [...reports.artifacts];
   const entry = await cache.publish(staging, { durationMs, finishedAt: Date.now(), summary: reports.summary, artifacts, outs: reports.done?.outs });
+  // Complete: the training checkpoints that led here are of no more use.
+  await cache.removeCheckpoints(stage.fingerprint);
   return {
     status: 'ran',
     durationMs,
@@ -369,6 +399,29 @@ async function publishOutcome(stage: StageJob, staging: Staging, reports: StageR
     artifacts: artifacts.map((name) => ({ name, path: path.join(entry.outDir, name) })),
     summary: reports.summary,
     outDir: entry.outDir,
+  };
+}
+
+/**
+ * Publishes a pruned stage's staging directory apart from the full result: under the key of its
+ * fingerprint and the epoch it stopped at, so that the stage still misses the cache as a whole
+ * and a later run that lets it train on never takes the pruned result for the full one.
+ */
+async function publishPruned(stage: StageJob, staging: Staging, reports: StageReports, durationMs: number, cache: Cache): Promise<Outcome> {
+  const pruned = reports.done?.pruned;
+  if (!pruned) throw new Error('bug: publishPruned of a stage that was not pruned');
+  const key = prunedKey(stage.fingerprint, pruned.epoch);
+  await cache.remove(key);
+  const artifacts = [...reports.artifacts];
+  const entry = await cache.publish({ ...staging, fingerprint: key }, { durationMs, finishedAt: Date.now(), summary: reports.summary, artifacts, pruned });
+  return {
+    status: 'pruned',
+    durationMs,
+    metrics: reports.metrics,
+    artifacts: artifacts.map((name) => ({ name, path: path.join(entry.outDir, name) })),
+    summary: reports.summary,
+    outDir: entry.outDir,
+    pruned,
   };
 }
 

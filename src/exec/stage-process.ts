@@ -12,6 +12,7 @@ import { execa } from 'execa';
 import { loadKind } from '../stages/index.ts';
 import { hashPath } from '../util/hash.ts';
 import type { Flavour, StageContext } from '../core/stage-kind.ts';
+import type { PrunedAt } from '../core/events.ts';
 import { isPipeError, StageError, UnavailableError } from '../core/errors.ts';
 
 export interface StageSpec {
@@ -29,7 +30,19 @@ export interface StageSpec {
   env: Record<string, string>;
   outs: string[];
   metrics: string[];
+  /** A sweep's scheduler watches this stage: after each epoch it waits for a decision (see epochEnd), and it checkpoints. */
+  scheduled?: boolean;
+  /** The stage's checkpoint directory (see StageContext.checkpoints). */
+  checkpointDir: string;
 }
+
+/** What the runner sends the stage process after the spec: the scheduler's answer to an `epoch` report. */
+export interface EpochDecision {
+  t: 'decision';
+  epoch: number;
+  stop: boolean;
+}
+
 
 export type ChildReport =
   | { t: 'log'; line: string }
@@ -37,7 +50,8 @@ export type ChildReport =
   | { t: 'metric'; key: string; value: number; step: number; timestamp: number }
   | { t: 'artifact'; path: string }
   | { t: 'summary'; facts: Record<string, string | number | boolean> }
-  | { t: 'done'; outs?: Record<string, string> }
+  | { t: 'epoch'; epoch: number; of: number }
+  | { t: 'done'; outs?: Record<string, string>; pruned?: PrunedAt }
   | { t: 'error'; message: string; stack?: string };
 
 function send(report: ChildReport): Promise<void> {
@@ -47,9 +61,25 @@ function send(report: ChildReport): Promise<void> {
   });
 }
 
+/** Decisions the runner has not yet sent, by epoch: the stage waits for them in epochEnd. */
+const decisions = new Map<number, (stop: boolean) => void>();
+
+/** Reports the end of an epoch and waits for the scheduler's decision (immediately false when unwatched). */
+async function epochDecision(spec: StageSpec, epoch: number, of: number): Promise<boolean> {
+  if (!spec.scheduled) return false;
+  const stop = await new Promise<boolean>((resolve) => {
+    decisions.set(epoch, resolve);
+    // After the epoch's metrics on the same channel: the runner has them when it decides.
+    void send({ t: 'epoch', epoch, of });
+  });
+  decisions.delete(epoch);
+  return stop && epoch < of;
+}
+
 async function runKind(spec: StageSpec): Promise<void> {
   const kind = await loadKind(spec.kind);
   if (!kind) throw new UnavailableError(`this pipe has no stage kind '${spec.kind}' (a worker older than the submitter?)`);
+  let pruned: PrunedAt | undefined;
   let lastProgress = 0;
   const ctx: StageContext = {
     stageName: spec.stage,
@@ -70,9 +100,16 @@ async function runKind(spec: StageSpec): Promise<void> {
     metric: (key, value, step = 0) => void send({ t: 'metric', key, value, step, timestamp: Date.now() }),
     artifact: (relPath) => void send({ t: 'artifact', path: relPath }),
     summary: (facts) => void send({ t: 'summary', facts }),
+    checkpoints: { dir: spec.checkpointDir, write: Boolean(spec.scheduled) },
+    epochEnd: async (epoch, of) => {
+      const stop = await epochDecision(spec, epoch, of);
+      // The last decision counts (a resumed stage replays its checkpoint's epochs first).
+      pruned = stop ? { epoch, of } : undefined;
+      return stop;
+    },
   };
   await kind.run(ctx);
-  await send({ t: 'done' });
+  await send(pruned ? { t: 'done', pruned } : { t: 'done' });
 }
 
 async function runCommand(spec: StageSpec): Promise<void> {
@@ -182,6 +219,9 @@ async function main(): Promise<void> {
     });
   }
   const spec = await new Promise<StageSpec>((resolve) => process.once('message', (m) => resolve(m as StageSpec)));
+  process.on('message', (m: EpochDecision) => {
+    if (m.t === 'decision') decisions.get(m.epoch)?.(m.stop);
+  });
   try {
     if (spec.command !== undefined) await runCommand(spec);
     else await runKind(spec);

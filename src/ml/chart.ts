@@ -8,6 +8,13 @@ import { niceTicks } from './plots.ts';
 export interface Series {
   name: string;
   points: Array<{ x: number; y: number }>;
+  /** Marks the last point with a cross: the series was cut there (a trial stopped early). */
+  stoppedAt?: boolean;
+}
+
+export interface ChartOptions {
+  /** Dashed vertical lines, e.g. the rungs of a scheduler. */
+  verticals?: Array<{ x: number; label: string }>;
 }
 
 const COLOURS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f'];
@@ -28,7 +35,7 @@ interface ChartFrame {
   py: (y: number) => number;
 }
 
-export async function lineChart(series: Series[], labels: { title: string; x: string; y: string }): Promise<Buffer> {
+export async function lineChart(series: Series[], labels: { title: string; x: string; y: string }, options: ChartOptions = {}): Promise<Buffer> {
   const frame = chartFrame(series);
   const { width, height } = frame;
   const canvas = createCanvas(width, height);
@@ -37,8 +44,28 @@ export async function lineChart(series: Series[], labels: { title: string; x: st
   ctx.fillRect(0, 0, width, height);
   drawAxes(ctx, frame);
   drawLabels(ctx, frame, labels);
+  for (const v of options.verticals ?? []) drawVertical(ctx, frame, v);
   series.forEach((s, i) => drawLine(ctx, frame, s, i));
   return canvas.encode('png');
+}
+
+function drawVertical(ctx: SKRSContext2D, frame: ChartFrame, v: { x: number; label: string }): void {
+  const { margin, plotH, px, x0, x1 } = frame;
+  if (v.x < x0 || v.x > x1) return;
+  ctx.save();
+  ctx.strokeStyle = '#999999';
+  ctx.setLineDash([5, 4]);
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  ctx.moveTo(px(v.x), margin.top);
+  ctx.lineTo(px(v.x), margin.top + plotH);
+  ctx.stroke();
+  ctx.setLineDash([]);
+  ctx.fillStyle = '#666666';
+  ctx.font = `12px ${FONT}`;
+  ctx.textAlign = 'center';
+  ctx.fillText(v.label, px(v.x), margin.top - 6);
+  ctx.restore();
 }
 
 function chartFrame(series: Series[]): ChartFrame {
@@ -125,6 +152,18 @@ function drawLine(ctx: SKRSContext2D, frame: ChartFrame, s: Series, i: number): 
     ctx.beginPath();
     ctx.arc(px(p.x), py(p.y), 4, 0, Math.PI * 2);
     ctx.fill();
+  }
+  const last = points.at(-1);
+  if (s.stoppedAt && last) {
+    // A cross where the series stops.
+    const [cx, cy, r] = [px(last.x), py(last.y), 8];
+    ctx.lineWidth = 3;
+    ctx.beginPath();
+    ctx.moveTo(cx - r, cy - r);
+    ctx.lineTo(cx + r, cy + r);
+    ctx.moveTo(cx - r, cy + r);
+    ctx.lineTo(cx + r, cy - r);
+    ctx.stroke();
   }
   ctx.font = `13px ${FONT}`;
   ctx.textAlign = 'left';

@@ -42,16 +42,23 @@ export function logitUnits(task: Task): number {
 // ---------------------------------------------------------------------------------------------
 // Seeded randomness
 
-/** A small, fast, seeded PRNG (mulberry32): uniform floats in [0, 1). */
-export function rng(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
+/** A seeded PRNG whose position can be saved: `state()` now, and `rng(0, state)` continues from it. */
+export interface Random {
+  (): number;
+  state(): number;
+}
+
+/** A small, fast, seeded PRNG (mulberry32): uniform floats in [0, 1). `state` resumes a saved one. */
+export function rng(seed: number, state: number = seed >>> 0): Random {
+  let current = state >>> 0;
+  const next = () => {
+    current = (current + 0x6d2b79f5) >>> 0;
+    let t = current;
     t = Math.imul(t ^ (t >>> 15), t | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+  return Object.assign(next, { state: () => current });
 }
 
 /** A seed for a sub-stream, so that e.g. shuffling and dropout do not share one sequence. */
@@ -173,7 +180,18 @@ export interface KerasOptimizer {
   readonly iterations: number;
   /** One update of each variable by its gradient (a missing gradient leaves the variable as is). */
   applyGradients(pairs: ReadonlyArray<{ variable: Variable; grad: Tensor | null | undefined }>): void;
+  /** The slots (moments) of `vars`, in their order, and the step count: what a checkpoint keeps. */
+  exportState(vars: readonly Variable[]): OptimizerState;
+  /** Continues from an exported state (the same variables, in the same order). */
+  importState(vars: readonly Variable[], state: OptimizerState): void;
   dispose(): void;
+}
+
+/** An optimizer's state as numbers: per variable (in the order given), its slots' values. */
+export interface OptimizerState {
+  name: OptimizerName;
+  iterations: number;
+  slots: Float32Array[][];
 }
 
 abstract class SlotOptimizer implements KerasOptimizer {
@@ -210,6 +228,25 @@ abstract class SlotOptimizer implements KerasOptimizer {
     return scalar;
   }
 
+  /** Slots per variable: Adam 2 (m, v), RMSprop 1, SGD 0. */
+  protected abstract readonly slotCount: number;
+
+  exportState(vars: readonly Variable[]): OptimizerState {
+    const slots = vars.map((variable) => (this.slots.get(variable.name) ?? []).map((slot) => slot.dataSync() as Float32Array));
+    return { name: this.name, iterations: this.iterations, slots };
+  }
+
+  importState(vars: readonly Variable[], state: OptimizerState): void {
+    if (state.name !== this.name) throw new Error(`bug: a ${state.name} state for a ${this.name} optimizer`);
+    vars.forEach((variable, i) => {
+      const values = state.slots[i] ?? [];
+      if (values.length === 0) return; // never updated (SGD, or no gradient yet)
+      const slots = this.slotsFor(variable, this.slotCount);
+      slots.forEach((slot, k) => this.tf.tidy(() => slot.assign(this.tf.tensor(values[k]!, variable.shape, 'float32'))));
+    });
+    this.iterations = state.iterations;
+  }
+
   applyGradients(pairs: ReadonlyArray<{ variable: Variable; grad: Tensor | null | undefined }>): void {
     const step = this.iterations + 1;
     for (const { variable, grad } of pairs) {
@@ -241,6 +278,7 @@ export interface AdamConfig {
  */
 export class KerasAdam extends SlotOptimizer {
   readonly name = 'adam' as const;
+  protected readonly slotCount = 2;
   readonly beta1: number;
   readonly beta2: number;
   readonly epsilon: number;
@@ -276,6 +314,7 @@ export interface RmspropConfig {
  */
 export class KerasRmsprop extends SlotOptimizer {
   readonly name = 'rmsprop' as const;
+  protected readonly slotCount = 1;
   readonly rho: number;
   readonly epsilon: number;
   constructor(tf: Tf, config: RmspropConfig) {
@@ -294,6 +333,7 @@ export class KerasRmsprop extends SlotOptimizer {
 /** keras.optimizers.SGD without momentum: x −= lr·g. */
 export class KerasSgd extends SlotOptimizer {
   readonly name = 'sgd' as const;
+  protected readonly slotCount = 0;
   protected update(variable: Variable, grad: Tensor): void {
     variable.assign(variable.sub(grad.mul(this.constant(this.learningRate))));
   }
@@ -441,7 +481,30 @@ export interface FitSpec {
   /** Called (and awaited) before each epoch, e.g. to load that epoch's view. */
   beforeEpoch?: (epoch: number) => Promise<void> | void;
   onEpoch?: (record: EpochRecord) => void;
+  /**
+   * Awaited after onEpoch with the epochs run so far (1-based) and the epochs planned: true ends
+   * the fit there (early stopping); the history then holds the epochs run.
+   */
+  shouldStop?: (epochsRun: number, of: number) => Promise<boolean>;
+  /** Awaited after each epoch (before shouldStop) with the loop's state, for a checkpoint. */
+  onCheckpoint?: (state: FitState) => Promise<void>;
+  /**
+   * Continue from a checkpoint (the variables and the optimizer already restored): its epochs are
+   * replayed to onEpoch and shouldStop (only the last decision counts), then training goes on
+   * exactly as if it had never stopped.
+   */
+  resume?: FitState;
   onBatch?: (epoch: number, done: number, total: number) => void;
+}
+
+/** Where the fit loop is after an epoch: enough, with the weights and the optimizer, to go on. */
+export interface FitState {
+  /** The next epoch to run (Keras numbering). */
+  nextEpoch: number;
+  history: History;
+  /** The positions of the shuffle and dropout streams. */
+  shuffleState: number;
+  dropoutState: number;
 }
 
 /**
@@ -450,11 +513,14 @@ export interface FitSpec {
  * loss and accuracy (computed with dropout active, as Keras reports them) and then validates.
  */
 export async function fit(tf: Tf, spec: FitSpec): Promise<History> {
-  const history = emptyHistory();
   const count = spec.labels.length;
-  const shuffleRandom = rng(deriveSeed(spec.seed, 'shuffle'));
-  const dropoutRandom = rng(deriveSeed(spec.seed, 'dropout'));
-  for (let epoch = spec.initialEpoch ?? 0; epoch < spec.epochs; epoch++) {
+  const first = spec.initialEpoch ?? 0;
+  const resume = spec.resume;
+  const history = resume ? structuredClone(resume.history) : emptyHistory();
+  const shuffleRandom = rng(deriveSeed(spec.seed, 'shuffle'), resume?.shuffleState);
+  const dropoutRandom = rng(deriveSeed(spec.seed, 'dropout'), resume?.dropoutState);
+  if (resume && (await replayEpochs(spec, history, first))) return history;
+  for (let epoch = resume?.nextEpoch ?? first; epoch < spec.epochs; epoch++) {
     await spec.beforeEpoch?.(epoch);
     const order = shuffledIndices(count, shuffleRandom);
     let lossSum = 0;
@@ -495,8 +561,23 @@ export async function fit(tf: Tf, spec: FitSpec): Promise<History> {
     history.val_loss.push(record.val_loss);
     history.val_accuracy.push(record.val_accuracy);
     spec.onEpoch?.(record);
+    await spec.onCheckpoint?.({ nextEpoch: epoch + 1, history: structuredClone(history), shuffleState: shuffleRandom.state(), dropoutState: dropoutRandom.state() });
+    if (await spec.shouldStop?.(epoch - first + 1, spec.epochs - first)) break;
   }
   return history;
+}
+
+/**
+ * The epochs of a checkpoint, told again (their metrics, and to the scheduler, which may have not
+ * seen them): true when the scheduler stops the trial at the checkpoint's last epoch.
+ */
+async function replayEpochs(spec: FitSpec, history: History, first: number): Promise<boolean> {
+  let stop = false;
+  for (const [i, epoch] of history.epoch.entries()) {
+    spec.onEpoch?.({ epoch, loss: history.loss[i]!, accuracy: history.accuracy[i]!, val_loss: history.val_loss[i]!, val_accuracy: history.val_accuracy[i]! });
+    stop = (await spec.shouldStop?.(epoch - first + 1, spec.epochs - first)) ?? false;
+  }
+  return stop;
 }
 
 /**

@@ -47,6 +47,20 @@ export interface SweepDecl {
   trials?: Array<Record<string, unknown>>;
   objective?: string;
   direction?: 'maximize' | 'minimize';
+  /** Early stopping of lagging trials (src/plan/scheduler.ts), as written. */
+  scheduler?: SchedulerDecl;
+}
+
+/** `sweep.scheduler` as written (Ray Tune's names); read and checked by src/plan/sweep.ts. */
+export interface SchedulerDecl {
+  type: 'asha' | 'median';
+  metric?: string;
+  mode?: 'max' | 'min';
+  stage?: string;
+  grace_period?: number;
+  reduction_factor?: number;
+  max_t?: number;
+  min_samples_required?: number;
 }
 
 export interface PipelineFile {

@@ -5,11 +5,13 @@
 import { convertOverride, type AnalyzedStage } from '../pipeline/analyze.ts';
 import type { Diagnostic } from '../core/diagnostics.ts';
 import { at } from '../core/diagnostics.ts';
-import type { RunEvent, RunListener, RunSummary, StageEndEvent } from '../core/events.ts';
+import type { PrunedAt, RunEvent, RunListener, RunSummary, StageEndEvent, StageSummary } from '../core/events.ts';
+import type { MetricPoint } from '../core/stage-kind.ts';
 import { canonicalJson } from '../cache/fingerprint.ts';
 import { article, checkParamValue, rangeOf, type ParamDecl, type PipelineFile } from '../pipeline/pipeline.ts';
 import type { Plan, PlannedStage } from './plan.ts';
 import { makeDistribution, parseDistributionArg, readDistribution, sampleAt, type Distribution, type DistributionKind } from './space.ts';
+import { createScheduler, type Scheduler, type SchedulerConfig } from './scheduler.ts';
 
 export interface Trial {
   /** t1, t2, …: stable within a sweep definition (grid order, then explicit trials). */
@@ -51,6 +53,52 @@ export function expandTrials(file: PipelineFile, cliSweeps: string[], options: S
 }
 
 type Declared = Map<string, ParamDecl>;
+
+/** The stage kinds that report per-epoch metrics and stop when a scheduler says so. */
+export const SCHEDULED_KINDS: readonly string[] = ['fine-tune', 'train-head'];
+/** The metrics those kinds report after every epoch. */
+export const EPOCH_METRICS: readonly string[] = ['val_accuracy', 'val_loss', 'accuracy', 'loss'];
+
+/**
+ * `sweep.scheduler` with Ray Tune's defaults filled in (grace_period 1, reduction_factor 4,
+ * min_samples_required 3, metric val_accuracy, mode by the metric's name), or the problems found,
+ * each at its line. Undefined when the sweep has none (early stopping is off by default).
+ */
+export function schedulerOfFile(file: PipelineFile): { scheduler?: SchedulerConfig; diagnostics: Diagnostic[] } {
+  const decl = file.sweep?.scheduler;
+  if (!decl) return { diagnostics: [] };
+  const diagnostics: Diagnostic[] = [];
+  const where = (key: string, which: 'key' | 'value' = 'value') => rangeOf(file.doc, ['sweep', 'scheduler', key], which);
+  const problem = (key: string, message: string, which: 'key' | 'value' = 'value') =>
+    diagnostics.push(at(file.source, where(key, which) ?? rangeOf(file.doc, ['sweep', 'scheduler'], 'key'), 'schema', `sweep.scheduler.${key}`, message));
+  const learning = file.stages.filter((s) => s.kind !== undefined && SCHEDULED_KINDS.includes(s.kind));
+  const stageName = decl.stage ?? (learning.find((s) => s.kind === 'fine-tune') ?? learning.find((s) => s.kind === 'train-head'))?.name;
+  const stage = file.stages.find((s) => s.name === stageName);
+  if (decl.stage !== undefined && !stage) {
+    problem('stage', `no stage '${decl.stage}' in the pipeline (stages: ${file.stages.map((s) => s.name).join(', ')})`);
+  } else if (!stage) {
+    problem('type', `early stopping watches the epochs of a ${SCHEDULED_KINDS.join(' or ')} stage, and the pipeline has none`, 'key');
+  } else if (!SCHEDULED_KINDS.includes(stage.kind ?? '')) {
+    problem('stage', `stage '${stage.name}' (${stage.kind ? `kind ${stage.kind}` : 'a command stage'}) reports no epochs: early stopping watches a ${SCHEDULED_KINDS.join(' or ')} stage`);
+  }
+  const metric = decl.metric ?? 'val_accuracy';
+  if (!EPOCH_METRICS.includes(metric)) problem('metric', `'${metric}' is not reported per epoch (expected one of: ${EPOCH_METRICS.join(', ')})`);
+  if (decl.type === 'median' && decl.reduction_factor !== undefined) problem('reduction_factor', 'reduction_factor is for type: asha (the median rule has none)', 'key');
+  if (decl.type === 'median' && decl.max_t !== undefined) problem('max_t', 'max_t is for type: asha (the median rule has none)', 'key');
+  if (decl.type === 'asha' && decl.min_samples_required !== undefined) problem('min_samples_required', 'min_samples_required is for type: median (asha has none)', 'key');
+  if (diagnostics.length > 0 || !stage) return { diagnostics };
+  const scheduler: SchedulerConfig = {
+    type: decl.type,
+    metric,
+    mode: decl.mode ?? (/loss|error/.test(metric) ? 'min' : 'max'),
+    stage: stage.name,
+    gracePeriod: decl.grace_period ?? 1,
+    reductionFactor: decl.reduction_factor ?? 4,
+    minSamplesRequired: decl.min_samples_required ?? 3,
+    ...(decl.max_t !== undefined ? { maxT: decl.max_t } : {}),
+  };
+  return { scheduler, diagnostics };
+}
 
 /** The `sweep.grid` section: param → values, each checked against its declaration. */
 function gridOfFile(file: PipelineFile, declared: Declared, diagnostics: Diagnostic[]): Map<string, unknown[]> {
@@ -365,17 +413,68 @@ export function demultiplex(
 
 export function trialSummary(trial: Trial, sweepPlan: SweepPlan, merged: RunSummary): RunSummary {
   const local = sweepPlan.trialStages.get(trial.id) ?? new Map<string, string>();
-  const stages = [...local.entries()].map(([localName, mergedName]) => {
+  const stages = [...local.entries()].map(([localName, mergedName]): StageSummary => {
     const s = merged.stages.find((x) => x.name === mergedName);
     return { ...(s ?? { kind: '?', status: 'skipped' as const, durationMs: 0, fingerprint: '', reasons: [], summary: {} }), name: localName };
   });
+  const prunedStage = stages.find((s) => s.status === 'pruned' && s.pruned);
+  // Pruned (a stage stopped early, what depends on it held back) is an end of the trial, not a failure.
+  const complete = stages.every((s) => s.status === 'ran' || s.status === 'cached' || s.status === 'pruned' || s.afterPruned);
   return {
     runId: `${merged.runId}-${trial.id}`,
     pipeline: merged.pipeline,
-    status: stages.every((s) => s.status === 'ran' || s.status === 'cached') && !merged.interrupted ? 'succeeded' : 'failed',
+    status: complete && !merged.interrupted ? 'succeeded' : 'failed',
     ...(merged.interrupted ? { interrupted: merged.interrupted } : {}),
     durationMs: merged.durationMs,
     stages,
     metrics: {},
+    ...(prunedStage?.pruned ? { pruned: { stage: prunedStage.name, ...prunedStage.pruned } } : {}),
+  };
+}
+
+/**
+ * A sweep's early stopping as the runner asks it (an EpochGate of src/exec/run-book.ts): the
+ * scheduler's trials are the merged nodes of the watched stage (trials that share one computation
+ * of it stop together). Decisions are made here, in the process that runs the sweep, in the order
+ * the epochs arrive.
+ */
+export class SweepScheduler {
+  private scheduler: Scheduler | undefined;
+  private readonly watched: Set<string>;
+
+  constructor(readonly config: SchedulerConfig, sweepPlan: SweepPlan) {
+    this.watched = new Set([...sweepPlan.nodes].filter(([, node]) => [...node.trials.values()].includes(config.stage)).map(([name]) => name));
+  }
+
+  watches(stage: string): boolean {
+    return this.watched.has(stage);
+  }
+
+  /** After `epoch` of `of` epochs of merged stage `stage`: true stops it. Its metric is the latest point of that key. */
+  decide(stage: string, epoch: number, of: number, metrics: readonly MetricPoint[]): boolean {
+    if (!this.watched.has(stage)) return false;
+    // max_t defaults to the watched stage's epochs (of the first trial to report).
+    this.scheduler ??= createScheduler(this.config, of);
+    const value = [...metrics].reverse().find((p) => p.key === this.config.metric)?.value ?? Number.NaN;
+    return this.scheduler.onResult(stage, epoch, value) === 'stop' && epoch < of;
+  }
+
+  /**
+   * A watched stage that came from the cache ran in an earlier sweep: its epochs are results the
+   * scheduler compares the running trials with, as if they had just arrived (the decisions about
+   * it are moot: it is complete).
+   */
+  replay(stage: string, metrics: readonly MetricPoint[], of: number): void {
+    if (!this.watched.has(stage)) return;
+    this.scheduler ??= createScheduler(this.config, of);
+    const points = metrics.filter((p) => p.key === this.config.metric).sort((a, b) => a.step - b.step);
+    points.forEach((point, i) => this.scheduler?.onResult(stage, i + 1, point.value));
+  }
+
+  /** The listener that replays the watched stages restored from the cache. */
+  readonly listener = (event: RunEvent): void => {
+    if (event.type !== 'stage-end' || event.status !== 'cached' || !this.watched.has(event.stage)) return;
+    const epochs = event.metrics.filter((p) => p.key === this.config.metric).length;
+    this.replay(event.stage, event.metrics, epochs);
   };
 }

@@ -12,6 +12,7 @@
 import type { RedisOptions } from 'bullmq';
 import { UsageError } from '../core/errors.ts';
 import type { Flavour } from '../core/stage-kind.ts';
+import type { PrunedAt } from '../core/events.ts';
 import type { Outcome } from '../exec/run-book.ts';
 import type { StageJob } from '../exec/stage-job.ts';
 
@@ -20,6 +21,15 @@ export const STAGE_QUEUE = 'stages';
 export const EDGE_QUEUE = 'edges';
 /** Pub/sub channel on which a submitter asks workers to stop jobs (JSON: { jobIds }). */
 export const CANCEL_CHANNEL = 'pipe:cancel';
+/** Pub/sub channel on which a submitter answers a watched stage's epoch (JSON: EpochAnswer). */
+export const DECISION_CHANNEL = 'pipe:decision';
+
+/** The submitter's early-stopping decision after an epoch of a stage job. */
+export interface EpochAnswer {
+  jobId: string;
+  epoch: number;
+  stop: boolean;
+}
 
 export interface StageJobData {
   /** The stage, with `cwd` relative to the submitter's project directory. */
@@ -32,11 +42,15 @@ export interface StageJobData {
   /** Edge jobs (in EDGE_QUEUE) to remove when this stage's entry is in the cache. */
   releases: string[];
   submitter: string;
+  /** A sweep's scheduler watches the stage: after each epoch the worker asks the submitter whether it stops. */
+  scheduled?: boolean;
 }
 
 /** What a worker returns for a completed stage job. */
 export interface StageJobResult {
-  status: 'ran' | 'cached';
+  /** pruned: stopped by the sweep's scheduler; its result is under the pruned key (cache.ts prunedKey). */
+  status: 'ran' | 'cached' | 'pruned';
+  pruned?: PrunedAt;
   durationMs: number;
   summary: Outcome['summary'];
   worker: string;
@@ -47,7 +61,9 @@ export type StageJobProgress =
   | { type: 'stage-start'; startedAt: number; worker: string }
   | { type: 'stage-log'; stream: 'stdout' | 'stderr' | 'log'; line: string }
   | { type: 'stage-progress'; done: number; total?: number; label?: string }
-  | { type: 'stage-metric'; point: { key: string; value: number; step: number; timestamp: number } };
+  | { type: 'stage-metric'; point: { key: string; value: number; step: number; timestamp: number } }
+  /** A watched stage finished an epoch and waits for the submitter's EpochAnswer. */
+  | { type: 'stage-epoch'; epoch: number; of: number };
 
 /** `redis://[user:password@]host[:port][/db]` → connection options. */
 export function parseQueueUrl(url: string): RedisOptions & { host: string; port: number; db: number } {

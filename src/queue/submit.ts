@@ -11,13 +11,15 @@ import { FlowProducer, Job, Queue, QueueEvents, type FlowJob } from 'bullmq';
 import { Redis } from 'ioredis';
 import { UnavailableError } from '../core/errors.ts';
 import type { RunSummary } from '../core/events.ts';
-import { RunBook, skippedOutcome, type ExecuteOptions, type Outcome, type Runner } from '../exec/run-book.ts';
+import { RunBook, skippedOutcome, upstreamOutcome, type ExecuteOptions, type Outcome, type Runner } from '../exec/run-book.ts';
+import { prunedKey } from '../cache/cache.ts';
+import type { MetricPoint } from '../core/stage-kind.ts';
 import { restore } from '../exec/run-stage.ts';
 import { stageJob } from '../exec/stage-job.ts';
 import type { PlannedStage } from '../plan/plan.ts';
 import {
-  CANCEL_CHANNEL, EDGE_QUEUE, PREFIX, STAGE_QUEUE, edgeJobId, parseQueueUrl, stageJobId,
-  type StageJobData, type StageJobProgress, type StageJobResult,
+  CANCEL_CHANNEL, DECISION_CHANNEL, EDGE_QUEUE, PREFIX, STAGE_QUEUE, edgeJobId, parseQueueUrl, stageJobId,
+  type EpochAnswer, type StageJobData, type StageJobProgress, type StageJobResult,
 } from './protocol.ts';
 
 export interface QueueTarget {
@@ -112,6 +114,7 @@ function stageFlow(stage: PlannedStage, dag: QueueDag, options: ExecuteOptions, 
     backend: options.flavour,
     releases: dag.releases.get(stage.name)!,
     submitter,
+    ...(options.epochGate?.watches(stage.name) ? { scheduled: true } : {}),
   };
   const edges = dag.edgesInto.get(stage.name)!.map(({ up, id }) => ({
     name: `${up} -> ${stage.name}`, queueName: EDGE_QUEUE, prefix: PREFIX, data: { from: up, to: stage.name }, opts: { jobId: id },
@@ -145,6 +148,8 @@ class QueueFollower {
   private readonly pending: Set<string>;
   private readonly stageOfJob: Map<string, PlannedStage>;
   private readonly workerOf = new Map<string, string>();
+  /** Metric points of the stages in the queue so far (a scheduler decides on them). */
+  private readonly metricsOf = new Map<string, MetricPoint[]>();
   private wake: (() => void) | undefined;
   private readonly nudge = () => this.wake?.();
 
@@ -210,9 +215,26 @@ class QueueFollower {
         book.emit({ type: 'stage-progress', stage: stage.name, done: p.done, total: p.total, label: p.label });
         return;
       case 'stage-metric':
+        this.metricsOf.set(stage.name, [...(this.metricsOf.get(stage.name) ?? []), p.point]);
         book.emit({ type: 'stage-metric', stage: stage.name, point: p.point });
         return;
+      case 'stage-epoch':
+        void this.answerEpoch(stage, p.epoch, p.of);
+        return;
     }
+  }
+
+  /** The scheduler's decision after an epoch of a watched stage, made here and sent to its worker. */
+  private async answerEpoch(stage: PlannedStage, epoch: number, of: number): Promise<void> {
+    const gate = this.options.epochGate;
+    let stop = false;
+    try {
+      stop = gate ? await gate.decide(stage.name, epoch, of, this.metricsOf.get(stage.name) ?? []) : false;
+    } catch {
+      // a scheduler's failure never stops a stage
+    }
+    const answer: EpochAnswer = { jobId: this.dag.jobIds.get(stage.name)!, epoch, stop };
+    await this.publisher.publish(DECISION_CHANNEL, JSON.stringify(answer)).catch(() => undefined);
   }
 
   /** Reads the state of stage `name`'s job and settles the stage when the job has ended. */
@@ -228,12 +250,14 @@ class QueueFollower {
     const state = await job.getState();
     if (state === 'completed') {
       const result = job.returnvalue as StageJobResult;
-      const entry = await options.cache.read(stage.fingerprint);
+      const key = result.status === 'pruned' && result.pruned ? prunedKey(stage.fingerprint, result.pruned.epoch) : stage.fingerprint;
+      const entry = await options.cache.read(key);
       if (!entry) {
         this.settle(stage, failed(`${result.worker} completed it, but its entry is not in the cache at ${options.cache.root}: do the workers share this cache (--cache)?`, result.worker));
         await this.skipDownstream(name, `upstream stage '${name}' did not complete`);
         return;
       }
+      if (result.status === 'pruned') return this.settlePruned(stage, result);
       const restored = await restore(stage, entry, options);
       const ran = result.status === 'ran';
       this.settle(stage, { ...restored, status: result.status, durationMs: result.durationMs, worker: result.worker, ...(ran ? { summary: result.summary } : {}) });
@@ -244,19 +268,36 @@ class QueueFollower {
     }
   }
 
+  /** A watched stage its worker stopped early: pruned, and what depends on it is held back. */
+  private async settlePruned(stage: PlannedStage, result: StageJobResult): Promise<void> {
+    const entry = await this.options.cache.read(prunedKey(stage.fingerprint, result.pruned!.epoch));
+    const outcome: Outcome = {
+      status: 'pruned',
+      durationMs: result.durationMs,
+      metrics: this.metricsOf.get(stage.name) ?? [],
+      artifacts: (entry?.result.artifacts ?? []).map((name) => ({ name, path: path.join(entry!.outDir, name) })),
+      summary: result.summary,
+      worker: result.worker,
+      pruned: result.pruned!,
+      ...(entry ? { outDir: entry.outDir } : {}),
+    };
+    this.settle(stage, outcome);
+    await this.skipDownstream(stage.name, upstreamOutcome([stage.name], [outcome])?.error ?? 'trial pruned', true);
+  }
+
   private settle(stage: PlannedStage, outcome: Outcome): void {
     if (!this.pending.delete(stage.name)) return;
     this.book.finish(stage, outcome);
   }
 
-  private async skipDownstream(from: string, why: string): Promise<void> {
+  private async skipDownstream(from: string, why: string, afterPruned = false): Promise<void> {
     const { dependents, jobIds, byName } = this.dag;
     const stack = [...(dependents.get(from) ?? [])];
     while (stack.length > 0) {
       const name = stack.shift()!;
       if (!this.pending.has(name)) continue;
       await removeJob(this.queue, jobIds.get(name)!);
-      this.settle(byName.get(name)!, skippedOutcome(why));
+      this.settle(byName.get(name)!, skippedOutcome(why, afterPruned));
       stack.push(...(dependents.get(name) ?? []));
     }
   }

@@ -17,9 +17,10 @@ import type { StageJob } from '../exec/stage-job.ts';
 import { Slots } from '../exec/slots.ts';
 import { formatDuration } from '../render/render.ts';
 import {
-  CANCEL_CHANNEL, EDGE_QUEUE, PREFIX, STAGE_QUEUE, parseQueueUrl,
-  type StageJobData, type StageJobProgress, type StageJobResult,
+  CANCEL_CHANNEL, DECISION_CHANNEL, EDGE_QUEUE, PREFIX, STAGE_QUEUE, parseQueueUrl,
+  type EpochAnswer, type StageJobData, type StageJobProgress, type StageJobResult,
 } from './protocol.ts';
+import type { EpochGate } from '../exec/run-book.ts';
 
 export interface WorkerConfig {
   /** The Redis server of the queue: redis://HOST:PORT[/DB]. */
@@ -54,7 +55,8 @@ export async function startWorker(config: WorkerConfig): Promise<StartedWorker> 
   const connection = parseQueueUrl(config.queueUrl);
   const edges = new Queue(EDGE_QUEUE, { connection, prefix: PREFIX });
   const slots = new Slots(config.cpus, config.gpus);
-  const worker = new Worker(STAGE_QUEUE, (job: Job, _token?: string, signal?: AbortSignal) => processStageJob(job, signal, { config, slots, edges }), {
+  const answers = new Map<string, (stop: boolean) => void>();
+  const worker = new Worker(STAGE_QUEUE, (job: Job, _token?: string, signal?: AbortSignal) => processStageJob(job, signal, { config, slots, edges, answers }), {
     connection,
     prefix: PREFIX,
     name: config.name,
@@ -66,7 +68,7 @@ export async function startWorker(config: WorkerConfig): Promise<StartedWorker> 
   });
   worker.on('error', (error) => config.log(`queue error: ${error.message}`));
   config.signal?.addEventListener('abort', () => void worker.close());
-  const subscriber = await listenForCancels(connection, worker, config.log);
+  const subscriber = await listenToSubmitters(connection, worker, answers, config.log);
   await worker.waitUntilReady();
   return {
     async run() {
@@ -76,13 +78,21 @@ export async function startWorker(config: WorkerConfig): Promise<StartedWorker> 
   };
 }
 
-/** A submitter that stops (Ctrl-C, --fail-fast) asks the workers to stop its running jobs. */
-async function listenForCancels(connection: ReturnType<typeof parseQueueUrl>, worker: Worker, log: (line: string) => void): Promise<Redis> {
+/**
+ * What submitters say to the workers: a submitter that stops (Ctrl-C, --fail-fast) asks them to
+ * stop its running jobs; a sweep's scheduler answers each epoch of a watched stage.
+ */
+async function listenToSubmitters(connection: ReturnType<typeof parseQueueUrl>, worker: Worker, answers: Map<string, (stop: boolean) => void>, log: (line: string) => void): Promise<Redis> {
   const subscriber = new Redis(connection);
   subscriber.on('error', () => undefined);
-  await subscriber.subscribe(CANCEL_CHANNEL);
-  subscriber.on('message', (_channel: string, message: string) => {
+  await subscriber.subscribe(CANCEL_CHANNEL, DECISION_CHANNEL);
+  subscriber.on('message', (channel: string, message: string) => {
     try {
+      if (channel === DECISION_CHANNEL) {
+        const answer = JSON.parse(message) as EpochAnswer;
+        answers.get(answerKey(answer.jobId, answer.epoch))?.(answer.stop);
+        return;
+      }
       const { jobIds, reason } = JSON.parse(message) as { jobIds: string[]; reason?: string };
       for (const id of jobIds) if (worker.cancelJob(id, reason ?? 'cancelled by the submitter')) log(`cancelling job ${id}: ${reason ?? ''}`);
     } catch {
@@ -97,6 +107,40 @@ interface Processor {
   slots: Slots;
   /** The queue of edge jobs, removed when the upstream stage's entry is published. */
   edges: Queue;
+  /** Watched stages waiting for the submitter's answer after an epoch, by job and epoch. */
+  answers: Map<string, (stop: boolean) => void>;
+}
+
+const answerKey = (jobId: string, epoch: number) => `${jobId}@${epoch}`;
+
+/** How long a watched stage waits for the submitter's answer before it goes on (a submitter that died). */
+const ANSWER_TIMEOUT_MS = Number(process.env['PIPE_DECISION_TIMEOUT_MS'] ?? 120_000);
+
+/**
+ * The scheduler of a watched stage's job, as the worker sees it: each epoch goes to the submitter
+ * (as job progress, after the epoch's metrics) and the stage waits for its answer.
+ */
+function remoteGate(job: Job, data: StageJobData, processor: Processor, send: (p: StageJobProgress) => void): EpochGate | undefined {
+  if (!data.scheduled || job.id === undefined) return undefined;
+  const jobId = job.id;
+  return {
+    watches: () => true,
+    decide: (_stage, epoch, of) =>
+      new Promise<boolean>((resolve) => {
+        const key = answerKey(jobId, epoch);
+        const timer = setTimeout(() => {
+          processor.answers.delete(key);
+          processor.config.log(`${data.job.name}: no early-stopping answer from the submitter after epoch ${epoch}; going on`);
+          resolve(false);
+        }, ANSWER_TIMEOUT_MS);
+        processor.answers.set(key, (stop) => {
+          clearTimeout(timer);
+          processor.answers.delete(key);
+          resolve(stop);
+        });
+        send({ type: 'stage-epoch', epoch, of });
+      }),
+  };
 }
 
 /** Runs one stage job into the cache; throws (BullMQ marks the job failed) when the stage fails. */
@@ -122,8 +166,10 @@ async function processStageJob(job: Job, signal: AbortSignal | undefined, proces
   };
   signal?.addEventListener('abort', onAbort);
   let outcome;
+  const epochGate = remoteGate(job, data, processor, progress.send);
   try {
     outcome = await runStage(stage, grant.gpus, {
+      ...(epochGate ? { epochGate } : {}),
       cache,
       downloadCacheDir: config.downloadCacheDir,
       flavour: data.backend,
@@ -141,6 +187,11 @@ async function processStageJob(job: Job, signal: AbortSignal | undefined, proces
     log(`${stage.name} failed after ${formatDuration(Date.now() - started)}: ${outcome.error}`);
     if (cancelled) throw new UnrecoverableError(outcome.error ?? cancelled);
     throw new StageError(outcome.error ?? 'failed');
+  }
+  if (outcome.status === 'pruned' && outcome.pruned) {
+    // Its dependents stay held: the submitter removes their jobs and reports the trial pruned.
+    log(`${stage.name} pruned after epoch ${outcome.pruned.epoch} of ${outcome.pruned.of} (${formatDuration(outcome.durationMs)})`);
+    return { status: 'pruned', pruned: outcome.pruned, durationMs: outcome.durationMs, summary: outcome.summary, worker: name };
   }
   await releaseDependents(processor.edges, data.releases);
   log(`${stage.name} ${outcome.status === 'cached' ? 'was in the cache already' : 'ran'} (${formatDuration(outcome.durationMs)})`);
@@ -181,9 +232,13 @@ function progressSender(job: Job): { send: (p: StageJobProgress) => void; forwar
   return { send, forward, sent: () => sent };
 }
 
-/** The entry is published: lets the stages that wait for it go. */
+/**
+ * The entry is published: lets the stages that wait for it go. Last first: BullMQ puts a released
+ * stage at the head of the waiting jobs, so the first in plan order (a sweep's t1 before t2) is
+ * the next taken, and a sweep's scheduler sees the trials in the order a local sweep does.
+ */
 async function releaseDependents(edges: Queue, releases: string[]): Promise<void> {
-  for (const id of releases) {
+  for (const id of [...releases].reverse()) {
     const edge = await Job.fromId(edges, id);
     if (!edge) continue;
     await edge.removeChildDependency();

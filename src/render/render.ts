@@ -67,6 +67,7 @@ const symbols: Record<StageStatus | 'queued' | 'running', string> = {
   cached: '↺',
   failed: '✖',
   skipped: '-',
+  pruned: '✂',
 };
 
 /** One stage's line in the live table. */
@@ -180,10 +181,11 @@ export function formatSummary(summary: RunSummary): string {
     ...summary.stages.map(
       (s) =>
         `${s.name.padEnd(width)}  ${s.status.padEnd(7)}  ${formatDuration(s.durationMs).padStart(9)}${where(s)}  ${cacheColumn(s).padStart(9)}  ${shortFingerprint(s.fingerprint)}` +
-        `${s.cacheLinkedBytes ? `  (${formatBytes(s.cacheLinkedBytes)} linked)` : ''}${s.error ? `  ${s.error}` : ''}`,
+        `${s.cacheLinkedBytes ? `  (${formatBytes(s.cacheLinkedBytes)} linked)` : ''}${s.pruned ? `  stopped after epoch ${s.pruned.epoch} of ${s.pruned.of}` : ''}${s.error ? `  ${s.error}` : ''}`,
     ),
   ];
-  const counts = (['ran', 'cached', 'failed', 'skipped'] as const).map((st) => `${summary.stages.filter((s) => s.status === st).length} ${st}`);
+  const statuses = summary.stages.some((s) => s.status === 'pruned') ? (['ran', 'cached', 'pruned', 'failed', 'skipped'] as const) : (['ran', 'cached', 'failed', 'skipped'] as const);
+  const counts = statuses.map((st) => `${summary.stages.filter((s) => s.status === st).length} ${st}`);
   const verdict = summary.interrupted ? `INTERRUPTED by ${summary.interrupted}` : summary.status === 'succeeded' ? 'succeeded' : 'FAILED';
   lines.push(
     `${verdict} in ${formatDuration(summary.durationMs)}: ${counts.join(', ')}` +

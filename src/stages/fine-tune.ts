@@ -26,9 +26,11 @@ import type { Tensor, Tensor4D, Variable } from '@tensorflow/tfjs-node';
 import { loadFeatureBase, readFeatures } from '../ml/features.ts';
 import { HeadVariables, headParamCount, readHead, writeHead } from '../ml/head.ts';
 import { buildTop, saveLayersModel } from '../ml/mobilenet.ts';
-import { loadTf } from '../ml/tf.ts';
+import { loadTf, type Tf } from '../ml/tf.ts';
+import { readCheckpoint, restoreCheckpoint, writeCheckpoint, type Checkpoint } from '../ml/checkpoint.ts';
 import {
   type History,
+  type KerasOptimizer,
   type Task,
   deriveSeed,
   epochLine,
@@ -72,6 +74,8 @@ export interface FineTuneMeta {
   /** Epochs of the head phase (the recipe's initial_epochs): where fine-tuning starts on the curves. */
   headEpochs: number;
   final: { loss: number; accuracy: number; val_loss: number; val_accuracy: number };
+  /** Set when a sweep's scheduler stopped the training early: after `epoch` of `of` epochs. */
+  pruned?: { epoch: number; of: number };
   params: FineTuneParams;
 }
 
@@ -182,9 +186,14 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
       `fit(epochs=${range.epochs}, initial_epoch=${range.initialEpoch}): ${epochCount} epochs` +
         (params.keras_initial_epoch_quirk ? ' (the recipe continues at history.epoch[-1], one epoch more than fine_tune_epochs)' : ''),
     );
+    const trainVars = [...baseVars, ...head.vars];
+    const checkpoint = await resumeFrom(ctx, tf, trainVars, optimizer, epochCount);
+    let trainedEpochs = 0;
     const history: History = await fit(tf, {
       task,
-      vars: [...baseVars, ...head.vars],
+      vars: trainVars,
+      resume: checkpoint?.fit,
+      onCheckpoint: ctx.checkpoints.write ? (state) => writeCheckpoint(ctx.checkpoints.dir, CHECKPOINT_OWNER, trainVars, optimizer, state) : undefined,
       optimizer,
       labels: trainSet.labels,
       epochs: range.epochs,
@@ -201,6 +210,7 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
           current = { view, tensor: tf.tensor4d(features.data, [trainSet.count, h, w, c]) };
         }
         epochStarted = performance.now();
+        trainedEpochs++;
       },
       inputs: (_epoch, indices) => gather(current!.tensor, indices),
       forward,
@@ -214,10 +224,14 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
         for (const key of ['loss', 'accuracy', 'val_loss', 'val_accuracy'] as const) ctx.metric(key, record[key], record.epoch);
         ctx.log(epochLine(record, range.epochs));
       },
+      shouldStop: (epochsRun, of) => ctx.epochEnd(epochsRun, of),
     });
+    const epochsRun = history.epoch.length;
+    const pruned = epochsRun < epochCount ? { epoch: epochsRun, of: epochCount } : undefined;
+    if (pruned) ctx.log(`pruned: stopped by the sweep's scheduler after epoch ${pruned.epoch} of ${pruned.of}`);
 
-    const imagesPerSecond = trainMs > 0 ? (epochCount * trainSet.count) / (trainMs / 1000) : 0;
-    ctx.log(`trained on ${epochCount * trainSet.count} images at ${imagesPerSecond.toFixed(1)} images/s (training steps only)`);
+    const imagesPerSecond = trainMs > 0 ? (trainedEpochs * trainSet.count) / (trainMs / 1000) : 0;
+    ctx.log(`trained on ${trainedEpochs * trainSet.count} images at ${imagesPerSecond.toFixed(1)} images/s (training steps only)`);
     ctx.metric('fine_tune_images_per_second', imagesPerSecond);
 
     await saveLayersModel(base, path.join(ctx.outDir, 'base'));
@@ -243,6 +257,7 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
         val_loss: history.val_loss[last]!,
         val_accuracy: history.val_accuracy[last]!,
       },
+      ...(pruned ? { pruned } : {}),
       params,
     };
     await fs.writeFile(path.join(ctx.outDir, 'meta.json'), JSON.stringify(result, null, 1) + '\n');
@@ -250,7 +265,8 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
     ctx.summary({
       fine_tune_at: params.fine_tune_at,
       trainable_params: baseParams + headParams,
-      epochs_run: epochCount,
+      epochs_run: epochsRun,
+      ...(pruned ? { pruned_after_epoch: pruned.epoch } : {}),
       val_accuracy: round(result.final.val_accuracy),
       val_loss: round(result.final.val_loss),
     });
@@ -261,6 +277,22 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
     validation?.dispose();
     base.dispose();
   }
+}
+
+const CHECKPOINT_OWNER = 'fine-tune/1';
+
+/**
+ * The newest checkpoint of this stage, restored into the variables and the optimizer: training
+ * goes on from there (bit-identical to a straight run). Undefined when there is none.
+ */
+async function resumeFrom(ctx: StageContext<FineTuneParams>, tf: Tf, vars: Variable[], optimizer: KerasOptimizer, epochCount: number): Promise<Checkpoint | undefined> {
+  const checkpoint = await readCheckpoint(ctx.checkpoints.dir, CHECKPOINT_OWNER);
+  if (!checkpoint) return undefined;
+  restoreCheckpoint(tf, checkpoint, vars, optimizer);
+  const done = checkpoint.fit.history.epoch.length;
+  ctx.log(`resuming from the checkpoint after epoch ${done} of ${epochCount} (weights, optimizer slots, shuffle and dropout streams)`);
+  ctx.summary({ resumed_from_epoch: done });
+  return checkpoint;
 }
 
 function fmt(n: number): string {

@@ -19,6 +19,7 @@ import type { Tensor } from '@tensorflow/tfjs-node';
 import { readFeatures, readFeaturesMeta } from '../ml/features.ts';
 import { HeadVariables, headParamCount, initHead, writeHead } from '../ml/head.ts';
 import { loadTf } from '../ml/tf.ts';
+import { readCheckpoint, restoreCheckpoint, writeCheckpoint } from '../ml/checkpoint.ts';
 import {
   deriveSeed,
   epochLine,
@@ -43,6 +44,8 @@ export interface TrainHeadMeta {
   trainableParams: number;
   initial: { val_loss: number; val_accuracy: number };
   final: { loss: number; accuracy: number; val_loss: number; val_accuracy: number };
+  /** Set when a sweep's scheduler stopped the training early: after `epoch` of `of` epochs. */
+  pruned?: { epoch: number; of: number };
   params: TrainHeadParams;
 }
 
@@ -126,9 +129,18 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
     ctx.metric('initial_val_accuracy', initial.accuracy);
     ctx.log(`initial loss: ${initial.loss.toFixed(2)}, initial accuracy: ${initial.accuracy.toFixed(2)}`);
 
+    const checkpoint = await readCheckpoint(ctx.checkpoints.dir, CHECKPOINT_OWNER);
+    if (checkpoint) {
+      // After the untrained head's figures, which the checkpoint's run reported too.
+      restoreCheckpoint(tf, checkpoint, head.vars, optimizer);
+      ctx.log(`resuming from the checkpoint after epoch ${checkpoint.fit.history.epoch.length} of ${params.epochs} (weights, optimizer slots, shuffle and dropout streams)`);
+      ctx.summary({ resumed_from_epoch: checkpoint.fit.history.epoch.length });
+    }
     const history = await fit(tf, {
       task,
       vars: head.vars,
+      resume: checkpoint?.fit,
+      onCheckpoint: ctx.checkpoints.write ? (state) => writeCheckpoint(ctx.checkpoints.dir, CHECKPOINT_OWNER, head.vars, optimizer, state) : undefined,
       optimizer,
       labels: trainSet.labels,
       epochs: params.epochs,
@@ -142,7 +154,10 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
         for (const key of ['loss', 'accuracy', 'val_loss', 'val_accuracy'] as const) ctx.metric(key, record[key], record.epoch);
         ctx.log(epochLine(record, params.epochs));
       },
+      shouldStop: (epochsRun, of) => ctx.epochEnd(epochsRun, of),
     });
+    const epochsRun = history.epoch.length;
+    if (epochsRun < params.epochs) ctx.log(`pruned: stopped by the sweep's scheduler after epoch ${epochsRun} of ${params.epochs}`);
 
     await writeHead(ctx.outDir, head.weights());
     await fs.writeFile(path.join(ctx.outDir, 'history.json'), JSON.stringify(history, null, 1) + '\n');
@@ -151,7 +166,7 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
       format: 'pipe-train-head/1',
       classNames: meta.classNames,
       task,
-      epochs: params.epochs,
+      epochs: epochsRun,
       lastEpoch: history.epoch[last]!,
       trainableParams: trainable,
       initial: { val_loss: initial.loss, val_accuracy: initial.accuracy },
@@ -161,6 +176,7 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
         val_loss: history.val_loss[last]!,
         val_accuracy: history.val_accuracy[last]!,
       },
+      ...(epochsRun < params.epochs ? { pruned: { epoch: epochsRun, of: params.epochs } } : {}),
       params,
     };
     await fs.writeFile(path.join(ctx.outDir, 'meta.json'), JSON.stringify(result, null, 1) + '\n');
@@ -170,6 +186,7 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
       initial_val_accuracy: round(initial.accuracy),
       val_accuracy: round(result.final.val_accuracy),
       val_loss: round(result.final.val_loss),
+      ...(result.pruned ? { pruned_after_epoch: result.pruned.epoch } : {}),
     });
   } finally {
     optimizer.dispose();
@@ -177,6 +194,8 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
     tf.dispose([trainAll, validation]);
   }
 }
+
+const CHECKPOINT_OWNER = 'train-head/1';
 
 function round(value: number): number {
   return Math.round(value * 10000) / 10000;

@@ -6,6 +6,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { lineChart, type Series } from '../ml/chart.ts';
+import { rungEpochs } from '../plan/scheduler.ts';
 import type { PipelineFile } from '../pipeline/pipeline.ts';
 import type { Trial } from '../plan/sweep.ts';
 import { authFromEnv, MLflowClient, type KeyValue } from './mlflow-client.ts';
@@ -15,9 +16,24 @@ export interface TrialRow {
   id: string;
   label: string;
   values: Record<string, unknown>;
-  status: 'succeeded' | 'failed';
+  /** pruned: stopped early by the sweep's scheduler. */
+  status: 'succeeded' | 'failed' | 'pruned';
   error?: string;
+  /** Where a pruned trial stopped: its learning stage ran `epoch` of `of` epochs. */
+  pruned?: { stage: string; epoch: number; of: number };
   metrics: Record<string, number>;
+  /** Under a scheduler: the watched metric after each epoch of the watched stage (epoch 1 first). */
+  curve?: number[];
+}
+
+/** What the parent run records of a sweep's search: its space and its early stopping. */
+export interface SearchSettings {
+  /** Sampled dimensions as written, e.g. {lr: 'loguniform(1e-06, 0.0001)'}. */
+  space: Record<string, string>;
+  samples?: number;
+  seed?: number;
+  /** The scheduler's settings under Ray Tune's names (type, metric, mode, stage, grace_period, …). */
+  scheduler?: Record<string, unknown>;
 }
 
 export interface SweepParent {
@@ -34,6 +50,7 @@ export async function startSweepParent(options: {
   objective: string;
   direction: 'maximize' | 'minimize';
   sweepDir: string;
+  search?: SearchSettings;
 }): Promise<SweepParent> {
   const target = await resolveTracking({ projectDir: options.projectDir, trackingUri: options.pipeline.tracking.uri });
   const client = new MLflowClient({ uri: target.uri, auth: authFromEnv() });
@@ -54,6 +71,7 @@ export async function startSweepParent(options: {
     { key: 'sweep.direction', value: options.direction },
     { key: 'sweep.trials', value: String(options.trials.length) },
     ...swept.map((name) => ({ key: `sweep.${name}`, value: JSON.stringify([...new Set(options.trials.map((t) => JSON.stringify(t.values[name])))].map((v) => JSON.parse(v))) })),
+    ...searchParams(options.search),
   ];
   await client.logBatch(runId, { params });
 
@@ -69,6 +87,7 @@ export async function startSweepParent(options: {
         '',
         `${rows.length} trials over ${swept.join(', ')}; objective **${options.objective}** (${options.direction}).`,
         ...(compare ? ['', `[Compare the trials](${compare}) (parallel coordinates: the swept params and ${options.objective}).`] : []),
+        ...earlyStoppingNote(rows, options.search?.scheduler),
         best ? `Best: **${best.id}** (${best.label}) with ${options.objective} = ${best.metrics[options.objective]?.toFixed(4)}.` : 'No trial succeeded.',
         '',
         '```',
@@ -90,10 +109,66 @@ export async function startSweepParent(options: {
         await fs.writeFile(path.join(options.sweepDir, 'objective.png'), chart);
         await client.uploadArtifact(artifactUri, 'objective.png', chart);
       }
-      const status = interrupted ? 'KILLED' : rows.every((r) => r.status === 'succeeded') ? 'FINISHED' : 'FAILED';
+      const curves = options.search?.scheduler ? await schedulerCurvesChart(rows, options.search.scheduler) : undefined;
+      if (curves) {
+        await fs.writeFile(path.join(options.sweepDir, 'curves.png'), curves);
+        await client.uploadArtifact(artifactUri, 'curves.png', curves);
+      }
+      const status = interrupted ? 'KILLED' : rows.every((r) => r.status !== 'failed') ? 'FINISHED' : 'FAILED';
       await client.updateRun(runId, { status, endTime: Date.now() });
     },
   };
+}
+
+/** A line on early stopping for the parent run's note: the rule, and how many trials it stopped. */
+function earlyStoppingNote(rows: TrialRow[], scheduler: Record<string, unknown> | undefined): string[] {
+  if (!scheduler) return [];
+  const pruned = rows.filter((r) => r.pruned);
+  const settings = Object.entries(scheduler).filter(([k]) => !['type', 'metric', 'mode', 'stage'].includes(k)).map(([k, v]) => `${k} ${String(v)}`).join(', ');
+  return [
+    '',
+    `Early stopping: **${String(scheduler['type'])}** on ${String(scheduler['metric'])} (${String(scheduler['mode'])}) after each epoch of ${String(scheduler['stage'])} (${settings}); ` +
+      `${pruned.length} of ${rows.length} trials stopped early (${pruned.map((r) => `${r.id} @${r.pruned?.epoch}`).join(', ') || 'none'}). The curves: \`curves.png\`.`,
+    '',
+  ];
+}
+
+/** The search space and the scheduler's settings as params: `sweep.space.<name>`, `sweep.scheduler.<setting>`. */
+function searchParams(search: SearchSettings | undefined): KeyValue[] {
+  if (!search) return [];
+  return [
+    ...Object.entries(search.space).map(([name, dist]) => ({ key: `sweep.space.${name}`, value: dist })),
+    ...(search.samples !== undefined ? [{ key: 'sweep.samples', value: String(search.samples) }] : []),
+    ...(search.seed !== undefined && Object.keys(search.space).length > 0 ? [{ key: 'sweep.seed', value: String(search.seed) }] : []),
+    ...Object.entries(search.scheduler ?? {}).map(([key, value]) => ({ key: `sweep.scheduler.${key}`, value: String(value) })),
+  ];
+}
+
+/**
+ * Every trial's curve of the scheduler's metric over the watched stage's epochs, a cross where a
+ * trial was stopped, and (asha) a dashed line at each rung: where the search spent its epochs.
+ */
+export async function schedulerCurvesChart(rows: TrialRow[], scheduler: Record<string, unknown>): Promise<Buffer | undefined> {
+  const series: Series[] = rows
+    .filter((r) => (r.curve?.length ?? 0) > 0)
+    .map((r) => ({
+      name: `${r.id}${r.pruned ? ` (stopped @${r.pruned.epoch})` : ''}`,
+      points: (r.curve ?? []).map((y, i) => ({ x: i + 1, y })),
+      ...(r.pruned ? { stoppedAt: true } : {}),
+    }));
+  if (series.length === 0) return undefined;
+  let metric = String(scheduler['metric']);
+  // A diverging trial's loss (1e6 beside 0.5) would flatten every other curve: log scale then.
+  const values = series.flatMap((s) => s.points.map((p) => p.y)).filter((y) => Number.isFinite(y) && y > 0);
+  if (values.length > 0 && Math.max(...values) / Math.min(...values) > 100) {
+    for (const s of series) s.points = s.points.map((p) => ({ x: p.x, y: p.y > 0 ? Math.log10(p.y) : Number.NaN }));
+    metric = `log10(${metric})`;
+  }
+  const epochs = Math.max(...series.map((s) => s.points.length));
+  const rungs = scheduler['type'] === 'asha'
+    ? rungEpochs(Number(scheduler['grace_period']), Number(scheduler['reduction_factor']), Number(scheduler['max_t'] ?? epochs)).map((x) => ({ x, label: `rung ${x}` }))
+    : [{ x: Number(scheduler['grace_period']), label: 'grace period' }];
+  return lineChart(series, { title: `${metric} per epoch of ${String(scheduler['stage'])} (${String(scheduler['type'])})`, x: 'epoch (of the stage)', y: metric }, { verticals: rungs });
 }
 
 /**

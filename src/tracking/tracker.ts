@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { hostname, userInfo } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import type { PlannedStageInfo, RunEndEvent, RunEvent, RunListener, RunStartEvent, StageEndEvent, StageStatus } from '../core/events.ts';
+import type { PlannedStageInfo, RunEndEvent, RunEvent, RunListener, RunStartEvent, RunSummary, StageEndEvent, StageStatus } from '../core/events.ts';
 import type { MetricPoint } from '../core/stage-kind.ts';
 import { unreachable } from '../core/errors.ts';
 import { Journal, JOURNAL_FILE, lockJournal, replayJournal, ReplaySession, unlockJournal, type JournalOp, type TrackingRef } from './journal.ts';
@@ -475,8 +475,11 @@ class MLflowTracker implements Tracker {
   }
 
   private recordRunEnd(run: RunState, e: RunEndEvent): void {
+    // A trial stopped early by the sweep's scheduler is FINISHED, as Ray Tune's and Optuna's MLflow
+    // callbacks end an early-stopped trial: the search decided it, nothing went wrong (KILLED is what
+    // a Ctrl-C leaves). The tags say where it stopped; its curves end there.
     const status = e.summary.interrupted ? 'KILLED' : e.summary.status === 'succeeded' ? 'FINISHED' : 'FAILED';
-    this.append(run, { kind: 'log-batch', tags: [{ key: 'mlflow.note.content', value: truncate(renderRunNote(run.start, e), MAX_TAG_VALUE) }] });
+    this.append(run, { kind: 'log-batch', tags: [{ key: 'mlflow.note.content', value: truncate(renderRunNote(run.start, e), MAX_TAG_VALUE) }, ...prunedTags(e.summary)] });
     this.queueRunLog(run);
     this.append(run, { kind: 'update-run', status, endTime: e.endedAt });
     run.record = { ...run.record, ended: status };
@@ -576,7 +579,8 @@ export function renderRunNote(start: RunStartEvent, end: RunEndEvent): string {
   const s = end.summary;
   const lines: string[] = [];
   const ok = s.status === 'succeeded';
-  lines.push(`### ${start.pipelineName} — ${ok ? 'succeeded' : '**failed**'} in ${formatDuration(s.durationMs)}`);
+  const verdict = !ok ? '**failed**' : s.pruned && !s.interrupted ? `stopped early by the sweep's scheduler (\`${s.pruned.stage}\` after epoch ${s.pruned.epoch} of ${s.pruned.of})` : 'succeeded';
+  lines.push(`### ${start.pipelineName} — ${verdict} in ${formatDuration(s.durationMs)}`);
   lines.push('');
   lines.push(`Run \`${start.runId}\` of \`${start.pipelineFile}\`, backend \`${start.backend}\`, pipeline hash \`${start.pipelineHash.slice(0, 12)}\`.`);
   lines.push('');
@@ -664,6 +668,18 @@ function cell(text: string): string {
   return text.replace(/\|/g, '\\|').replace(/\r?\n/g, ' ');
 }
 
+/** A pruned sweep trial's tags: pipe.trial_status, pipe.pruned_at_epoch (epochs the stage ran), pipe.pruned_stage. */
+function prunedTags(summary: RunSummary): KeyValue[] {
+  const pruned = summary.pruned;
+  if (!pruned || summary.interrupted) return [];
+  return [
+    { key: 'pipe.trial_status', value: 'pruned' },
+    { key: 'pipe.pruned_at_epoch', value: String(pruned.epoch) },
+    { key: 'pipe.pruned_stage', value: pruned.stage },
+    { key: 'pipe.pruned_of_epochs', value: String(pruned.of) },
+  ];
+}
+
 function statusCell(status: StageStatus): string {
   switch (status) {
     case 'ran':
@@ -674,6 +690,8 @@ function statusCell(status: StageStatus): string {
       return '**failed**';
     case 'skipped':
       return 'skipped';
+    case 'pruned':
+      return 'pruned';
     default: {
       const never: never = status;
       return never;

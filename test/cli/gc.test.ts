@@ -184,4 +184,21 @@ test('split links the fetched pixels: counted once, and the split entry outlives
   assert.not.match(rerun.stderr, /damaged/);
 });
 
+test('gc keeps a kept stage’s pruned results and training checkpoints, and removes the others', async () => {
+  const dir = project({ 'p.yaml': text });
+  assert.is((await pipe(dir, ['run', 'p.yaml'])).exitCode, 0);
+  const status = JSON.parse((await pipe(dir, ['status', 'p.yaml', '--json'])).stdout) as { stages: Array<{ name: string; fingerprint: string }> };
+  const one = status.stages.find((s) => s.name === 'one')?.fingerprint ?? '';
+  assert.is(one.length, 64);
+  const cache = path.join(dir, 'runs', 'cache');
+  const made = [`entries/${one}.pruned-2/out`, `entries/${fp('9')}.pruned-1/out`, `checkpoints/${one}/epoch-2`, `checkpoints/${fp('8')}/epoch-1`];
+  for (const d of made) mkdirSync(path.join(cache, d), { recursive: true });
+  writeFileSync(path.join(cache, 'checkpoints', fp('8'), 'epoch-1', 'tensors.bin'), Buffer.alloc(1000));
+  const gc = await pipe(dir, ['gc', 'p.yaml']);
+  assert.is(gc.exitCode, 0, gc.stderr);
+  assert.match(gc.stdout, new RegExp(`^removed checkpoints of ${fp('8').slice(0, 10)}  1000 B$`, 'm'));
+  for (const kept of [`entries/${one}`, `entries/${one}.pruned-2`, `checkpoints/${one}/epoch-2`]) assert.ok(existsSync(path.join(cache, kept)), `${kept} was removed`);
+  for (const gone of [`entries/${fp('9')}.pruned-1`, `checkpoints/${fp('8')}`]) assert.not.ok(existsSync(path.join(cache, gone)), `${gone} is still there`);
+});
+
 test.run();

@@ -36,7 +36,7 @@ export async function runKind<P>(
   kind: StageKind<P>,
   given: Partial<P>,
   inputs: Record<string, string> = {},
-  options: { outDir?: string; downloadCacheDir?: string; quiet?: boolean } = {},
+  options: { outDir?: string; downloadCacheDir?: string; quiet?: boolean; stopAfterEpoch?: number; checkpointDir?: string } = {},
 ): Promise<KindRun> {
   const params = withDefaults(kind, given);
   const outDir = options.outDir ?? tempDir('pipe-out-');
@@ -59,6 +59,10 @@ export async function runKind<P>(
     metric: (key, value, step = 0) => run.metrics.push({ key, value, step, timestamp: Date.now() }),
     artifact: (relPath) => run.artifacts.push(relPath),
     summary: (facts) => Object.assign(run.summary, facts),
+    // As a scheduler that stops the trial after `stopAfterEpoch` epochs.
+    epochEnd: (epoch, of) => Promise.resolve(options.stopAfterEpoch !== undefined && epoch >= options.stopAfterEpoch && epoch < of),
+    // Checkpoints written only when asked for (as under a scheduler); none read otherwise.
+    checkpoints: { dir: options.checkpointDir ?? path.join(tmpDir, 'no-checkpoints'), write: options.checkpointDir !== undefined },
   };
   try {
     await kind.run(ctx);

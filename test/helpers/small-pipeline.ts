@@ -39,3 +39,16 @@ stages:
     kind: evaluate
     needs: {model: fine-tune, data: split, features: activations, head: head}
 `;
+
+/**
+ * The small pipeline as a sweep with early stopping: fine-tune for 3 epochs at two learning rates;
+ * lr 30 makes RMSprop diverge at once, so ASHA (on val_loss, rungs at 1 and 2 epochs) stops that
+ * trial after its first epoch, whatever the random weights.
+ */
+export const smallEarlyStoppingSweep = `${smallPipeline
+  .replace('  fine_tune_at: 100\n', '  fine_tune_at: 100\n  lr: 0.0001\n')
+  .replace('with: {fine_tune_at: "\${params.fine_tune_at}", epochs: 1, learning_rate: 0.0001}', 'with: {fine_tune_at: "\${params.fine_tune_at}", epochs: 3, learning_rate: "\${params.lr}", keras_initial_epoch_quirk: false}')}sweep:
+  grid:
+    lr: [0.0001, 30]
+  scheduler: {type: asha, metric: val_loss, grace_period: 1, reduction_factor: 2}
+`;
