@@ -7,7 +7,7 @@
 //
 //   npx tsx scripts/mlflow-showcase.ts [--out /tmp/shots] [--photos 40]
 //
-// Needs: Debian's chromium (or CHROMIUM=path), playwright-core.
+// Needs: Debian's chromium (or CHROMIUM=path), playwright-core (scripts/mlflow-browser.ts).
 
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -15,8 +15,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { chromium, type Page } from 'playwright-core';
 import { MLflowClient } from '../src/tracking/mlflow-client.ts';
+import { open, shot, tab, withBrowserPage } from './mlflow-browser.ts';
 import { freePort, killGroup, spawnMlflowServer, waitForHealth } from '../src/tracking/server.ts';
 import { smallPipeline } from '../test/helpers/small-pipeline.ts';
 
@@ -77,15 +77,7 @@ async function main(): Promise<void> {
 }
 
 async function screenshots(outDir: string, urls: { run: string; runName: string; model: string; version: string; compare: string }): Promise<void> {
-  const userDataDir = mkdtempSync(join(tmpdir(), 'pipe-chromium-'));
-  const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: process.env['CHROMIUM'] ?? '/usr/bin/chromium',
-    headless: true,
-    viewport: { width: 1600, height: 1100 },
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-  try {
-    const page = context.pages()[0] ?? (await context.newPage());
+  await withBrowserPage(async (page) => {
     await page.goto(urls.run, { waitUntil: 'domcontentloaded', timeout: 120_000 });
     await page.getByText(urls.runName, { exact: true }).first().waitFor({ timeout: 120_000 });
     await page.getByRole('button', { name: 'Close', exact: true }).first().click({ timeout: 5000 }).catch(() => undefined);
@@ -109,29 +101,7 @@ async function screenshots(outDir: string, urls: { run: string; runName: string;
       await open(page, urls.compare, 'Parallel Coordinates Plot');
       await shot(page, outDir, 'sweep-compare', ['fine_tune_at', 'val_accuracy']);
     }
-  } finally {
-    await context.close();
-    rmSync(userDataDir, { recursive: true, force: true });
-  }
-}
-
-async function open(page: Page, url: string, waitFor: string): Promise<void> {
-  await page.goto(url, { waitUntil: 'domcontentloaded', timeout: 120_000 });
-  await page.getByText(waitFor).first().waitFor({ timeout: 60_000 }).catch(() => console.log(`(no "${waitFor}" on ${url})`));
-  await page.waitForTimeout(4000);
-}
-
-async function tab(page: Page, name: string): Promise<void> {
-  await page.getByRole('tab', { name }).click({ timeout: 30_000 }).catch(() => page.getByText(name, { exact: true }).first().click());
-  await page.waitForSelector('.js-plotly-plot', { timeout: 30_000 }).catch(() => undefined);
-  await page.waitForTimeout(5000);
-}
-
-async function shot(page: Page, outDir: string, name: string, expected: string[]): Promise<void> {
-  const file = join(outDir, `${name}.png`);
-  await page.screenshot({ path: file, fullPage: true });
-  const text = await page.evaluate(() => document.body.innerText);
-  console.log(`${file}: ${expected.map((w) => `${w} ${text.includes(w) ? 'yes' : 'NO'}`).join(', ')}`);
+  });
 }
 
 main().then(

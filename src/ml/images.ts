@@ -10,6 +10,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { Tf } from './tf.ts';
 import { InputError } from '../core/errors.ts';
+import { entryKind } from '../util/files.ts';
 
 /** The extensions Keras accepts (compared case-insensitively). */
 export const IMAGE_EXTENSIONS = ['.bmp', '.gif', '.jpeg', '.jpg', '.png'] as const;
@@ -21,17 +22,22 @@ export function isImageFile(name: string): boolean {
 /**
  * Image files under `dir`, recursively, as sorted paths relative to `dir` with `/` separators (the
  * order Keras lists them in: it sorts the `os.walk` results of each class folder). Hidden files and
- * folders are skipped.
+ * folders are skipped; symbolic links count as what they point to.
  */
 export async function listImageFiles(dir: string): Promise<string[]> {
   const found: string[] = [];
+  const visited = new Set<string>(); // real paths: a link to a folder above does not loop
   async function walk(relative: string): Promise<void> {
+    const real = await fs.realpath(path.join(dir, relative));
+    if (visited.has(real)) return;
+    visited.add(real);
     const entries = await fs.readdir(path.join(dir, relative), { withFileTypes: true });
     for (const entry of entries) {
       if (entry.name.startsWith('.')) continue;
       const rel = relative ? `${relative}/${entry.name}` : entry.name;
-      if (entry.isDirectory()) await walk(rel);
-      else if (entry.isFile() && isImageFile(entry.name)) found.push(rel);
+      const kind = await entryKind(path.join(dir, relative), entry);
+      if (kind === 'dir') await walk(rel);
+      else if (kind === 'file' && isImageFile(entry.name)) found.push(rel);
     }
   }
   await walk('');

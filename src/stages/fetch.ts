@@ -25,6 +25,7 @@ import { imageGrid } from '../ml/plots.ts';
 import { loadTf } from '../ml/tf.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import { extractZip } from '../util/zip.ts';
+import { entryKind } from '../util/files.ts';
 import { InputError, messageOf, UnavailableError } from '../core/errors.ts';
 
 export const DEFAULT_SOURCE = 'https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip';
@@ -278,16 +279,16 @@ async function isZipFile(file: string): Promise<boolean> {
 }
 
 async function subfolders(dir: string): Promise<string[]> {
-  const entries = await fs.readdir(dir, { withFileTypes: true });
-  return entries
-    .filter((e) => e.isDirectory() && !e.name.startsWith('.') && !IGNORED_FOLDERS.has(e.name))
-    .map((e) => e.name)
-    .sort(comparePaths);
+  const entries = (await fs.readdir(dir, { withFileTypes: true })).filter((e) => !e.name.startsWith('.') && !IGNORED_FOLDERS.has(e.name));
+  const kinds = await Promise.all(entries.map((e) => entryKind(dir, e)));
+  return entries.filter((_, i) => kinds[i] === 'dir').map((e) => e.name).sort(comparePaths);
 }
 
 async function hasFiles(dir: string): Promise<boolean> {
-  const entries = await fs.readdir(dir, { withFileTypes: true });
-  return entries.some((e) => e.isFile() && !e.name.startsWith('.'));
+  for (const entry of await fs.readdir(dir, { withFileTypes: true })) {
+    if (!entry.name.startsWith('.') && (await entryKind(dir, entry)) === 'file') return true;
+  }
+  return false;
 }
 
 /** Finds the data root and its layout. */

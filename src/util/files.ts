@@ -21,3 +21,15 @@ export function processAlive(pid: number): boolean {
     return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
+
+/**
+ * What a directory entry is, a symbolic link counted as what it points to (data folders are often
+ * links into a dataset store, as DVC makes them); a dangling link is 'other'.
+ */
+export async function entryKind(dir: string, entry: import('node:fs').Dirent): Promise<'file' | 'dir' | 'other'> {
+  if (entry.isFile()) return 'file';
+  if (entry.isDirectory()) return 'dir';
+  if (!entry.isSymbolicLink()) return 'other';
+  const stat = await fs.stat(`${dir}/${entry.name}`).catch(() => undefined);
+  return stat?.isFile() ? 'file' : stat?.isDirectory() ? 'dir' : 'other';
+}

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as path from 'node:path';
@@ -134,6 +134,21 @@ test('class folders at the root of a local zip become the image set `all`', asyn
   assert.equal(all.files[2], 'b/b.0.png');
   assert.not.ok(existsSync(path.join(run.outDir, 'train.json')));
   assert.equal(fetchKind.inputPaths?.(withDefaults(fetchKind, { source: zipFile })), [zipFile]);
+});
+
+test('symbolic links count as what they point to: linked photos, a linked class folder; a loop is walked once', async () => {
+  const store = tempDir();
+  await writeImageFolder(store, { classes: { a: 2, b: 2 }, format: 'png' });
+  const source = tempDir();
+  mkdirSync(path.join(source, 'a'));
+  for (const name of readdirSync(path.join(store, 'a'))) symlinkSync(path.join(store, 'a', name), path.join(source, 'a', name));
+  symlinkSync(path.join(store, 'b'), path.join(source, 'b'));
+  symlinkSync(path.join(source, 'a'), path.join(source, 'a', 'loop')); // a cycle
+  const linked = await readImageSet((await runKind(fetchKind, { source, image_size: [8, 8] })).outDir, 'all');
+  const direct = await readImageSet((await runKind(fetchKind, { source: store, image_size: [8, 8] })).outDir, 'all');
+  assert.equal(linked.files, direct.files);
+  assert.equal(linked.labels, direct.labels);
+  assert.ok(Buffer.from(linked.pixels).equals(Buffer.from(direct.pixels)));
 });
 
 test('`subsets` picks subset folders', async () => {
