@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { execa } from 'execa';
 import { loadKind } from '../stages/index.ts';
 import { hashPath } from '../util/hash.ts';
-import type { Flavour, StageContext } from '../core/stage-kind.ts';
+import type { Flavour, Shard, StageContext } from '../core/stage-kind.ts';
 import { isPipeError, StageError, UnavailableError } from '../core/errors.ts';
 
 export interface StageSpec {
@@ -29,6 +29,10 @@ export interface StageSpec {
   env: Record<string, string>;
   outs: string[];
   metrics: string[];
+  /** A shard job of a sharded pass: compute this part (the kind's `shard.run`) into `outDir`. */
+  shard?: Shard;
+  /** The merge job of a sharded pass: the parts' directories, in shard order (the kind's `shard.merge`). */
+  parts?: string[];
 }
 
 export type ChildReport =
@@ -71,7 +75,13 @@ async function runKind(spec: StageSpec): Promise<void> {
     artifact: (relPath) => void send({ t: 'artifact', path: relPath }),
     summary: (facts) => void send({ t: 'summary', facts }),
   };
-  await kind.run(ctx);
+  if (spec.shard || spec.parts) {
+    if (!kind.shard) throw new UnavailableError(`this pipe's stage kind '${spec.kind}' cannot be sharded (a worker older than the submitter?)`);
+    if (spec.parts) await kind.shard.merge(ctx, spec.parts);
+    else await kind.shard.run(ctx, spec.shard!);
+  } else {
+    await kind.run(ctx);
+  }
   await send({ t: 'done' });
 }
 
