@@ -52,7 +52,10 @@ let images = '';
 test.before(async () => {
   redis = await startTestRedis();
   shared = mkdtempSync(path.join(os.tmpdir(), 'pipe-shared-cache-'));
-  workers = [startWorker('w1', redis.url, shared), startWorker('w2', redis.url, shared)];
+  // One-core workers whose TensorFlow runs one thread, where the local run uses every core: the
+  // bytes must not depend on that either.
+  const oneThread = { TF_NUM_INTRAOP_THREADS: '1', TF_NUM_INTEROP_THREADS: '1' };
+  workers = [startWorker('w1', redis.url, shared, oneThread), startWorker('w2', redis.url, shared, oneThread)];
   images = path.join(mkdtempSync(path.join(os.tmpdir(), 'pipe-images-')), 'images');
   await writeImageFolder(images, { classes: { cats: 8, dogs: 8 }, height: 64, width: 80 });
   await waitFor('both workers', () => workers.every((w) => /taking stage jobs/.test(w.output())));
