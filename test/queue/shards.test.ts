@@ -48,6 +48,8 @@ let redis: TestRedis | undefined;
 let workers: Worker[] = [];
 let shared = '';
 let images = '';
+/** The local run's entry of the features stage (the first test's), what every sharded run must equal. */
+let localFeatures = '';
 
 test.before(async () => {
   redis = await startTestRedis();
@@ -66,6 +68,12 @@ test.after(async () => {
   await redis?.stop();
 });
 
+async function assertSameFiles(mine: string, theirs: string): Promise<void> {
+  const files = await listFiles(mine);
+  assert.equal(await listFiles(theirs), files);
+  for (const file of files) assert.ok(readFileSync(path.join(mine, file)).equals(readFileSync(path.join(theirs, file))), `${file} differs`);
+}
+
 const fingerprintOf = (summary: Summary, name: string) => summary.stages.find((s) => s.name === name)!.fingerprint;
 
 test('extract-features in 3 shards on two workers: the same entry, byte for byte, as one local job', async () => {
@@ -83,11 +91,11 @@ test('extract-features in 3 shards on two workers: the same entry, byte for byte
   assert.equal(b.stages.map((s) => [s.name, s.status, s.fingerprint]), a.stages.map((s) => [s.name, 'ran', s.fingerprint]));
   const features = fingerprintOf(a, 'features');
   const mine = path.join(here, 'runs', 'cache', 'entries', features, 'out');
+  localFeatures = mine;
   const theirs = path.join(shared, 'entries', features, 'out');
   const files = await listFiles(mine);
   assert.ok(files.some((f) => f.startsWith('boundary-views')) && files.includes('features.json'), files.join(', '));
-  assert.equal(await listFiles(theirs), files);
-  for (const file of files) assert.ok(readFileSync(path.join(mine, file)).equals(readFileSync(path.join(theirs, file))), `${file} differs`);
+  await assertSameFiles(mine, theirs);
 
   // Both workers computed shards; the parts are gone once merged; nothing half-written is left.
   for (const w of workers) assert.match(w.output(), /features shard \d\/3 \w+ started/);
@@ -119,6 +127,34 @@ test('a shard that fails fails its stage: its error, dependents skipped, no entr
   assert.equal(readdirSync(path.join(shared, 'entries')).sort(), before);
   const tmp = path.join(shared, 'tmp');
   await waitFor('no staging directory left', () => !existsSync(tmp) || readdirSync(tmp).length === 0, 30_000);
+});
+
+test('a worker killed in the middle of a shard: another computes that shard; the entry is still the same bytes', async () => {
+  await stopWorkers(workers);
+  const cache = mkdtempSync(path.join(os.tmpdir(), 'pipe-shared-cache-'));
+  // Short job locks, so that the dead worker's shard is handed on in seconds.
+  const env = { TF_NUM_INTRAOP_THREADS: '1', TF_NUM_INTEROP_THREADS: '1', PIPE_QUEUE_LOCK_MS: '2000' };
+  workers = [startWorker('w3', redis!.url, cache, env), startWorker('w4', redis!.url, cache, env)];
+  await waitFor('both workers', () => workers.every((w) => /taking stage jobs/.test(w.output())));
+
+  const there = project({ 'shards.yaml': featuresPipeline('none') });
+  const submit = pipe(there, ['run', 'shards.yaml', '-p', `data=${images}`, '--queue', redis!.url, '--cache', cache, '--shards', '3', '--json']);
+  let victim: Worker | undefined;
+  await waitFor('a shard to start', () => (victim = workers.find((w) => /features shard \d\/3 \w+ started/.test(w.output()))) !== undefined, 120_000);
+  victim!.process.kill('SIGKILL');
+  const killed = /features (shard \d\/3) \w+ started/.exec(victim!.output())![1]!;
+  const survivor = workers.find((w) => w !== victim)!;
+
+  const remote = await submit;
+  assert.is(remote.exitCode, 0, `${remote.stderr}\n${workers.map((w) => w.output()).join('\n')}`);
+  const b = JSON.parse(remote.stdout) as Summary;
+  assert.match(survivor.output(), new RegExp(`features ${killed.replace('/', '\\/')} \\w+ started`));
+  await assertSameFiles(localFeatures, path.join(cache, 'entries', fingerprintOf(b, 'features'), 'out'));
+  assert.equal(readdirSync(path.join(cache, 'entries')).sort(), b.stages.map((s) => s.fingerprint).sort());
+  // What the dead worker was writing stays in tmp/ (the next run's stale sweep removes it), never in entries/.
+  const tmp = path.join(cache, 'tmp');
+  const left = existsSync(tmp) ? readdirSync(tmp) : [];
+  assert.ok(left.every((name) => name.includes(`.${victim!.process.pid}.`)), left.join(', '));
 });
 
 test.run();
