@@ -103,6 +103,10 @@ test('extract-features in 3 shards on two workers: the same entry, byte for byte
   assert.equal(readdirSync(path.join(shared, 'entries')).sort(), b.stages.map((s) => s.fingerprint).sort());
   assert.equal(existsSync(path.join(shared, 'tmp')) ? readdirSync(path.join(shared, 'tmp')) : [], []);
   assert.match(b.stages.find((s) => s.name === 'features')!.worker ?? '', /^w1\+w2$/);
+  // Progress is summed over the shards: every total shown is the pass's 24 rows (16 views, 4 + 4), and it ends at 24/24.
+  const totals = [...remote.stderr.matchAll(/features: \w+ (\d+)\/(\d+)/g)].map((m) => [Number(m[1]), Number(m[2])]);
+  assert.ok(totals.length > 0 && totals.every(([, total]) => total === 24), remote.stderr);
+  assert.equal(totals.at(-1), [24, 24], remote.stderr);
   // The run's log has every shard's lines, marked.
   const log = readFileSync(path.join(there, 'runs', 'shards', 'latest', 'log.txt'), 'utf8');
   for (const n of [1, 2, 3]) assert.match(log, new RegExp(`\\[shard ${n}/3\\] shard ${n} of 3: batches`));
