@@ -25,6 +25,7 @@ export interface CommandOptions {
   queue?: string;
   cache?: string;
   retries?: string;
+  shards?: string;
   cpus?: string;
   gpus?: string;
   name?: string;

@@ -296,7 +296,13 @@ async function closeTracker(tracker: Tracker | undefined, io: Io): Promise<void>
 async function chooseRunner(values: CommandOptions, paths: ProjectPaths, io: Io): Promise<Runner> {
   if (!values.queue) return localRunner;
   const { queueRunner } = await import('../queue/submit.ts');
-  return queueRunner({ url: values.queue, retries: values.retries !== undefined ? retriesOf(values.retries) : 1, projectDir: paths.projectDir, log: (line) => io.err(`${line}\n`) });
+  return queueRunner({
+    url: values.queue,
+    retries: values.retries !== undefined ? retriesOf(values.retries) : 1,
+    shards: values.shards !== undefined ? shardsOf(values.shards) : 1,
+    projectDir: paths.projectDir,
+    log: (line) => io.err(`${line}\n`),
+  });
 }
 
 function runStartOf(prepared: Prepared, run: { runId: string; runDir: string; pipelineYaml: string; sweep: ExecuteExtra['sweep'] }): ExecuteOptions['run'] {
@@ -314,6 +320,12 @@ function runStartOf(prepared: Prepared, run: { runId: string; runDir: string; pi
     sweep: run.sweep,
     startedAt: Date.now(),
   };
+}
+
+function shardsOf(text: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`--shards ${text}: expected a whole number ≥ 1`);
+  return n;
 }
 
 function retriesOf(text: string): number {

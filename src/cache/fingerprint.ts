@@ -40,6 +40,14 @@ export function fingerprintOf(record: FingerprintRecord): string {
   return createHash('sha256').update(canonicalJson(record)).digest('hex');
 }
 
+/**
+ * The entry of shard `index` of `count` of a sharded pass (a part, merged into the entry
+ * `stage` names): the stage's fingerprint and the shard, hashed.
+ */
+export function shardFingerprint(stage: string, index: number, count: number): string {
+  return createHash('sha256').update(canonicalJson({ stage, shard: index, shards: count })).digest('hex');
+}
+
 export function shortFingerprint(fp: string): string {
   return fp.slice(0, 10);
 }

@@ -10,11 +10,11 @@ const usage = `pipe — declarative experiment pipelines with a caching DAG exec
 
 Usage:
   pipe run FILE [-p NAME=VALUE]... [--force STAGE]... [--fail-fast] [--jobs N] [--backend B] [--json] [--verbose] [--no-track]
-               [--queue redis://HOST:PORT] [--cache DIR] [--retries N] [--register NAME [--alias ALIAS]...]
+               [--queue redis://HOST:PORT] [--cache DIR] [--retries N] [--shards N] [--register NAME [--alias ALIAS]...]
   pipe status FILE [-p NAME=VALUE]... [--force STAGE]... [--backend B] [--json] [--cache DIR]
   pipe sweep FILE [-S NAME=V1,V2 | -S NAME=DIST(…)]... [--samples N] [--seed N] [-p NAME=VALUE]... [--dry-run]
                [--objective METRIC] [--json] [--jobs N] [--backend B] [--verbose] [--no-track]
-               [--queue URL] [--cache DIR] [--retries N] [--register NAME [--alias ALIAS]...]
+               [--queue URL] [--cache DIR] [--retries N] [--shards N] [--register NAME [--alias ALIAS]...]
   pipe worker --queue redis://HOST:PORT [--cpus N] [--gpus N] [--cache DIR] [--name NAME]
   pipe gc [FILE...] [--dry-run] [--max-size SIZE] [--cache DIR]
   pipe predict MODEL IMAGE...                (MODEL: a directory, or models:/NAME/VERSION, models:/NAME@ALIAS)
@@ -53,6 +53,7 @@ Options:
   --queue URL              run the stages on \`pipe worker\`s through this Redis server (redis://HOST:PORT[/DB])
   --cache DIR              the artifact cache (a directory every worker reaches); default runs/cache
   --retries N              with --queue: run a failed stage again up to N times (default 1)
+  --shards N               with --queue: split each stage that maps over its input (extract-features) into N jobs (default 1)
   --cpus N, --gpus N       worker: CPU slots (default: the cores) and GPUs (default: those found)
   --name NAME              worker: how runs name this worker (default HOST:PID)
   --to URI                 sync: send pending tracking data to this MLflow server instead of its own
@@ -82,6 +83,7 @@ const runOptions = {
   queue: { type: 'string' },
   cache: { type: 'string' },
   retries: { type: 'string' },
+  shards: { type: 'string' },
   cpus: { type: 'string' },
   gpus: { type: 'string' },
   name: { type: 'string' },

@@ -52,6 +52,34 @@ export interface StageKind<P = Record<string, unknown>> {
   /** Default resources; a stage may override them in the pipeline (`resources:`). */
   resources?: Resources;
   run(ctx: StageContext<P>): Promise<void>;
+  /**
+   * Declares that the kind maps over its input rows, so that a queued run (`--shards N`) can split
+   * it into shard jobs on several workers. Shard `index` of `count` writes a part into its own
+   * `outDir`; `merge` then writes, from the parts in shard order, the artifact `run` would have
+   * written, byte for byte: the cache key does not depend on the number of shards.
+   */
+  shard?: ShardedPass<P>;
+}
+
+/** Which part of a sharded pass a shard job computes: shard `index` (0-based) of `count`. */
+export interface Shard {
+  index: number;
+  count: number;
+}
+
+export interface ShardedPass<P = Record<string, unknown>> {
+  /** Computes shard `shard.index` of `shard.count` into `ctx.outDir` (a part, not the artifact). */
+  run(ctx: StageContext<P>, shard: Shard): Promise<void>;
+  /**
+   * Writes the artifact into `ctx.outDir` from `parts` (the parts' directories, in shard order). No
+   * TensorFlow: merging is file work. It reports the stage's summary and metrics for the whole pass.
+   */
+  merge(ctx: StageContext<P>, parts: string[]): Promise<void>;
+}
+
+/** The contiguous range [start, end) of `total` items that shard `index` of `count` takes. */
+export function shardRange(total: number, shard: Shard): { start: number; end: number } {
+  return { start: Math.floor((total * shard.index) / shard.count), end: Math.floor((total * (shard.index + 1)) / shard.count) };
 }
 
 /** A metric point as MLflow models it: key, value, step, wall-clock timestamp (ms). */

@@ -148,11 +148,14 @@ async function computeEntry(stage: StageJob, gpus: string[], run: RunContext, wo
       return await cachedOutcome(existing);
     }
     // The inputs are held while the stage reads them: pipe gc (--max-size) leaves them alone.
-    const releaseInputs = await cache.hold(Object.values(stage.inputs));
+    const releaseInputs = await cache.hold([...Object.values(stage.inputs), ...(stage.parts ?? [])]);
     try {
-      const damagedInput = await damagedInputs(stage, cache);
+      const damagedInput = (await damagedInputs(stage, cache)) ?? (await missingParts(stage, cache));
       if (damagedInput) return { status: 'failed', durationMs: 0, error: damagedInput, metrics: [], artifacts: [], summary: {} };
-      return await runInChild(stage, gpus, run);
+      const outcome = await runInChild(stage, gpus, run);
+      // The parts of a sharded pass are in the merged entry now.
+      if (outcome.status === 'ran') for (const part of stage.parts ?? []) await cache.remove(part);
+      return outcome;
     } finally {
       await releaseInputs();
     }
@@ -172,6 +175,20 @@ async function damagedInputs(stage: StageJob, cache: Cache): Promise<string | un
     const entry = await cache.readIntact(fingerprint, (why) => (problem = why));
     if (problem) return `input '${slot}': ${problem}; run again to recompute it`;
     if (!entry) return `input '${slot}': cache entry ${fingerprint.slice(0, 10)} is missing; run again to recompute it`;
+  }
+  return undefined;
+}
+
+/**
+ * The merge of a sharded pass needs every part intact. A part that is missing or damaged fails the
+ * merge (a shard job that ran lost its part, e.g. to a concurrent `pipe gc`): the next run of the
+ * stage computes it again.
+ */
+async function missingParts(stage: StageJob, cache: Cache): Promise<string | undefined> {
+  for (const [index, fingerprint] of (stage.parts ?? []).entries()) {
+    let problem: string | undefined;
+    const entry = await cache.readIntact(fingerprint, (why) => (problem = why));
+    if (!entry) return `part ${index + 1} of ${stage.parts!.length}: ${problem ?? `cache entry ${fingerprint.slice(0, 10)} is missing`}; run again to recompute it`;
   }
   return undefined;
 }
@@ -264,6 +281,8 @@ function stageSpec(stage: StageJob, run: RunContext, staging: Staging, tmpDir: s
     metrics: stage.metrics,
     ...(run.epochGate?.watches(stage.name) ? { scheduled: true } : {}),
     checkpointDir: run.cache.checkpointDir(stage.fingerprint),
+    ...(stage.shard ? { shard: stage.shard } : {}),
+    ...(stage.parts ? { parts: stage.parts.map((fingerprint) => path.join(run.cache.entryDir(fingerprint), 'out')) } : {}),
   };
 }
 

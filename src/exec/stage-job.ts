@@ -1,8 +1,8 @@
 // A stage as a self-contained unit of work, the same for a local run and a queued one.
 
-import type { FingerprintRecord } from '../cache/fingerprint.ts';
+import { shardFingerprint, type FingerprintRecord } from '../cache/fingerprint.ts';
 import type { Plan, PlannedStage } from '../plan/plan.ts';
-import type { Flavour } from '../core/stage-kind.ts';
+import type { Flavour, Shard } from '../core/stage-kind.ts';
 
 /**
  * One stage as a self-contained unit of work: everything a process needs to compute its cache
@@ -31,6 +31,27 @@ export interface StageJob {
   timeout?: number;
   cpu: number | 'all';
   gpu: number;
+  /** A shard job of a sharded pass: computes one part, into an entry of its own (`fingerprint`). */
+  shard?: Shard;
+  /** The merge job of a sharded pass: the parts' fingerprints, in shard order. */
+  parts?: string[];
+}
+
+/**
+ * A stage whose kind maps over its input, as `count` shard jobs and one merge job. Each shard
+ * computes its part into a cache entry of its own (shardFingerprint), under its own lock, so a
+ * killed shard is recomputed by whoever takes its job over and never leaves half a part; the
+ * merge job computes the stage's entry (the stage's fingerprint, the same as one job's) from the
+ * parts, with no TensorFlow and one CPU, and removes the parts once that entry is published.
+ */
+export function shardJobs(job: StageJob, count: number): { shards: StageJob[]; merge: StageJob } {
+  const shards = Array.from({ length: count }, (_, index): StageJob => ({
+    ...job,
+    fingerprint: shardFingerprint(job.fingerprint, index, count),
+    shard: { index, count },
+  }));
+  const merge: StageJob = { ...job, usesTensorflow: false, cpu: 1, gpu: 0, parts: shards.map((s) => s.fingerprint) };
+  return { shards, merge };
 }
 
 export function stageJob(plan: Plan, stage: PlannedStage, flavour: Flavour): StageJob {

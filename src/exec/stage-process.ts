@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { execa } from 'execa';
 import { loadKind } from '../stages/index.ts';
 import { hashPath } from '../util/hash.ts';
-import type { Flavour, StageContext } from '../core/stage-kind.ts';
+import type { Flavour, Shard, StageContext } from '../core/stage-kind.ts';
 import type { PrunedAt } from '../core/events.ts';
 import { isPipeError, StageError, UnavailableError } from '../core/errors.ts';
 
@@ -34,6 +34,10 @@ export interface StageSpec {
   scheduled?: boolean;
   /** The stage's checkpoint directory (see StageContext.checkpoints). */
   checkpointDir: string;
+  /** A shard job of a sharded pass: compute this part (the kind's `shard.run`) into `outDir`. */
+  shard?: Shard;
+  /** The merge job of a sharded pass: the parts' directories, in shard order (the kind's `shard.merge`). */
+  parts?: string[];
 }
 
 /** What the runner sends the stage process after the spec: the scheduler's answer to an `epoch` report. */
@@ -108,7 +112,13 @@ async function runKind(spec: StageSpec): Promise<void> {
       return stop;
     },
   };
-  await kind.run(ctx);
+  if (spec.shard || spec.parts) {
+    if (!kind.shard) throw new UnavailableError(`this pipe's stage kind '${spec.kind}' cannot be sharded (a worker older than the submitter?)`);
+    if (spec.parts) await kind.shard.merge(ctx, spec.parts);
+    else await kind.shard.run(ctx, spec.shard!);
+  } else {
+    await kind.run(ctx);
+  }
   await send(pruned ? { t: 'done', pruned } : { t: 'done' });
 }
 

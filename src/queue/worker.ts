@@ -156,7 +156,8 @@ async function processStageJob(job: Job, signal: AbortSignal | undefined, proces
   const grant = await slots.acquire(stage.cpu, stage.gpu);
   const started = Date.now();
   const attempt = job.attemptsStarted > 1 ? ` (attempt ${job.attemptsStarted})` : '';
-  log(`${stage.name} ${stage.fingerprint.slice(0, 12)} started${attempt}${grant.gpus.length ? ` on GPU ${grant.gpus.join(',')}` : ''}`);
+  const part = stage.shard ? ` shard ${stage.shard.index + 1}/${stage.shard.count}` : stage.parts ? ` merge of ${stage.parts.length} shards` : '';
+  log(`${stage.name}${part} ${stage.fingerprint.slice(0, 12)} started${attempt}${grant.gpus.length ? ` on GPU ${grant.gpus.join(',')}` : ''}`);
   progress.send({ type: 'stage-start', startedAt: started, worker: name });
   const children = new Set<StageProcess>();
   let cancelled: string | undefined;
@@ -184,7 +185,7 @@ async function processStageJob(job: Job, signal: AbortSignal | undefined, proces
     await progress.sent();
   }
   if (outcome.status === 'failed') {
-    log(`${stage.name} failed after ${formatDuration(Date.now() - started)}: ${outcome.error}`);
+    log(`${stage.name}${part} failed after ${formatDuration(Date.now() - started)}: ${outcome.error}`);
     if (cancelled) throw new UnrecoverableError(outcome.error ?? cancelled);
     throw new StageError(outcome.error ?? 'failed');
   }
@@ -194,7 +195,7 @@ async function processStageJob(job: Job, signal: AbortSignal | undefined, proces
     return { status: 'pruned', pruned: outcome.pruned, durationMs: outcome.durationMs, summary: outcome.summary, worker: name };
   }
   await releaseDependents(processor.edges, data.releases);
-  log(`${stage.name} ${outcome.status === 'cached' ? 'was in the cache already' : 'ran'} (${formatDuration(outcome.durationMs)})`);
+  log(`${stage.name}${part} ${outcome.status === 'cached' ? 'was in the cache already' : 'ran'} (${formatDuration(outcome.durationMs)})`);
   return { status: outcome.status === 'cached' ? 'cached' : 'ran', durationMs: outcome.durationMs, summary: outcome.summary, worker: name };
 }
 

@@ -7,12 +7,13 @@
 
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import type { Tensor4D } from '@tensorflow/tfjs-node';
+import type { LayersModel, Tensor4D } from '@tensorflow/tfjs-node';
 import { ImageSetReader, readImageSetMeta, type ImageSetMeta } from '../ml/dataset.ts';
 import {
   activationBytes,
   BASE_DIR,
   FEATURES_FORMAT,
+  FEATURE_SETS,
   FeatureWriter,
   featureFileName,
   writeFeaturesMeta,
@@ -29,8 +30,8 @@ import {
   saveLayersModel,
   type Boundary,
 } from '../ml/mobilenet.ts';
-import { loadTf, tidyValues } from '../ml/tf.ts';
-import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
+import { loadTf, tidyValues, type Tf } from '../ml/tf.ts';
+import { shardRange, type ParamsOf, type ParamsSchema, type Shard, type StageContext, type StageKind } from '../core/stage-kind.ts';
 import { InputError } from '../core/errors.ts';
 
 /** Weights named by a local path (not `none`, `imagenet` or a URL). */
@@ -89,11 +90,121 @@ const kind: StageKind<ExtractFeaturesParams> = {
   usesTensorflow: true,
   resources: { cpu: 'all' },
   run,
+  shard: { run: runShard, merge: mergeParts },
 };
 
 export default kind;
 
+/** Everything a pass needs before its first batch: the checked image sets and the folded base. */
+interface Prepared {
+  tf: Tf;
+  jobs: SetJob[];
+  model: LayersModel;
+  net: ReturnType<typeof foldNetwork>;
+  /** The artifact's features.json (the same for every shard). */
+  meta: FeaturesMeta;
+  pooledDim: number;
+  boundarySize: number;
+}
+
+/** One forward pass: `n` rows of a set from row `start`. The list is the same whatever the shards. */
+interface Batch {
+  set: FeatureSetName;
+  start: number;
+  n: number;
+}
+
+/** What a pass over some batches took: rows computed and time spent in the base (ms). */
+interface PassResult {
+  rows: number;
+  computeMs: number;
+}
+
+/** A shard's part: its feature files (rows of its batches), `part.json`, and (shard 0) the base. */
+const PART_FILE = 'part.json';
+
+interface PartInfo {
+  shard: Shard;
+  meta: FeaturesMeta;
+  rows: number;
+  computeMs: number;
+}
+
 async function run(ctx: StageContext<ExtractFeaturesParams>): Promise<void> {
+  const prepared = await prepare(ctx);
+  let result: PassResult;
+  try {
+    result = await extract(ctx, prepared, batchesOf(prepared.jobs, ctx.params.batch_size));
+  } finally {
+    prepared.net.dispose();
+  }
+  for (const job of prepared.jobs) ctx.log(`${job.name}: ${job.meta.count * job.meta.views} images (${job.meta.count} × ${job.meta.views} views) from ${job.slot}/${job.imageSet}`);
+  await saveLayersModel(prepared.model, path.join(ctx.outDir, BASE_DIR));
+  prepared.model.dispose();
+  await writeFeaturesMeta(ctx.outDir, prepared.meta);
+  report(ctx, prepared.meta, result);
+}
+
+/**
+ * Shard `shard.index` of `shard.count`: the batches of the whole pass (the same list as `run`'s,
+ * so every row goes through the base in the same batch as in one job and comes out with the same
+ * bits) are cut into contiguous ranges; this shard computes its range into files named as the
+ * artifact's. Shard 0 also stores the base.
+ */
+async function runShard(ctx: StageContext<ExtractFeaturesParams>, shard: Shard): Promise<void> {
+  const prepared = await prepare(ctx);
+  const batches = batchesOf(prepared.jobs, ctx.params.batch_size);
+  const { start, end } = shardRange(batches.length, shard);
+  ctx.log(`shard ${shard.index + 1} of ${shard.count}: batches ${start}–${end - 1} of ${batches.length}`);
+  let result: PassResult;
+  try {
+    result = await extract(ctx, prepared, batches.slice(start, end));
+  } finally {
+    prepared.net.dispose();
+  }
+  if (shard.index === 0) await saveLayersModel(prepared.model, path.join(ctx.outDir, BASE_DIR));
+  prepared.model.dispose();
+  const part: PartInfo = { shard, meta: prepared.meta, ...result };
+  await fs.writeFile(path.join(ctx.outDir, PART_FILE), JSON.stringify(part));
+}
+
+/** The artifact from the shards' parts: each feature file is the parts' files end to end. */
+async function mergeParts(ctx: StageContext<ExtractFeaturesParams>, parts: string[]): Promise<void> {
+  const infos = await Promise.all(parts.map(async (dir) => JSON.parse(await fs.readFile(path.join(dir, PART_FILE), 'utf8')) as PartInfo));
+  const meta = infos[0]!.meta;
+  infos.forEach((info, i) => {
+    if (info.shard.index !== i || info.shard.count !== parts.length || JSON.stringify(info.meta) !== JSON.stringify(meta)) {
+      throw new Error(`bug: part ${i} of ${parts.length} is shard ${info.shard.index} of ${info.shard.count}, or of another pass`);
+    }
+  });
+  for (const set of FEATURE_SETS) {
+    for (const file of [meta.sets[set].pooled, meta.sets[set].boundary]) {
+      if (file) await concatenate(parts.map((dir) => path.join(dir, file)), path.join(ctx.outDir, file));
+    }
+  }
+  await fs.cp(path.join(parts[0]!, BASE_DIR), path.join(ctx.outDir, BASE_DIR), { recursive: true });
+  await writeFeaturesMeta(ctx.outDir, meta);
+  const result = { rows: infos.reduce((sum, info) => sum + info.rows, 0), computeMs: infos.reduce((sum, info) => sum + info.computeMs, 0) };
+  const expected = FEATURE_SETS.reduce((sum, set) => sum + meta.sets[set].count * meta.sets[set].views, 0);
+  if (result.rows !== expected) throw new Error(`bug: the parts hold ${result.rows} rows, the pass has ${expected}`);
+  ctx.log(`merged ${parts.length} parts: ${result.rows} images`);
+  report(ctx, meta, result, parts.length);
+}
+
+async function concatenate(files: string[], target: string): Promise<void> {
+  const out = await fs.open(target, 'w');
+  try {
+    for (const file of files) {
+      const data = await fs.readFile(file);
+      await out.write(data);
+    }
+  } finally {
+    await out.close();
+  }
+}
+
+/** Checks the image sets, loads the base and folds it; describes the artifact. */
+async function prepare(ctx: StageContext<ExtractFeaturesParams>): Promise<Prepared> {
   const params = ctx.params;
   if (!params.pooled && params.fine_tune_at === null) {
     throw new InputError('extract-features has nothing to do: pooled is false and fine_tune_at is null');
@@ -157,69 +268,18 @@ async function run(ctx: StageContext<ExtractFeaturesParams>): Promise<void> {
   const pooledDim = net.outputShapes[0]![2];
   const boundarySize = boundary ? boundary.shape.reduce((a, b) => a * b, 1) : 0;
 
-  const total = jobs.reduce((sum, job) => sum + job.meta.count * job.meta.views, 0);
-  let done = 0;
-  let computeMs = 0;
   const sets = {} as Record<FeatureSetName, FeatureSetMeta>;
-  try {
-    for (const job of jobs) {
-      const { meta } = job;
-      const rows = meta.count * meta.views;
-      const setMeta: FeatureSetMeta = {
-        count: meta.count,
-        views: meta.views,
-        labels: meta.labels,
-        files: meta.files,
-        source: `${job.slot}/${job.imageSet}`,
-      };
-      const pooledWriter = params.pooled
-        ? await FeatureWriter.create(path.join(ctx.outDir, featureFileName('pooled', job.name)), pooledDim, 'float32')
-        : undefined;
-      const boundaryWriter = boundary
-        ? await FeatureWriter.create(path.join(ctx.outDir, featureFileName('boundary', job.name, params.dtype)), boundarySize, params.dtype)
-        : undefined;
-      const pixels = await ImageSetReader.open(job.dir, job.imageSet);
-      try {
-        const size = pixels.rowBytes;
-        const buffer = new Uint8Array(params.batch_size * size);
-        for (let start = 0; start < rows; start += params.batch_size) {
-          const n = Math.min(params.batch_size, rows - start);
-          await pixels.read(start, n, buffer);
-          const began = performance.now();
-          const [pooledValues, boundaryValues] = tidyValues(tf, () => {
-            const x = preprocess(tf, buffer.subarray(0, n * size), [n, meta.height, meta.width, 3]);
-            const results = net.apply(x);
-            return [
-              params.pooled ? tf.mean(results[0]!, [1, 2]) : tf.zeros([0]),
-              boundary ? results[results.length - 1]! : tf.zeros([0]),
-            ];
-          });
-          const values = { pooled: params.pooled ? pooledValues : undefined, boundary: boundary ? boundaryValues : undefined };
-          computeMs += performance.now() - began;
-          if (pooledWriter && values.pooled) await pooledWriter.append(values.pooled);
-          if (boundaryWriter && values.boundary) await boundaryWriter.append(values.boundary);
-          done += n;
-          ctx.progress(done, total, job.name);
-        }
-      } finally {
-        await pixels.close();
-        await pooledWriter?.close();
-        await boundaryWriter?.close();
-      }
-      if (pooledWriter) setMeta.pooled = path.basename(pooledWriter.file);
-      if (boundaryWriter) setMeta.boundary = path.basename(boundaryWriter.file);
-      sets[job.name] = setMeta;
-      ctx.log(`${job.name}: ${rows} images (${meta.count} × ${meta.views} views) from ${setMeta.source}`);
-    }
-  } finally {
-    net.dispose();
+  for (const job of jobs) {
+    sets[job.name] = {
+      count: job.meta.count,
+      views: job.meta.views,
+      labels: job.meta.labels,
+      files: job.meta.files,
+      source: `${job.slot}/${job.imageSet}`,
+      ...(params.pooled ? { pooled: featureFileName('pooled', job.name) } : {}),
+      ...(boundary ? { boundary: featureFileName('boundary', job.name, params.dtype) } : {}),
+    };
   }
-
-  const imagesPerSecond = total / (computeMs / 1000);
-  ctx.log(`extracted ${total} images at ${imagesPerSecond.toFixed(1)} images/s`);
-  ctx.metric('extract_images_per_second', imagesPerSecond);
-
-  await saveLayersModel(model, path.join(ctx.outDir, BASE_DIR));
   const meta: FeaturesMeta = {
     format: FEATURES_FORMAT,
     model: {
@@ -236,20 +296,82 @@ async function run(ctx: StageContext<ExtractFeaturesParams>): Promise<void> {
     boundary: boundary ? { ...boundary, dtype: params.dtype } : null,
     sets,
   };
-  await writeFeaturesMeta(ctx.outDir, meta);
-  model.dispose();
+  return { tf, jobs, model, net, meta, pooledDim, boundarySize };
+}
 
+/** The pass's forward batches in order: each set's rows in batches of `batchSize`, set after set. */
+function batchesOf(jobs: SetJob[], batchSize: number): Batch[] {
+  const batches: Batch[] = [];
+  for (const job of jobs) {
+    const rows = job.meta.count * job.meta.views;
+    for (let start = 0; start < rows; start += batchSize) batches.push({ set: job.name, start, n: Math.min(batchSize, rows - start) });
+  }
+  return batches;
+}
+
+/** Runs the base over `batches`, appending each set's rows to its files in `ctx.outDir`. */
+async function extract(ctx: StageContext<ExtractFeaturesParams>, prepared: Prepared, batches: Batch[]): Promise<PassResult> {
+  const { params } = ctx;
+  const { tf, net, meta } = prepared;
+  const total = batches.reduce((sum, batch) => sum + batch.n, 0);
+  let done = 0;
+  let computeMs = 0;
+  for (const job of prepared.jobs) {
+    const setMeta = meta.sets[job.name];
+    const pooledWriter = setMeta.pooled ? await FeatureWriter.create(path.join(ctx.outDir, setMeta.pooled), prepared.pooledDim, 'float32') : undefined;
+    const boundaryWriter = setMeta.boundary ? await FeatureWriter.create(path.join(ctx.outDir, setMeta.boundary), prepared.boundarySize, params.dtype) : undefined;
+    const pixels = await ImageSetReader.open(job.dir, job.imageSet);
+    try {
+      const size = pixels.rowBytes;
+      const buffer = new Uint8Array(params.batch_size * size);
+      for (const { start, n } of batches.filter((batch) => batch.set === job.name)) {
+        await pixels.read(start, n, buffer);
+        const began = performance.now();
+        const [pooledValues, boundaryValues] = tidyValues(tf, () => {
+          const x = preprocess(tf, buffer.subarray(0, n * size), [n, job.meta.height, job.meta.width, 3]);
+          const results = net.apply(x);
+          return [
+            pooledWriter ? tf.mean(results[0]!, [1, 2]) : tf.zeros([0]),
+            boundaryWriter ? results[results.length - 1]! : tf.zeros([0]),
+          ];
+        });
+        computeMs += performance.now() - began;
+        if (pooledWriter) await pooledWriter.append(pooledValues!);
+        if (boundaryWriter) await boundaryWriter.append(boundaryValues!);
+        done += n;
+        ctx.progress(done, total, job.name);
+      }
+    } finally {
+      await pixels.close();
+      await pooledWriter?.close();
+      await boundaryWriter?.close();
+    }
+  }
+  return { rows: total, computeMs };
+}
+
+/**
+ * The pass's metric and summary. The rate is images per second of time in the base summed over
+ * the processes (with shards, per worker process; their wall-clock throughput is higher).
+ */
+function report(ctx: StageContext<ExtractFeaturesParams>, meta: FeaturesMeta, result: PassResult, shards?: number): void {
+  const imagesPerSecond = result.rows / (result.computeMs / 1000);
+  ctx.log(`extracted ${result.rows} images at ${imagesPerSecond.toFixed(1)} images/s${shards ? ' per shard process' : ''}`);
+  ctx.metric('extract_images_per_second', imagesPerSecond);
+  const boundary = meta.boundary;
+  const boundarySize = boundary ? boundary.shape.reduce((a, b) => a * b, 1) : 0;
   ctx.summary({
-    images: total,
+    images: result.rows,
     images_per_second: Math.round(imagesPerSecond * 10) / 10,
-    views: sets.views.views,
-    weights: weights.source,
-    ...(boundary ? { boundary: boundary.layerName, boundary_shape: boundary.shape.join('x'), ...activationBytes(boundarySize, params.dtype, total) } : {}),
+    views: meta.sets.views.views,
+    weights: meta.weights.source,
+    ...(shards ? { shards } : {}),
+    ...(boundary ? { boundary: boundary.layerName, boundary_shape: boundary.shape.join('x'), ...activationBytes(boundarySize, boundary.dtype, result.rows) } : {}),
   });
 }
 
 /** Keras's preprocess_input for MobileNetV2 on uint8 pixels: x / 127.5 − 1, as float32 NHWC. */
-function preprocess(tf: ReturnType<typeof loadTf>, pixels: Uint8Array, shape: [number, number, number, number]): Tensor4D {
+function preprocess(tf: Tf, pixels: Uint8Array, shape: [number, number, number, number]): Tensor4D {
   const values = new Float32Array(pixels.length);
   for (let i = 0; i < pixels.length; i++) values[i] = pixels[i]! / 127.5 - 1;
   return tf.tensor4d(values, shape);

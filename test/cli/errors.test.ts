@@ -83,6 +83,9 @@ test('usage errors exit 2', async () => {
   const missing = await pipe(dir, ['run', 'nope.yaml']);
   assert.is(missing.exitCode, 2);
   assert.match(missing.stderr, /nope\.yaml: error: cannot read pipeline: no such file/);
+  const shards = await pipe(project({ 'p.yaml': 'name: demo\nstages:\n  a: {run: echo}\n' }), ['run', 'p.yaml', '--queue', 'redis://127.0.0.1:1', '--shards', '0']);
+  assert.is(shards.exitCode, 2, shards.stderr);
+  assert.match(shards.stderr, /--shards 0: expected a whole number ≥ 1/);
 });
 
 test.run();
