@@ -26,6 +26,18 @@ export async function withBrowserPage(use: (page: Page) => Promise<void>): Promi
   }
 }
 
+/**
+ * Opens `url` once and puts MLflow's UI as a training user sees it: the assistant panel closed,
+ * the "Model training" side of the navigation chosen.
+ */
+export async function prepare(page: Page, url: string, waitFor: string): Promise<void> {
+  await page.goto(url, { waitUntil: 'domcontentloaded', timeout: 120_000 });
+  await page.getByText(waitFor, { exact: true }).first().waitFor({ timeout: 120_000 });
+  await page.getByRole('button', { name: 'Close', exact: true }).first().click({ timeout: 5000 }).catch(() => undefined);
+  await page.getByText('Model training', { exact: true }).first().click({ timeout: 5000 }).catch(() => undefined);
+  await page.waitForTimeout(1000);
+}
+
 /** Opens `url` and waits for `waitFor` to show (MLflow renders after loading), then a little more. */
 export async function open(page: Page, url: string, waitFor: string): Promise<void> {
   await page.goto(url, { waitUntil: 'domcontentloaded', timeout: 120_000 });

@@ -16,7 +16,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { MLflowClient } from '../src/tracking/mlflow-client.ts';
-import { open, shot, tab, withBrowserPage } from './mlflow-browser.ts';
+import { open, prepare, shot, tab, withBrowserPage } from './mlflow-browser.ts';
 import { freePort, killGroup, spawnMlflowServer, waitForHealth } from '../src/tracking/server.ts';
 import { smallPipeline } from '../test/helpers/small-pipeline.ts';
 
@@ -78,11 +78,7 @@ async function main(): Promise<void> {
 
 async function screenshots(outDir: string, urls: { run: string; runName: string; model: string; version: string; compare: string }): Promise<void> {
   await withBrowserPage(async (page) => {
-    await page.goto(urls.run, { waitUntil: 'domcontentloaded', timeout: 120_000 });
-    await page.getByText(urls.runName, { exact: true }).first().waitFor({ timeout: 120_000 });
-    await page.getByRole('button', { name: 'Close', exact: true }).first().click({ timeout: 5000 }).catch(() => undefined);
-    await page.getByText('Model training', { exact: true }).first().click({ timeout: 5000 }).catch(() => undefined);
-    await page.waitForTimeout(1000);
+    await prepare(page, urls.run, urls.runName);
 
     await open(page, urls.run, 'Overview');
     await shot(page, outDir, 'run-overview', ['Datasets', 'images/train', 'Logged models', 'cats-vs-dogs']);
