@@ -56,16 +56,17 @@ async function main(): Promise<void> {
 /** The compare view's parallel coordinates colour by the first metric: choose `metric` instead. */
 async function showMetric(page: Page, metric: string): Promise<void> {
   try {
-    const metrics = page.getByText('Metrics:', { exact: true }).locator('..');
-    // remove the chosen metrics (their chips' ×), then pick `metric` from the list
+    const select = page.getByText('Metrics:', { exact: true }).locator('xpath=following-sibling::*[1]');
+    // remove the metrics chosen (each chip's ×), then type `metric` and take its option
     for (let i = 0; i < 5; i++) {
-      const remove = metrics.locator('[aria-label="close"], .anticon-close, [data-icon="close"]').first();
+      const remove = select.locator('[aria-label="close"], [class*="remove"], [class*="close"]').first();
       if (!(await remove.isVisible({ timeout: 1000 }).catch(() => false))) break;
       await remove.click();
     }
-    await metrics.locator('input').first().click();
-    await page.keyboard.type(metric);
-    await page.getByRole('option', { name: metric, exact: true }).first().click({ timeout: 5000 }).catch(() => page.keyboard.press('Enter'));
+    const input = select.locator('input').first();
+    await input.click();
+    await input.fill(metric);
+    await page.locator(`[title="${metric}"], [role="option"]:text-is("${metric}")`).first().click({ timeout: 5000 });
     await page.keyboard.press('Escape');
     await page.waitForTimeout(3000);
   } catch (error) {
