@@ -32,7 +32,9 @@ async function main(): Promise<void> {
     mkdirSync(outDir, { recursive: true });
     const exp = experiment.experiment_id;
     const runUrl = `${uri}/#/experiments/${exp}/runs/${parent.info.run_id}`;
-    const compare = parent.data.tags?.find((t) => t.key === 'pipe.compare_url')?.value ?? '';
+    // The tag names the server that recorded the sweep; an embedded server's port changes per start.
+    const tagged = parent.data.tags?.find((t) => t.key === 'pipe.compare_url')?.value ?? '';
+    const compare = tagged.includes('#') ? `${uri}/#${tagged.split('#')[1]}` : '';
     console.log(`sweep ${parent.info.run_name} (${parent.info.run_id}) in experiment ${experiment.name}: ${runUrl}`);
     await withBrowserPage(async (page) => {
       await page.setViewportSize({ width: 1600, height: 1600 });
@@ -66,7 +68,7 @@ async function showMetric(page: Page, metric: string): Promise<void> {
     const input = select.locator('input').first();
     await input.click();
     await input.fill(metric);
-    await page.locator(`[title="${metric}"], [role="option"]:text-is("${metric}")`).first().click({ timeout: 5000 });
+    await page.locator(`[class*="select-item-option"][title="${metric}"]`).first().click({ timeout: 5000 });
     await page.keyboard.press('Escape');
     await page.waitForTimeout(3000);
   } catch (error) {
