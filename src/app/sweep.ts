@@ -48,7 +48,9 @@ export async function sweepCommand(file: string, values: CommandOptions, io: Io)
   const demux = demultiplex(sweepPlan, trials, recorders.listeners, trialRunDir, prepared, trialMetrics);
   const mergedPrepared: Prepared = { ...first, plan: sweepPlan.plan };
   // Also through a queue: the decisions are made here and sent to the worker running the trial.
-  const epochGate = scheduler ? new SweepScheduler(scheduler, sweepPlan) : undefined;
+  // Pausing (ASHA's promotion form) needs a runner that holds a paused stage back: the local one.
+  if (scheduler?.pause && values.queue) io.err('sweep.scheduler.pause: trials on --queue cannot pause and resume; trials below the cut stop, as with pause: false\n');
+  const epochGate = scheduler ? new SweepScheduler(scheduler, sweepPlan, !values.queue) : undefined;
   const curves = new Map<string, number[]>();
   const { summary } = await executePrepared(mergedPrepared, { ...values, 'no-track': true }, io, {
     listeners: epochGate ? [epochGate.listener, curveRecorder(epochGate, curves), demux] : [demux], runDir: sweepDir, runId: sweepId, latest: false, summaryMetrics: false, ...(epochGate ? { epochGate } : {}),
@@ -278,7 +280,9 @@ export function schedulerJson(config: SchedulerConfig): Record<string, unknown> 
     mode: config.mode,
     stage: config.stage,
     grace_period: config.gracePeriod,
-    ...(config.type === 'asha' ? { reduction_factor: config.reductionFactor, ...(config.maxT !== undefined ? { max_t: config.maxT } : {}) } : { min_samples_required: config.minSamplesRequired }),
+    ...(config.type === 'asha'
+      ? { reduction_factor: config.reductionFactor, ...(config.maxT !== undefined ? { max_t: config.maxT } : {}), ...(config.pause ? { pause: true } : {}) }
+      : { min_samples_required: config.minSamplesRequired }),
   };
 }
 

@@ -1,8 +1,11 @@
 // The local runner: stages start when their upstream stages are done, in parallel within the CPU
-// and GPU slots, each in its own child process. It emits events; it never prints.
+// and GPU slots, each in its own child process. It emits events; it never prints. A stage a sweep's
+// scheduler pauses (ASHA's promotion form) gives its slot back and waits; promoted, it runs again
+// from its checkpoint, and its stage-end is the one of its last attempt.
 
 import type { RunSummary } from '../core/events.ts';
-import { RunBook, skippedOutcome, upstreamOutcome, type ExecuteOptions, type Outcome, type Runner } from './run-book.ts';
+import { RunBook, skippedOutcome, upstreamOutcome, type EpochGate, type ExecuteOptions, type Outcome, type Runner } from './run-book.ts';
+import type { MetricPoint } from '../core/stage-kind.ts';
 import { restore, runStage, type RunContext, type StageProcess } from './run-stage.ts';
 import { Slots } from './slots.ts';
 import { stageJob } from './stage-job.ts';
@@ -28,6 +31,9 @@ export const localRunner: Runner = async (options: ExecuteOptions): Promise<RunS
     ...(options.epochGate ? { epochGate: options.epochGate } : {}),
   };
 
+  // An interrupted sweep ends the pauses of its paused trials (they end where they paused).
+  book.onAbort(() => options.epochGate?.releaseAll?.());
+
   for (const stage of plan.stages) {
     const upstream = stage.stage.upstream.map((name) => done.get(name) ?? Promise.resolve(skippedOutcome('missing')));
     done.set(stage.name, (async () => {
@@ -40,16 +46,56 @@ export const localRunner: Runner = async (options: ExecuteOptions): Promise<RunS
         if (entry) return book.finish(stage, await restore(stage, entry, options));
       }
       const job = stageJob(plan, stage, options.flavour);
-      const grant = await slots.acquire(job.cpu, job.gpu);
-      try {
-        if (book.abortReason) return book.finish(stage, skippedOutcome(`not started: ${book.abortReason}`));
-        return book.finish(stage, await runStage(job, grant.gpus, runContext, plan.pipeline.file.dir));
-      } finally {
-        grant.release();
-      }
+      const attempt = async (context: RunContext): Promise<Outcome> => {
+        const grant = await slots.acquire(job.cpu, job.gpu);
+        try {
+          if (book.abortReason) return skippedOutcome(`not started: ${book.abortReason}`);
+          return await runStage(job, grant.gpus, context, plan.pipeline.file.dir);
+        } finally {
+          grant.release();
+        }
+      };
+      return book.finish(stage, await runWithPauses(stage.name, attempt, runContext, book, options.epochGate));
     })());
   }
 
   await Promise.all(done.values());
   return book.close();
 };
+
+/**
+ * Runs a stage; while a sweep's scheduler pauses it (it ended pruned at a rung), waits for the
+ * scheduler's answer and, promoted, runs it again: the stage resumes from the checkpoint of the
+ * epoch it paused at, replays that epoch's results (which the scheduler now lets through), and
+ * trains on. The outcome is the last attempt's, with the time of all and every metric point once.
+ */
+async function runWithPauses(
+  name: string,
+  attempt: (context: RunContext) => Promise<Outcome>,
+  context: RunContext,
+  book: RunBook,
+  gate: EpochGate | undefined,
+): Promise<Outcome> {
+  let outcome = await attempt(context);
+  const log = (line: string) => book.emit({ type: 'stage-log', stage: name, stream: 'log', line });
+  while (outcome.status === 'pruned' && outcome.pruned && gate?.pauses?.(name) && gate.resumeAfterPause && !book.abortReason) {
+    const at = outcome.pruned;
+    log(`paused after epoch ${at.epoch} of ${at.of}: the scheduler resumes it from its checkpoint if it becomes one of the best at this rung`);
+    if (!(await gate.resumeAfterPause(name)) || book.abortReason) {
+      log(`not promoted: ends after epoch ${at.epoch} of ${at.of}`);
+      break;
+    }
+    log(`promoted: resumes from its checkpoint after epoch ${at.epoch}`);
+    const earlier = outcome;
+    const seen = new Set(earlier.metrics.map(pointKey));
+    // The resumed stage tells its checkpoint's epochs again: the runs and terminals have them already.
+    const replayed = (point: MetricPoint) => seen.has(pointKey(point));
+    const next = await attempt({ ...context, emit: (event) => (event.type === 'stage-metric' && event.stage === name && replayed(event.point) ? undefined : context.emit(event)) });
+    outcome = { ...next, durationMs: earlier.durationMs + next.durationMs, metrics: [...earlier.metrics, ...next.metrics.filter((p) => !replayed(p))] };
+  }
+  return outcome;
+}
+
+function pointKey(point: MetricPoint): string {
+  return `${point.key}|${point.step}|${point.value}`;
+}

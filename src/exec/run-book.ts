@@ -40,6 +40,15 @@ export interface EpochGate {
    * A worker asks the submitter through the queue, hence the promise.
    */
   decide(stage: string, epoch: number, of: number, metrics: readonly MetricPoint[]): boolean | Promise<boolean>;
+  /**
+   * Whether a stage told to stop is paused rather than ended (ASHA's promotion form): the runner
+   * then holds its outcome back and asks `resumeAfterPause`. Runners that cannot resume ignore it.
+   */
+  pauses?(stage: string): boolean;
+  /** A paused stage waits for this: true runs it again (from its checkpoint), false ends it where it paused. */
+  resumeAfterPause?(stage: string): Promise<boolean>;
+  /** The run is interrupted: every paused stage's wait ends (false). */
+  releaseAll?(): void;
 }
 
 /** How a stage ended: the stage-end event without what the executor adds (its name, fingerprint). */

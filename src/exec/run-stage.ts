@@ -238,7 +238,7 @@ async function runInStaging(stage: StageJob, gpus: string[], run: RunContext, st
     onReport: (report) => handleReport(report, reports, stage.name, { writeLog, metricsFile, emit: run.emit }),
     onEpoch: async (epoch, of) => {
       const stop = (await run.epochGate?.decide(stage.name, epoch, of, reports.metrics)) ?? false;
-      if (stop && epoch < of) writeLog('log', `early stopping: the sweep's scheduler stops this trial after epoch ${epoch} of ${of}`);
+      if (stop && epoch < of) writeLog('log', `early stopping: the sweep's scheduler ${run.epochGate?.pauses?.(stage.name) ? 'pauses' : 'stops'} this trial after epoch ${epoch} of ${of}`);
       return stop;
     },
     onLine: (stream, line) => {

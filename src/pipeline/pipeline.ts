@@ -61,6 +61,7 @@ export interface SchedulerDecl {
   reduction_factor?: number;
   max_t?: number;
   min_samples_required?: number;
+  pause?: boolean;
 }
 
 export interface PipelineFile {

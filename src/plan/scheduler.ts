@@ -10,6 +10,15 @@
 //   grace_period epochs a trial stops when its best result so far is worse than the median of the
 //   other trials' running means up to the same epoch, once min_samples_required trials are there.
 //
+// - `asha` with `pause: true`: the promotion form of ASHA (Li et al. 2020, Algorithm 2). A trial
+//   reaching a rung pauses there (its checkpoint kept) unless it is already among the best
+//   floor(n / reduction_factor) of the n trials that reached the rung; a paused trial resumes from
+//   its checkpoint when later results put it there. When nothing else can run, the sweep promotes
+//   the best paused trial of the highest rung short of its quota, ceil(n / reduction_factor), so
+//   that a finite sweep ends with trials that ran to max_t. It costs what the stopping form costs
+//   per epoch, but never runs a trial to the end only because it came first (the stopping form
+//   lets the first trials at a rung through, with nothing to compare them with).
+//
 // Time is counted as Ray's training_iteration: the epochs the stage has run, 1, 2, … (not the
 // Keras epoch index, which continues from the head's epochs in fine-tune).
 
@@ -30,6 +39,8 @@ export interface SchedulerConfig {
   maxT?: number;
   /** median: how many other trials must have reached the epoch before one is compared (Ray's default 3). */
   minSamplesRequired: number;
+  /** asha: trials below the cut pause at their rung and may resume from their checkpoint (the promotion form). */
+  pause?: boolean;
 }
 
 export type Decision = 'continue' | 'stop';
@@ -43,7 +54,7 @@ export interface Scheduler {
 export function createScheduler(config: SchedulerConfig, epochs: number): Scheduler {
   switch (config.type) {
     case 'asha':
-      return new Asha(config, config.maxT ?? epochs);
+      return config.pause ? new PausingAsha(config, config.maxT ?? epochs) : new Asha(config, config.maxT ?? epochs);
     case 'median':
       return new MedianStopping(config);
     default: {
@@ -128,5 +139,71 @@ class MedianStopping implements Scheduler {
     });
     const best = Math.max(...own.map((r) => r.value));
     return best < median(means) ? 'stop' : 'continue';
+  }
+}
+
+/**
+ * ASHA's promotion form: 'stop' at a rung means *paused* (resumable), and `promotion` names the
+ * paused trials that go on. The caller says which trials are paused and waiting (a trial that was
+ * stopped in an earlier sweep and is not running now cannot be promoted in this one).
+ */
+export class PausingAsha implements Scheduler {
+  /** Lowest rung first. `promoted`: trials that went on past the rung (promoted, or ran through it). */
+  private readonly rungs: Array<{ epoch: number; recorded: Map<string, number>; promoted: Set<string> }>;
+
+  constructor(readonly config: SchedulerConfig, private readonly maxT: number) {
+    this.rungs = rungEpochs(config.gracePeriod, config.reductionFactor, maxT)
+      .filter((epoch) => epoch < maxT)
+      .map((epoch) => ({ epoch, recorded: new Map<string, number>(), promoted: new Set<string>() }));
+  }
+
+  onResult(trial: string, iteration: number, value: number): Decision {
+    // A trial reporting past a rung went on from it (promoted earlier, or a complete trial replayed).
+    for (const rung of this.rungs) if (iteration > rung.epoch && rung.recorded.has(trial)) rung.promoted.add(trial);
+    if (iteration >= this.maxT) return 'stop';
+    const rung = this.rungs.find((r) => r.epoch === iteration);
+    if (!rung) return 'continue';
+    if (!rung.recorded.has(trial)) rung.recorded.set(trial, signed(this.config, value));
+    if (rung.promoted.has(trial)) return 'continue';
+    // In the quota now: it goes on at once (its own promotion, without a pause).
+    if (this.candidates(rung, Math.floor(rung.recorded.size / this.config.reductionFactor)).includes(trial)) {
+      rung.promoted.add(trial);
+      return 'continue';
+    }
+    return 'stop';
+  }
+
+  /**
+   * A paused trial to resume, marked promoted, or undefined. Highest rung first; a rung promotes
+   * up to floor(n / reduction_factor) of its n trials, or ceil(…) when `final` (nothing else can
+   * run: without it a finite sweep would leave its best trials paused short of max_t).
+   */
+  promotion(paused: ReadonlySet<string>, final: boolean): string | undefined {
+    for (const rung of [...this.rungs].reverse()) {
+      const n = rung.recorded.size;
+      const quota = final ? Math.ceil(n / this.config.reductionFactor) : Math.floor(n / this.config.reductionFactor);
+      const trial = this.candidates(rung, quota).find((t) => paused.has(t) && this.pausedAt(t) === rung.epoch);
+      if (trial !== undefined) {
+        rung.promoted.add(trial);
+        return trial;
+      }
+    }
+    return undefined;
+  }
+
+  /** The rung a trial is paused at: the highest it reached and was not promoted from. */
+  pausedAt(trial: string): number | undefined {
+    const reached = this.rungs.filter((r) => r.recorded.has(trial));
+    const top = reached.at(-1);
+    return top && !top.promoted.has(trial) ? top.epoch : undefined;
+  }
+
+  /** The best `quota` of a rung's trials that were not promoted yet, once the promoted ones fill their part of it. */
+  private candidates(rung: { recorded: Map<string, number>; promoted: Set<string> }, quota: number): string[] {
+    const free = quota - rung.promoted.size;
+    if (free <= 0) return [];
+    // Best first; ties by arrival (Map order), as a sort is stable.
+    const ranked = [...rung.recorded].sort((a, b) => b[1] - a[1]).map(([t]) => t);
+    return ranked.slice(0, quota).filter((t) => !rung.promoted.has(t)).slice(0, free);
   }
 }

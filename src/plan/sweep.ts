@@ -11,7 +11,7 @@ import { canonicalJson } from '../cache/fingerprint.ts';
 import { article, checkParamValue, rangeOf, type ParamDecl, type PipelineFile } from '../pipeline/pipeline.ts';
 import type { Plan, PlannedStage } from './plan.ts';
 import { makeDistribution, parseDistributionArg, readDistribution, sampleAt, type Distribution, type DistributionKind } from './space.ts';
-import { createScheduler, type Scheduler, type SchedulerConfig } from './scheduler.ts';
+import { createScheduler, PausingAsha, type Scheduler, type SchedulerConfig } from './scheduler.ts';
 
 export interface Trial {
   /** t1, t2, …: stable within a sweep definition (grid order, then explicit trials). */
@@ -86,6 +86,7 @@ export function schedulerOfFile(file: PipelineFile): { scheduler?: SchedulerConf
   if (decl.type === 'median' && decl.reduction_factor !== undefined) problem('reduction_factor', 'reduction_factor is for type: asha (the median rule has none)', 'key');
   if (decl.type === 'median' && decl.max_t !== undefined) problem('max_t', 'max_t is for type: asha (the median rule has none)', 'key');
   if (decl.type === 'asha' && decl.min_samples_required !== undefined) problem('min_samples_required', 'min_samples_required is for type: median (asha has none)', 'key');
+  if (decl.type === 'median' && decl.pause !== undefined) problem('pause', 'pause is for type: asha (the median rule stops trials)', 'key');
   if (diagnostics.length > 0 || !stage) return { diagnostics };
   const scheduler: SchedulerConfig = {
     type: decl.type,
@@ -96,6 +97,7 @@ export function schedulerOfFile(file: PipelineFile): { scheduler?: SchedulerConf
     reductionFactor: decl.reduction_factor ?? 4,
     minSamplesRequired: decl.min_samples_required ?? 3,
     ...(decl.max_t !== undefined ? { maxT: decl.max_t } : {}),
+    ...(decl.pause ? { pause: true } : {}),
   };
   return { scheduler, diagnostics };
 }
@@ -437,12 +439,26 @@ export function trialSummary(trial: Trial, sweepPlan: SweepPlan, merged: RunSumm
  * scheduler's trials are the merged nodes of the watched stage (trials that share one computation
  * of it stop together). Decisions are made here, in the process that runs the sweep, in the order
  * the epochs arrive.
+ *
+ * With `pause: true` (and a runner that can resume, `pausing`), a stage told to stop is paused: the
+ * runner asks `resumeAfterPause` and waits. The answer comes when results make it one of the best
+ * of its rung (resume from its checkpoint), or when every watched stage has ended or is paused, at
+ * which point the best paused trial of the highest rung short of its quota resumes, and once no
+ * rung has one, every paused stage ends (pruned where it paused).
  */
 export class SweepScheduler {
   private scheduler: Scheduler | undefined;
   private readonly watched: Set<string>;
+  /** Paused stages waiting for the answer, and how to give it. */
+  private readonly waiting = new Map<string, (resume: boolean) => void>();
+  /** Watched stages that ended (any status): they will report nothing more. */
+  private readonly ended = new Set<string>();
+  /** Watched stages between a promotion and their next report (they count as running). */
+  private readonly resuming = new Set<string>();
 
-  constructor(readonly config: SchedulerConfig, sweepPlan: SweepPlan) {
+  /** `pausing`: the runner resumes paused stages (the local one); otherwise `pause: true` is ignored and trials stop. */
+  constructor(readonly config: SchedulerConfig, sweepPlan: SweepPlan, pausing = false) {
+    if (!pausing && config.pause) this.config = { ...config, pause: false };
     this.watched = new Set([...sweepPlan.nodes].filter(([, node]) => [...node.trials.values()].includes(config.stage)).map(([name]) => name));
   }
 
@@ -450,13 +466,41 @@ export class SweepScheduler {
     return this.watched.has(stage);
   }
 
+  /** Whether a stage told to stop pauses (and the runner asks resumeAfterPause) rather than ends. */
+  pauses(stage: string): boolean {
+    return this.watched.has(stage) && this.config.pause === true;
+  }
+
   /** After `epoch` of `of` epochs of merged stage `stage`: true stops it. Its metric is the latest point of that key. */
   decide(stage: string, epoch: number, of: number, metrics: readonly MetricPoint[]): boolean {
     if (!this.watched.has(stage)) return false;
+    this.resuming.delete(stage);
     // max_t defaults to the watched stage's epochs (of the first trial to report).
     this.scheduler ??= createScheduler(this.config, of);
     const value = [...metrics].reverse().find((p) => p.key === this.config.metric)?.value ?? Number.NaN;
-    return this.scheduler.onResult(stage, epoch, value) === 'stop' && epoch < of;
+    const stop = this.scheduler.onResult(stage, epoch, value) === 'stop' && epoch < of;
+    // A new result can put a paused trial among the best of its rung.
+    this.promote();
+    return stop;
+  }
+
+  /**
+   * A paused stage waits here: true when it is promoted (it runs again, from its checkpoint),
+   * false when the sweep is done with it (it ends pruned where it paused).
+   */
+  resumeAfterPause(stage: string): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      this.waiting.set(stage, resolve);
+      this.promote();
+    });
+  }
+
+  /** Ends every pause (the run is interrupted): the paused stages end where they are. */
+  releaseAll(): void {
+    for (const [stage, resolve] of [...this.waiting]) {
+      this.waiting.delete(stage);
+      resolve(false);
+    }
   }
 
   /**
@@ -471,10 +515,32 @@ export class SweepScheduler {
     points.forEach((point, i) => this.scheduler?.onResult(stage, i + 1, point.value));
   }
 
-  /** The listener that replays the watched stages restored from the cache. */
+  /** The listener that replays the watched stages restored from the cache, and notes which ended. */
   readonly listener = (event: RunEvent): void => {
-    if (event.type !== 'stage-end' || event.status !== 'cached' || !this.watched.has(event.stage)) return;
-    const epochs = event.metrics.filter((p) => p.key === this.config.metric).length;
-    this.replay(event.stage, event.metrics, epochs);
+    if (event.type !== 'stage-end' || !this.watched.has(event.stage)) return;
+    this.ended.add(event.stage);
+    if (event.status === 'cached') {
+      const epochs = event.metrics.filter((p) => p.key === this.config.metric).length;
+      this.replay(event.stage, event.metrics, epochs);
+    }
+    this.promote();
   };
+
+  /** Resumes the paused stages that are due, or ends them all when nothing else can run. */
+  private promote(): void {
+    const asha = this.scheduler;
+    if (!(asha instanceof PausingAsha) || this.waiting.size === 0) return;
+    const paused = new Set(this.waiting.keys());
+    let next = asha.promotion(paused, false);
+    if (next === undefined) {
+      const idle = [...this.watched].every((s) => this.ended.has(s) || (this.waiting.has(s) && !this.resuming.has(s)));
+      if (!idle) return;
+      next = asha.promotion(paused, true);
+      if (next === undefined) return this.releaseAll();
+    }
+    const resolve = this.waiting.get(next);
+    this.waiting.delete(next);
+    this.resuming.add(next);
+    resolve?.(true);
+  }
 }

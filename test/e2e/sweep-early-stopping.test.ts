@@ -177,4 +177,43 @@ test('a sweep killed in the middle of a watched stage resumes it from its last c
   files.forEach((f, i) => assert.ok(readFileSync(path.join(entry, f)).equals(bytes[i]!), `${f} differs from the resumed run's`));
 });
 
+test('asha with pause: trials pause at their rung and the promoted ones resume from their checkpoints; one trains to the end, bit-identical to a straight run', async () => {
+  // Its own project: no trial comes from the cache. lr 0.0001 learns; the others diverge.
+  const text = pipeline.replace('lr: [0.0001, 30]', 'lr: [0.0001, 30, 10, 20]').replace('reduction_factor: 2}', 'reduction_factor: 2, pause: true}');
+  const own = project({ 'small.yaml': text });
+  await writeImageFolder(path.join(own, 'images'), { classes: { cats: 12, dogs: 12 }, height: 64, width: 80 });
+  const r = await pipe(own, ['sweep', 'small.yaml', '--json'], { PIPE_NO_TRACK: '0', MLFLOW_TRACKING_URI: mlflow.uri });
+  assert.is(r.exitCode, 0, r.stderr);
+  const result = JSON.parse(r.stdout) as SweepJson & { stages: Array<{ summary: Record<string, unknown> }> };
+  assert.equal(result.scheduler['pause'], true);
+  // Rungs at epochs 1 and 2 of 3; floor(4/2) = 2 trials go past rung 1, one past rung 2.
+  const statuses = result.trials.map((t) => (t.pruned ? `pruned@${t.pruned.epoch}` : t.status)).sort();
+  assert.equal(statuses, ['pruned@1', 'pruned@1', 'pruned@2', 'succeeded'], JSON.stringify(result.trials));
+  const winner = result.trials.find((t) => t.status === 'succeeded');
+  assert.is(winner?.id, 't1', 'the trial that learns');
+  assert.ok(winner?.metrics['test_accuracy'] !== undefined, 'evaluated');
+  const fineTune = result.stages.find((s) => s.name === 'fine-tune[lr=0.0001]') as (SweepJson['stages'][number] & { summary: Record<string, unknown> }) | undefined;
+  assert.is(fineTune?.status, 'ran');
+  assert.ok(Number(fineTune?.summary['resumed_from_epoch']) >= 1, 'paused at rung 1 (alone there), promoted, resumed');
+  assert.match(r.stderr, /fine-tune\[lr=0\.0001\]: paused after epoch 1 of 3/);
+  assert.match(r.stderr, /fine-tune\[lr=0\.0001\]: promoted: resumes from its checkpoint after epoch 1/);
+  assert.match(r.stderr, /not promoted: ends after epoch/);
+
+  // MLflow: the resumed trial's curves hold each epoch once (the replayed epoch is not logged twice).
+  const experiment = await mlflow.client.getExperimentByName('small-e2e');
+  const { runs } = await mlflow.client.searchRuns({ experimentIds: [experiment!.experiment_id], filter: `tags.\`pipe.sweep_id\` = '${result.sweep}'` });
+  const t1 = runs.find((x) => (x.data.tags ?? []).some((t) => t.key === 'pipe.trial' && t.value === 't1'));
+  assert.ok(t1, 'a run for t1');
+  const history = await mlflow.client.getMetricHistory(t1.info.run_id, 'val_loss');
+  assert.equal(history.map((m) => m.step).sort((a, b) => a - b), [0, 1, 2, 3, 4], 'two head epochs, three fine-tuning epochs, once each');
+
+  // Resumed twice or not, the same bytes as the stage computed in one go.
+  const entry = path.join(own, 'runs', 'cache', 'entries', fineTune?.fingerprint ?? '', 'out');
+  const files = ['head.bin', 'base/weights.bin', 'history.json'];
+  const bytes = files.map((f) => readFileSync(path.join(entry, f)));
+  const forced = await pipe(own, ['run', 'small.yaml', '-p', 'lr=0.0001', '--force', 'fine-tune']);
+  assert.is(forced.exitCode, 0, forced.stderr);
+  files.forEach((f, i) => assert.ok(readFileSync(path.join(entry, f)).equals(bytes[i]!), `${f} differs from the straight run's`));
+});
+
 test.run();
