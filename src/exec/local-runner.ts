@@ -46,16 +46,23 @@ export const localRunner: Runner = async (options: ExecuteOptions): Promise<RunS
         if (entry) return book.finish(stage, await restore(stage, entry, options));
       }
       const job = stageJob(plan, stage, options.flavour);
-      const attempt = async (context: RunContext): Promise<Outcome> => {
+      // The slot is given back after the stage-end (a --fail-fast abort comes first, so nothing new starts in it).
+      const attempt = async (context: RunContext): Promise<Attempt> => {
         const grant = await slots.acquire(job.cpu, job.gpu);
         try {
-          if (book.abortReason) return skippedOutcome(`not started: ${book.abortReason}`);
-          return await runStage(job, grant.gpus, context, plan.pipeline.file.dir);
-        } finally {
+          const outcome = book.abortReason ? skippedOutcome(`not started: ${book.abortReason}`) : await runStage(job, grant.gpus, context, plan.pipeline.file.dir);
+          return { outcome, release: () => grant.release() };
+        } catch (error) {
           grant.release();
+          throw error;
         }
       };
-      return book.finish(stage, await runWithPauses(stage.name, attempt, runContext, book, options.epochGate));
+      const { outcome, release } = await runWithPauses(stage.name, attempt, runContext, book, options.epochGate);
+      try {
+        return book.finish(stage, outcome);
+      } finally {
+        release();
+      }
     })());
   }
 
@@ -69,31 +76,39 @@ export const localRunner: Runner = async (options: ExecuteOptions): Promise<RunS
  * epoch it paused at, replays that epoch's results (which the scheduler now lets through), and
  * trains on. The outcome is the last attempt's, with the time of all and every metric point once.
  */
+interface Attempt {
+  outcome: Outcome;
+  /** Gives the stage's slot back. */
+  release: () => void;
+}
+
 async function runWithPauses(
   name: string,
-  attempt: (context: RunContext) => Promise<Outcome>,
+  attempt: (context: RunContext) => Promise<Attempt>,
   context: RunContext,
   book: RunBook,
   gate: EpochGate | undefined,
-): Promise<Outcome> {
-  let outcome = await attempt(context);
+): Promise<Attempt> {
+  let last = await attempt(context);
   const log = (line: string) => book.emit({ type: 'stage-log', stage: name, stream: 'log', line });
-  while (outcome.status === 'pruned' && outcome.pruned && gate?.pauses?.(name) && gate.resumeAfterPause && !book.abortReason) {
-    const at = outcome.pruned;
+  while (last.outcome.status === 'pruned' && last.outcome.pruned && gate?.pauses?.(name) && gate.resumeAfterPause && !book.abortReason) {
+    const earlier = last.outcome;
+    const at = earlier.pruned!;
+    // Paused: its slot goes to the next stage while it waits.
+    last.release();
     log(`paused after epoch ${at.epoch} of ${at.of}: the scheduler resumes it from its checkpoint if it becomes one of the best at this rung`);
     if (!(await gate.resumeAfterPause(name)) || book.abortReason) {
-      log(`not promoted: ends after epoch ${at.epoch} of ${at.of}`);
-      break;
+      if (!book.abortReason) log(`not promoted: ends after epoch ${at.epoch} of ${at.of}`);
+      return { outcome: earlier, release: () => undefined };
     }
     log(`promoted: resumes from its checkpoint after epoch ${at.epoch}`);
-    const earlier = outcome;
     const seen = new Set(earlier.metrics.map(pointKey));
     // The resumed stage tells its checkpoint's epochs again: the runs and terminals have them already.
     const replayed = (point: MetricPoint) => seen.has(pointKey(point));
     const next = await attempt({ ...context, emit: (event) => (event.type === 'stage-metric' && event.stage === name && replayed(event.point) ? undefined : context.emit(event)) });
-    outcome = { ...next, durationMs: earlier.durationMs + next.durationMs, metrics: [...earlier.metrics, ...next.metrics.filter((p) => !replayed(p))] };
+    last = { ...next, outcome: { ...next.outcome, durationMs: earlier.durationMs + next.outcome.durationMs, metrics: [...earlier.metrics, ...next.outcome.metrics.filter((p) => !replayed(p))] } };
   }
-  return outcome;
+  return last;
 }
 
 function pointKey(point: MetricPoint): string {
