@@ -36,13 +36,14 @@ test('a scheduler needs a learning stage; settings of the other rule and unknown
   assert.is(r.exitCode, 2, r.stderr);
   assert.ok(r.stderr.includes('p.yaml:11:15: error: sweep.scheduler.type: early stopping watches the epochs of a fine-tune or train-head stage, and the pipeline has none'), r.stderr);
 
-  const command = project({ 'p.yaml': text('{type: median, stage: data, reduction_factor: 3, metric: test_accuracy}') });
+  const command = project({ 'p.yaml': text('{type: median, stage: data, reduction_factor: 3, metric: test_accuracy, pause: true}') });
   const c = await pipe(command, ['sweep', 'p.yaml', '--dry-run']);
   assert.is(c.exitCode, 2, c.stderr);
   assert.ok(c.stderr.includes("p.yaml:11:36: error: sweep.scheduler.stage: stage 'data' (a command stage) reports no epochs: early stopping watches a fine-tune or train-head stage"), c.stderr);
   assert.ok(c.stderr.includes('sweep.scheduler.metric: \'test_accuracy\' is not reported per epoch (expected one of: val_accuracy, val_loss, accuracy, loss)'), c.stderr);
   assert.ok(c.stderr.includes('sweep.scheduler.reduction_factor: reduction_factor is for type: asha (the median rule has none)'), c.stderr);
-  assert.match(c.stderr, /3 problems found/);
+  assert.ok(c.stderr.includes('sweep.scheduler.pause: pause is for type: asha (the median rule stops trials)'), c.stderr);
+  assert.match(c.stderr, /4 problems found/);
 
   const missing = project({ 'p.yaml': text('{type: asha, stage: nope}') });
   const m = await pipe(missing, ['sweep', 'p.yaml', '--dry-run']);
@@ -61,6 +62,10 @@ test('the defaults as Ray has them, and the watched stage found by its kind (--d
   const a = await pipe(dir, ['sweep', 'small.yaml', '--dry-run']);
   assert.is(a.exitCode, 0, a.stderr);
   assert.match(a.stdout, /early stopping: asha on loss \(min\) after each epoch of stage head; grace_period 1, reduction_factor 4, max_t 2\n/);
+  writeFileSync(path.join(dir, 'small.yaml'), median.replace('{type: median}', '{type: asha, pause: true}'));
+  const p = await pipe(dir, ['sweep', 'small.yaml', '--dry-run']);
+  assert.is(p.exitCode, 0, p.stderr);
+  assert.match(p.stdout, /early stopping: asha on val_accuracy \(max\) after each epoch of stage fine-tune; grace_period 1, reduction_factor 4, pause true\n/);
 });
 
 test.run();
