@@ -57,8 +57,9 @@ export function tidyValues(tf: Tf, compute: () => import('@tensorflow/tfjs-node'
 type Tensor = import('@tensorflow/tfjs-node').Tensor;
 
 interface NodeBackend {
-  binding: { TF_ATTR_TYPE: number; TF_ATTR_BOOL: number; TF_FLOAT: number };
+  binding: { TF_ATTR_TYPE: number; TF_ATTR_BOOL: number; TF_ATTR_SHAPE: number; TF_ATTR_STRING: number; TF_FLOAT: number };
   executeSingleOutput(name: string, attrs: Array<{ name: string; type: number; value: unknown }>, inputs: Tensor[]): Tensor;
+  executeMultipleOutputs(name: string, attrs: Array<{ name: string; type: number; value: unknown }>, inputs: Tensor[], numOutputs: number): Tensor[];
 }
 
 /**
@@ -76,4 +77,58 @@ export function rawOp(tf: Tf, name: string, inputs: Tensor[], flags: Record<stri
     ...Object.entries(flags).map(([flag, value]) => ({ name: flag, type: backend.binding.TF_ATTR_BOOL, value: value as unknown })),
   ];
   return backend.executeSingleOutput(name, attrs, inputs);
+}
+
+/** TensorFlow's name for an anonymous resource: the variable lives as long as its handle. */
+const ANONYMOUS_RESOURCE = 'cd2c89b7-88b7-44c8-ad83-06c2a9158347';
+
+/**
+ * TensorFlow resource variables and the fused training kernels that update them in place, through
+ * tfjs-node's binding (which passes a resource handle along as an opaque tensor). One
+ * `ResourceApplyRMSProp` is one pass over a variable where tfjs's ops take nine, each a kernel
+ * launch and a trip through memory. Undefined on a backend that runs no TensorFlow ops.
+ */
+export interface ResourceOps {
+  /** A new variable holding a copy of `initial` (float32). The handle is a tensor: dispose it to free the variable. */
+  variable(initial: Tensor): Tensor;
+  assign(handle: Tensor, value: Tensor): void;
+  /** The variable's value now, as a tensor of its own (later updates do not change it). */
+  read(handle: Tensor): Tensor;
+  /**
+   * TensorFlow's ApplyRMSProp: ms += (g² − ms)(1 − ρ); mom = momentum·mom + lr·g / sqrt(ms + ε);
+   * var −= mom. The scalars are float32 tensors.
+   */
+  applyRmsprop(variable: Tensor, ms: Tensor, mom: Tensor, lr: Tensor, rho: Tensor, momentum: Tensor, epsilon: Tensor, grad: Tensor): void;
+}
+
+export function resourceOps(tf: Tf): ResourceOps | undefined {
+  const backend = tf.backend() as unknown as Partial<NodeBackend>;
+  const binding = backend.binding;
+  if (!binding || typeof backend.executeSingleOutput !== 'function' || typeof backend.executeMultipleOutputs !== 'function') return undefined;
+  const node = backend as NodeBackend;
+  const float = (name: string) => ({ name, type: binding.TF_ATTR_TYPE, value: binding.TF_FLOAT as unknown });
+  const ops: ResourceOps = {
+    variable(initial) {
+      const handle = node.executeSingleOutput('VarHandleOp', [float('dtype'), { name: 'shape', type: binding.TF_ATTR_SHAPE, value: initial.shape }, { name: 'shared_name', type: binding.TF_ATTR_STRING, value: ANONYMOUS_RESOURCE }], []);
+      ops.assign(handle, initial);
+      return handle;
+    },
+    assign(handle, value) {
+      if (value.dtype !== 'float32') throw new Error(`bug: resource variables hold float32, got ${value.dtype}`);
+      // A copy in TensorFlow's memory: AssignVariableOp may adopt its input's buffer, and a tensor
+      // made from a JS array shares V8's memory, which the fused updates would then write into and
+      // TensorFlow free outside V8's control (measured: heap corruption).
+      const copy = node.executeSingleOutput('DeepCopy', [float('T')], [value]);
+      try {
+        node.executeMultipleOutputs('AssignVariableOp', [float('dtype')], [handle, copy], 0);
+      } finally {
+        copy.dispose();
+      }
+    },
+    read: (handle) => node.executeSingleOutput('ReadVariableOp', [float('dtype')], [handle]),
+    applyRmsprop(variable, ms, mom, lr, rho, momentum, epsilon, grad) {
+      node.executeMultipleOutputs('ResourceApplyRMSProp', [float('T')], [variable, ms, mom, lr, rho, momentum, epsilon, grad], 0);
+    },
+  };
+  return ops;
 }

@@ -17,7 +17,7 @@
 //   batch-size weights), validation after each epoch in inference mode; Keras-like history with the
 //   epoch indices.
 
-import { rawOp, type Tf } from './tf.ts';
+import { rawOp, resourceOps, type ResourceOps, type Tf } from './tf.ts';
 import type * as tfTypes from '@tensorflow/tfjs-node';
 import { InputError, unreachable } from '../core/errors.ts';
 
@@ -311,23 +311,110 @@ export interface RmspropConfig {
 /**
  * keras.optimizers.RMSprop (Keras 3) without momentum and not centered (the recipe's settings):
  *   v = ρ·v + (1 − ρ)·g²; x −= lr·g / sqrt(v + ε).
+ *
+ * On TensorFlow (tfjs-node) the update is TensorFlow's own fused kernel, `ResourceApplyRMSProp`,
+ * on a resource variable that mirrors each trained variable: one pass over the variable instead of
+ * nine tfjs ops (measured: 9 instead of 20–28 ms per step for the 56 variables fine-tuned from
+ * layer 100). It computes v as v + (g² − v)(1 − ρ), which differs from Keras's ρ·v + (1 − ρ)·g²
+ * only in float rounding. The tfjs variable stays the one the model reads: after each update it
+ * takes the mirror's value, and a variable assigned from elsewhere (a restored checkpoint) is
+ * copied into its mirror before the next update.
  */
 export class KerasRmsprop extends SlotOptimizer {
   readonly name = 'rmsprop' as const;
   protected readonly slotCount = 1;
   readonly rho: number;
   readonly epsilon: number;
-  constructor(tf: Tf, config: RmspropConfig) {
+  private readonly resources: ResourceOps | undefined;
+  /** Per variable name: its mirror, the mean square (the Keras velocity) and TF's momentum buffer (zeros). */
+  private readonly mirrors = new Map<string, { variable: Tensor; ms: Tensor; mom: Tensor; dataId: unknown }>();
+  constructor(tf: Tf, config: RmspropConfig & { fused?: boolean }) {
     super(tf, config.learningRate);
     this.rho = config.rho ?? 0.9;
     this.epsilon = config.epsilon ?? 1e-7;
+    this.resources = config.fused === false ? undefined : resourceOps(tf);
   }
+
+  override applyGradients(pairs: ReadonlyArray<{ variable: Variable; grad: Tensor | null | undefined }>): void {
+    const ops = this.resources;
+    if (!ops) return super.applyGradients(pairs);
+    const c = (value: number) => this.constant(value);
+    for (const { variable, grad } of pairs) {
+      if (!grad) continue;
+      const mirror = this.mirrorOf(ops, variable);
+      ops.applyRmsprop(mirror.variable, mirror.ms, mirror.mom, c(this.learningRate), c(this.rho), c(0), c(this.epsilon), grad);
+      const value = ops.read(mirror.variable);
+      variable.assign(value);
+      value.dispose();
+      mirror.dataId = dataIdOf(variable);
+    }
+    this.iterations += 1;
+  }
+
+  private mirrorOf(ops: ResourceOps, variable: Variable): { variable: Tensor; ms: Tensor; mom: Tensor; dataId: unknown } {
+    let mirror = this.mirrors.get(variable.name);
+    if (!mirror) {
+      const zeros = this.tf.zerosLike(variable);
+      mirror = { variable: ops.variable(variable), ms: ops.variable(zeros), mom: ops.variable(zeros), dataId: dataIdOf(variable) };
+      zeros.dispose();
+      this.tf.keep(mirror.variable);
+      this.tf.keep(mirror.ms);
+      this.tf.keep(mirror.mom);
+      this.mirrors.set(variable.name, mirror);
+    } else if (mirror.dataId !== dataIdOf(variable)) {
+      // Assigned from elsewhere since the last update (a checkpoint restored): the mirror follows.
+      ops.assign(mirror.variable, variable);
+      mirror.dataId = dataIdOf(variable);
+    }
+    return mirror;
+  }
+
   protected update(variable: Variable, grad: Tensor): void {
     const [v] = this.slotsFor(variable, 1) as [Variable];
     const c = (value: number) => this.constant(value);
     v.assign(v.mul(c(this.rho)).add(grad.square().mul(c(1 - this.rho))));
     variable.assign(variable.sub(grad.mul(c(this.learningRate)).div(v.add(c(this.epsilon)).sqrt())));
   }
+
+  override exportState(vars: readonly Variable[]): OptimizerState {
+    const ops = this.resources;
+    if (!ops) return super.exportState(vars);
+    const slots = vars.map((variable) => {
+      const mirror = this.mirrors.get(variable.name);
+      if (!mirror) return [];
+      const ms = ops.read(mirror.ms);
+      try {
+        return [ms.dataSync() as Float32Array];
+      } finally {
+        ms.dispose();
+      }
+    });
+    return { name: this.name, iterations: this.iterations, slots };
+  }
+
+  override importState(vars: readonly Variable[], state: OptimizerState): void {
+    const ops = this.resources;
+    if (!ops) return super.importState(vars, state);
+    if (state.name !== this.name) throw new Error(`bug: a ${state.name} state for a ${this.name} optimizer`);
+    vars.forEach((variable, i) => {
+      const values = state.slots[i] ?? [];
+      if (values.length === 0) return;
+      const mirror = this.mirrorOf(ops, variable);
+      this.tf.tidy(() => ops.assign(mirror.ms, this.tf.tensor(values[0]!, variable.shape, 'float32')));
+    });
+    this.iterations = state.iterations;
+  }
+
+  override dispose(): void {
+    for (const mirror of this.mirrors.values()) this.tf.dispose([mirror.variable, mirror.ms, mirror.mom]);
+    this.mirrors.clear();
+    super.dispose();
+  }
+}
+
+/** The data a tfjs tensor holds (a variable's changes when it is assigned). */
+function dataIdOf(tensor: Tensor): unknown {
+  return (tensor as unknown as { dataId: unknown }).dataId;
 }
 
 /** keras.optimizers.SGD without momentum: x −= lr·g. */

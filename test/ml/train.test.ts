@@ -105,6 +105,51 @@ test('Keras RMSprop: x −= lr·g / sqrt(v + ε)', () => {
   rms.dispose();
 });
 
+test('RMSprop on TensorFlow: the fused kernel equals the tfjs ops within float noise; state export and import; a variable assigned from elsewhere is followed', () => {
+  const shapes = [[3, 3, 8, 1], [8], [16, 4], [1]];
+  const init = shapes.map((shape, i) => tf.randomNormal(shape, 0, 1, 'float32', i + 1));
+  const make = () => init.map((t) => tf.variable(t.clone()));
+  const fusedVars = make();
+  const plainVars = make();
+  const fused = new KerasRmsprop(tf, { learningRate: 0.01 });
+  const plain = new KerasRmsprop(tf, { learningRate: 0.01, fused: false });
+  const before = tf.memory().numTensors;
+  for (let step = 0; step < 5; step++) {
+    const grads = shapes.map((shape, i) => tf.randomNormal(shape, 0, 1, 'float32', 100 * step + i));
+    fused.applyGradients(fusedVars.map((variable, i) => ({ variable, grad: grads[i] })));
+    if (step === 0) assert.is(tf.memory().numTensors - before, shapes.length + 3 * shapes.length + 4, 'the gradients, and three mirrors per variable and four constants, made once');
+    plain.applyGradients(plainVars.map((variable, i) => ({ variable, grad: grads[i] })));
+    tf.dispose(grads);
+  }
+  const steady = tf.memory().numTensors;
+  fused.applyGradients(fusedVars.map((variable) => ({ variable, grad: tf.onesLike(variable) })));
+  assert.is(tf.memory().numTensors, steady + shapes.length, 'only the gradients made here stay (the caller frees them)');
+  plain.applyGradients(plainVars.map((variable) => ({ variable, grad: tf.onesLike(variable) })));
+  fusedVars.forEach((v, i) => {
+    const a = v.dataSync();
+    const b = plainVars[i]!.dataSync();
+    a.forEach((x, k) => close(x, b[k]!, 1e-5));
+    assert.not.equal(Array.from(a), Array.from(init[i]!.dataSync()), 'trained');
+  });
+  assert.is(fused.iterations, 6);
+  // The mean squares, exported and imported, as the tfjs ops' slots.
+  const exported = fused.exportState(fusedVars);
+  const plainState = plain.exportState(plainVars);
+  exported.slots.forEach((slots, i) => slots[0]!.forEach((x, k) => close(x, plainState.slots[i]![0]![k]!, 1e-6)));
+  const again = new KerasRmsprop(tf, { learningRate: 0.01 });
+  again.importState(fusedVars, exported);
+  assert.equal(again.exportState(fusedVars).slots.map((s) => Array.from(s[0]!)), exported.slots.map((s) => Array.from(s[0]!)));
+  // A checkpoint restored into the variable: the next update starts from it, not from the mirror.
+  fusedVars[3]!.assign(tf.tensor([5], [1]));
+  plainVars[3]!.assign(tf.tensor([5], [1]));
+  fused.applyGradients([{ variable: fusedVars[3]!, grad: tf.tensor([0.5], [1]) }]);
+  plain.applyGradients([{ variable: plainVars[3]!, grad: tf.tensor([0.5], [1]) }]);
+  close(fusedVars[3]!.dataSync()[0]!, plainVars[3]!.dataSync()[0]!, 1e-6);
+  assert.ok(fusedVars[3]!.dataSync()[0]! < 5 && fusedVars[3]!.dataSync()[0]! > 4.9);
+  for (const o of [fused, plain, again]) o.dispose();
+  tf.dispose([...fusedVars, ...plainVars, ...init]);
+});
+
 test('seeded shuffling, batches with a smaller last batch, glorot limits', () => {
   const a = shuffledIndices(10, rng(7));
   assert.equal(a, shuffledIndices(10, rng(7)));
