@@ -61,7 +61,9 @@ async function main(): Promise<void> {
     const modelId = /models:\/(m-[0-9a-f]+)/.exec(version.source)![1]!;
     console.log(`REST: registered-models/alias cats-vs-dogs@champion → version ${version.version}, source ${version.source}, run ${version.run_id}`);
     const parent = (await client.searchRuns({ experimentIds: [exp], filter: "tags.`pipe.sweep` LIKE 'sweep-%'" })).runs[0]!;
-    const compare = parent.data.tags?.find((t) => t.key === 'pipe.compare_url')?.value ?? '';
+    // The tag's link is relative to the server (`#/compare-runs?…`; older sweeps stored a full URL).
+    const tagged = parent.data.tags?.find((t) => t.key === 'pipe.compare_url')?.value ?? '';
+    const compare = tagged.includes('#') ? `${uri}/#${tagged.split('#')[1]}` : '';
 
     await screenshots(outDir, {
       run: `${uri}/#/experiments/${exp}/runs/${run.info.run_id}`,

@@ -32,7 +32,8 @@ async function main(): Promise<void> {
     mkdirSync(outDir, { recursive: true });
     const exp = experiment.experiment_id;
     const runUrl = `${uri}/#/experiments/${exp}/runs/${parent.info.run_id}`;
-    // The tag names the server that recorded the sweep; an embedded server's port changes per start.
+    // The tag's link is relative to the server (`#/compare-runs?…`); older sweeps stored the full URL
+    // of the server that recorded them, whose port an embedded server changes at each start.
     const tagged = parent.data.tags?.find((t) => t.key === 'pipe.compare_url')?.value ?? '';
     const compare = tagged.includes('#') ? `${uri}/#${tagged.split('#')[1]}` : '';
     console.log(`sweep ${parent.info.run_name} (${parent.info.run_id}) in experiment ${experiment.name}: ${runUrl}`);

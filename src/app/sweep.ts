@@ -15,7 +15,7 @@ import type { RunListener, RunSummary } from '../core/events.ts';
 import { loadPipeline, type PipelineFile } from '../pipeline/pipeline.ts';
 import type { SearchSettings, SweepParent } from '../tracking/sweep-parent.ts';
 import { formatDuration, outputLinker, runLogWriter } from '../render/render.ts';
-import { demultiplex, expandTrials, mergePlans, schedulerOfFile, SweepScheduler, trialSummary, type SweepPlan, type Trial } from '../plan/sweep.ts';
+import { demultiplex, expandTrials, mergePlans, schedulerOfFile, SweepScheduler, timedTrial, trialSummary, type SweepPlan, type Trial } from '../plan/sweep.ts';
 import type { SchedulerConfig } from '../plan/scheduler.ts';
 import type { PrunedAt } from '../core/events.ts';
 
@@ -43,7 +43,7 @@ export async function sweepCommand(file: string, values: CommandOptions, io: Io)
   for (const trial of trials) await fs.mkdir(trialRunDir(trial), { recursive: true });
 
   const sweep: Sweep = { id: sweepId, dir: sweepDir, trials, objective, direction, pipelineFile, projectDir: first.paths.projectDir, scheduler, search: searchSettings(pipelineFile, values, scheduler) };
-  const recorders = await trialRecorders(sweep, values, io, trialRunDir);
+  const recorders = await trialRecorders(sweep, sweepPlan, values, io, trialRunDir);
   const trialMetrics = new Map<string, Record<string, number>>();
   const demux = demultiplex(sweepPlan, trials, recorders.listeners, trialRunDir, prepared, trialMetrics);
   const mergedPrepared: Prepared = { ...first, plan: sweepPlan.plan };
@@ -174,10 +174,11 @@ async function prepareTrials(
 
 /**
  * Per trial, the listener that records it: its MLflow run under the sweep's parent run (unless
- * tracking is off or fails to start), its log.txt and its output links.
+ * tracking is off or fails to start), timed as the trial (timedTrial: from its first own stage to
+ * its last), its log.txt and its output links.
  */
 async function trialRecorders(
-  sweep: Sweep, values: CommandOptions, io: Io, trialRunDir: (trial: Trial) => string,
+  sweep: Sweep, sweepPlan: SweepPlan, values: CommandOptions, io: Io, trialRunDir: (trial: Trial) => string,
 ): Promise<{ listeners: Map<string, RunListener>; closers: Array<() => Promise<void>>; parent: SweepParent | undefined }> {
   const tracking = sweep.pipelineFile.tracking.enabled && !values['no-track'] && process.env['PIPE_NO_TRACK'] !== '1';
   const { trackers, closers, parent } = tracking ? await startSweepTracking(sweep, io) : { trackers: new Map<string, RunListener>(), closers: [], parent: undefined };
@@ -185,7 +186,8 @@ async function trialRecorders(
   for (const trial of sweep.trials) {
     const writer = runLogWriter(path.join(trialRunDir(trial), 'log.txt'));
     closers.push(() => writer.close());
-    const tracker = trackers.get(trial.id);
+    const tracked = trackers.get(trial.id);
+    const tracker = tracked ? timedTrial(sweepPlan, trial.id, tracked) : undefined;
     const linker = outputLinker(trialRunDir(trial), { latest: false });
     listeners.set(trial.id, (event) => {
       void writer.listener(event);

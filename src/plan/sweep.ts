@@ -5,7 +5,7 @@
 import { convertOverride, type AnalyzedStage } from '../pipeline/analyze.ts';
 import type { Diagnostic } from '../core/diagnostics.ts';
 import { at } from '../core/diagnostics.ts';
-import type { PrunedAt, RunEvent, RunListener, RunSummary, StageEndEvent, StageSummary } from '../core/events.ts';
+import type { PrunedAt, RunEvent, RunListener, RunStartEvent, RunSummary, StageEndEvent, StageSummary } from '../core/events.ts';
 import type { MetricPoint } from '../core/stage-kind.ts';
 import { canonicalJson } from '../cache/fingerprint.ts';
 import { article, checkParamValue, rangeOf, type ParamDecl, type PipelineFile } from '../pipeline/pipeline.ts';
@@ -411,6 +411,67 @@ export function demultiplex(
         break;
     }
   };
+}
+
+/**
+ * A trial's event stream timed as the trial, not as the sweep (for its MLflow run, whose duration is
+ * end_time − start_time and whose start_time is set only when it is created): the run starts when
+ * the first of the trial's own stages starts — one that not every trial shares; a shared stage, or
+ * one restored from the cache (it has no stage-start), started nothing of this trial's — else at the
+ * sweep's start, and ends when the last of its stages ends (else at the sweep's end). The trial's
+ * events before its start are held and passed on after its run-start. `now` times the stage-ends,
+ * which carry only a duration.
+ */
+export function timedTrial(sweepPlan: SweepPlan, trialId: string, listener: RunListener, now: () => number = Date.now): RunListener {
+  const own = ownStages(sweepPlan, trialId);
+  let start: RunStartEvent | undefined;
+  /** The events before the trial's start; undefined once it has started. */
+  let held: RunEvent[] | undefined = [];
+  let lastEnd: number | undefined;
+  // Synchronous, as the run's emitter calls it: the events reach the listener in their order.
+  const pass = (events: RunEvent[]): void | Promise<void> => {
+    const pending = events.map((e) => listener(e)).filter((r): r is Promise<void> => r instanceof Promise);
+    return pending.length > 0 ? Promise.all(pending).then(() => undefined) : undefined;
+  };
+  const begin = (startedAt: number, event: RunEvent): void | Promise<void> => {
+    if (start) start = { ...start, startedAt };
+    const events = [...(start ? [start] : []), ...(held ?? []), event];
+    held = undefined;
+    return pass(events);
+  };
+  return (event) => {
+    switch (event.type) {
+      case 'run-start':
+        start = event;
+        return;
+      case 'stage-start':
+        if (held && own.has(event.stage)) return begin(event.startedAt, event);
+        break;
+      case 'stage-end':
+        lastEnd = now();
+        break;
+      case 'run-end': {
+        const startedAt = start?.startedAt ?? event.endedAt;
+        const endedAt = lastEnd !== undefined && lastEnd >= startedAt ? lastEnd : event.endedAt;
+        const end: RunEvent = { ...event, endedAt, summary: { ...event.summary, durationMs: endedAt - startedAt } };
+        return held ? begin(startedAt, end) : pass([end]);
+      }
+      default:
+        break;
+    }
+    if (held) held.push(event);
+    else return pass([event]);
+  };
+}
+
+/** The trial's stages (by their names in the trial) that not every trial of the sweep shares. */
+function ownStages(sweepPlan: SweepPlan, trialId: string): Set<string> {
+  const trialCount = sweepPlan.trialStages.size;
+  const own = new Set<string>();
+  for (const [local, merged] of sweepPlan.trialStages.get(trialId) ?? []) {
+    if ((sweepPlan.nodes.get(merged)?.trials.size ?? trialCount) < trialCount) own.add(local);
+  }
+  return own;
 }
 
 export function trialSummary(trial: Trial, sweepPlan: SweepPlan, merged: RunSummary): RunSummary {

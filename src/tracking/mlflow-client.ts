@@ -338,12 +338,28 @@ export class MLflowClient {
 
   // ---- datasets, logged models ----
 
-  /** Records datasets (and models) as inputs of the run. Logging the same dataset again is a no-op. */
+  /**
+   * Records datasets (and models) as inputs of the run. Logging the same dataset again is a no-op.
+   *
+   * Runs that log the same new dataset at the same moment (a sweep's trials) race on the server: each
+   * request looks for the dataset's row (experiment, name, digest), finds none and inserts one, and
+   * every insert but the first breaks the table's unique constraint; the server rolls that request
+   * back and answers 400. Sent again, the request finds the row and only links the run to it. Each
+   * refusal means another request has just added one of these datasets, so as many attempts as
+   * there are datasets, plus one, always get through.
+   */
   async logInputs(runId: string, datasets: DatasetInput[], models: Array<{ model_id: string }> = []): Promise<void> {
-    await this.request('POST', '/api/2.0/mlflow/runs/log-inputs', {
-      body: { run_id: runId, datasets, models },
-      what: `log ${datasets.length} dataset input(s) to run ${runId}`,
-    });
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.request('POST', '/api/2.0/mlflow/runs/log-inputs', {
+          body: { run_id: runId, datasets, models },
+          what: `log ${datasets.length} dataset input(s) to run ${runId}`,
+        });
+        return;
+      } catch (error) {
+        if (attempt >= datasets.length || !isDatasetRace(error)) throw error;
+      }
+    }
   }
 
   /** Records logged models as outputs of the run (the run page's "Logged models"). */
@@ -705,6 +721,15 @@ function decodeLoggedModel(model: LoggedModel): LoggedModel {
 function decodeRun(run: Run): Run {
   if (run.data.metrics) run.data.metrics = run.data.metrics.map(decodeMetric);
   return run;
+}
+
+/**
+ * The server's answer when a concurrent request inserted the same dataset first: the key of the
+ * datasets table (experiment_id, name, digest; `dataset_pk`), as SQLite, PostgreSQL and MySQL word it.
+ */
+export function isDatasetRace(error: unknown): boolean {
+  if (!(error instanceof MLflowError) || error.kind !== 'rejected') return false;
+  return /UNIQUE constraint failed: datasets\.|violates unique constraint "dataset_pk"|Duplicate entry .* for key '(?:datasets\.)?PRIMARY'/i.test(error.message);
 }
 
 function describeBatch(c: LogBatchChunk): string {

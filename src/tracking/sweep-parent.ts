@@ -81,7 +81,7 @@ export async function startSweepParent(options: {
       const best = rows.find((r) => r.status === 'succeeded' && r.metrics[options.objective] !== undefined);
       const now = Date.now();
       const metrics = best ? Object.entries(best.metrics).map(([key, value]) => ({ key: `best.${key}`, value, timestamp: now, step: 0 })) : [];
-      const compare = await compareUrl(client, experimentId, runId);
+      const compare = await compareLink(client, experimentId, runId);
       const note = [
         `## Sweep ${options.sweepId}`,
         '',
@@ -174,12 +174,17 @@ export async function schedulerCurvesChart(rows: TrialRow[], scheduler: Record<s
 /**
  * The MLflow compare view of the sweep's trial runs (the children of the parent run), whose
  * parallel-coordinates plot shows each trial's swept params and metrics side by side.
+ *
+ * Relative to the server (`#/compare-runs?…`): the UI resolves it against the page it shows, so it
+ * stays right when the server moves — the embedded server takes a free port at each start — or is
+ * reached through another name or a proxy. Where a full URL is wanted (the `pipe.compare_url` tag
+ * holds the same link), put the server's in front: `${uri}/#/compare-runs?…`.
  */
-async function compareUrl(client: MLflowClient, experimentId: string, parentRunId: string): Promise<string | undefined> {
+async function compareLink(client: MLflowClient, experimentId: string, parentRunId: string): Promise<string | undefined> {
   const { runs } = await client.searchRuns({ experimentIds: [experimentId], filter: `tags.\`mlflow.parentRunId\` = '${parentRunId}'`, maxResults: 1000 });
   if (runs.length === 0) return undefined;
   const ids = encodeURIComponent(JSON.stringify(runs.map((r) => r.info.run_id)));
-  return `${client.uri}/#/compare-runs?runs=${ids}&experiments=${encodeURIComponent(JSON.stringify([experimentId]))}`;
+  return `#/compare-runs?runs=${ids}&experiments=${encodeURIComponent(JSON.stringify([experimentId]))}`;
 }
 
 /** The objective against the first numeric swept param, one line per combination of the others. */

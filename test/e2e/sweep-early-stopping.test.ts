@@ -97,6 +97,16 @@ test('asha stops the lagging trial after its first epoch; its evaluation never r
   const parent = runs.find((x) => tag(x, 'pipe.sweep') !== undefined && tag(x, 'mlflow.parentRunId') === undefined);
   assert.ok(parent);
   assert.is(parent.info.status, 'FINISHED', 'a pruned trial fails nothing');
+  for (const trial of [t1, t2]) {
+    // Each trial's run is timed as the trial: from its own fine-tune (after the shared head) to its last stage.
+    const { start_time: start = 0, end_time: end = 0 } = trial.info;
+    const seconds = (stageName: string) => Number(tag(trial, `pipe.stage.${stageName}.duration_s`)) * 1000;
+    assert.ok(start - (parent.info.start_time ?? 0) >= seconds('head'), `${tag(trial, 'pipe.trial')} starts after the shared head`);
+    assert.ok(end - start >= seconds('fine-tune') - 50 && end <= (parent.info.end_time ?? 0), `${tag(trial, 'pipe.trial')}: ${end - start} ms`);
+    // Both trials logged the data they share, each its own inputs (no lost race on the dataset rows).
+    const inputs = ((await mlflow.client.getRun(trial.info.run_id)) as unknown as { inputs?: { dataset_inputs?: Array<{ dataset: { name: string } }> } }).inputs?.dataset_inputs ?? [];
+    assert.equal(inputs.map((d) => d.dataset.name).sort(), ['images', 'images/test', 'images/train', 'images/validation']);
+  }
   const params = Object.fromEntries((parent.data.params ?? []).map((p) => [p.key, p.value]));
   assert.equal(
     [params['sweep.scheduler.type'], params['sweep.scheduler.metric'], params['sweep.scheduler.mode'], params['sweep.scheduler.grace_period'], params['sweep.scheduler.reduction_factor'], params['sweep.lr']],

@@ -6,7 +6,7 @@ import type { RunEvent, RunStartEvent, RunSummary, StageEndEvent } from '../../s
 import { analyze } from '../../src/pipeline/analyze.ts';
 import { parsePipeline, type PipelineFile } from '../../src/pipeline/pipeline.ts';
 import { decide, fingerprintStages, type Plan } from '../../src/plan/plan.ts';
-import { demultiplex, expandTrials, mergePlans, trialSummary, type Trial, type TrialPlan } from '../../src/plan/sweep.ts';
+import { demultiplex, expandTrials, mergePlans, timedTrial, trialSummary, type Trial, type TrialPlan } from '../../src/plan/sweep.ts';
 import { stageKinds } from '../../src/stages/index.ts';
 
 const pipelineText = (sweep: string) => `name: s
@@ -222,6 +222,53 @@ test('demultiplex: each trial sees its own run: local stage names, its params, i
   assert.equal([t1End.summary.runId, t1End.summary.status, t1End.summary.metrics], ['sweep-1-t1', 'succeeded', { loss: 0.5, acc: 0.7 }]);
   assert.equal(t2End.summary.stages.map((s) => [s.name, s.status]), [['data', 'ran'], ['head', 'failed'], ['tune', 'skipped']]);
   assert.is(t2End.summary.status, 'failed');
+});
+
+test('timedTrial: a trial starts with its first own stage, ends with its last stage; what came before waits for its start', async () => {
+  const file = load(pipelineText(gridSweep));
+  const { trials } = expandTrials(file, ['depth=1', 'lr=0.1,0.01']);
+  const merged = mergePlans(trials, await plansOf(file, trials));
+  // data and head are shared by both trials; each has its own tune.
+  assert.equal(merged.plan.stages.map((s) => s.name), ['data', 'head', 'tune[depth=1 lr=0.1]', 'tune[depth=1 lr=0.01]']);
+  const seen: RunEvent[] = [];
+  let clock = 0;
+  const timed = timedTrial(merged, 't1', (e) => void seen.push(e), () => clock);
+  const start: RunStartEvent = {
+    type: 'run-start', runId: 'sweep-1-t1', runDir: '/runs/sweep/t1', pipelineName: 's', pipelineFile: 's.yaml', experiment: 's',
+    pipelineYaml: '', pipelineHash: 'h', params: {}, backend: 'cpu', stages: [], startedAt: 100, sweep: { id: 'sweep-1', trial: 't1' },
+  };
+  const summary: RunSummary = { runId: 'sweep-1-t1', pipeline: 's', status: 'succeeded', durationMs: 900, metrics: {}, stages: [] };
+  const kinds = () => seen.map((e) => `${e.type}${'stage' in e ? ` ${e.stage}` : ''}`);
+
+  void timed(start);
+  void timed({ type: 'stage-start', stage: 'data', fingerprint: 'f', startedAt: 110 });
+  clock = 200;
+  void timed(endEvent('data', 'ran'));
+  void timed(endEvent('head', 'cached'));
+  assert.equal(seen, [], 'nothing of the trial has started: shared stages only');
+  void timed({ type: 'stage-start', stage: 'tune', fingerprint: 'f', startedAt: 300 });
+  assert.equal(kinds(), ['run-start', 'stage-start data', 'stage-end data', 'stage-end head', 'stage-start tune']);
+  assert.is((seen[0] as RunStartEvent).startedAt, 300);
+  void timed({ type: 'stage-log', stage: 'tune', stream: 'stdout', line: 'live' });
+  assert.is(seen.length, 6, 'after its start, events pass at once');
+  clock = 700;
+  void timed(endEvent('tune', 'ran'));
+  clock = 950;
+  void timed({ type: 'run-end', summary, endedAt: 1000 });
+  const end = seen.at(-1) as Extract<RunEvent, { type: 'run-end' }>;
+  assert.equal([end.endedAt, end.summary.durationMs], [700, 400]);
+
+  // Every stage of the trial from the cache or shared: the sweep's start, the last stage's end.
+  seen.length = 0;
+  const cached = timedTrial(merged, 't2', (e) => void seen.push(e), () => 250);
+  void cached({ ...start, runId: 'sweep-1-t2' });
+  void cached({ type: 'stage-start', stage: 'data', fingerprint: 'f', startedAt: 110 });
+  void cached(endEvent('tune', 'cached'));
+  assert.equal(seen, []);
+  void cached({ type: 'run-end', summary, endedAt: 1000 });
+  assert.equal(kinds(), ['run-start', 'stage-start data', 'stage-end tune', 'run-end']);
+  assert.is((seen[0] as RunStartEvent).startedAt, 100);
+  assert.equal([(seen[3] as Extract<RunEvent, { type: 'run-end' }>).endedAt, (seen[3] as Extract<RunEvent, { type: 'run-end' }>).summary.durationMs], [250, 150]);
 });
 
 test('trialSummary: a stage missing from the merged summary counts as skipped, so the trial failed', async () => {

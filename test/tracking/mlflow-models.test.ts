@@ -45,6 +45,27 @@ test('runs/log-inputs: the run lists its datasets with their context; logging on
   assert.equal(inputs[0]!.tags, [{ key: 'mlflow.data.context', value: 'training' }]);
 });
 
+test('runs/log-inputs: the same new dataset logged to several runs at once reaches every run', async () => {
+  // A sweep's trials log the data they share at the same moment: each request finds no dataset row
+  // and inserts one, and all but the first break the (experiment, name, digest) unique constraint.
+  const c = mlflow.client;
+  const exp = await c.getOrCreateExperiment('datasets-concurrent');
+  const splits = ['train', 'validation', 'test'].map((set, i) => ({
+    tags: [{ key: 'mlflow.data.context', value: set }],
+    dataset: { ...trainSet.dataset, name: `shared/${set}`, digest: `feedface0000000${i}` },
+  }));
+  for (let round = 0; round < 3; round++) {
+    const runs = await Promise.all(Array.from({ length: 8 }, () => c.createRun({ experimentId: exp, startTime: T0 })));
+    const sets = splits.map((s) => ({ ...s, dataset: { ...s.dataset, digest: `${s.dataset.digest.slice(0, 15)}${round}` } }));
+    await Promise.all(runs.map((r) => c.logInputs(r.info.run_id, sets)));
+    for (const r of runs) {
+      const got = (await c.getRun(r.info.run_id)) as unknown as { inputs?: { dataset_inputs?: DatasetInput[] } };
+      const names = (got.inputs?.dataset_inputs ?? []).map((d) => d.dataset.name).sort();
+      assert.equal(names, ['shared/test', 'shared/train', 'shared/validation']);
+    }
+  }
+});
+
 test('logged-models: create with params and tags, artifacts, metrics by model_id, finalize, run outputs', async () => {
   const c = mlflow.client;
   const exp = await c.getOrCreateExperiment('models');
