@@ -22,6 +22,16 @@ export interface BenchOptions {
   /** Seconds each TF graph-mode rate is timed over (`graph`). */
   graphSeconds: number;
   verbose: boolean;
+  /** `--scale`: only the scale measurement (bench/scale.ts), none of the others. */
+  scale: ScaleOptions | undefined;
+}
+
+/** What `--scale` measures: the pipeline on data sets of these sizes, and the sharded base pass. */
+export interface ScaleOptions {
+  /** Source images per data set, ascending (default 3,000, 12,000, 48,000). */
+  sizes: number[];
+  /** The data set the sharded base pass runs on (default the smallest), or undefined: none. */
+  shardSize: number | undefined;
 }
 
 export interface RawOptions {
@@ -37,6 +47,9 @@ export interface RawOptions {
   lr?: string;
   'graph-seconds'?: string;
   verbose?: boolean;
+  scale?: boolean;
+  'scale-sizes'?: string;
+  'scale-shard-size'?: string;
 }
 
 export const DEFAULTS = {
@@ -48,6 +61,22 @@ export const DEFAULTS = {
   lr: 0.00003,
   graphSeconds: 20,
 };
+
+/**
+ * The scale measurement (issue 16): the flagship pipeline with few epochs and one view per image
+ * (10 views of 48,000 images would be 26 GB of views and about 40 minutes of base passes on 2 cores).
+ */
+export const SCALE = {
+  sizes: [3000, 12000, 48000],
+  epochs: { initial: 1, fineTune: 1 },
+  views: 1,
+  /** The smallest data set: split needs a few images of each class in each of its three sets. */
+  minSize: 40,
+  /** Two one-core workers against one: the sharded pass's wall time at most this fraction. */
+  shardRatio: 0.6,
+  /** The largest data set against the smallest: peak RSS and wall time per image at most this ratio. */
+  growth: 1.1,
+} as const;
 
 /** The pipeline's defaults the runs change one at a time (pipelines/mobilenet.yaml). */
 export const PIPELINE = {
@@ -81,6 +110,37 @@ function positiveNumber(flag: string, text: string, problems: string[]): number 
     return undefined;
   }
   return value;
+}
+
+/** --scale, --scale-sizes, --scale-shard-size: the scale measurement's options, or undefined without --scale. */
+function scaleOptions(raw: RawOptions, problems: string[]): ScaleOptions | undefined {
+  if (!raw.scale) {
+    for (const flag of ['scale-sizes', 'scale-shard-size'] as const) if (raw[flag] !== undefined) problems.push(`--${flag} applies only with --scale`);
+    return undefined;
+  }
+  // the other measurements' options say nothing to it
+  for (const flag of ['only', 'skip', 'limit', 'keras-sweep', 'refit-at', 'lr', 'graph-seconds'] as const) {
+    if (raw[flag] !== undefined) problems.push(`--${flag} does not apply to --scale`);
+  }
+  let sizes: number[] = [...SCALE.sizes];
+  if (raw['scale-sizes'] !== undefined) {
+    const parts = raw['scale-sizes'].split(',').map((s) => s.trim()).filter(Boolean);
+    if (parts.length === 0) problems.push(`--scale-sizes: expected a list of image counts (e.g. ${SCALE.sizes.join(',')}), got '${raw['scale-sizes']}'`);
+    sizes = parts.map((p) => positiveInteger('scale-sizes', p, problems)).filter((n): n is number => n !== undefined);
+    const small = sizes.filter((n) => n < SCALE.minSize);
+    if (small.length > 0) problems.push(`--scale-sizes: at least ${SCALE.minSize} images per data set, got ${small.join(', ')}`);
+  }
+  sizes = [...new Set(sizes)].sort((a, b) => a - b);
+  let shardSize: number | undefined = sizes[0];
+  const shardText = raw['scale-shard-size'];
+  if (shardText !== undefined) {
+    if (shardText.trim() === 'none') shardSize = undefined;
+    else {
+      shardSize = positiveInteger('scale-shard-size', shardText, problems);
+      if (shardSize !== undefined && !sizes.includes(shardSize)) problems.push(`--scale-shard-size: expected one of --scale-sizes (${sizes.join(', ')}) or none, got ${shardSize}`);
+    }
+  }
+  return { sizes, shardSize };
 }
 
 /** Validated options, or every problem found (all at once). */
@@ -119,6 +179,9 @@ export function parseBenchOptions(raw: RawOptions): { options: BenchOptions } | 
   const lr = raw.lr === undefined ? DEFAULTS.lr : positiveNumber('lr', raw.lr, problems);
   if (lr !== undefined && lr === PIPELINE.fineTuneLearningRate) problems.push(`--lr: expected a learning rate other than ${PIPELINE.fineTuneLearningRate} (the default), got ${raw.lr}`);
   const graphSeconds = raw['graph-seconds'] === undefined ? DEFAULTS.graphSeconds : positiveNumber('graph-seconds', raw['graph-seconds'], problems);
+  const scale = scaleOptions(raw, problems);
+  // --scale measures that alone
+  if (scale) only = new Set();
   if (problems.length > 0) return { problems };
   return {
     options: {
@@ -133,6 +196,7 @@ export function parseBenchOptions(raw: RawOptions): { options: BenchOptions } | 
       lr: lr!,
       graphSeconds: graphSeconds!,
       verbose: Boolean(raw.verbose),
+      scale,
     },
   };
 }

@@ -5,6 +5,10 @@
 //                                                                 and a short one into README.md's "Current figures"
 //   npx tsx bench/render.ts bench/results/<date>.json --note NOTE.md   stores a closing note (markdown) in the JSON first
 //
+// A scale result (`npm run bench -- --scale`, <date>-scale.json) is rendered the same way, with its
+// own report (bench/scale-report.ts): latest-scale.md, and with --readme bench/README.md's text
+// between <!-- bench-scale:start --> and <!-- bench-scale:end --> (README.md is not touched).
+//
 // bench/README.md: only the text between the markers <!-- bench:start --> and <!-- bench:end --> is
 // replaced; without them a "## Benchmarks" section holding them is added before "## Tests" (or at
 // the end). The top-level README.md shows a short table of it between <!-- bench-summary:start -->
@@ -16,12 +20,47 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { renderMarkdown, renderReadmeSection, renderSummary, withTargets, type BenchResult } from './report.ts';
+import { isScaleResult, renderScaleMarkdown, renderScaleReadmeSection, withScaleTargets, type ScaleResult } from './scale-report.ts';
 
 const root = path.resolve(fileURLToPath(new URL('..', import.meta.url)));
 const START = '<!-- bench:start -->';
 const END = '<!-- bench:end -->';
 const SUMMARY_START = '<!-- bench-summary:start -->';
 const SUMMARY_END = '<!-- bench-summary:end -->';
+const SCALE_START = '<!-- bench-scale:start -->';
+const SCALE_END = '<!-- bench-scale:end -->';
+
+/** bench/README.md with `section` between its scale markers, or undefined when it has none. */
+export function spliceScale(readme: string, section: string): string | undefined {
+  const start = readme.indexOf(SCALE_START);
+  const end = readme.indexOf(SCALE_END);
+  if (start < 0 || end < start) return undefined;
+  return `${readme.slice(0, start)}${SCALE_START}\n${section.trim()}\n${readme.slice(end)}`;
+}
+
+/** A scale result: its markdown, latest-scale.md when it is the newest, and with `readme` its section in bench/README.md. */
+async function renderScale(file: string, raw: ScaleResult, options: { note?: string; readme?: boolean }): Promise<void> {
+  const result = withScaleTargets(raw);
+  if (options.note !== undefined) {
+    result.closingNote = (await readFile(options.note, 'utf8')).trim();
+    await writeFile(file, `${JSON.stringify(result, null, 2)}\n`);
+  }
+  const md = file.replace(/\.json$/, '.md');
+  await writeFile(md, renderScaleMarkdown(result));
+  const dir = path.dirname(file);
+  const newest = (await readdir(dir)).filter((n) => /^\d{8}T\d{6}Z-scale\.json$/.test(n)).sort().pop();
+  if (newest === path.basename(file)) await copyFile(md, path.join(dir, 'latest-scale.md'));
+  process.stdout.write(`wrote ${md}${newest === path.basename(file) ? ' and latest-scale.md' : ''}\n`);
+  if (!options.readme) return;
+  const readmePath = path.join(root, 'bench', 'README.md');
+  const link = path.relative(path.dirname(readmePath), path.resolve(md));
+  const updated = spliceScale(await readFile(readmePath, 'utf8'), renderScaleReadmeSection(result, link));
+  if (updated === undefined) process.stdout.write(`bench/README.md has no ${SCALE_START} … ${SCALE_END} markers: not updated\n`);
+  else {
+    await writeFile(readmePath, updated);
+    process.stdout.write(`updated bench/README.md (the scale section, from ${link})\n`);
+  }
+}
 
 /** README.md with `summary` between its summary markers, or undefined when it has none. */
 export function spliceSummary(readme: string, summary: string): string | undefined {
@@ -49,7 +88,12 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.a
     process.stderr.write('usage: npx tsx bench/render.ts RESULT.json [--note NOTE.md] [--readme]\n');
     process.exit(2);
   }
-  const result = withTargets(JSON.parse(await readFile(file, 'utf8')) as BenchResult);
+  const parsed = JSON.parse(await readFile(file, 'utf8')) as BenchResult | ScaleResult;
+  if (isScaleResult(parsed)) {
+    await renderScale(file, parsed as ScaleResult, values);
+    process.exit(0);
+  }
+  const result = withTargets(parsed as BenchResult);
   if (values.note !== undefined) {
     result.closingNote = (await readFile(values.note, 'utf8')).trim();
     await writeFile(file, `${JSON.stringify(result, null, 2)}\n`);

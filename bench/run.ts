@@ -25,6 +25,13 @@
 //   npm run bench -- [--data DIR] [--weights FILE] [--out-dir DIR] [--only LIST | --skip LIST]
 //                    [--limit N] [--epochs I,F] [--keras-sweep measure|extrapolate] [--refit-at N]
 //                    [--lr RATE] [--graph-seconds S] [--worktree] [--verbose]
+//
+// `--scale` measures something else, alone (bench/scale.ts, issue 16): the pipeline on data sets of
+// --scale-sizes images (default 3000,12000,48000) and the sharded base pass on two one-core
+// workers against one; results in <out-dir>/<date>-scale.json and .md and latest-scale.md.
+//
+//   npm run bench -- --scale [--scale-sizes LIST] [--scale-shard-size N|none] [--data DIR]
+//                    [--weights FILE] [--out-dir DIR] [--epochs I,F] [--worktree] [--verbose]
 
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
@@ -33,7 +40,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { DEFAULTS, MEASUREMENTS, PIPELINE, parseBenchOptions, formatDuration, type BenchOptions } from './lib.ts';
+import { DEFAULTS, MEASUREMENTS, PIPELINE, SCALE, parseBenchOptions, formatDuration, type BenchOptions } from './lib.ts';
+import { measureScale } from './scale.ts';
 import { fromRepo } from './shared.ts';
 import { timedRun, loadAverage, type TimedRun } from './proc.ts';
 import {
@@ -73,6 +81,12 @@ const USAGE = `npm run bench -- [options]
   --worktree            run pipe from the working tree as it is (default: from an export of the
                         committed HEAD under bench/work/, so that uncommitted edits do not leak in)
   --verbose             echo the commands' output
+
+  --scale               only the scale measurement (issue 16): the pipeline (views ${SCALE.views}, epochs
+                        ${SCALE.epochs.initial},${SCALE.epochs.fineTune} unless --epochs) on data sets of the photos replicated
+                        as symlinks, then the sharded base pass on two one-core workers against one
+  --scale-sizes LIST    images per data set (default ${SCALE.sizes.join(',')}; at least ${SCALE.minSize})
+  --scale-shard-size N  the data set of the sharded pass (default the smallest; none: no sharded pass)
 `;
 
 function fail(message: string): never {
@@ -100,6 +114,9 @@ function parseCli(): BenchOptions & { worktree: boolean } {
         'refit-at': { type: 'string' },
         lr: { type: 'string' },
         'graph-seconds': { type: 'string' },
+        scale: { type: 'boolean' },
+        'scale-sizes': { type: 'string' },
+        'scale-shard-size': { type: 'string' },
         verbose: { type: 'boolean' },
         worktree: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
@@ -203,7 +220,7 @@ const projectDir = path.join(workDir, 'project');
 // the sweep's own project directory: its cache starts empty
 const sweepProjectDir = path.join(workDir, 'sweep-project');
 const logFile = path.join(workDir, 'bench.log');
-await mkdir(projectDir, { recursive: true });
+await mkdir(options.scale ? workDir : projectDir, { recursive: true });
 await mkdir(options.outDir, { recursive: true });
 
 const source = await pipeSource(options.worktree);
@@ -211,7 +228,7 @@ const pipeline = path.join(source.dir, 'pipelines', 'mobilenet.yaml');
 const pipeBin = path.join(source.dir, 'bin', 'pipe.js');
 const epochs = options.epochs ?? { initial: 10, fineTune: 10 };
 let data = options.data;
-if (options.limit !== undefined) {
+if (options.limit !== undefined && !options.scale) {
   data = path.join(workDir, `data-limit-${options.limit}`);
   await limitedCopy(options.data, data, options.limit);
 }
@@ -392,9 +409,27 @@ async function measure(name: string, step: () => Promise<void>): Promise<void> {
 }
 
 say(`machine: ${result.machine.cores} cores, ${result.machine.cpuModel}, ${result.machine.ramGiB} GiB; load ${result.machine.loadAverage.start.join(' ')}`);
-say(`work directory ${path.relative(root, workDir)} (log ${path.relative(root, logFile)}); results in ${path.relative(root, options.outDir) || '.'}/${stamp}.{json,md}`);
-say(`running: ${[...options.only].join(', ')}; pipe from ${source.from} ${source.commit.slice(0, 12)}${source.from === 'HEAD' && source.dirty ? ' (the working tree has uncommitted changes to pipe: not measured)' : ''}`);
+say(`work directory ${path.relative(root, workDir)} (log ${path.relative(root, logFile)}); results in ${path.relative(root, options.outDir) || '.'}/${stamp}${options.scale ? '-scale' : ''}.{json,md}`);
+say(`running: ${options.scale ? 'scale' : [...options.only].join(', ')}; pipe from ${source.from} ${source.commit.slice(0, 12)}${source.from === 'HEAD' && source.dirty ? ' (the working tree has uncommitted changes to pipe: not measured)' : ''}`);
 await writeFile(logFile, '');
+
+if (options.scale) {
+  // the scale measurement alone (bench/scale.ts), with the probe's runtime for its report
+  try {
+    const p = await probe(false);
+    Object.assign(result.machine, { backend: p.runtime.backend, tfjs: p.runtime.tfjs, libtensorflow: p.runtime.libtensorflow });
+  } catch (error) {
+    say(`probe failed: ${(error as Error).message}`);
+  }
+  const scale = await measureScale({
+    root, stamp, workDir, logFile, outDir: options.outDir, data: options.data, weights: options.weights, scale: options.scale,
+    epochs: options.epochs ?? SCALE.epochs, verbose: options.verbose, pipeBin, pipeline,
+    pipeSource: result.pipeSource, env: { ...pipeEnv, PIPE_NO_TRACK: '1' }, machine: result.machine, say, figures,
+  });
+  say(`done: ${path.relative(root, path.join(options.outDir, `${stamp}-scale.md`))}${scale.partial ? ' (partial)' : ''}`);
+  // nothing of the other measurements runs
+  process.exit();
+}
 
 await measure('probe', async () => {
   result.probe = await probe(options.only.has('throughput'));

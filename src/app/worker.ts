@@ -28,6 +28,8 @@ export async function workerCommand(values: CommandOptions, io: Io): Promise<Com
     queueUrl: values.queue,
     name,
     cpus,
+    // --cpus holds TensorFlow to as many threads; without it TensorFlow takes every core anyway
+    ...(values.cpus !== undefined ? { tfThreads: cpus } : {}),
     gpus,
     projectDir,
     ...(cacheDir ? { cacheDir } : {}),
@@ -36,10 +38,17 @@ export async function workerCommand(values: CommandOptions, io: Io): Promise<Com
     log: say,
     signal: stopping.signal,
   });
-  say(`taking stage jobs from ${values.queue}: ${cpus} CPU slot${cpus === 1 ? '' : 's'}, ${gpus.length ? `GPUs ${gpus.join(',')}` : 'no GPU'}, cache ${cacheDir ?? "the submitter's"}, working directory ${projectDir}`);
+  say(`taking stage jobs from ${values.queue}: ${cpus} CPU slot${cpus === 1 ? '' : 's'}${values.cpus !== undefined ? ` (TensorFlow: ${threadsText(cpus)})` : ''}, ${gpus.length ? `GPUs ${gpus.join(',')}` : 'no GPU'}, cache ${cacheDir ?? "the submitter's"}, working directory ${projectDir}`);
   await worker.run();
   say('stopped');
   return 'ok';
+}
+
+/** The TensorFlow threads a stage process of this worker gets, as the log line says them. */
+function threadsText(cpus: number): string {
+  const intra = process.env['TF_NUM_INTRAOP_THREADS'] ?? String(cpus);
+  const inter = process.env['TF_NUM_INTEROP_THREADS'] ?? '1';
+  return `${intra} intra-op, ${inter} inter-op thread${inter === '1' ? '' : 's'}`;
 }
 
 /** --gpus N: the first N GPUs found (by id), or device numbers 0..N-1 where fewer are visible. */

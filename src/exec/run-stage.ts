@@ -79,6 +79,11 @@ export interface RunContext {
   aborted: () => string | undefined;
   /** A sweep's early stopping, when it has a scheduler. */
   epochGate?: EpochGate;
+  /**
+   * TensorFlow's intra-op threads in each stage process (inter-op: 1), when this process is held to
+   * a number of cores (`pipe worker --cpus N`); unset, TensorFlow sizes its pools to every core.
+   */
+  tfThreads?: number;
 }
 
 /** How long a stopped stage's processes get between SIGTERM and SIGKILL. */
@@ -294,6 +299,14 @@ function stageEnv(stage: StageJob, gpus: string[], run: RunContext): Record<stri
     // image in the frozen base). Keep freed memory in the process instead.
     env['MALLOC_MMAP_THRESHOLD_'] ??= process.env['MALLOC_MMAP_THRESHOLD_'] ?? '1073741824';
     env['MALLOC_TRIM_THRESHOLD_'] ??= process.env['MALLOC_TRIM_THRESHOLD_'] ?? '2147483648';
+  }
+  if (run.tfThreads !== undefined && (stage.usesTensorflow || stage.command !== undefined)) {
+    // Without these TensorFlow starts a thread per core of the machine in every stage process, so
+    // a worker given one core would still spread over all of them. A command may run TensorFlow
+    // itself (a Python script); other programs ignore the variables. The pipeline's `env:` and the
+    // worker's own environment win.
+    env['TF_NUM_INTRAOP_THREADS'] ??= process.env['TF_NUM_INTRAOP_THREADS'] ?? String(run.tfThreads);
+    env['TF_NUM_INTEROP_THREADS'] ??= process.env['TF_NUM_INTEROP_THREADS'] ?? '1';
   }
   if (gpus.length > 0 || run.gpusConfigured) env['CUDA_VISIBLE_DEVICES'] = gpus.join(',');
   return env;

@@ -29,6 +29,11 @@ export interface WorkerConfig {
   name: string;
   /** CPU slots: also how many jobs the worker takes at once. */
   cpus: number;
+  /**
+   * TensorFlow's intra-op threads in the stage processes (`--cpus` given: that number, inter-op 1);
+   * unset, TensorFlow uses every core of the machine.
+   */
+  tfThreads?: number;
   /** Ids of the GPUs it hands out (CUDA_VISIBLE_DEVICES values). */
   gpus: string[];
   /** Command stages' working directories (sent relative) are resolved against this. */
@@ -175,6 +180,7 @@ async function processStageJob(job: Job, signal: AbortSignal | undefined, proces
       downloadCacheDir: config.downloadCacheDir,
       flavour: data.backend,
       gpusConfigured: config.gpus.length > 0,
+      ...(config.tfThreads !== undefined ? { tfThreads: config.tfThreads } : {}),
       emit: progress.forward,
       children,
       aborted: () => cancelled,

@@ -1,10 +1,15 @@
-// The pure logic of `npm run bench` (bench/lib.ts, bench/report.ts); the benchmark itself is not run.
+// The pure logic of `npm run bench` (bench/lib.ts, bench/report.ts, bench/scale-report.ts) and the
+// scale mode's data sets and cut pipeline (bench/scale.ts); the benchmark itself is not run.
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { readFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import * as os from 'node:os';
 import { countMacs, evaluateTargets, formatDuration, layerShapes, markdownTable, parseBenchOptions, signedPoints, TARGETS, type LayerShape } from '../../bench/lib.ts';
-import { spliceReadme, spliceSummary } from '../../bench/render.ts';
+import { spliceReadme, spliceScale, spliceSummary } from '../../bench/render.ts';
+import { pipelineUpTo, replicatedPhotos } from '../../bench/scale.ts';
+import { renderScaleMarkdown, scaleTargets, type ScaleResult, type ScaleRun } from '../../bench/scale-report.ts';
+import { parse as parseYaml } from 'yaml';
 import { fromRepo, repoRoot } from '../../bench/shared.ts';
 import {
   kerasWork,
@@ -463,6 +468,113 @@ test('renderSummary and spliceSummary: the short table of README.md, replaced on
   const readme = '# pipe\n\n### Current figures\n\n<!-- bench-summary:start -->\nold\n<!-- bench-summary:end -->\n\n## Pipeline files\n';
   assert.is(spliceSummary(readme, 'new\n'), readme.replace('old', 'new'));
   assert.is(spliceSummary('# pipe\n\nno markers\n', 'new'), undefined);
+});
+
+test('parseBenchOptions --scale: alone, sizes ascending, the sharded pass on the smallest; every problem at once', () => {
+  const defaults = parseBenchOptions({ scale: true });
+  assert.ok('options' in defaults);
+  if ('options' in defaults) {
+    assert.equal(defaults.options.scale, { sizes: [3000, 12000, 48000], shardSize: 3000 });
+    assert.equal([...defaults.options.only], [], 'none of the other measurements');
+  }
+  const small = parseBenchOptions({ scale: true, 'scale-sizes': '400, 200,400', epochs: '1,2' });
+  assert.ok('options' in small && small.options.scale?.sizes.join() === '200,400' && small.options.scale.shardSize === 200);
+  const none = parseBenchOptions({ scale: true, 'scale-shard-size': 'none' });
+  assert.ok('options' in none && none.options.scale?.shardSize === undefined);
+  assert.equal(parseBenchOptions({ 'scale-sizes': '200' }), { problems: ['--scale-sizes applies only with --scale'] });
+  const bad = parseBenchOptions({ scale: true, only: 'pipe', limit: '20', 'scale-sizes': '10,x,400', 'scale-shard-size': '300' });
+  assert.equal(bad, {
+    problems: [
+      '--only does not apply to --scale',
+      '--limit does not apply to --scale',
+      "--scale-sizes: expected a positive integer, got 'x'",
+      '--scale-sizes: at least 40 images per data set, got 10',
+      '--scale-shard-size: expected one of --scale-sizes (10, 400) or none, got 300',
+    ],
+  });
+});
+
+test('replicatedPhotos: N symlinks under new names, the classes balanced, the photos taken again as replicas', async () => {
+  const source = mkdtempSync(path.join(os.tmpdir(), 'pipe-scale-src-'));
+  for (const [cls, names] of [['cats', ['c1.jpg', 'c2.jpg']], ['dogs', ['d1.png', 'd2.jpg', 'd3.jpg']]] as const) {
+    mkdirSync(path.join(source, cls));
+    for (const name of names) writeFileSync(path.join(source, cls, name), name);
+    writeFileSync(path.join(source, cls, 'notes.txt'), 'not an image');
+  }
+  const dir = path.join(mkdtempSync(path.join(os.tmpdir(), 'pipe-scale-')), 'data');
+  await replicatedPhotos(source, dir, 7);
+  assert.equal(readdirSync(path.join(dir, 'cats')).sort(), ['r000-c1.jpg', 'r000-c2.jpg', 'r001-c1.jpg', 'r001-c2.jpg']);
+  assert.equal(readdirSync(path.join(dir, 'dogs')).sort(), ['r000-d1.png', 'r000-d2.jpg', 'r000-d3.jpg']);
+  const link = path.join(dir, 'cats', 'r001-c2.jpg');
+  assert.ok(lstatSync(link).isSymbolicLink());
+  assert.is(readlinkSync(link), path.join(source, 'cats', 'c2.jpg'));
+  assert.is(readFileSync(link, 'utf8'), 'c2.jpg');
+  // again (a resumed run): nothing new, nothing fails
+  await replicatedPhotos(source, dir, 7);
+  assert.is(readdirSync(path.join(dir, 'cats')).length, 4);
+});
+
+test('pipelineUpTo: the flagship cut after features keeps the stages it needs, with their params', () => {
+  const text = readFileSync(path.join(repoRoot, 'pipelines', 'mobilenet.yaml'), 'utf8');
+  const cut = parseYaml(pipelineUpTo(text, 'features', 'base-pass')) as { name: string; stages: Record<string, unknown>; params: Record<string, unknown>; sweep?: unknown };
+  assert.is(cut.name, 'base-pass');
+  assert.equal(Object.keys(cut.stages), ['fetch', 'split', 'augment', 'features']);
+  assert.is(cut.sweep, undefined);
+  assert.ok('views' in cut.params && 'weights' in cut.params);
+  assert.throws(() => pipelineUpTo(text, 'nope', 'x'), /no stage nope/);
+});
+
+function scaleRun(images: number, wallS: number, treeMb: number, cacheBytes: number): ScaleRun {
+  return {
+    command: 'node bin/pipe.js run …', wallS, exitCode: 0, startedAt: '2026-12-06T00:00:00Z', loadAverage: { start: [1, 1, 1], end: [1, 1, 1] },
+    memory: { treeMb, processMb: treeMb - 100, processCommand: 'node', mlflowMb: 0, samples: 10 }, log: 'bench.log',
+    images, projectDir: `bench/work/x/scale-${images}`, status: 'succeeded', cacheBytes,
+    stages: [
+      { name: 'fetch', kind: 'fetch', status: 'ran', durationS: wallS / 4, cacheBytes: cacheBytes / 2, summary: {} },
+      { name: 'features', kind: 'extract-features', status: 'ran', durationS: wallS / 2, cacheBytes: cacheBytes / 2, summary: {} },
+    ],
+  };
+}
+
+function scaleResult(runs: ScaleRun[]): ScaleResult {
+  return {
+    format: 'pipe-bench-scale/1', date: '2026-12-06T00:00:00Z', partial: false, notes: [],
+    machine: { cores: 2, cpuModel: 'AMD EPYC', ramGiB: 24, os: 'Linux', node: '20', loadAverage: { start: [1, 1, 1], end: [1, 1, 1] } },
+    inputs: { data: '../shared/data/cats_and_dogs/train', weights: 'w.h5', sizes: runs.map((r) => r.images), epochs: { initial: 1, fineTune: 1 }, views: 1, params: ['views=1'] },
+    pipeSource: { commit: 'abcdef0123456789', from: 'HEAD', dirty: false, dir: 'bench/work/pipe-abcdef012345' },
+    runs, targets: [],
+  };
+}
+
+test('scaleTargets: the largest set ran, RSS and time per image within 10 % of the smallest, the sharded pass', () => {
+  const r = scaleResult([scaleRun(3000, 100, 1000, 3000 * 200_000), scaleRun(48000, 1700, 1050, 48000 * 200_000)]);
+  const pass = scaleTargets(r);
+  assert.equal(pass.map((t) => [t.id, t.pass]), [['scale-runs', true], ['scale-rss', true], ['scale-time', true]]);
+  assert.is(pass[2]!.text, '35.4 / 33.3 ms = 1.062');
+  r.runs[1]!.memory.treeMb = 1200;
+  r.shards = {
+    images: 3000, threadsEnv: '', identical: true,
+    one: { ...r.runs[0]!, workers: ['solo'], shards: 1, featuresS: 100, fingerprint: 'f'.repeat(64) },
+    two: { ...r.runs[0]!, workers: ['w1', 'w2'], shards: 2, featuresS: 61, worker: 'w1+w2', fingerprint: 'f'.repeat(64) },
+  };
+  const miss = scaleTargets(r);
+  assert.equal(miss.map((t) => [t.id, t.pass]), [['scale-runs', true], ['scale-rss', false], ['scale-time', true], ['scale-shards', false]]);
+  assert.is(miss[3]!.text, '1m01s / 1m40s = 0.610; identical');
+  r.runs[1]!.status = 'failed';
+  assert.equal(scaleTargets(r).map((t) => [t.id, t.pass]), [['scale-runs', false], ['scale-shards', false]]);
+});
+
+test('renderScaleMarkdown: a row per data set and their ratio, stages and cache per image, the targets; spliceScale', () => {
+  const r = scaleResult([scaleRun(3000, 100, 1000, 3000 * 204_800), scaleRun(12000, 380, 1010, 12000 * 204_800)]);
+  const md = renderScaleMarkdown({ ...r, targets: scaleTargets(r) });
+  assert.match(md, '| 3,000 | 1m40s | 33.3 | 1000 MiB (900 MiB) | 585.9 MiB | 200.0 KiB | 1.00 / 1.00 / 1.00 |');
+  assert.match(md, '| 12,000 / 3,000 | 3.800 | 0.950 | 1.010 (1.011) | 4.000 | 1.000 |  |');
+  assert.match(md, '| `features` | 50.0 s (16.67 ms/image) | 3m10s (15.83 ms/image) |');
+  assert.match(md, '| `fetch` | 293.0 MiB (100.0 KiB/image) | 1.14 GiB (100.0 KiB/image) |');
+  assert.match(md, '| wall time per image, 12,000 / 3,000 images ≤ 1.10 | 31.7 / 33.3 ms = 0.950 | **pass** |');
+  const readme = '# b\n\n<!-- bench-scale:start -->\nold\n<!-- bench-scale:end -->\n';
+  assert.is(spliceScale(readme, 'new'), readme.replace('old', 'new'));
+  assert.is(spliceScale('# b\n', 'new'), undefined);
 });
 
 test.run();

@@ -1,6 +1,6 @@
 // One stage in its own process, through the real stage process: timeouts and stops end the
 // stage's whole process tree, not just the stage process.
-import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -81,6 +81,26 @@ test('a damaged upstream entry is never read by a dependent stage: removed, the 
   assert.is(outcome.status, 'failed');
   assert.match(outcome.error ?? '', /^input 'features': cache entry aaaaaaaaaa is damaged: out\/features\.bin has changed since it was published .*; removed it; run again to recompute it$/);
   assert.is(await run.cache.has(upstream), false);
+});
+
+/** Runs a command stage that writes the TensorFlow thread variables it got to threads.txt; returns them. */
+async function threadsSeen(dir: string, run: RunContext, env: Record<string, string> = {}): Promise<string> {
+  const job = commandJob(dir, ['sh', '-c', 'echo "${TF_NUM_INTRAOP_THREADS:-unset}/${TF_NUM_INTEROP_THREADS:-unset}" > threads.txt']);
+  const outcome = await runStage({ ...job, env: { ...job.env, ...env } }, [], run);
+  assert.is(outcome.status, 'ran', outcome.error);
+  return readFileSync(path.join(dir, 'threads.txt'), 'utf8').trim();
+}
+
+test('a process held to N cores (pipe worker --cpus N) gives its stages TF_NUM_INTRAOP_THREADS=N, TF_NUM_INTEROP_THREADS=1', async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'pipe-threads-'));
+  // The test's own environment must not set them, or it would be what the stage sees.
+  assert.is(process.env['TF_NUM_INTRAOP_THREADS'], undefined);
+  assert.is(process.env['TF_NUM_INTEROP_THREADS'], undefined);
+  assert.is(await threadsSeen(dir, { ...context(dir), tfThreads: 3 }), '3/1');
+  // not held (a local run, a worker without --cpus): TensorFlow's own default
+  assert.is(await threadsSeen(dir, context(dir)), 'unset/unset');
+  // the pipeline's `env:` wins
+  assert.is(await threadsSeen(dir, { ...context(dir), tfThreads: 1 }, { TF_NUM_INTRAOP_THREADS: '2' }), '2/1');
 });
 
 test.run();

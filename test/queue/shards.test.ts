@@ -54,10 +54,9 @@ let localFeatures = '';
 test.before(async () => {
   redis = await startTestRedis();
   shared = mkdtempSync(path.join(os.tmpdir(), 'pipe-shared-cache-'));
-  // One-core workers whose TensorFlow runs one thread, where the local run uses every core: the
-  // bytes must not depend on that either.
-  const oneThread = { TF_NUM_INTRAOP_THREADS: '1', TF_NUM_INTEROP_THREADS: '1' };
-  workers = [startWorker('w1', redis.url, shared, oneThread), startWorker('w2', redis.url, shared, oneThread)];
+  // One-core workers (--cpus 1: their TensorFlow runs one thread), where the local run uses every
+  // core: the bytes must not depend on that either.
+  workers = [startWorker('w1', redis.url, shared), startWorker('w2', redis.url, shared)];
   images = path.join(mkdtempSync(path.join(os.tmpdir(), 'pipe-images-')), 'images');
   await writeImageFolder(images, { classes: { cats: 8, dogs: 8 }, height: 64, width: 80 });
   await waitFor('both workers', () => workers.every((w) => /taking stage jobs/.test(w.output())));
