@@ -43,7 +43,7 @@ export const localRunner: Runner = async (options: ExecuteOptions): Promise<RunS
       const grant = await slots.acquire(job.cpu, job.gpu);
       try {
         if (book.abortReason) return book.finish(stage, skippedOutcome(`not started: ${book.abortReason}`));
-        return book.finish(stage, await runStage(job, grant.gpus, runContext, plan.pipeline.file.dir));
+        return book.finish(stage, await runStage(job, grant, runContext, plan.pipeline.file.dir));
       } finally {
         grant.release();
       }

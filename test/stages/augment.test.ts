@@ -4,7 +4,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { augmented, viewTransforms } from '../../src/ml/augment.ts';
 import { imageAt, readImageSet, writeImageSet, type ImageSet } from '../helpers/image-sets.ts';
-import augmentKind, { type AugmentRecord } from '../../src/stages/augment.ts';
+import augmentKind, { augmentThreads, type AugmentRecord } from '../../src/stages/augment.ts';
 import { shapeImage } from '../helpers/images.ts';
 import { runKind, tempDir } from '../helpers/run-kind.ts';
 
@@ -64,6 +64,29 @@ test('seeded: the same seed gives the same bytes; more views keep the first ones
   assert.equal(bytes(a), bytes(b));
   assert.equal(bytes(c).subarray(0, bytes(a).length), bytes(a));
   assert.not.equal(bytes(d), bytes(a));
+});
+
+test('on several threads the stage writes the bytes it writes on one, over several chunks', async () => {
+  // 301 images: a chunk of 256 and one of 45, neither a multiple of 2 or 3 threads
+  const { dir } = await splitOutput(301, 10);
+  const one = await runKind(augmentKind, { views: 2, seed: 3, rotation: 0.4 }, { data: dir }, { cpus: 1 });
+  const several = await runKind(augmentKind, { views: 2, seed: 3, rotation: 0.4 }, { data: dir }, { cpus: 3 });
+  const threads = augmentThreads(3, 256);
+  assert.ok(one.logs.some((line) => / on 1 thread in /.test(line)), one.logs.join('\n'));
+  assert.ok(several.logs.some((line) => line.includes(` on ${threads === 1 ? '1 thread' : `${threads} threads`} in `)), several.logs.join('\n'));
+  for (const file of ['views.u8', 'views.json', 'augment.json', 'plots/augmentation.png']) {
+    assert.ok(readFileSync(path.join(several.outDir, file)).equals(readFileSync(path.join(one.outDir, file))), `${file} differs`);
+  }
+  assert.equal(several.progress.at(-1), { done: 602, total: 602, label: 'augment' });
+});
+
+test('threads: one per CPU slot held, at most one per core and per image of a chunk', () => {
+  assert.is(augmentThreads(1, 256, 8), 1);
+  assert.is(augmentThreads(4, 256, 8), 4);
+  assert.is(augmentThreads(16, 256, 8), 8);
+  assert.is(augmentThreads(4, 3, 8), 3);
+  assert.is(augmentThreads(4, 256, 1), 1);
+  assert.equal(augmentKind.resources, { cpu: 'all' });
 });
 
 test('no flip and no rotation reproduce the training images', async () => {
