@@ -1,11 +1,12 @@
 // Augmentation on several threads: the augment stage's batches of images, split across
 // `worker_threads`, each thread running augmentImage (src/ml/augment.ts) on its share.
 //
-// A pool owns two buffers of `capacity` images, the batch's input and its output. With more than
-// one thread they are SharedArrayBuffers that every thread sees: the caller reads a batch of
-// images into `input`, `augment(count, transforms)` hands each thread a contiguous range of them
-// (image i's pixels, transform i, output slot i) and resolves when every range is written into
-// `output`. No pixel is copied between threads, and memory is the two buffers whatever the number
+// A pool owns three buffers of `capacity` images: the batch's input and two outputs. With more
+// than one thread they are SharedArrayBuffers that every thread sees: the caller reads a batch of
+// images into `input`, `augment(count, transforms, slot)` hands each thread a contiguous range of
+// them (image i's pixels, transform i, image i of `outputs[slot]`) and resolves when every range
+// is written. Two outputs let the caller write one batch out while the next is computed into the
+// other. No pixel is copied between threads, and memory is the three buffers whatever the number
 // of images. Each output image depends only on its input image and its transform, so the bytes are
 // those of one thread, whatever the number of threads and however the batch is split
 // (test/ml/augment-pool.test.ts and test/stages/augment.test.ts check it).
@@ -30,12 +31,13 @@ const threadEntry = new URL('./augment-thread.mjs', import.meta.url);
 /** What each thread is given once: the shared buffers and the image shape. */
 interface ThreadData extends ImageShape {
   input: SharedArrayBuffer;
-  output: SharedArrayBuffer;
+  outputs: SharedArrayBuffer[];
 }
 
-/** One thread's share of a batch: images [start, end) with their transforms. */
+/** One thread's share of a batch: images [start, end) with their transforms, into output `slot`. */
 interface ThreadJob {
   id: number;
+  slot: number;
   start: number;
   end: number;
   transforms: ViewTransform[];
@@ -54,8 +56,8 @@ interface Thread {
 export class AugmentPool {
   /** The batch's input images (`capacity` images, back to back). */
   readonly input: Uint8Array;
-  /** Where `augment` writes the batch's augmented images. */
-  readonly output: Uint8Array;
+  /** Where `augment` writes a batch's augmented images: two slots, one written out while the other is computed. */
+  readonly outputs: readonly [Uint8Array, Uint8Array];
   private readonly threads: Thread[] = [];
   private readonly imageBytes: number;
   private nextId = 0;
@@ -70,12 +72,13 @@ export class AugmentPool {
     this.imageBytes = shape.height * shape.width * shape.channels;
     const bytes = capacity * this.imageBytes;
     const shared = threadCount > 1;
-    const input = shared ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes);
-    const output = shared ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes);
+    const buffer = () => (shared ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes));
+    const input = buffer();
+    const outputs = [buffer(), buffer()] as const;
     this.input = new Uint8Array(input);
-    this.output = new Uint8Array(output);
+    this.outputs = [new Uint8Array(outputs[0]), new Uint8Array(outputs[1])];
     if (shared) {
-      const data: ThreadData = { ...shape, input: input as SharedArrayBuffer, output: output as SharedArrayBuffer };
+      const data: ThreadData = { ...shape, input: input as SharedArrayBuffer, outputs: outputs as unknown as SharedArrayBuffer[] };
       for (let index = 0; index < threadCount; index++) this.threads.push(this.startThread(index, data));
     }
   }
@@ -94,20 +97,20 @@ export class AugmentPool {
   }
 
   /**
-   * Augments images 0..count−1 of `input` into the same slots of `output`, image i with
+   * Augments images 0..count−1 of `input` into images 0..count−1 of `outputs[slot]`, image i with
    * `transforms[i]`. Rejects with the first thread's error when a thread fails; the pool is then
-   * broken and only `close` remains.
+   * broken and only `close` remains. One batch at a time.
    */
-  async augment(count: number, transforms: readonly ViewTransform[]): Promise<void> {
+  async augment(count: number, transforms: readonly ViewTransform[], slot: 0 | 1 = 0): Promise<void> {
     if (this.broken) throw this.broken;
     if (count > this.capacity || transforms.length !== count) {
       throw new Error(`bug: a batch of ${count} images (${transforms.length} transforms) for a pool of ${this.capacity}`);
     }
-    if (this.threads.length === 0) return this.augmentHere(0, count, transforms);
+    if (this.threads.length === 0) return this.augmentHere(count, transforms, this.outputs[slot]);
     const jobs = this.threads.map((thread, k) => {
       const start = Math.floor((count * k) / this.threads.length);
       const end = Math.floor((count * (k + 1)) / this.threads.length);
-      return start < end ? this.send(thread, start, end, transforms.slice(start, end)) : Promise.resolve();
+      return start < end ? this.send(thread, { id: 0, slot, start, end, transforms: transforms.slice(start, end) }) : Promise.resolve();
     });
     const results = await Promise.allSettled(jobs);
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -123,23 +126,21 @@ export class AugmentPool {
     await Promise.all(this.threads.map((t) => (t.exited ? undefined : t.worker.terminate())));
   }
 
-  private augmentHere(start: number, end: number, transforms: readonly ViewTransform[]): void {
+  private augmentHere(count: number, transforms: readonly ViewTransform[], output: Uint8Array): void {
     const { height, width, channels } = this.shape;
     const size = this.imageBytes;
-    for (let i = start; i < end; i++) {
-      const src = this.input.subarray(i * size, (i + 1) * size);
-      augmentImage(src, this.output.subarray(i * size, (i + 1) * size), height, width, channels, transforms[i - start]!);
+    for (let i = 0; i < count; i++) {
+      augmentImage(this.input.subarray(i * size, (i + 1) * size), output.subarray(i * size, (i + 1) * size), height, width, channels, transforms[i]!);
     }
   }
 
-  private send(thread: Thread, start: number, end: number, transforms: ViewTransform[]): Promise<void> {
+  private send(thread: Thread, job: ThreadJob): Promise<void> {
     if (thread.exited) return Promise.reject(this.broken ?? new Error(`augment thread ${thread.index + 1} has exited`));
     if (thread.pending) return Promise.reject(new Error('bug: two batches at once on one augment thread'));
     const id = ++this.nextId;
     return new Promise<void>((resolve, reject) => {
       thread.pending = { id, resolve, reject };
-      const job: ThreadJob = { id, start, end, transforms };
-      thread.worker.postMessage(job);
+      thread.worker.postMessage({ ...job, id });
     });
   }
 
@@ -179,13 +180,14 @@ export class AugmentPool {
 export function serveAugmentJobs(): void {
   const port = parentPort;
   if (!port) throw new Error('bug: serveAugmentJobs outside an augment thread');
-  const { input, output, height, width, channels } = workerData as ThreadData;
+  const { input, outputs, height, width, channels } = workerData as ThreadData;
   const src = new Uint8Array(input);
-  const dst = new Uint8Array(output);
+  const dsts = outputs.map((buffer) => new Uint8Array(buffer));
   const size = height * width * channels;
   port.on('message', (job: ThreadJob) => {
     let reply: ThreadReply;
     try {
+      const dst = dsts[job.slot]!;
       for (let i = job.start; i < job.end; i++) {
         const transform = job.transforms[i - job.start]!;
         augmentImage(src.subarray(i * size, (i + 1) * size), dst.subarray(i * size, (i + 1) * size), height, width, channels, transform);

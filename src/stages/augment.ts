@@ -104,21 +104,29 @@ async function runAugment(ctx: StageContext<AugmentParams>): Promise<void> {
 
     const record: AugmentRecord = { seed, views, ...settings, count, draws: [] };
     const started = Date.now();
-    // A chunk of the training images in, their augmentations out: memory is two chunks, whatever
-    // the count. The pool's threads share the chunk's images (and stop in `finally`, whatever happens).
+    // A chunk of the training images in, their augmentations out: memory is three chunks (one in,
+    // two out), whatever the count. The pool's threads share the chunk's images (and stop in
+    // `finally`, whatever happens); chunk k is written out while chunk k + 1 is computed.
     const chunkImages = Math.min(CHUNK, Math.max(1, count));
     const pool = AugmentPool.create(augmentThreads(ctx.cpus, chunkImages), { height, width, channels }, chunkImages);
     let written: ImageSetMeta;
     try {
       const writer = await ImageSetWriter.create(ctx.outDir, 'views', { height, width, channels });
+      // The previous chunk's write, from the other output slot (settled before that slot is reused).
+      let writing: Promise<void> = Promise.resolve();
       try {
+        let slot: 0 | 1 = 0;
         for (let view = 0; view < views; view++) {
           const transforms = viewTransforms(seed, view, count, settings);
           for (let start = 0; start < count; start += CHUNK) {
             const end = Math.min(count, start + CHUNK);
             await train.read(start, end - start, pool.input);
-            await pool.augment(end - start, transforms.slice(start, end));
-            await writer.append(pool.output.subarray(0, (end - start) * size));
+            await pool.augment(end - start, transforms.slice(start, end), slot);
+            await writing;
+            writing = writer.append(pool.outputs[slot].subarray(0, (end - start) * size));
+            // Its failure is seen where it is awaited, not as an unhandled rejection meanwhile.
+            writing.catch(() => undefined);
+            slot = slot === 0 ? 1 : 0;
             ctx.progress(view * count + end, views * count, 'augment');
           }
           record.draws.push({
@@ -126,8 +134,10 @@ async function runAugment(ctx: StageContext<AugmentParams>): Promise<void> {
             angles: transforms.map((t) => Math.round(((t.angle * 180) / Math.PI) * 1e4) / 1e4),
           });
         }
+        await writing;
         written = await writer.finish({ count, views, classNames: meta.classNames, labels: meta.labels, files: meta.files });
       } catch (error) {
+        await writing.catch(() => undefined);
         await writer.abort();
         throw error;
       }

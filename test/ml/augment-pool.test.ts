@@ -30,12 +30,17 @@ test('three threads write the bytes one thread writes, for full, partial and tin
     for (const [batch, count] of [[0, 11], [1, 7], [2, 2], [3, 1], [4, 11]] as const) {
       const pixels = randomImages(count, 100 + batch);
       const transforms = viewTransforms(7, batch, count, { flip: 'horizontal', rotation: 0.3 });
-      pool.output.fill(0xee);
+      // alternate output slots; the other one keeps the previous batch
+      const slot = batch % 2 === 0 ? 0 : 1;
+      const other = new Uint8Array(pool.outputs[1 - slot]!);
+      pool.outputs[slot].fill(0xee);
       pool.input.set(pixels);
-      await pool.augment(count, transforms);
-      assert.equal(pool.output.subarray(0, count * size), reference(pixels, transforms), `batch ${batch} of ${count} images`);
-      // slots past the batch are left alone
-      assert.ok(pool.output.subarray(count * size).every((v) => v === 0xee), `batch ${batch}: nothing written past the batch`);
+      await pool.augment(count, transforms, slot);
+      const output = pool.outputs[slot];
+      assert.equal(output.subarray(0, count * size), reference(pixels, transforms), `batch ${batch} of ${count} images`);
+      // images past the batch, and the other slot, are left alone
+      assert.ok(output.subarray(count * size).every((v) => v === 0xee), `batch ${batch}: nothing written past the batch`);
+      assert.equal(pool.outputs[1 - slot], other, `batch ${batch}: the other slot is left alone`);
     }
   } finally {
     await pool.close();
@@ -49,8 +54,8 @@ test('one thread computes on the calling thread: no worker', async () => {
   const pixels = randomImages(4, 5);
   const transforms = viewTransforms(1, 0, 4, { flip: 'horizontal', rotation: 0.2 });
   pool.input.set(pixels);
-  await pool.augment(4, transforms);
-  assert.equal(pool.output, reference(pixels, transforms));
+  await pool.augment(4, transforms, 1);
+  assert.equal(pool.outputs[1], reference(pixels, transforms));
   await pool.close();
 });
 
