@@ -77,7 +77,7 @@ const augmentKind: StageKind<AugmentParams> = {
   name: 'augment',
   version: 1,
   description:
-    "Samples the recipe's augmentation (horizontal flip, rotation with reflect fill) up front: `views` augmented copies of each training image.",
+    "Samples the recipe's augmentation (horizontal flip, rotation with reflect fill) up front: `views` augmented copies of each training image, on one thread per CPU slot it holds (default: every core).",
   params: paramsSchema,
   inputs: { data: ['split'] },
   usesTensorflow: false,
