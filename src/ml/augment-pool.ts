@@ -1,13 +1,13 @@
 // Augmentation on several threads: the augment stage's batches of images, split across
 // `worker_threads`, each thread running augmentImage (src/ml/augment.ts) on its share.
 //
-// A pool owns three buffers of `capacity` images: the batch's input and two outputs. With more
-// than one thread they are SharedArrayBuffers that every thread sees: the caller reads a batch of
-// images into `input`, `augment(count, transforms, slot)` hands each thread a contiguous range of
-// them (image i's pixels, transform i, image i of `outputs[slot]`) and resolves when every range
-// is written. Two outputs let the caller write one batch out while the next is computed into the
-// other. No pixel is copied between threads, and memory is the three buffers whatever the number
-// of images. Each output image depends only on its input image and its transform, so the bytes are
+// A pool owns two slots, each an input and an output buffer of `capacity` images. With more than
+// one thread they are SharedArrayBuffers that every thread sees: the caller reads a batch of
+// images into `inputs[slot]`, `augment(count, transforms, slot)` hands each thread a contiguous
+// range of them (image i's pixels, transform i, image i of `outputs[slot]`) and resolves when
+// every range is written. Two slots let the caller read the next batch in and write the previous
+// one out while a batch is computed. No pixel is copied between threads, and memory is the four
+// buffers whatever the number of images. Each output image depends only on its input image and its transform, so the bytes are
 // those of one thread, whatever the number of threads and however the batch is split
 // (test/ml/augment-pool.test.ts and test/stages/augment.test.ts check it).
 //
@@ -30,7 +30,7 @@ const threadEntry = new URL('./augment-thread.mjs', import.meta.url);
 
 /** What each thread is given once: the shared buffers and the image shape. */
 interface ThreadData extends ImageShape {
-  input: SharedArrayBuffer;
+  inputs: SharedArrayBuffer[];
   outputs: SharedArrayBuffer[];
 }
 
@@ -54,9 +54,9 @@ interface Thread {
 }
 
 export class AugmentPool {
-  /** The batch's input images (`capacity` images, back to back). */
-  readonly input: Uint8Array;
-  /** Where `augment` writes a batch's augmented images: two slots, one written out while the other is computed. */
+  /** Per slot, a batch's input images (`capacity` images, back to back). */
+  readonly inputs: readonly [Uint8Array, Uint8Array];
+  /** Per slot, where `augment` writes the batch's augmented images. */
   readonly outputs: readonly [Uint8Array, Uint8Array];
   private readonly threads: Thread[] = [];
   private readonly imageBytes: number;
@@ -73,12 +73,12 @@ export class AugmentPool {
     const bytes = capacity * this.imageBytes;
     const shared = threadCount > 1;
     const buffer = () => (shared ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes));
-    const input = buffer();
+    const inputs = [buffer(), buffer()] as const;
     const outputs = [buffer(), buffer()] as const;
-    this.input = new Uint8Array(input);
+    this.inputs = [new Uint8Array(inputs[0]), new Uint8Array(inputs[1])];
     this.outputs = [new Uint8Array(outputs[0]), new Uint8Array(outputs[1])];
     if (shared) {
-      const data: ThreadData = { ...shape, input: input as SharedArrayBuffer, outputs: outputs as unknown as SharedArrayBuffer[] };
+      const data: ThreadData = { ...shape, inputs: inputs as unknown as SharedArrayBuffer[], outputs: outputs as unknown as SharedArrayBuffer[] };
       for (let index = 0; index < threadCount; index++) this.threads.push(this.startThread(index, data));
     }
   }
@@ -97,7 +97,7 @@ export class AugmentPool {
   }
 
   /**
-   * Augments images 0..count−1 of `input` into images 0..count−1 of `outputs[slot]`, image i with
+   * Augments images 0..count−1 of `inputs[slot]` into images 0..count−1 of `outputs[slot]`, image i with
    * `transforms[i]`. Rejects with the first thread's error when a thread fails; the pool is then
    * broken and only `close` remains. One batch at a time.
    */
@@ -106,7 +106,7 @@ export class AugmentPool {
     if (count > this.capacity || transforms.length !== count) {
       throw new Error(`bug: a batch of ${count} images (${transforms.length} transforms) for a pool of ${this.capacity}`);
     }
-    if (this.threads.length === 0) return this.augmentHere(count, transforms, this.outputs[slot]);
+    if (this.threads.length === 0) return this.augmentHere(count, transforms, this.inputs[slot], this.outputs[slot]);
     const jobs = this.threads.map((thread, k) => {
       const start = Math.floor((count * k) / this.threads.length);
       const end = Math.floor((count * (k + 1)) / this.threads.length);
@@ -126,11 +126,11 @@ export class AugmentPool {
     await Promise.all(this.threads.map((t) => (t.exited ? undefined : t.worker.terminate())));
   }
 
-  private augmentHere(count: number, transforms: readonly ViewTransform[], output: Uint8Array): void {
+  private augmentHere(count: number, transforms: readonly ViewTransform[], input: Uint8Array, output: Uint8Array): void {
     const { height, width, channels } = this.shape;
     const size = this.imageBytes;
     for (let i = 0; i < count; i++) {
-      augmentImage(this.input.subarray(i * size, (i + 1) * size), output.subarray(i * size, (i + 1) * size), height, width, channels, transforms[i]!);
+      augmentImage(input.subarray(i * size, (i + 1) * size), output.subarray(i * size, (i + 1) * size), height, width, channels, transforms[i]!);
     }
   }
 
@@ -180,13 +180,14 @@ export class AugmentPool {
 export function serveAugmentJobs(): void {
   const port = parentPort;
   if (!port) throw new Error('bug: serveAugmentJobs outside an augment thread');
-  const { input, outputs, height, width, channels } = workerData as ThreadData;
-  const src = new Uint8Array(input);
+  const { inputs, outputs, height, width, channels } = workerData as ThreadData;
+  const srcs = inputs.map((buffer) => new Uint8Array(buffer));
   const dsts = outputs.map((buffer) => new Uint8Array(buffer));
   const size = height * width * channels;
   port.on('message', (job: ThreadJob) => {
     let reply: ThreadReply;
     try {
+      const src = srcs[job.slot]!;
       const dst = dsts[job.slot]!;
       for (let i = job.start; i < job.end; i++) {
         const transform = job.transforms[i - job.start]!;

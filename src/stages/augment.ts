@@ -29,6 +29,7 @@ import {
   sampleTransform,
   viewTransforms,
   type AugmentSettings,
+  type ViewTransform,
 } from '../ml/augment.ts';
 import { AugmentPool } from '../ml/augment-pool.ts';
 import { ImageSetReader, ImageSetWriter, type ImageSetMeta } from '../ml/dataset.ts';
@@ -100,44 +101,30 @@ async function runAugment(ctx: StageContext<AugmentParams>): Promise<void> {
     const { meta } = train;
     if (meta.views !== 1) throw new InputError(`the training set in ${dataDir} already has ${meta.views} views`);
     const { count, height, width, channels } = meta;
-    const size = train.rowBytes;
 
     const record: AugmentRecord = { seed, views, ...settings, count, draws: [] };
     const started = Date.now();
-    // A chunk of the training images in, their augmentations out: memory is three chunks (one in,
-    // two out), whatever the count. The pool's threads share the chunk's images (and stop in
-    // `finally`, whatever happens); chunk k is written out while chunk k + 1 is computed.
+    // Chunks of the training images in, their augmentations out: memory is four chunks (two in, two
+    // out), whatever the count. The pool's threads share each chunk's images, and stop in `finally`
+    // whatever happens.
     const chunkImages = Math.min(CHUNK, Math.max(1, count));
     const pool = AugmentPool.create(augmentThreads(ctx.cpus, chunkImages), { height, width, channels }, chunkImages);
     let written: ImageSetMeta;
     try {
       const writer = await ImageSetWriter.create(ctx.outDir, 'views', { height, width, channels });
-      // The previous chunk's write, from the other output slot (settled before that slot is reused).
-      let writing: Promise<void> = Promise.resolve();
       try {
-        let slot: 0 | 1 = 0;
-        for (let view = 0; view < views; view++) {
+        const drawn = chunksOf(views, count, (view) => {
           const transforms = viewTransforms(seed, view, count, settings);
-          for (let start = 0; start < count; start += CHUNK) {
-            const end = Math.min(count, start + CHUNK);
-            await train.read(start, end - start, pool.input);
-            await pool.augment(end - start, transforms.slice(start, end), slot);
-            await writing;
-            writing = writer.append(pool.outputs[slot].subarray(0, (end - start) * size));
-            // Its failure is seen where it is awaited, not as an unhandled rejection meanwhile.
-            writing.catch(() => undefined);
-            slot = slot === 0 ? 1 : 0;
-            ctx.progress(view * count + end, views * count, 'augment');
-          }
           record.draws.push({
             flips: transforms.map((t) => (t.flip ? '1' : '0')).join(''),
             angles: transforms.map((t) => Math.round(((t.angle * 180) / Math.PI) * 1e4) / 1e4),
           });
-        }
-        await writing;
+          return transforms;
+        });
+        await augmentChunks(drawn, train, pool, writer, (chunk) => ctx.progress(chunk.view * count + chunk.end, views * count, 'augment'));
+        if (record.draws.length !== views) throw new Error(`bug: ${record.draws.length} of ${views} views drawn`);
         written = await writer.finish({ count, views, classNames: meta.classNames, labels: meta.labels, files: meta.files });
       } catch (error) {
-        await writing.catch(() => undefined);
         await writer.abort();
         throw error;
       }
@@ -153,6 +140,67 @@ async function runAugment(ctx: StageContext<AugmentParams>): Promise<void> {
     ctx.summary({ views, augmented_images: views * count });
   } finally {
     await train.close();
+  }
+}
+
+/** Images [start, end) of view `view`: a chunk of the output, with the view's transforms. */
+export interface Chunk {
+  view: number;
+  start: number;
+  end: number;
+  /** The transforms of every image of the view (image i's is `viewTransforms[i]`). */
+  viewTransforms: ViewTransform[];
+}
+
+/** The output's chunks in order (view-major), `CHUNK` images at a time; each view's transforms drawn once. */
+export function* chunksOf(views: number, count: number, transformsOf: (view: number) => ViewTransform[]): Generator<Chunk> {
+  for (let view = 0; view < views; view++) {
+    const transforms = transformsOf(view);
+    for (let start = 0; start < count; start += CHUNK) yield { view, start, end: Math.min(count, start + CHUNK), viewTransforms: transforms };
+  }
+}
+
+/**
+ * Reads, augments and appends the chunks in order, as a pipeline over the pool's two slots: while
+ * chunk k is computed in slot k mod 2, chunk k + 1 is read into the other slot's input and chunk
+ * k − 1 written out from the other slot's output (file I/O runs on libuv's threads, so it costs the
+ * computing threads little). Each read and write is awaited before its slot is used again, and,
+ * when something fails, before the error leaves (never an unhandled rejection).
+ */
+export async function augmentChunks(
+  chunks: Iterator<Chunk>,
+  train: ImageSetReader,
+  pool: AugmentPool,
+  writer: ImageSetWriter,
+  done: (chunk: Chunk) => void,
+): Promise<void> {
+  const size = train.rowBytes;
+  // A failed read or write is seen where it is awaited, not as an unhandled rejection meanwhile.
+  const quiet = <T>(promise: Promise<T>): Promise<T> => {
+    promise.catch(() => undefined);
+    return promise;
+  };
+  const read = (chunk: Chunk, slot: 0 | 1) => quiet(train.read(chunk.start, chunk.end - chunk.start, pool.inputs[slot]).then(() => chunk));
+  let slot: 0 | 1 = 0;
+  let next = chunks.next();
+  let reading: Promise<Chunk | undefined> = next.done ? Promise.resolve(undefined) : read(next.value, slot);
+  let writing: Promise<void> = Promise.resolve();
+  try {
+    for (let chunk = await reading; chunk; chunk = await reading) {
+      const computing = pool.augment(chunk.end - chunk.start, chunk.viewTransforms.slice(chunk.start, chunk.end), slot);
+      const other: 0 | 1 = slot === 0 ? 1 : 0;
+      next = chunks.next();
+      reading = next.done ? Promise.resolve(undefined) : read(next.value, other);
+      await computing;
+      await writing;
+      writing = quiet(writer.append(pool.outputs[slot].subarray(0, (chunk.end - chunk.start) * size)));
+      done(chunk);
+      slot = other;
+    }
+    await writing;
+  } finally {
+    // Settled, whatever happened, before the caller closes the files and the pool.
+    await Promise.allSettled([reading, writing]);
   }
 }
 

@@ -34,7 +34,8 @@ test('three threads write the bytes one thread writes, for full, partial and tin
       const slot = batch % 2 === 0 ? 0 : 1;
       const other = new Uint8Array(pool.outputs[1 - slot]!);
       pool.outputs[slot].fill(0xee);
-      pool.input.set(pixels);
+      pool.inputs[slot].set(pixels);
+      pool.inputs[1 - slot]!.fill(0); // must not be read
       await pool.augment(count, transforms, slot);
       const output = pool.outputs[slot];
       assert.equal(output.subarray(0, count * size), reference(pixels, transforms), `batch ${batch} of ${count} images`);
@@ -53,7 +54,7 @@ test('one thread computes on the calling thread: no worker', async () => {
   assert.is(pool.liveThreads, 0);
   const pixels = randomImages(4, 5);
   const transforms = viewTransforms(1, 0, 4, { flip: 'horizontal', rotation: 0.2 });
-  pool.input.set(pixels);
+  pool.inputs[1].set(pixels);
   await pool.augment(4, transforms, 1);
   assert.equal(pool.outputs[1], reference(pixels, transforms));
   await pool.close();
