@@ -105,6 +105,12 @@ export interface StageContext<P = Record<string, unknown>> {
   downloadCacheDir: string;
   /** The tfjs flavour of the run (the pipeline's `backend:`, or `--backend`). */
   flavour: Flavour;
+  /**
+   * The CPU slots this stage holds (its `resources.cpu`, 'all' = every slot of the runner or
+   * worker): how many threads a stage that computes in JS on threads of its own (augment) may
+   * keep busy. No other stage runs on them meanwhile. TensorFlow sizes its own thread pools.
+   */
+  cpus: number;
   /** A line for the run log (and the terminal in verbose mode). */
   log(message: string): void;
   /** Progress of the current step; `total` may be unknown. */

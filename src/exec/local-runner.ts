@@ -50,7 +50,7 @@ export const localRunner: Runner = async (options: ExecuteOptions): Promise<RunS
       const attempt = async (context: RunContext): Promise<Attempt> => {
         const grant = await slots.acquire(job.cpu, job.gpu);
         try {
-          const outcome = book.abortReason ? skippedOutcome(`not started: ${book.abortReason}`) : await runStage(job, grant.gpus, context, plan.pipeline.file.dir);
+          const outcome = book.abortReason ? skippedOutcome(`not started: ${book.abortReason}`) : await runStage(job, grant, context, plan.pipeline.file.dir);
           return { outcome, release: () => grant.release() };
         } catch (error) {
           grant.release();

@@ -16,6 +16,7 @@ import type { MetricPoint } from '../core/stage-kind.ts';
 import type { PlannedStage } from '../plan/plan.ts';
 import { hashPath } from '../util/hash.ts';
 import type { EpochGate, ExecuteOptions, Outcome } from './run-book.ts';
+import type { Granted } from './slots.ts';
 import type { StageJob } from './stage-job.ts';
 import type { ChildReport, EpochDecision, StageSpec } from './stage-process.ts';
 
@@ -130,9 +131,9 @@ export class StageProcess {
  * entry while we waited for the lock; its command outputs then go into `workspace`, if given (a
  * local run's pipeline directory; a worker leaves that to the submitter).
  */
-export async function runStage(stage: StageJob, gpus: string[], run: RunContext, workspace?: string): Promise<Outcome> {
+export async function runStage(stage: StageJob, granted: Granted, run: RunContext, workspace?: string): Promise<Outcome> {
   try {
-    return await computeEntry(stage, gpus, run, workspace);
+    return await computeEntry(stage, granted, run, workspace);
   } catch (error) {
     // The cache (or the workspace) cannot be written: this stage fails with why, the run goes on
     // and its stage table says so.
@@ -141,7 +142,7 @@ export async function runStage(stage: StageJob, gpus: string[], run: RunContext,
   }
 }
 
-async function computeEntry(stage: StageJob, gpus: string[], run: RunContext, workspace?: string): Promise<Outcome> {
+async function computeEntry(stage: StageJob, granted: Granted, run: RunContext, workspace?: string): Promise<Outcome> {
   const { cache, emit } = run;
   const say = (line: string) => emit({ type: 'stage-log', stage: stage.name, stream: 'log', line });
   const release = await cache.lock(stage.fingerprint, (holder) => say(`waiting: process ${holder.pid} on ${holder.host} is computing this stage`), run.aborted);
@@ -157,7 +158,7 @@ async function computeEntry(stage: StageJob, gpus: string[], run: RunContext, wo
     try {
       const damagedInput = (await damagedInputs(stage, cache)) ?? (await missingParts(stage, cache));
       if (damagedInput) return { status: 'failed', durationMs: 0, error: damagedInput, metrics: [], artifacts: [], summary: {} };
-      const outcome = await runInChild(stage, gpus, run);
+      const outcome = await runInChild(stage, granted, run);
       // The parts of a sharded pass are in the merged entry now.
       if (outcome.status === 'ran') for (const part of stage.parts ?? []) await cache.remove(part);
       return outcome;
@@ -216,12 +217,12 @@ interface StageExit {
   timedOut: boolean;
 }
 
-async function runInChild(stage: StageJob, gpus: string[], run: RunContext): Promise<Outcome> {
+async function runInChild(stage: StageJob, granted: Granted, run: RunContext): Promise<Outcome> {
   const t0 = Date.now();
   run.emit({ type: 'stage-start', stage: stage.name, fingerprint: stage.fingerprint, startedAt: t0 });
   const staging = await run.cache.stage(stage.fingerprint, stage.record);
   try {
-    return await runInStaging(stage, gpus, run, staging, t0);
+    return await runInStaging(stage, granted, run, staging, t0);
   } catch (error) {
     // A full disk, a cache gone read-only: nothing half-written stays behind.
     await run.cache.discard(staging).catch(() => undefined);
@@ -229,7 +230,7 @@ async function runInChild(stage: StageJob, gpus: string[], run: RunContext): Pro
   }
 }
 
-async function runInStaging(stage: StageJob, gpus: string[], run: RunContext, staging: Staging, t0: number): Promise<Outcome> {
+async function runInStaging(stage: StageJob, granted: Granted, run: RunContext, staging: Staging, t0: number): Promise<Outcome> {
   const tmpDir = path.join(staging.dir, 'scratch');
   await fs.mkdir(tmpDir, { recursive: true });
   const log = createWriteStream(path.join(staging.dir, 'log.txt'));
@@ -239,7 +240,7 @@ async function runInStaging(stage: StageJob, gpus: string[], run: RunContext, st
     run.emit({ type: 'stage-log', stage: stage.name, stream, line });
   };
   const reports: StageReports = { metrics: [], artifacts: new Set(), summary: {}, stderrTail: [] };
-  const exit = await spawnStage(stage, stageSpec(stage, run, staging, tmpDir), gpus, run, {
+  const exit = await spawnStage(stage, stageSpec(stage, granted, run, staging, tmpDir), granted.gpus, run, {
     onReport: (report) => handleReport(report, reports, stage.name, { writeLog, metricsFile, emit: run.emit }),
     onEpoch: async (epoch, of) => {
       const stop = (await run.epochGate?.decide(stage.name, epoch, of, reports.metrics)) ?? false;
@@ -269,10 +270,11 @@ async function runInStaging(stage: StageJob, gpus: string[], run: RunContext, st
 }
 
 /** What the stage process is told to do. */
-function stageSpec(stage: StageJob, run: RunContext, staging: Staging, tmpDir: string): StageSpec {
+function stageSpec(stage: StageJob, granted: Granted, run: RunContext, staging: Staging, tmpDir: string): StageSpec {
   return {
     stage: stage.name,
     kind: stage.kind,
+    cpus: granted.cpus,
     params: stage.params,
     inputs: Object.fromEntries(Object.entries(stage.inputs).map(([slot, fingerprint]) => [slot, path.join(run.cache.entryDir(fingerprint), 'out')])),
     outDir: staging.outDir,

@@ -1,9 +1,16 @@
 // CPU and GPU slots: a stage asks for some CPU slots ('all' = every one) and GPUs, and waits in
 // FIFO order until they are free. A request larger than the machine is capped to the machine.
-// GPUs are handed out by id so that a stage's child process sees only its own.
+// GPUs are handed out by id so that a stage's child process sees only its own. The stage is told
+// how many CPU slots it got (StageContext.cpus), so that a stage that computes on several threads
+// of its own (augment) uses as many as it holds, and no stage runs beside it on cores it took.
 
-export interface Grant {
+/** What a stage was given: `cpus` CPU slots and these GPUs. */
+export interface Granted {
+  cpus: number;
   gpus: string[];
+}
+
+export interface Grant extends Granted {
   release(): void;
 }
 
@@ -48,6 +55,7 @@ export class Slots {
       const gpus = this.freeGpus.splice(0, head.gpu);
       let released = false;
       head.resolve({
+        cpus: head.cpu,
         gpus,
         release: () => {
           if (released) return;

@@ -24,6 +24,8 @@ export interface StageSpec {
   tmpDir: string;
   downloadCacheDir: string;
   flavour: Flavour;
+  /** The CPU slots the stage holds (StageContext.cpus). */
+  cpus: number;
   /** Command stages. */
   command?: string | string[];
   cwd: string;
@@ -93,6 +95,7 @@ async function runKind(spec: StageSpec): Promise<void> {
     tmpDir: spec.tmpDir,
     downloadCacheDir: spec.downloadCacheDir,
     flavour: spec.flavour,
+    cpus: spec.cpus,
     log: (line) => void send({ t: 'log', line }),
     progress: (done, total, label) => {
       const now = Date.now();

@@ -108,7 +108,10 @@ export async function readFeaturesMeta(dir: string): Promise<FeaturesMeta> {
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 
-/** IEEE 754 half-precision bits of `value`, rounded to nearest even (overflow -> ±Infinity). */
+/**
+ * IEEE 754 half-precision bits of `value`, rounded to nearest even (overflow -> ±Infinity; NaN -> a
+ * quiet NaN of the same sign). The definition, value by value; float32ToFloat16 is its array form.
+ */
 export function toFloat16Bits(value: number): number {
   f32[0] = value;
   const x = u32[0]!;
@@ -145,8 +148,39 @@ export function fromFloat16Bits(bits: number): number {
   return sign * (1 + mantissa / 1024) * 2 ** (exponent - 15);
 }
 
+/**
+ * The half-precision bits of every value: toFloat16Bits over an array, bit for bit (test/ml/features.test.ts
+ * checks it against toFloat16Bits on every special case and millions of random bit patterns), but
+ * as one loop over the values' bits that reads no scratch array and calls nothing. On the write path of
+ * extract-features and derive-activations, where activations are mostly normal numbers and zeros:
+ * those take the first two branches.
+ */
 export function float32ToFloat16(values: Float32Array, out = new Uint16Array(values.length)): Uint16Array {
-  for (let i = 0; i < values.length; i++) out[i] = toFloat16Bits(values[i]!);
+  const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  const n = values.length;
+  for (let i = 0; i < n; i++) {
+    const x = bits[i]!;
+    const sign = (x >>> 16) & 0x8000;
+    const abs = x & 0x7fffffff;
+    if (abs >= 0x38800000 && abs < 0x47800000) {
+      // A normal half (float32 exponent 113..142): rebias the exponent by 112, then round the 13
+      // dropped bits to nearest even by adding 0xfff plus the kept lowest bit; a carry out of
+      // the mantissa lands in the exponent, up to 0x7c00 (Infinity) as it should.
+      out[i] = sign | ((abs - 0x38000000 + 0xfff + ((abs >>> 13) & 1)) >>> 13);
+    } else if (abs < 0x33000000) {
+      out[i] = sign; // below 2^-25 (zeros included): ±0
+    } else if (abs < 0x38800000) {
+      // A subnormal half: the mantissa with its implicit 1, shifted by 126 − exponent (14..24 bits), rounded to nearest even.
+      const shift = 126 - (abs >>> 23);
+      const mantissa = (abs & 0x7fffff) | 0x800000;
+      const half = 1 << (shift - 1);
+      const rest = mantissa & ((1 << shift) - 1);
+      const result = mantissa >>> shift;
+      out[i] = sign | (rest > half || (rest === half && (result & 1)) ? result + 1 : result);
+    } else {
+      out[i] = sign | (abs > 0x7f800000 ? 0x7e00 : 0x7c00); // NaN (one quiet NaN), Infinity and overflow
+    }
+  }
   return out;
 }
 

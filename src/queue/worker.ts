@@ -174,7 +174,7 @@ async function processStageJob(job: Job, signal: AbortSignal | undefined, proces
   let outcome;
   const epochGate = remoteGate(job, data, processor, progress.send);
   try {
-    outcome = await runStage(stage, grant.gpus, {
+    outcome = await runStage(stage, grant, {
       ...(epochGate ? { epochGate } : {}),
       cache,
       downloadCacheDir: config.downloadCacheDir,

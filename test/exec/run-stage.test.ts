@@ -40,7 +40,7 @@ test('a stage timeout stops the whole process tree of the stage and ends the sta
   // long enough that the command is running when it strikes.
   const timeout = 10;
   const started = Date.now();
-  const outcome = await runStage(commandJob(dir, treeCommand(marker), timeout), [], context(dir));
+  const outcome = await runStage(commandJob(dir, treeCommand(marker), timeout), { cpus: 1, gpus: [] }, context(dir));
   const elapsed = Date.now() - started;
   assert.is(outcome.status, 'failed');
   assert.is(outcome.error, `timed out after ${timeout}s and was killed`);
@@ -55,7 +55,7 @@ test('stopping a stage (an aborted run) stops its tree, the staging directory is
   const marker = `PIPE-TEST-STOP-${process.pid}-${Date.now()}`;
   let reason: string | undefined;
   const run = context(dir, [], () => reason);
-  const running = runStage(commandJob(dir, treeCommand(marker)), [], run);
+  const running = runStage(commandJob(dir, treeCommand(marker)), { cpus: 1, gpus: [] }, run);
   assert.ok(await waitFor(() => processesWith(marker).length >= 2, 60_000), 'the command never started');
   reason = 'interrupted by SIGTERM';
   const stoppedAt = Date.now();
@@ -77,7 +77,7 @@ test('a damaged upstream entry is never read by a dependent stage: removed, the 
   await run.cache.publish(staging, { durationMs: 1, finishedAt: 1, summary: {}, artifacts: [] });
   await writeFile(path.join(run.cache.entryDir(upstream), 'out', 'features.bin'), 'featureZ');
   const job = { ...commandJob(dir, ['true']), inputs: { features: upstream } };
-  const outcome = await runStage(job, [], { ...run, cache: new Cache(run.cache.root) });
+  const outcome = await runStage(job, { cpus: 1, gpus: [] }, { ...run, cache: new Cache(run.cache.root) });
   assert.is(outcome.status, 'failed');
   assert.match(outcome.error ?? '', /^input 'features': cache entry aaaaaaaaaa is damaged: out\/features\.bin has changed since it was published .*; removed it; run again to recompute it$/);
   assert.is(await run.cache.has(upstream), false);
@@ -86,7 +86,7 @@ test('a damaged upstream entry is never read by a dependent stage: removed, the 
 /** Runs a command stage that writes the TensorFlow thread variables it got to threads.txt; returns them. */
 async function threadsSeen(dir: string, run: RunContext, env: Record<string, string> = {}): Promise<string> {
   const job = commandJob(dir, ['sh', '-c', 'echo "${TF_NUM_INTRAOP_THREADS:-unset}/${TF_NUM_INTEROP_THREADS:-unset}" > threads.txt']);
-  const outcome = await runStage({ ...job, env: { ...job.env, ...env } }, [], run);
+  const outcome = await runStage({ ...job, env: { ...job.env, ...env } }, { cpus: 1, gpus: [] }, run);
   assert.is(outcome.status, 'ran', outcome.error);
   return readFileSync(path.join(dir, 'threads.txt'), 'utf8').trim();
 }

@@ -26,6 +26,19 @@ test('CPU slots are shared by weight, in order; all = every slot', async () => {
   assert.equal(order, ['all', 'c']);
 });
 
+test('a grant says how many CPU slots it holds: what was asked, capped by the machine; all = every slot', async () => {
+  const slots = new Slots(3, []);
+  const one = await slots.acquire(1, 0);
+  assert.is(one.cpus, 1);
+  one.release();
+  const all = await slots.acquire('all', 0);
+  assert.is(all.cpus, 3);
+  all.release();
+  const many = await slots.acquire(8, 0);
+  assert.is(many.cpus, 3);
+  many.release();
+});
+
 test('GPUs are handed out by id and capped by what exists', async () => {
   const slots = new Slots(4, ['0', '1']);
   const one = await slots.acquire(1, 1);

@@ -36,7 +36,7 @@ export async function runKind<P>(
   kind: StageKind<P>,
   given: Partial<P>,
   inputs: Record<string, string> = {},
-  options: { outDir?: string; downloadCacheDir?: string; quiet?: boolean; stopAfterEpoch?: number; checkpointDir?: string } = {},
+  options: { outDir?: string; downloadCacheDir?: string; quiet?: boolean; stopAfterEpoch?: number; checkpointDir?: string; cpus?: number } = {},
 ): Promise<KindRun> {
   const params = withDefaults(kind, given);
   const outDir = options.outDir ?? tempDir('pipe-out-');
@@ -51,6 +51,8 @@ export async function runKind<P>(
     tmpDir,
     downloadCacheDir: options.downloadCacheDir ?? tempDir('pipe-downloads-'),
     flavour: 'cpu',
+    // One CPU slot unless a test gives more (as the runner grants them).
+    cpus: options.cpus ?? 1,
     log: (message) => {
       run.logs.push(message);
       if (process.env['PIPE_TEST_VERBOSE']) console.log(`[${kind.name}] ${message}`);

@@ -1,0 +1,87 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { float16ToFloat32, float32ToFloat16, toFloat16Bits } from '../../src/ml/features.ts';
+import { createRng } from '../../src/ml/augment.ts';
+
+// float32ToFloat16 is the array form of toFloat16Bits, written as one loop over the bits: it must give
+// the same half for every float32. toFloat16Bits itself is checked against known halves in
+// test/stages/extract-features.test.ts.
+
+/** Float32 values with these bit patterns. */
+function fromBits(patterns: ArrayLike<number>): Float32Array {
+  return new Float32Array(Uint32Array.from(patterns).buffer);
+}
+
+/** The first pattern where the array encoder and the scalar one differ, if any. */
+function firstDifference(values: Float32Array, offset = 0): string | undefined {
+  // An offset view: the encoder must read the values' own bytes, not the start of their buffer.
+  const padded = new Float32Array(values.length + offset);
+  padded.set(values, offset);
+  const view = padded.subarray(offset);
+  const encoded = float32ToFloat16(view);
+  const bits = new Uint32Array(view.buffer, view.byteOffset, view.length);
+  for (let i = 0; i < view.length; i++) {
+    const expected = toFloat16Bits(view[i]!);
+    if (encoded[i] !== expected) {
+      return `0x${bits[i]!.toString(16).padStart(8, '0')} (${view[i]}): 0x${encoded[i]!.toString(16)}, expected 0x${expected.toString(16)}`;
+    }
+  }
+  return undefined;
+}
+
+/** Bit patterns around every edge of the conversion: each exponent with mantissas at the rounding ties. */
+function edgePatterns(): number[] {
+  const mantissas = [0, 1, 2, 0xfff, 0x1000, 0x1001, 0x1fff, 0x2000, 0x3000, 0x5000, 0x7fe000, 0x7fefff, 0x7ff000, 0x7ff001, 0x7fffff, 0x400000, 0x400001];
+  // a subnormal half drops 14..24 bits: its ties are at every power of two in the mantissa
+  for (let bit = 0; bit < 23; bit++) mantissas.push(1 << bit, (1 << bit) - 1, (1 << bit) + 1, (3 << bit) & 0x7fffff);
+  const patterns: number[] = [];
+  for (let exponent = 0; exponent < 256; exponent++) {
+    for (const mantissa of mantissas) {
+      for (const sign of [0, 0x80000000]) patterns.push((sign | (exponent << 23) | (mantissa & 0x7fffff)) >>> 0);
+    }
+  }
+  // the branch boundaries, one ulp either side: 2^-25, 2^-14, 2^16 (overflow), Infinity
+  for (const edge of [0x33000000, 0x38800000, 0x47800000, 0x477ff000, 0x7f800000]) patterns.push(edge - 1, edge, edge + 1);
+  return patterns;
+}
+
+test('float32ToFloat16 equals toFloat16Bits on zeros, subnormals, Infinity, NaNs and every rounding edge', () => {
+  const specials = fromBits([
+    0x00000000, 0x80000000, // ±0
+    0x00000001, 0x807fffff, // float32 subnormals
+    0x7f800000, 0xff800000, // ±Infinity
+    0x7fc00000, 0xffc00000, 0x7f800001, 0xff800001, 0x7fffffff, 0xffffffff, 0x7fa00000, // quiet and signalling NaNs, both signs
+    0x477fe000, 0x477fefff, 0x477ff000, 0x477fffff, 0x47800000, 0x7f7fffff, // 65504, up to the overflow to Infinity
+  ]);
+  assert.is(firstDifference(specials), undefined);
+  // the NaNs stay NaNs, with their signs
+  const nans = float32ToFloat16(fromBits([0x7fc00000, 0xffc00000, 0x7f800001]));
+  assert.equal([...nans], [0x7e00, 0xfe00, 0x7e00]);
+  assert.ok([...float16ToFloat32(nans)].every(Number.isNaN));
+  const edges = edgePatterns();
+  assert.ok(edges.length > 20_000);
+  assert.is(firstDifference(fromBits(edges)), undefined);
+  assert.is(firstDifference(fromBits(edges), 3), undefined, 'at an offset in its buffer');
+});
+
+test('float32ToFloat16 equals toFloat16Bits on millions of random bit patterns', () => {
+  const rng = createRng(2026, 16);
+  const word = () => Math.floor(rng() * 2 ** 32);
+  // Uniform patterns (every exponent, NaNs included) and patterns whose exponent is in the half's range.
+  const uniform = Array.from({ length: 2_000_000 }, word);
+  const nearHalf = Array.from({ length: 2_000_000 }, () => {
+    const exponent = 98 + Math.floor(rng() * 48); // 2^-29 .. 2^18: underflow, subnormal, normal, overflow
+    return ((word() & 0x807fffff) | (exponent << 23)) >>> 0;
+  });
+  assert.is(firstDifference(fromBits(uniform)), undefined);
+  assert.is(firstDifference(fromBits(nearHalf)), undefined);
+});
+
+test('float32ToFloat16 writes into a given array and leaves the rest of it', () => {
+  const out = new Uint16Array(5).fill(0xabcd);
+  const result = float32ToFloat16(Float32Array.of(1, -2, 0.1), out.subarray(1, 4));
+  assert.equal([...result], [0x3c00, 0xc000, 0x2e66]);
+  assert.equal([...out], [0xabcd, 0x3c00, 0xc000, 0x2e66, 0xabcd]);
+});
+
+test.run();
