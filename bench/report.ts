@@ -88,6 +88,8 @@ export interface GraphRate {
   seconds: number;
   /** The untimed warm-up steps (the first one traces the tf.function). */
   warmupS: number;
+  /** TF_ENABLE_ONEDNN_OPTS of the measurement this rate comes from (the faster of 0 and 1). */
+  onednn?: string;
 }
 
 /** TensorFlow in graph mode (tf.function) on this machine: bench/graph_rates.py. */
@@ -106,6 +108,8 @@ export interface GraphRates extends ProcessFigures {
     trainableParams: { base: number; head: number; total: number };
   };
   ownPeakRssMb?: number;
+  /** Graph mode measured with TF_ENABLE_ONEDNN_OPTS=0 and =1: its rates (images/s) each way; forward and fineTune are the faster. */
+  variants?: Array<{ onednn: string; forward?: number; fineTune?: number }>;
 }
 
 export interface Probe extends Partial<ProcessFigures> {
@@ -435,13 +439,13 @@ export function renderSummary(r: BenchResult, benchReadme: string): string {
     [
       'base forward, batch 32 (pipe: the `features` stage; TF graph mode: `tf.function`)',
       rate(pf?.imagesPerSecond, pf?.estimated ? ' (estimated)' : ''),
-      g?.forward ? `${rate(g.forward.imagesPerSecond)} (TF graph mode)` : '—',
+      g?.forward ? `${rate(g.forward.imagesPerSecond)} (TF graph mode${onednnNote(g.forward)})` : '—',
       targetCell(r, 'forward-rate', ratio(pf?.imagesPerSecond, g?.forward?.imagesPerSecond)),
     ],
     [
       'fine-tune step over the top, batch 32 (training images/s)',
       rate(pt?.imagesPerSecond, pt?.estimated ? ' (estimated, a lower bound)' : ''),
-      g?.fineTune ? `${rate(g.fineTune.imagesPerSecond)} (TF graph mode)` : '—',
+      g?.fineTune ? `${rate(g.fineTune.imagesPerSecond)} (TF graph mode${onednnNote(g.fineTune)})` : '—',
       targetCell(r, 'fine-tune-rate', ratio(pt?.imagesPerSecond, g?.fineTune?.imagesPerSecond)),
     ],
     ['peak memory (RSS of the process tree)', formatMb(r.pipe?.memory.treeMb), formatMb(k?.memory.treeMb), targetCell(r, 'memory', ratio(r.pipe?.memory.treeMb, k?.memory.treeMb))],
@@ -458,7 +462,10 @@ export function renderSummary(r: BenchResult, benchReadme: string): string {
       `${m.cores} cores (${m.cpuModel}), ${m.ramGiB} GiB RAM, no GPU, tfjs-node ${m.tfjs ?? '?'} on libtensorflow ${m.libtensorflow ?? '?'}, ` +
       `pipe and the tutorial's Keras code${versions} run one after the other on the same photos${r.inputs.limit ? ` (the first ${r.inputs.limit} of each class)` : ''} and weights. ` +
       `Load average (1 min): ${loadAt(m.loadAverage.start)} at the start, ${loadAt(m.loadAverage.end)} at the end (other jobs may share the machine). ` +
-      'Wall times are whole processes, spawn to exit; ratios are pipe / Keras, and for the two rates pipe / TensorFlow in graph mode on the same machine.' +
+      'Wall times are whole processes, spawn to exit; ratios are pipe / Keras, and for the two rates pipe / TensorFlow in graph mode on the same machine' +
+      (r.graph?.variants
+        ? ` (graph mode measured with oneDNN's kernels off and on: ${r.graph.variants.map((v) => `TF_ENABLE_ONEDNN_OPTS=${v.onednn} forward ${v.forward?.toFixed(1) ?? '—'}, fine-tune ${v.fineTune?.toFixed(1) ?? '—'} images/s`).join('; ')}; the faster counts. pipe's stages run with them on, the Keras recipe with TensorFlow's defaults).`
+        : '.') +
       oldSweep,
     '',
     markdownTable(['measurement', 'pipe', 'Keras recipe (rates: TF graph mode)', 'ratio (target)'], rows),
@@ -980,4 +987,9 @@ export function bounds(r: BenchResult): string[] {
     if (lw) lines.push(`The fine-tuning learning rate = ${lrText(r.options.lr ?? 0.00003)} run: ${describe(lw)}, in ${formatDuration(r.lr.wallS)}${pr ? `; at least ${formatDuration(lw.flops / (pr.gflops * 1e9))} at the matmul rate` : ''}.`);
   }
   return lines;
+}
+
+/** Which oneDNN setting a graph-mode rate was the faster with (bench/run.ts measures both). */
+function onednnNote(rate: GraphRate): string {
+  return rate.onednn === undefined ? '' : `, TF_ENABLE_ONEDNN_OPTS=${rate.onednn}`;
 }

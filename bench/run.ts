@@ -383,17 +383,37 @@ async function probe(withWeights: boolean): Promise<Probe> {
   return { ...p, ...figures(run) };
 }
 
+/**
+ * TF graph mode's rates, measured twice: with TensorFlow's defaults and with oneDNN's kernels
+ * (TF_ENABLE_ONEDNN_OPTS=1, which pipe's stages use; TensorFlow enables them by default only on
+ * CPUs with AVX-512). Each rate is the faster of the two, so pipe is compared with TensorFlow at
+ * its best on this machine; both are kept in `variants`.
+ */
 async function graphRates(): Promise<GraphRates> {
-  const out = path.join(workDir, 'graph-rates.json');
-  say(`graph: graph_rates.py (TF graph mode: base forward and fine-tuning step, ${options.graphSeconds} s each)`);
-  const run = await timedRun(
-    [kerasPython, graphScript, '--weights', options.weights, '--seconds', String(options.graphSeconds), '--fine-tune-at', String(PIPELINE.fineTuneAt), '--out', out],
-    { cwd: root, env, logFile, echo: options.verbose },
-  );
-  if (run.exitCode !== 0 || !existsSync(out)) throw new Error(`graph: graph_rates.py exited ${run.exitCode}; see ${run.log}`);
-  const figs: GraphRates = { ...figures(run), ...parseGraphRates(JSON.parse(await readFile(out, 'utf8'))) };
-  say(`graph: forward ${figs.forward?.imagesPerSecond ?? '—'} images/s, fine-tune step ${figs.fineTune?.imagesPerSecond ?? '—'} images/s (TF graph mode)`);
-  return figs;
+  const variants: Array<{ onednn: string; figs: GraphRates }> = [];
+  for (const onednn of ['0', '1']) {
+    const out = path.join(workDir, `graph-rates-onednn${onednn}.json`);
+    say(`graph: graph_rates.py (TF graph mode: base forward and fine-tuning step, ${options.graphSeconds} s each; TF_ENABLE_ONEDNN_OPTS=${onednn})`);
+    const run = await timedRun(
+      [kerasPython, graphScript, '--weights', options.weights, '--seconds', String(options.graphSeconds), '--fine-tune-at', String(PIPELINE.fineTuneAt), '--out', out],
+      { cwd: root, env: { ...env, TF_ENABLE_ONEDNN_OPTS: onednn }, logFile, echo: options.verbose },
+    );
+    if (run.exitCode !== 0 || !existsSync(out)) throw new Error(`graph: graph_rates.py exited ${run.exitCode}; see ${run.log}`);
+    const figs: GraphRates = { ...figures(run), ...parseGraphRates(JSON.parse(await readFile(out, 'utf8'))) };
+    say(`graph: forward ${figs.forward?.imagesPerSecond ?? '—'} images/s, fine-tune step ${figs.fineTune?.imagesPerSecond ?? '—'} images/s (TF graph mode, TF_ENABLE_ONEDNN_OPTS=${onednn})`);
+    variants.push({ onednn, figs });
+  }
+  const best = <K extends 'forward' | 'fineTune'>(key: K) =>
+    variants.reduce<(typeof variants)[number] | undefined>((a, v) => ((v.figs[key]?.imagesPerSecond ?? 0) > (a?.figs[key]?.imagesPerSecond ?? 0) ? v : a), undefined);
+  const forward = best('forward');
+  const fineTune = best('fineTune');
+  const first = variants[0]!.figs;
+  return {
+    ...first,
+    ...(forward?.figs.forward ? { forward: { ...forward.figs.forward, onednn: forward.onednn } } : {}),
+    ...(fineTune?.figs.fineTune ? { fineTune: { ...fineTune.figs.fineTune, onednn: fineTune.onednn } } : {}),
+    variants: variants.map((v) => ({ onednn: v.onednn, forward: v.figs.forward?.imagesPerSecond, fineTune: v.figs.fineTune?.imagesPerSecond })),
+  };
 }
 
 async function measure(name: string, step: () => Promise<void>): Promise<void> {

@@ -24,6 +24,11 @@ export function loadTf(flavour: Flavour = 'cpu'): Tf {
     return loaded.tf;
   }
   process.env['TF_CPP_MIN_LOG_LEVEL'] ??= '2';
+  // oneDNN's kernels for convolutions, matrix products and their gradients, also in eager mode.
+  // TensorFlow turns them on by default only on CPUs with AVX-512; on this project's 2-core AVX2
+  // machine they ran the frozen base 1.5× and the fine-tuning step 1.1× as fast (2026-12-06).
+  // TF_ENABLE_ONEDNN_OPTS=0 in the environment keeps TensorFlow's own kernels.
+  process.env['TF_ENABLE_ONEDNN_OPTS'] ??= '1';
   const name = packageOf[flavour];
   let tf: Tf;
   try {
