@@ -590,6 +590,8 @@ export class MLflowClient {
       let res: Response;
       let text: string;
       let bytes: Uint8Array | undefined;
+      // In line behind this process's other requests to the server (the timeout starts with the request).
+      const release = await serverSlots(this.uri).acquire();
       try {
         res = await fetch(url, { method, headers, body, signal: AbortSignal.timeout(this.retry.timeoutMs) });
         if (opts.binary && res.ok) bytes = new Uint8Array(await res.arrayBuffer());
@@ -603,6 +605,8 @@ export class MLflowClient {
           { cause },
         );
         continue;
+      } finally {
+        release();
       }
       if (res.ok) return (bytes ?? (text === '' ? {} : JSON.parse(text))) as T;
       const { errorCode, message } = parseErrorBody(text, res.status);
@@ -620,6 +624,45 @@ export class MLflowClient {
 }
 
 // ---- helpers (exported for tests and the journal) ----
+
+/**
+ * Requests in flight to one server from this process, at most `PIPE_MLFLOW_CONCURRENCY` (default
+ * 4); the rest wait their turn. A sweep has a tracker per trial, and when many trials end at once
+ * (a sweep's paused trials released together, 22 of them) their requests all at once kept the
+ * embedded server (SQLite) busy past the 30 s timeout: "unreachable" warnings and retries that
+ * took 90 s. In line, each request is answered in its usual milliseconds.
+ */
+export class RequestSlots {
+  private active = 0;
+  private readonly waiting: Array<() => void> = [];
+  constructor(readonly limit: number) {}
+
+  async acquire(): Promise<() => void> {
+    if (this.active >= this.limit) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    else this.active += 1;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = this.waiting.shift();
+      // The slot passes straight to the next in line.
+      if (next) next();
+      else this.active -= 1;
+    };
+  }
+}
+
+const slotsByServer = new Map<string, RequestSlots>();
+
+function serverSlots(uri: string): RequestSlots {
+  let slots = slotsByServer.get(uri);
+  if (!slots) {
+    const limit = Number(process.env['PIPE_MLFLOW_CONCURRENCY'] ?? 4);
+    slots = new RequestSlots(Number.isInteger(limit) && limit > 0 ? limit : 4);
+    slotsByServer.set(uri, slots);
+  }
+  return slots;
+}
 
 /**
  * `http://user:pass@host/` → the URI without credentials (fetch refuses them; journals must not

@@ -157,4 +157,32 @@ test('getOrCreateExperiment: a lost creation race fetches the winner', async () 
   }
 });
 
+test('at most PIPE_MLFLOW_CONCURRENCY (4) requests in flight to one server from a process; the rest wait, none times out', async () => {
+  let inFlight = 0;
+  let most = 0;
+  const server = createServer((req, res) => {
+    inFlight += 1;
+    most = Math.max(most, inFlight);
+    req.resume();
+    setTimeout(() => {
+      inFlight -= 1;
+      res.writeHead(404, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error_code: 'RESOURCE_DOES_NOT_EXIST', message: 'no such experiment' }));
+    }, 40);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as { port: number }).port;
+  try {
+    // Two clients (two trials' trackers) to the same server share the limit.
+    const clients = [0, 1].map(() => new MLflowClient({ uri: `http://127.0.0.1:${port}`, retry: { retries: 0, timeoutMs: 2000 } }));
+    const started = Date.now();
+    const answers = await Promise.all(Array.from({ length: 20 }, (_, i) => clients[i % 2]!.getExperimentByName(`e${i}`)));
+    assert.equal(answers, Array.from({ length: 20 }, () => undefined));
+    assert.is(most, 4, 'four at a time');
+    assert.ok(Date.now() - started >= 5 * 40, 'five rounds of four');
+  } finally {
+    server.close();
+  }
+});
+
 test.run();
