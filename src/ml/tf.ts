@@ -25,9 +25,10 @@ export function loadTf(flavour: Flavour = 'cpu'): Tf {
   }
   process.env['TF_CPP_MIN_LOG_LEVEL'] ??= '2';
   // oneDNN's kernels for convolutions, matrix products and their gradients, also in eager mode.
-  // TensorFlow turns them on by default only on CPUs with AVX-512; on this project's 2-core AVX2
-  // machine they ran the frozen base 1.5× and the fine-tuning step 1.1× as fast (2026-12-06).
-  // TF_ENABLE_ONEDNN_OPTS=0 in the environment keeps TensorFlow's own kernels.
+  // tfjs-node's libtensorflow leaves them off on this project's 2-core AVX2 machine unless asked
+  // (it prints "oneDNN custom operations are on" only with the variable set). With them, in
+  // alternating runs there (2026-12-06): the frozen base 182–186 against 115–123 images/s, the
+  // fine-tuning step 177–190 against 155–168. TF_ENABLE_ONEDNN_OPTS=0 keeps TensorFlow's own kernels.
   process.env['TF_ENABLE_ONEDNN_OPTS'] ??= '1';
   const name = packageOf[flavour];
   let tf: Tf;
