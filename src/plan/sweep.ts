@@ -514,8 +514,6 @@ export class SweepScheduler {
   private readonly waiting = new Map<string, (resume: boolean) => void>();
   /** Watched stages that ended (any status): they will report nothing more. */
   private readonly ended = new Set<string>();
-  /** Watched stages between a promotion and their next report (they count as running). */
-  private readonly resuming = new Set<string>();
 
   /** `pausing`: the runner resumes paused stages (the local one); otherwise `pause: true` is ignored and trials stop. */
   constructor(readonly config: SchedulerConfig, sweepPlan: SweepPlan, pausing = false) {
@@ -535,7 +533,6 @@ export class SweepScheduler {
   /** After `epoch` of `of` epochs of merged stage `stage`: true stops it. Its metric is the latest point of that key. */
   decide(stage: string, epoch: number, of: number, metrics: readonly MetricPoint[]): boolean {
     if (!this.watched.has(stage)) return false;
-    this.resuming.delete(stage);
     // max_t defaults to the watched stage's epochs (of the first trial to report).
     this.scheduler ??= createScheduler(this.config, of);
     const value = [...metrics].reverse().find((p) => p.key === this.config.metric)?.value ?? Number.NaN;
@@ -594,14 +591,14 @@ export class SweepScheduler {
     const paused = new Set(this.waiting.keys());
     let next = asha.promotion(paused, false);
     if (next === undefined) {
-      const idle = [...this.watched].every((s) => this.ended.has(s) || (this.waiting.has(s) && !this.resuming.has(s)));
+      // A promoted stage left `waiting` when it was promoted: it counts as running until it pauses again.
+      const idle = [...this.watched].every((s) => this.ended.has(s) || this.waiting.has(s));
       if (!idle) return;
       next = asha.promotion(paused, true);
       if (next === undefined) return this.releaseAll();
     }
     const resolve = this.waiting.get(next);
     this.waiting.delete(next);
-    this.resuming.add(next);
     resolve?.(true);
   }
 }

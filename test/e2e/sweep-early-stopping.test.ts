@@ -36,6 +36,16 @@ test.after(async () => {
 
 const stage = (r: SweepJson, name: string) => r.stages.find((s) => s.name === name);
 
+const FINE_TUNE_FILES = ['head.bin', 'base/weights.bin', 'history.json'];
+
+/** The fine-tune entry's files equal those of the same stage computed from scratch (`pipe run -p lr=… --force fine-tune`). */
+async function assertSameAsForcedRun(dir: string, lr: string, entry: string): Promise<void> {
+  const bytes = FINE_TUNE_FILES.map((f) => readFileSync(path.join(entry, f)));
+  const forced = await pipe(dir, ['run', 'small.yaml', '-p', `lr=${lr}`, '--force', 'fine-tune']);
+  assert.is(forced.exitCode, 0, forced.stderr);
+  FINE_TUNE_FILES.forEach((f, i) => assert.ok(readFileSync(path.join(entry, f)).equals(bytes[i]!), `${f} differs from the run computed in one go`));
+}
+
 test('asha stops the lagging trial after its first epoch; its evaluation never runs; MLflow records where', async () => {
   assert.ok(pipeline.includes('learning_rate: "${params.lr}"'), 'the fixture sweeps the fine-tuning rate');
   const dry = await pipe(dir, ['sweep', 'small.yaml', '--dry-run']);
@@ -179,12 +189,7 @@ test('a sweep killed in the middle of a watched stage resumes it from its last c
   const resumed = result.stages.find((s) => s.name === 'fine-tune[lr=0.0002]');
   assert.is(resumed?.status, 'ran');
   assert.ok(Number(resumed?.summary['resumed_from_epoch']) >= 1, JSON.stringify(resumed?.summary));
-  const entry = path.join(dir, 'runs', 'cache', 'entries', resumed?.fingerprint ?? '', 'out');
-  const files = ['head.bin', 'base/weights.bin', 'history.json'];
-  const bytes = files.map((f) => readFileSync(path.join(entry, f)));
-  const forced = await pipe(dir, ['run', 'small.yaml', '-p', 'lr=0.0002', '--force', 'fine-tune']);
-  assert.is(forced.exitCode, 0, forced.stderr);
-  files.forEach((f, i) => assert.ok(readFileSync(path.join(entry, f)).equals(bytes[i]!), `${f} differs from the resumed run's`));
+  await assertSameAsForcedRun(dir, '0.0002', path.join(dir, 'runs', 'cache', 'entries', resumed?.fingerprint ?? '', 'out'));
 });
 
 test('asha with pause: trials pause at their rung and the promoted ones resume from their checkpoints; one trains to the end, bit-identical to a straight run', async () => {
@@ -218,12 +223,7 @@ test('asha with pause: trials pause at their rung and the promoted ones resume f
   assert.equal(history.map((m) => m.step).sort((a, b) => a - b), [0, 1, 2, 3, 4], 'two head epochs, three fine-tuning epochs, once each');
 
   // Resumed twice or not, the same bytes as the stage computed in one go.
-  const entry = path.join(own, 'runs', 'cache', 'entries', fineTune?.fingerprint ?? '', 'out');
-  const files = ['head.bin', 'base/weights.bin', 'history.json'];
-  const bytes = files.map((f) => readFileSync(path.join(entry, f)));
-  const forced = await pipe(own, ['run', 'small.yaml', '-p', 'lr=0.0001', '--force', 'fine-tune']);
-  assert.is(forced.exitCode, 0, forced.stderr);
-  files.forEach((f, i) => assert.ok(readFileSync(path.join(entry, f)).equals(bytes[i]!), `${f} differs from the straight run's`));
+  await assertSameAsForcedRun(own, '0.0001', path.join(own, 'runs', 'cache', 'entries', fineTune?.fingerprint ?? '', 'out'));
 });
 
 test.run();
