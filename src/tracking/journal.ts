@@ -23,7 +23,7 @@
 // (MLflow's SQL store also ignores an exact duplicate metric row, checked against mlflow 3.17;
 // the check above keeps replay exactly-once on stores that do not.)
 
-import { appendFileSync, existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, linkSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
@@ -118,12 +118,31 @@ export class Journal {
     readonly header: JournalHeader,
   ) {}
 
-  /** A new journal in runDir (fails if one exists). */
-  static create(runDir: string, tracking: TrackingRef): Journal {
-    const header: JournalHeader = { t: 'header', version: 1, journalId: randomUUID(), tracking, createdAt: Date.now() };
+  /**
+   * A new journal in runDir (fails if one exists), holding its first ops. `first` receives the
+   * journal's id (the create-run op tags the run with it). The file appears whole or not at all (a
+   * temporary file linked into place), so a runner killed at any instant never leaves a journal whose
+   * run can no longer be created: a header without its create-run op.
+   */
+  static create(
+    runDir: string,
+    tracking: TrackingRef,
+    first: (journalId: string) => Array<{ op: JournalOp; at?: number }> = () => [],
+    journalId: string = randomUUID(),
+  ): Journal {
+    const header: JournalHeader = { t: 'header', version: 1, journalId, tracking, createdAt: Date.now() };
     const path = join(runDir, JOURNAL_FILE);
-    writeFileSync(path, JSON.stringify(header) + '\n', { flag: 'wx' });
-    return new Journal(path, header);
+    const lines: JournalLine[] = [header, ...first(header.journalId).map((e, i) => ({ t: 'op' as const, seq: i + 1, at: e.at ?? Date.now(), op: e.op }))];
+    const tmp = `${path}.${process.pid}.${header.journalId}.tmp`;
+    writeFileSync(tmp, lines.map((l) => JSON.stringify(l) + '\n').join(''), { flag: 'wx' });
+    try {
+      linkSync(tmp, path); // EEXIST when runDir already has a journal
+    } finally {
+      rmSync(tmp, { force: true });
+    }
+    const journal = new Journal(path, header);
+    for (const line of lines) journal.apply(line);
+    return journal;
   }
 
   /** The journal of runDir, or undefined when it has none. A torn last line (a crash) is ignored. */

@@ -1,7 +1,7 @@
 // `pipe sync`: sends what runs could not send to their MLflow server (their journals), exactly once,
 // and marks runs whose runner died as KILLED. Every `pipe run` does the same in the background.
 
-import { existsSync, lstatSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Journal, JOURNAL_FILE, lockJournal, redirectJournal, replayJournal, ReplaySession, unlockJournal, type ReplayResult, type TrackingRef } from './journal.ts';
@@ -30,8 +30,12 @@ export function readTrackingRecord(runDir: string): TrackingRecord | undefined {
   }
 }
 
+/** Replaces tracking.json whole (a temporary file renamed into place): a kill never leaves it torn. */
 export function writeTrackingRecord(runDir: string, record: TrackingRecord): void {
-  writeFileSync(join(runDir, TRACKING_FILE), JSON.stringify(record, null, 2) + '\n');
+  const path = join(runDir, TRACKING_FILE);
+  const tmp = `${path}.${process.pid}.tmp`;
+  writeFileSync(tmp, JSON.stringify(record, null, 2) + '\n');
+  renameSync(tmp, path);
 }
 
 /** Run directories (runs/<pipeline>/<run-id>/, a sweep's runs/<pipeline>/<sweep-id>/<trial>/) that have a journal. */

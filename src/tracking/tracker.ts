@@ -6,6 +6,7 @@
 // every `reconnectIntervalMs`, and what is still unsent at close() stays in the journal for
 // `pipe sync` or the next `pipe run`.
 
+import { randomUUID } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { hostname, userInfo } from 'node:os';
@@ -334,10 +335,6 @@ class MLflowTracker implements Tracker {
     this.runs.push(run);
     this.startBackgroundSync([run.runDir]);
     this.startSampling(run);
-    const { journal } = run;
-    this.append(run, { kind: 'create-run', experimentName: e.experiment, runName: runName(e), startTime: e.startedAt, tags: runTags(e, this.opts, journal.journalId, this.env) }, e.startedAt);
-    this.append(run, { kind: 'log-batch', params: runParams(e) }, e.startedAt);
-    this.append(run, { kind: 'upload-artifact', path: 'pipeline.yaml', text: e.pipelineYaml }, e.startedAt);
     this.sender.schedule(0);
   }
 
@@ -353,16 +350,28 @@ class MLflowTracker implements Tracker {
       this.log(`MLflow tracking skipped: ${runDir} already has a journal (one MLflow run per run directory)`);
       return undefined;
     }
-    const journal = Journal.create(runDir, this.trackingRef);
+    // tracking.json first (a journal without it could never be marked KILLED), then the journal with
+    // the run's first ops in one step: a runner killed at any instant leaves no journal, or one whose
+    // run `pipe sync` can create and end.
     const record: TrackingRecord = {
       run_id: null,
       experiment_id: null,
-      journal_id: journal.journalId,
+      journal_id: randomUUID(),
       pid: process.pid,
       host: hostname(),
       started_at: e.startedAt,
     };
     writeTrackingRecord(runDir, record);
+    const journal = Journal.create(
+      runDir,
+      this.trackingRef,
+      (journalId) => [
+        { op: { kind: 'create-run', experimentName: e.experiment, runName: runName(e), startTime: e.startedAt, tags: runTags(e, this.opts, journalId, this.env) }, at: e.startedAt },
+        { op: { kind: 'log-batch', params: runParams(e) }, at: e.startedAt },
+        { op: { kind: 'upload-artifact', path: 'pipeline.yaml', text: e.pipelineYaml }, at: e.startedAt },
+      ],
+      record.journal_id,
+    );
     return {
       start: e,
       runDir,

@@ -2,7 +2,7 @@
 // lock, and replay against a real MLflow server (one for the file): in order, with the recorded
 // times, past a rejected request, stopped by an unreachable server, and exactly once after a crash.
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, utimesSync, writeFileSync, appendFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, utimesSync, writeFileSync, appendFileSync, existsSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
@@ -21,7 +21,11 @@ const point = (step: number, value: number): Metric => ({ key: 'loss', value, st
 const createRun = (journal: Journal, runName: string, experimentName: string): JournalOp => ({
   kind: 'create-run', experimentName, runName, startTime: T0, tags: [{ key: 'pipe.journal_id', value: journal.journalId }],
 });
-const lines = (dir: string) => readFileSync(join(dir, JOURNAL_FILE), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { t: string; seqs?: number[] });
+const createRunWithId = (journalId: string): JournalOp => ({
+  kind: 'create-run', experimentName: 'exp', runName: 'run', startTime: T0, tags: [{ key: 'pipe.journal_id', value: journalId }],
+});
+const lines = (dir: string) =>
+  readFileSync(join(dir, JOURNAL_FILE), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { t: string; seqs?: number[]; seq?: number; op: JournalOp });
 
 // ---- on disk ----
 
@@ -32,6 +36,23 @@ test('a journal is created once per run directory, header first', () => {
   assert.equal(lines(dir), [{ t: 'header', version: 1, journalId: journal.journalId, tracking, createdAt: journal.header.createdAt }]);
   assert.throws(() => Journal.create(dir, tracking), /EEXIST/);
   assert.is(Journal.open(dir)?.journalId, journal.journalId);
+});
+
+test('a journal appears whole with its first ops (the create-run among them), never as a bare header', () => {
+  const dir = newDir();
+  const journal = Journal.create(dir, tracking, (id) => [
+    { op: createRunWithId(id), at: T0 },
+    { op: { kind: 'log-batch', params: [{ key: 'lr', value: '0.1' }] }, at: T0 },
+  ]);
+  const written = lines(dir);
+  assert.is(written.length, 3);
+  assert.equal(written.slice(1).map((l) => [l.t, l.seq, l.op.kind]), [['op', 1, 'create-run'], ['op', 2, 'log-batch']]);
+  assert.equal((written[1]!.op as { tags: Array<{ key: string; value: string }> }).tags, [{ key: 'pipe.journal_id', value: journal.journalId }]);
+  assert.equal(readdirSync(dir), ['mlflow-journal.jsonl'], 'no temporary file is left');
+  assert.is(journal.append({ kind: 'update-run', status: 'FINISHED', endTime: T0 + 1 }), 3, 'numbering goes on after the first ops');
+  assert.equal(Journal.open(dir)!.pending().map((e) => e.op.kind), ['create-run', 'log-batch', 'update-run']);
+  assert.throws(() => Journal.create(dir, tracking, (id) => [{ op: createRunWithId(id) }]), /EEXIST/);
+  assert.equal(readdirSync(dir), ['mlflow-journal.jsonl'], 'a refused create leaves nothing behind');
 });
 
 test('ops, acks and rejections read back: what is pending, the run, the rejections; numbering goes on', () => {
