@@ -32,6 +32,8 @@ export interface ScaleOptions {
   sizes: number[];
   /** The data set the sharded base pass runs on (default the smallest), or undefined: none. */
   shardSize: number | undefined;
+  /** The data set the 3 × 2 sweep runs on, for the cache it leaves (default the smallest), or undefined: none. */
+  sweepSize: number | undefined;
 }
 
 export interface RawOptions {
@@ -50,6 +52,7 @@ export interface RawOptions {
   scale?: boolean;
   'scale-sizes'?: string;
   'scale-shard-size'?: string;
+  'scale-sweep-size'?: string;
 }
 
 export const DEFAULTS = {
@@ -76,6 +79,8 @@ export const SCALE = {
   shardRatio: 0.6,
   /** The largest data set against the smallest: peak RSS and wall time per image at most this ratio. */
   growth: 1.1,
+  /** Cache bytes per source image after the flagship's 3 × 2 sweep (decimal MB, as `du` counts). */
+  sweepBytesPerImage: 0.4e6,
 } as const;
 
 /** The pipeline's defaults the runs change one at a time (pipelines/mobilenet.yaml). */
@@ -115,7 +120,7 @@ function positiveNumber(flag: string, text: string, problems: string[]): number 
 /** --scale, --scale-sizes, --scale-shard-size: the scale measurement's options, or undefined without --scale. */
 function scaleOptions(raw: RawOptions, problems: string[]): ScaleOptions | undefined {
   if (!raw.scale) {
-    for (const flag of ['scale-sizes', 'scale-shard-size'] as const) if (raw[flag] !== undefined) problems.push(`--${flag} applies only with --scale`);
+    for (const flag of ['scale-sizes', 'scale-shard-size', 'scale-sweep-size'] as const) if (raw[flag] !== undefined) problems.push(`--${flag} applies only with --scale`);
     return undefined;
   }
   // the other measurements' options say nothing to it
@@ -131,16 +136,15 @@ function scaleOptions(raw: RawOptions, problems: string[]): ScaleOptions | undef
     if (small.length > 0) problems.push(`--scale-sizes: at least ${SCALE.minSize} images per data set, got ${small.join(', ')}`);
   }
   sizes = [...new Set(sizes)].sort((a, b) => a - b);
-  let shardSize: number | undefined = sizes[0];
-  const shardText = raw['scale-shard-size'];
-  if (shardText !== undefined) {
-    if (shardText.trim() === 'none') shardSize = undefined;
-    else {
-      shardSize = positiveInteger('scale-shard-size', shardText, problems);
-      if (shardSize !== undefined && !sizes.includes(shardSize)) problems.push(`--scale-shard-size: expected one of --scale-sizes (${sizes.join(', ')}) or none, got ${shardSize}`);
-    }
-  }
-  return { sizes, shardSize };
+  const sizeOf = (flag: 'scale-shard-size' | 'scale-sweep-size'): number | undefined => {
+    const text = raw[flag];
+    if (text === undefined) return sizes[0];
+    if (text.trim() === 'none') return undefined;
+    const size = positiveInteger(flag, text, problems);
+    if (size !== undefined && !sizes.includes(size)) problems.push(`--${flag}: expected one of --scale-sizes (${sizes.join(', ')}) or none, got ${size}`);
+    return size;
+  };
+  return { sizes, shardSize: sizeOf('scale-shard-size'), sweepSize: sizeOf('scale-sweep-size') };
 }
 
 /** Validated options, or every problem found (all at once). */

@@ -30,7 +30,7 @@
 // --scale-sizes images (default 3000,12000,48000) and the sharded base pass on two one-core
 // workers against one; results in <out-dir>/<date>-scale.json and .md and latest-scale.md.
 //
-//   npm run bench -- --scale [--scale-sizes LIST] [--scale-shard-size N|none] [--data DIR]
+//   npm run bench -- --scale [--scale-sizes LIST] [--scale-shard-size N|none] [--scale-sweep-size N|none] [--data DIR]
 //                    [--weights FILE] [--out-dir DIR] [--epochs I,F] [--worktree] [--verbose]
 
 import { execFileSync } from 'node:child_process';
@@ -87,6 +87,7 @@ const USAGE = `npm run bench -- [options]
                         as symlinks, then the sharded base pass on two one-core workers against one
   --scale-sizes LIST    images per data set (default ${SCALE.sizes.join(',')}; at least ${SCALE.minSize})
   --scale-shard-size N  the data set of the sharded pass (default the smallest; none: no sharded pass)
+  --scale-sweep-size N  the data set of the 3 × 2 sweep whose cache is measured (default the smallest; none: no sweep)
 `;
 
 function fail(message: string): never {
@@ -117,6 +118,7 @@ function parseCli(): BenchOptions & { worktree: boolean } {
         scale: { type: 'boolean' },
         'scale-sizes': { type: 'string' },
         'scale-shard-size': { type: 'string' },
+        'scale-sweep-size': { type: 'string' },
         verbose: { type: 'boolean' },
         worktree: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },

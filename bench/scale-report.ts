@@ -53,7 +53,21 @@ export interface ShardPass {
   threadsEnv: string;
 }
 
-export type ScaleTargetId = 'scale-runs' | 'scale-rss' | 'scale-time' | 'scale-shards';
+/** The flagship's 3 × 2 sweep (`pipe sweep`, its `sweep:` grid) from an empty cache, for the cache it leaves. */
+export interface ScaleSweep extends ProcessFigures {
+  images: number;
+  projectDir: string;
+  status: string;
+  /** The `-p` overrides of the sweep (data and weights aside). */
+  params: string[];
+  /** Bytes under the project's cache directory, each file counted once however many links it has. */
+  cacheBytes: number;
+  /** The same, by stage kind (from each entry's record.json); `other` for what belongs to no entry. */
+  byKind: Record<string, number>;
+  entries: number;
+}
+
+export type ScaleTargetId = 'scale-runs' | 'scale-rss' | 'scale-time' | 'scale-shards' | 'scale-sweep-bytes';
 
 export interface ScaleTarget {
   id: ScaleTargetId;
@@ -82,6 +96,7 @@ export interface ScaleResult {
   pipeSource: { commit: string; from: 'HEAD' | 'working tree'; dirty: boolean; dir: string };
   runs: ScaleRun[];
   shards?: ShardPass;
+  sweep?: ScaleSweep;
   targets: ScaleTarget[];
   /** Written after the run (bench/render.ts --note FILE). */
   closingNote?: string;
@@ -137,6 +152,16 @@ export function scaleTargets(r: ScaleResult): ScaleTarget[] {
       text: `${msPerImage(large).toFixed(1)} / ${msPerImage(small).toFixed(1)} ms = ${ratio3(time)}`,
     });
   }
+  const sw = r.sweep;
+  if (sw) {
+    const perImage = sw.cacheBytes / sw.images;
+    targets.push({
+      id: 'scale-sweep-bytes',
+      label: `cache bytes per source image after the 3 × 2 sweep (${n(sw.images)} images) ≤ ${(SCALE.sweepBytesPerImage / 1e6).toFixed(1)} MB`,
+      pass: sw.status === 'succeeded' && perImage <= SCALE.sweepBytesPerImage,
+      text: `${formatBytes(sw.cacheBytes)} / ${n(sw.images)} = ${(perImage / 1e6).toFixed(3)} MB${sw.status === 'succeeded' ? '' : ` (${sw.status})`}`,
+    });
+  }
   const s = r.shards;
   if (s?.two) {
     const ratio = s.two.featuresS / s.one.featuresS;
@@ -190,6 +215,7 @@ function renderScaleSection(r: ScaleResult): string[] {
   );
   if (r.runs.length > 0) out.push(...runsTable(r), ...stagesTable(r), ...cacheTable(r));
   if (r.shards) out.push(...shardsSection(r.shards));
+  if (r.sweep) out.push(...sweepSection(r.sweep));
   if (r.targets.length > 0) {
     out.push('### Targets (issue 16)', '', markdownTable(['target', 'measured', ''], r.targets.map((t) => [t.label, t.text, t.pass ? '**pass**' : '**miss**'])), '');
   }
@@ -260,6 +286,20 @@ function cacheTable(r: ScaleResult): string[] {
     "Each stage's entry, with the files it shares with another entry (hard links, e.g. `split`'s with `fetch`'s); the run's total above counts those once.",
     '',
     markdownTable(['stage', ...r.runs.map((run) => `${n(run.images)} images`)], rows),
+    '',
+  ];
+}
+
+function sweepSection(s: ScaleSweep): string[] {
+  const kinds = Object.entries(s.byKind).sort((a, b) => b[1] - a[1]);
+  return [
+    '### The cache after the 3 × 2 sweep',
+    '',
+    `\`pipe sweep\` of the flagship pipeline (its \`sweep:\` grid: fine_tune_at 60, 100, 130 × two fine-tuning learning rates) on the ${n(s.images)}-image set from an empty cache, ` +
+      `\`${s.params.join(' ')}\` (the epochs do not change what is cached, apart from checkpoints): ${s.status} in ${formatDuration(s.wallS)}, peak RSS ${formatMb(s.memory.treeMb)}. ` +
+      `The cache holds ${s.entries} entries, ${formatBytes(s.cacheBytes)} (each file once, however many links it has): ${((s.cacheBytes / s.images) / 1e6).toFixed(3)} MB per source image.`,
+    '',
+    markdownTable(['stage kind', 'bytes', 'per source image'], kinds.map(([kind, bytes]) => [kind, formatBytes(bytes), `${(bytes / s.images / 1e3).toFixed(1)} kB`])),
     '',
   ];
 }

@@ -27,7 +27,7 @@ import { startPrivateRedis } from '../test/helpers/redis.ts';
 import { SCALE, formatDuration, formatMb, type ScaleOptions } from './lib.ts';
 import { loadAverage, timedRun, type TimedRun } from './proc.ts';
 import type { Machine, ProcessFigures } from './report.ts';
-import { renderScaleMarkdown, withScaleTargets, bytesPerImage, msPerImage, formatBytes, type ScaleResult, type ScaleRun, type ShardPass, type ShardPassRun } from './scale-report.ts';
+import { renderScaleMarkdown, withScaleTargets, bytesPerImage, msPerImage, formatBytes, type ScaleResult, type ScaleRun, type ScaleSweep, type ShardPass, type ShardPassRun } from './scale-report.ts';
 import { fromRepo } from './shared.ts';
 
 const IMAGE = /\.(bmp|gif|jpe?g|png)$/i;
@@ -115,6 +115,15 @@ export async function measureScale(ctx: ScaleContext): Promise<ScaleResult> {
       });
     });
   }
+  const sweepSize = ctx.scale.sweepSize;
+  const sweepData = sweepSize === undefined ? undefined : dataSets.get(sweepSize);
+  if (sweepSize !== undefined && sweepData !== undefined) {
+    const images = sweepSize;
+    await step('sweep', async () => {
+      result.sweep = await sweepBytes(ctx, images, sweepData);
+      if (result.sweep.status !== 'succeeded') throw new Error(`pipe sweep: ${result.sweep.status}; see ${ctx.logFile}`);
+    });
+  }
   result.machine.loadAverage.end = loadAverage();
   result.partial = false;
   result.notes.push(
@@ -188,6 +197,70 @@ async function scaleRun(ctx: ScaleContext, size: number, data: string, params: s
       `peak RSS ${formatMb(run.memory.treeMb)} (largest process ${formatMb(run.memory.processMb)}); cache ${formatBytes(figures.cacheBytes)} (${formatBytes(bytesPerImage(figures))} per image)`,
   );
   return figures;
+}
+
+// ---- the cache of a sweep ----
+
+/**
+ * The flagship's 3 × 2 sweep from an empty cache on `data` (its default views, few epochs), and
+ * the bytes its cache holds: each file once (by inode), by the kind of the entry it is in.
+ */
+async function sweepBytes(ctx: ScaleContext, images: number, data: string): Promise<ScaleSweep> {
+  const project = path.join(ctx.workDir, `scale-sweep-${images}`);
+  await mkdir(project, { recursive: true });
+  const params = [`initial_epochs=${ctx.epochs.initial}`, `fine_tune_epochs=${ctx.epochs.fineTune}`];
+  const args = ['sweep', ctx.pipeline, '-p', `data=${data}`, '-p', `weights=${ctx.weights}`, ...params.flatMap((p) => ['-p', p]), '--no-track', '--json'];
+  ctx.say(`sweep ${images}: pipe ${args.map((a) => (path.isAbsolute(a) ? path.relative(ctx.root, a) : a)).join(' ')} (in ${path.relative(ctx.root, project)})`);
+  const run = await timedRun([process.execPath, ctx.pipeBin, ...args], { cwd: project, env: ctx.env, logFile: ctx.logFile, echo: ctx.verbose });
+  const usage = await cacheUsage(path.join(project, 'runs', 'cache'));
+  const sweep: ScaleSweep = {
+    ...ctx.figures(run),
+    images,
+    projectDir: path.relative(ctx.root, project),
+    status: run.exitCode === 0 ? 'succeeded' : `exit ${run.exitCode}`,
+    params,
+    ...usage,
+  };
+  ctx.say(`sweep ${images}: ${sweep.status} in ${formatDuration(run.wallS)}; cache ${formatBytes(usage.cacheBytes)} in ${usage.entries} entries, ${formatBytes(usage.cacheBytes / images)} per source image`);
+  return sweep;
+}
+
+/** Bytes under a cache directory, each inode once, by the kind in its entry's record.json. */
+export async function cacheUsage(cacheDir: string): Promise<{ cacheBytes: number; byKind: Record<string, number>; entries: number }> {
+  const seen = new Set<string>();
+  const byKind: Record<string, number> = {};
+  let cacheBytes = 0;
+  let entries = 0;
+  const walk = async (dir: string, kind: string): Promise<void> => {
+    for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+      const file = path.join(dir, e.name);
+      if (e.isDirectory()) await walk(file, kind);
+      else if (e.isFile()) {
+        const st = await stat(file);
+        const id = `${st.dev}:${st.ino}`;
+        if (seen.has(id)) continue;
+        seen.add(id);
+        cacheBytes += st.size;
+        byKind[kind] = (byKind[kind] ?? 0) + st.size;
+      }
+    }
+  };
+  const entriesDir = path.join(cacheDir, 'entries');
+  for (const e of await readdir(entriesDir, { withFileTypes: true }).catch(() => [])) {
+    if (!e.isDirectory()) continue;
+    entries++;
+    let kind = 'other';
+    try {
+      kind = (JSON.parse(await readFile(path.join(entriesDir, e.name, 'record.json'), 'utf8')) as { kind?: string }).kind ?? 'other';
+    } catch {
+      // an entry without its record: counted as other
+    }
+    await walk(path.join(entriesDir, e.name), kind);
+  }
+  for (const e of await readdir(cacheDir, { withFileTypes: true }).catch(() => [])) {
+    if (e.name !== 'entries' && e.isDirectory()) await walk(path.join(cacheDir, e.name), 'other');
+  }
+  return { cacheBytes, byKind, entries };
 }
 
 // ---- the sharded pass ----

@@ -6,19 +6,25 @@
 // Draws come from a seeded stream per (seed, view): view v is the same whatever `views` is, so
 // raising `views` from 10 to 20 keeps the first 10.
 //
-// The pixels are plain JS arithmetic (about 1.3 ms per 160×160 image), so the stage takes every CPU
-// slot (`resources: {cpu: 'all'}`) and splits each chunk of images across one worker thread per
+// By default the stage stores the draws, not the pixels: view v of image i is a deterministic
+// function of the image, the seed and v, and extract-features makes each view as it reads it
+// (src/ml/augmented-views.ts), on threads that run while TensorFlow computes. Stored, the views were
+// 77 KB each (1 GB of the tutorial's 1.5 GB cache per run); made, they cost about 1.3 ms of CPU.
+// `store: true` writes them (views.u8), for a stage that reads pixels; extract-features reads either
+// and gives the same bytes.
+//
+// Storing, the pixels are plain JS arithmetic, so the stage takes every CPU slot
+// (`resources: {cpu: 'all'}`) and splits each chunk of images across one worker thread per
 // slot it holds (src/ml/augment-pool.ts), up to the machine's cores, while the next chunk is read
 // and the previous one written (augmentChunks): on 2 cores the 14,000 views of the flagship pipeline
-// went from 18 s to 10 s (2026-12-06, real photos), and the runner starts no other stage on those
-// cores meanwhile. `resources: {cpu: 1}` in the pipeline keeps it on one thread. The bytes do not depend
-// on the number of threads (each image is computed alone), so neither does the cache key.
+// went from 18 s to 10 s (2026-12-06, real photos). The bytes do not depend on the number of
+// threads (each image is computed alone), so neither does the cache key.
 //
 // Artifacts:
-//   views.json + views.u8   image set `views` (views = `views`, view-major: all images of view 0,
-//                           then view 1, …; labels, files and classes of the split's `train`)
 //   augment.json            the settings and every draw: per view a string of flips ('1' = flipped)
-//                           and the angles in degrees
+//                           and the angles in degrees; `pixels`: 'generated' or 'stored'
+//   views.json + views.u8   (store: true) image set `views` (views = `views`, view-major: all images
+//                           of view 0, then view 1, …; labels, files and classes of the split's `train`)
 //   plots/augmentation.png  9 augmentations of the first training image (the recipe's picture)
 
 import { promises as fs } from 'node:fs';
@@ -33,20 +39,13 @@ import {
   type ViewTransform,
 } from '../ml/augment.ts';
 import { AugmentPool } from '../ml/augment-pool.ts';
+import type { AugmentRecord } from '../ml/augmented-views.ts';
 import { ImageSetReader, ImageSetWriter, type ImageSetMeta } from '../ml/dataset.ts';
 import { imageGrid } from '../ml/plots.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import { InputError } from '../core/errors.ts';
 
-export interface AugmentRecord {
-  seed: number;
-  views: number;
-  flip: 'horizontal' | 'none';
-  rotation: number;
-  count: number;
-  /** Per view: '0'/'1' per image (flipped or not) and the angle of each image in degrees. */
-  draws: Array<{ flips: string; angles: number[] }>;
-}
+export type { AugmentRecord };
 
 /** Images transformed per write (a chunk of the output, split across the threads; keeps memory small). */
 const CHUNK = 256;
@@ -69,6 +68,11 @@ const paramsSchema = {
       description: 'RandomRotation factor: angles uniform in ±rotation·2π',
     },
     seed: { type: 'integer', default: 42, description: 'seed of the draws' },
+    store: {
+      type: 'boolean',
+      default: false,
+      description: 'write the augmented pixels (views.u8, 77 KB per 160×160 view); by default only the draws are stored and extract-features makes the views as it reads them',
+    },
   },
   additionalProperties: false,
 } as const satisfies ParamsSchema;
@@ -77,9 +81,11 @@ export type AugmentParams = ParamsOf<typeof paramsSchema>;
 
 const augmentKind: StageKind<AugmentParams> = {
   name: 'augment',
-  version: 1,
+  // 2: the draws only by default (`store`), not the pixels
+  version: 2,
   description:
-    "Samples the recipe's augmentation (horizontal flip, rotation with reflect fill) up front: `views` augmented copies of each training image, on one thread per CPU slot it holds (default: every core).",
+    "Samples the recipe's augmentation (horizontal flip, rotation with reflect fill) up front: `views` augmentations of each training image, " +
+    'recorded as draws that extract-features applies as it reads (or, with store: true, written as pixels on one thread per CPU slot it holds).',
   params: paramsSchema,
   inputs: { data: ['split'] },
   usesTensorflow: false,
@@ -103,7 +109,23 @@ async function runAugment(ctx: StageContext<AugmentParams>): Promise<void> {
     if (meta.views !== 1) throw new InputError(`the training set in ${dataDir} already has ${meta.views} views`);
     const { count, height, width, channels } = meta;
 
-    const record: AugmentRecord = { seed, views, ...settings, count, draws: [] };
+    const record: AugmentRecord = { seed, views, ...settings, count, draws: [], pixels: ctx.params.store ? 'stored' : 'generated', sourceFiles: meta.files };
+    const draw = (view: number) => {
+      const transforms = viewTransforms(seed, view, count, settings);
+      record.draws.push({
+        flips: transforms.map((t) => (t.flip ? '1' : '0')).join(''),
+        angles: transforms.map((t) => Math.round(((t.angle * 180) / Math.PI) * 1e4) / 1e4),
+      });
+      return transforms;
+    };
+    if (!ctx.params.store) {
+      for (let view = 0; view < views; view++) draw(view);
+      await fs.writeFile(path.join(ctx.outDir, 'augment.json'), JSON.stringify(record) + '\n');
+      ctx.log(`${views} views of ${count} images (${height}×${width}) drawn; extract-features makes them as it reads them`);
+      if (count > 0) await writePicture(ctx, await train.image(0), { ...meta, views }, seed, settings);
+      ctx.summary({ views, augmented_images: views * count, stored: false });
+      return;
+    }
     const started = Date.now();
     // Chunks of the training images in, their augmentations out: memory is four chunks (two in, two
     // out), whatever the count. The pool's threads share each chunk's images, and stop in `finally`
@@ -114,14 +136,7 @@ async function runAugment(ctx: StageContext<AugmentParams>): Promise<void> {
     try {
       const writer = await ImageSetWriter.create(ctx.outDir, 'views', { height, width, channels });
       try {
-        const drawn = chunksOf(views, count, (view) => {
-          const transforms = viewTransforms(seed, view, count, settings);
-          record.draws.push({
-            flips: transforms.map((t) => (t.flip ? '1' : '0')).join(''),
-            angles: transforms.map((t) => Math.round(((t.angle * 180) / Math.PI) * 1e4) / 1e4),
-          });
-          return transforms;
-        });
+        const drawn = chunksOf(views, count, draw);
         await augmentChunks(drawn, train, pool, writer, (chunk) => ctx.progress(chunk.view * count + chunk.end, views * count, 'augment'));
         if (record.draws.length !== views) throw new Error(`bug: ${record.draws.length} of ${views} views drawn`);
         written = await writer.finish({ count, views, classNames: meta.classNames, labels: meta.labels, files: meta.files });
@@ -138,7 +153,7 @@ async function runAugment(ctx: StageContext<AugmentParams>): Promise<void> {
     ctx.log(`${views} views of ${count} images (${height}×${width}) on ${threads} in ${seconds.toFixed(1)} s`);
 
     if (count > 0) await writePicture(ctx, await train.image(0), written, seed, settings);
-    ctx.summary({ views, augmented_images: views * count });
+    ctx.summary({ views, augmented_images: views * count, stored: true });
   } finally {
     await train.close();
   }

@@ -29,6 +29,7 @@ import { boundaryFor, describeMobileNetV2 } from '../ml/mobilenet.ts';
 import { loadTf, tidyValues } from '../ml/tf.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
 import { InputError } from '../core/errors.ts';
+import { linkOrCopy, linkTree } from '../util/files.ts';
 
 const paramsSchema = {
   type: 'object',
@@ -129,7 +130,8 @@ async function run(ctx: StageContext<DeriveActivationsParams>): Promise<void> {
     } finally {
       net?.dispose();
     }
-    await fs.cp(path.join(featuresDir, meta.base), path.join(ctx.outDir, BASE_DIR), { recursive: true });
+    // The base's files are the features' own: linked, not copied (9 MB per entry for MobileNetV2).
+    await linkTree(path.join(featuresDir, meta.base), path.join(ctx.outDir, BASE_DIR));
     const out: FeaturesMeta = { ...meta, base: BASE_DIR, pooled: null, boundary: { ...to, dtype: params.dtype }, sets };
     await writeFeaturesMeta(ctx.outDir, out);
     const rowsPerSecond = computeMs > 0 ? total / (computeMs / 1000) : 0;
@@ -152,10 +154,3 @@ async function run(ctx: StageContext<DeriveActivationsParams>): Promise<void> {
   }
 }
 
-async function linkOrCopy(from: string, to: string): Promise<void> {
-  try {
-    await fs.link(from, to);
-  } catch {
-    await fs.copyFile(from, to);
-  }
-}

@@ -9,6 +9,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { LayersModel, Tensor4D } from '@tensorflow/tfjs-node';
 import { ImageSetReader, readImageSetMeta, type ImageSetMeta } from '../ml/dataset.ts';
+import { AugmentedViews, type AugmentRecord, type RowFetch } from '../ml/augmented-views.ts';
 import {
   activationBytes,
   BASE_DIR,
@@ -46,6 +47,46 @@ interface SetJob {
   imageSet: string;
   slot: string;
   meta: ImageSetMeta;
+  /** The training views made from `dir`/`imageSet` as they are read (augment's default), not stored. */
+  generated?: AugmentRecord;
+}
+
+/** Where a set's rows come from: a stored image set, or views made on the fly. */
+interface RowSource {
+  readonly rowBytes: number;
+  begin(start: number, n: number, out: Uint8Array): RowFetch;
+  close(): Promise<void>;
+}
+
+async function openRows(job: SetJob, threads: number, batch: number): Promise<RowSource> {
+  if (job.generated) return AugmentedViews.open(job.dir, job.imageSet, job.generated, threads, batch);
+  const reader = await ImageSetReader.open(job.dir, job.imageSet);
+  return {
+    rowBytes: reader.rowBytes,
+    begin: (start, n, out) => {
+      const done = reader.read(start, n, out);
+      return { loaded: done.then(() => undefined, () => undefined), done };
+    },
+    close: () => reader.close(),
+  };
+}
+
+/**
+ * The job of the training views from augment's artifact: its stored image set (views.json), or
+ * (augment.json says 'generated') the split's training images with the recorded draws.
+ */
+async function viewsJob(viewsDir: string, dataDir: string): Promise<SetJob> {
+  let record: AugmentRecord | undefined;
+  try {
+    record = JSON.parse(await fs.readFile(path.join(viewsDir, 'augment.json'), 'utf8')) as AugmentRecord;
+  } catch {
+    record = undefined;
+  }
+  if (record?.pixels !== 'generated') {
+    return { name: 'views', dir: viewsDir, imageSet: 'views', slot: 'views', meta: await readImageSetMeta(viewsDir, 'views') };
+  }
+  const train = await readImageSetMeta(dataDir, 'train');
+  return { name: 'views', dir: dataDir, imageSet: 'train', slot: 'views', meta: { ...train, views: record.views }, generated: record };
 }
 
 const paramsSchema = {
@@ -138,7 +179,10 @@ async function run(ctx: StageContext<ExtractFeaturesParams>): Promise<void> {
   } finally {
     prepared.net.dispose();
   }
-  for (const job of prepared.jobs) ctx.log(`${job.name}: ${job.meta.count * job.meta.views} images (${job.meta.count} × ${job.meta.views} views) from ${job.slot}/${job.imageSet}`);
+  for (const job of prepared.jobs) {
+    const from = job.generated ? `${job.slot}: made from data/${job.imageSet} as they are read` : `from ${job.slot}/${job.imageSet}`;
+    ctx.log(`${job.name}: ${job.meta.count * job.meta.views} images (${job.meta.count} × ${job.meta.views} views) ${from}`);
+  }
   await saveLayersModel(prepared.model, path.join(ctx.outDir, BASE_DIR));
   prepared.model.dispose();
   await writeFeaturesMeta(ctx.outDir, prepared.meta);
@@ -215,7 +259,7 @@ async function prepare(ctx: StageContext<ExtractFeaturesParams>): Promise<Prepar
 
   const jobs: SetJob[] = [
     viewsDir
-      ? { name: 'views', dir: viewsDir, imageSet: 'views', slot: 'views', meta: await readImageSetMeta(viewsDir, 'views') }
+      ? await viewsJob(viewsDir, dataDir)
       : { name: 'views', dir: dataDir, imageSet: 'train', slot: 'data', meta: await readImageSetMeta(dataDir, 'train') },
     { name: 'validation', dir: dataDir, imageSet: 'validation', slot: 'data', meta: await readImageSetMeta(dataDir, 'validation') },
     { name: 'test', dir: dataDir, imageSet: 'test', slot: 'data', meta: await readImageSetMeta(dataDir, 'test') },
@@ -275,7 +319,8 @@ async function prepare(ctx: StageContext<ExtractFeaturesParams>): Promise<Prepar
       views: job.meta.views,
       labels: job.meta.labels,
       files: job.meta.files,
-      source: `${job.slot}/${job.imageSet}`,
+      // Generated views are the same rows as stored ones: the same artifact, byte for byte.
+      source: job.generated ? 'views/views' : `${job.slot}/${job.imageSet}`,
       ...(params.pooled ? { pooled: featureFileName('pooled', job.name) } : {}),
       ...(boundary ? { boundary: featureFileName('boundary', job.name, params.dtype) } : {}),
     };
@@ -320,15 +365,23 @@ async function extract(ctx: StageContext<ExtractFeaturesParams>, prepared: Prepa
     const setMeta = meta.sets[job.name];
     const pooledWriter = setMeta.pooled ? await FeatureWriter.create(path.join(ctx.outDir, setMeta.pooled), prepared.pooledDim, 'float32') : undefined;
     const boundaryWriter = setMeta.boundary ? await FeatureWriter.create(path.join(ctx.outDir, setMeta.boundary), prepared.boundarySize, params.dtype) : undefined;
-    const pixels = await ImageSetReader.open(job.dir, job.imageSet);
+    const jobBatches = batches.filter((batch) => batch.set === job.name);
+    const source = await openRows(job, ctx.cpus, params.batch_size);
+    // Two buffers: batch k + 1 is read (and, for generated views, transformed on other threads)
+    // while the base computes batch k.
+    const size = source.rowBytes;
+    const buffers = [new Uint8Array(params.batch_size * size), new Uint8Array(params.batch_size * size)] as const;
+    let fetch: RowFetch | undefined = jobBatches[0] ? source.begin(jobBatches[0].start, jobBatches[0].n, buffers[0]) : undefined;
     try {
-      const size = pixels.rowBytes;
-      const buffer = new Uint8Array(params.batch_size * size);
-      for (const { start, n } of batches.filter((batch) => batch.set === job.name)) {
-        await pixels.read(start, n, buffer);
+      for (let k = 0; k < jobBatches.length; k++) {
+        const { n } = jobBatches[k]!;
+        const pixels = await fetch!.done;
+        const next = jobBatches[k + 1];
+        fetch = next ? source.begin(next.start, next.n, buffers[(k + 1) % 2]!) : undefined;
+        if (fetch) await fetch.loaded;
         const began = performance.now();
         const [pooledValues, boundaryValues] = tidyValues(tf, () => {
-          const x = preprocess(tf, buffer.subarray(0, n * size), [n, job.meta.height, job.meta.width, 3]);
+          const x = preprocess(tf, pixels.subarray(0, n * size), [n, job.meta.height, job.meta.width, 3]);
           const results = net.apply(x);
           return [
             pooledWriter ? tf.mean(results[0]!, [1, 2]) : tf.zeros([0]),
@@ -342,7 +395,9 @@ async function extract(ctx: StageContext<ExtractFeaturesParams>, prepared: Prepa
         ctx.progress(done, total, job.name);
       }
     } finally {
-      await pixels.close();
+      // Settled before the files and the threads go, whatever happened.
+      await fetch?.done.catch(() => undefined);
+      await source.close();
       await pooledWriter?.close();
       await boundaryWriter?.close();
     }

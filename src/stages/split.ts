@@ -25,7 +25,7 @@ import * as path from 'node:path';
 import { createRng, shuffle } from '../ml/augment.ts';
 import { pixelFileName, readImageSetMeta, writeImageSetMeta, type ImageSetMeta } from '../ml/dataset.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
-import { exists } from '../util/files.ts';
+import { exists, linkOrCopy } from '../util/files.ts';
 import { InputError } from '../core/errors.ts';
 
 export interface SplitRecord {
@@ -296,15 +296,6 @@ function pick(set: FetchedSet, order: readonly number[], file: string): ImageSet
       fileRows: meta.indexed?.fileRows ?? meta.count,
     },
   };
-}
-
-/** A hard link (no bytes copied, and it outlives the fetch entry), or a copy across file systems. */
-async function linkOrCopy(from: string, to: string): Promise<void> {
-  try {
-    await fs.link(from, to);
-  } catch {
-    await fs.copyFile(from, to);
-  }
 }
 
 function countPerClass(set: Pick<ImageSetMeta, 'classNames' | 'labels'>): Record<string, number> {

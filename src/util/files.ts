@@ -33,3 +33,26 @@ export async function entryKind(dir: string, entry: import('node:fs').Dirent): P
   const stat = await fs.stat(`${dir}/${entry.name}`).catch(() => undefined);
   return stat?.isFile() ? 'file' : stat?.isDirectory() ? 'dir' : 'other';
 }
+
+/**
+ * A hard link of `from` at `to` (no bytes copied, and it outlives the entry it came from: cache
+ * entries are immutable), or a copy where the file system cannot link.
+ */
+export async function linkOrCopy(from: string, to: string): Promise<void> {
+  try {
+    await fs.link(from, to);
+  } catch {
+    await fs.copyFile(from, to);
+  }
+}
+
+/** The directory tree `from` at `to`, each file through linkOrCopy. */
+export async function linkTree(from: string, to: string): Promise<void> {
+  await fs.mkdir(to, { recursive: true });
+  for (const entry of await fs.readdir(from, { withFileTypes: true })) {
+    const source = `${from}/${entry.name}`;
+    const target = `${to}/${entry.name}`;
+    if (entry.isDirectory()) await linkTree(source, target);
+    else await linkOrCopy(source, target);
+  }
+}

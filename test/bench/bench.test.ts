@@ -3,11 +3,11 @@
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { linkSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import { countMacs, evaluateTargets, formatDuration, layerShapes, markdownTable, parseBenchOptions, signedPoints, TARGETS, type LayerShape } from '../../bench/lib.ts';
 import { spliceReadme, spliceScale, spliceSummary } from '../../bench/render.ts';
-import { pipelineUpTo, replicatedPhotos } from '../../bench/scale.ts';
+import { cacheUsage, pipelineUpTo, replicatedPhotos } from '../../bench/scale.ts';
 import { renderScaleMarkdown, scaleTargets, type ScaleResult, type ScaleRun } from '../../bench/scale-report.ts';
 import { parse as parseYaml } from 'yaml';
 import { fromRepo, repoRoot } from '../../bench/shared.ts';
@@ -474,15 +474,17 @@ test('parseBenchOptions --scale: alone, sizes ascending, the sharded pass on the
   const defaults = parseBenchOptions({ scale: true });
   assert.ok('options' in defaults);
   if ('options' in defaults) {
-    assert.equal(defaults.options.scale, { sizes: [3000, 12000, 48000], shardSize: 3000 });
+    assert.equal(defaults.options.scale, { sizes: [3000, 12000, 48000], shardSize: 3000, sweepSize: 3000 });
     assert.equal([...defaults.options.only], [], 'none of the other measurements');
   }
   const small = parseBenchOptions({ scale: true, 'scale-sizes': '400, 200,400', epochs: '1,2' });
   assert.ok('options' in small && small.options.scale?.sizes.join() === '200,400' && small.options.scale.shardSize === 200);
-  const none = parseBenchOptions({ scale: true, 'scale-shard-size': 'none' });
-  assert.ok('options' in none && none.options.scale?.shardSize === undefined);
+  const none = parseBenchOptions({ scale: true, 'scale-shard-size': 'none', 'scale-sweep-size': 'none' });
+  assert.ok('options' in none && none.options.scale?.shardSize === undefined && none.options.scale?.sweepSize === undefined);
+  const sweep = parseBenchOptions({ scale: true, 'scale-sizes': '200,400', 'scale-sweep-size': '400' });
+  assert.ok('options' in sweep && sweep.options.scale?.sweepSize === 400 && sweep.options.scale?.shardSize === 200);
   assert.equal(parseBenchOptions({ 'scale-sizes': '200' }), { problems: ['--scale-sizes applies only with --scale'] });
-  const bad = parseBenchOptions({ scale: true, only: 'pipe', limit: '20', 'scale-sizes': '10,x,400', 'scale-shard-size': '300' });
+  const bad = parseBenchOptions({ scale: true, only: 'pipe', limit: '20', 'scale-sizes': '10,x,400', 'scale-shard-size': '300', 'scale-sweep-size': 'all' });
   assert.equal(bad, {
     problems: [
       '--only does not apply to --scale',
@@ -490,6 +492,7 @@ test('parseBenchOptions --scale: alone, sizes ascending, the sharded pass on the
       "--scale-sizes: expected a positive integer, got 'x'",
       '--scale-sizes: at least 40 images per data set, got 10',
       '--scale-shard-size: expected one of --scale-sizes (10, 400) or none, got 300',
+      "--scale-sweep-size: expected a positive integer, got 'all'",
     ],
   });
 });
@@ -562,6 +565,32 @@ test('scaleTargets: the largest set ran, RSS and time per image within 10 % of t
   assert.is(miss[3]!.text, '1m01s / 1m40s = 0.610; identical');
   r.runs[1]!.status = 'failed';
   assert.equal(scaleTargets(r).map((t) => [t.id, t.pass]), [['scale-runs', false], ['scale-shards', false]]);
+  delete r.shards;
+  r.sweep = { ...r.runs[0]!, images: 3000, status: 'succeeded', params: ['initial_epochs=1'], cacheBytes: 1.26e9, byKind: { 'extract-features': 1e9, fetch: 2.6e8 }, entries: 14 };
+  const sweep = scaleTargets(r).find((t) => t.id === 'scale-sweep-bytes')!;
+  assert.equal([sweep.pass, sweep.text], [false, '1.17 GiB / 3,000 = 0.420 MB']);
+  r.sweep.cacheBytes = 1.2e9;
+  assert.is(scaleTargets(r).find((t) => t.id === 'scale-sweep-bytes')!.pass, true);
+  assert.match(renderScaleMarkdown({ ...r, targets: scaleTargets(r) }), '| extract-features | 953.7 MiB | 333.3 kB |');
+});
+
+test('cacheUsage: every file once however many links it has, by the kind of its entry', async () => {
+  const cache = mkdtempSync(path.join(os.tmpdir(), 'pipe-usage-'));
+  const entry = (name: string, kind: string) => {
+    mkdirSync(path.join(cache, 'entries', name, 'out'), { recursive: true });
+    writeFileSync(path.join(cache, 'entries', name, 'record.json'), JSON.stringify({ kind }));
+    return path.join(cache, 'entries', name, 'out');
+  };
+  const fetch = entry('a', 'fetch');
+  const split = entry('b', 'split');
+  writeFileSync(path.join(fetch, 'all.u8'), Buffer.alloc(1000));
+  linkSync(path.join(fetch, 'all.u8'), path.join(split, 'fetched-all.u8'));
+  writeFileSync(path.join(split, 'train.json'), '{}');
+  mkdirSync(path.join(cache, 'tmp'));
+  writeFileSync(path.join(cache, 'tmp', 'x'), Buffer.alloc(10));
+  const usage = await cacheUsage(cache);
+  const record = (kind: string) => JSON.stringify({ kind }).length;
+  assert.equal(usage, { cacheBytes: 1000 + 2 + record('fetch') + record('split') + 10, byKind: { fetch: 1000 + record('fetch'), split: 2 + record('split'), other: 10 }, entries: 2 });
 });
 
 test('renderScaleMarkdown: a row per data set and their ratio, stages and cache per image, the targets; spliceScale', () => {

@@ -160,6 +160,51 @@ const bumps: Array<{ reason: string; kinds: string[]; fingerprints: Record<strin
       },
     },
   },
+  {
+    reason:
+      'issue 16: augment 1 → 2 stores the draws of the views, not their pixels (`store: false`, the default): ' +
+      'extract-features makes the views as it reads them, byte for byte the stored ones, but an augment entry of version 1 holds pixels',
+    kinds: ['augment'],
+    fingerprints: {
+      defaults: {
+        augment: 'e9df12df9371837124d09c859d15503918ff2d15c5e6f2c232b8f65f1324048a',
+        features: 'bfbd50a941e694c44c53ee57547648f17ba41187e6fbc128569d1199075daf75',
+        activations: '7d57ad08aba491bdfdf2fd8d7d73aa0e6fc875db3cfb80536ec9de32d3924a0b',
+        head: 'b5e12bd99ee7024b843ed8276ab77e874f380cbee206e61b8910a15bdeeef9aa',
+        'fine-tune': '87a6578e0d6976070a741232b4deac18d81cfa2e4dc1f9e398d01416c70737dc',
+        evaluate: '2f0ba6373938a035b40942ecce47678491a15481a342a7415a28b6311c6b3298',
+      },
+      shared: {
+        augment: 'a1845e212cca9fe51a4821a0ecd3fadcef6c813cb9c11b1b7ea2b5692157e2fe',
+        features: 'f0b7cd405c0b9e629b7bb41038484d858811b299ccfd7b625e6bf349c3bff049',
+        activations: '2b02573b33438188b96b587eb04636340bdf0b10470252ad06a1ba4339b339f2',
+        head: '65dc243c00d48ffc6bba23f19254d18152659e31f8c2b95652909dcfe04a9bb3',
+        'fine-tune': '103a546e0805c7978f78b2e67e9dcaf47105c9c29ca566ca3a1cd103cb8eb2ba',
+        evaluate: 'ee3e545ef84d77b504ec7707778a0c9e11a24e7af55ec1d25187e42bf5d56444',
+      },
+      trial: {
+        augment: 'aa56d447918c87e2170db0c770fec78d36bf5f77a52effba785b17575a63b62c',
+        features: 'abde0515754ed92638b4dd66b5d2ffd6a13132d10e892fe12f3b8c4f298fcb3b',
+        activations: '15f60485efb457054cab4bc7b743ccd393f4edc64b6fad4cea74fbbb4ecdc9a4',
+        head: 'c65488e44dcfdb342c8361b73628e1cf2400f58f018e2eb26eb9573b26dcef5f',
+        'fine-tune': 'c41d95d2eabbdf7f39a0398662cc65bd7f6c908a4683e763e071829269674587',
+        evaluate: '14b009caeeb0e4aaa4fa64fa73ecca7c000f1d129c7d314cc90a0827c107791c',
+      },
+      minimal: {
+        augment: 'e9df12df9371837124d09c859d15503918ff2d15c5e6f2c232b8f65f1324048a',
+        activations: 'ad6ba3e3a81f72d7ba9a952325b2134bb098d408889ee28ca4f89ce086eae6ce',
+        'fine-tune': '93738abb66a955bde4097141dad1d24636c4371e3e12a3c0beea0b7c916a05b1',
+        evaluate: '540033238d06479b98e45bc06ce73fdf1655e54a8fcac5a800ace5ff3ae0d1d5',
+      },
+      onepass: {
+        augment: 'e9df12df9371837124d09c859d15503918ff2d15c5e6f2c232b8f65f1324048a',
+        features: 'd9febd5e3e592bb6968e94d206b343e10fd8cd51466f2aee464f949b665821ab',
+        head: 'd55292c6805da1ab8da7b45499d16efed9b6a6fb0d94f080b0ef2da79c60d26b',
+        'fine-tune': '732fa691dffb1ede2c760232f9f3e2eaa357e8a76aa920be3dfa61b072186be6',
+        evaluate: 'cb97cdb1a0ac3be42165aad57b6dcb823c4e093eff4b7485d5f8461b670ffeef',
+      },
+    },
+  },
 ];
 
 /** The fingerprints expected now: 89eb3d0's with every bump applied. */

@@ -30,9 +30,9 @@ async function splitOutput(count: number, size = 12): Promise<{ dir: string; tra
   return { dir, train };
 }
 
-test('writes `views` view-major augmented copies: view v of image i is transform (seed, v)[i]', async () => {
+test('store: true writes `views` view-major augmented copies: view v of image i is transform (seed, v)[i]', async () => {
   const { dir, train } = await splitOutput(5);
-  const run = await runKind(augmentKind, { views: 3, seed: 11 }, { data: dir });
+  const run = await runKind(augmentKind, { views: 3, seed: 11, store: true }, { data: dir });
   const views = await readImageSet(run.outDir, 'views');
   assert.equal([views.count, views.views, views.height, views.width], [5, 3, 12, 12]);
   assert.equal(views.labels, train.labels);
@@ -52,16 +52,17 @@ test('writes `views` view-major augmented copies: view v of image i is transform
   assert.is(record.draws[0]!.flips.length, 5);
   assert.ok(record.draws.flatMap((d) => d.angles).every((a) => Math.abs(a) <= 72));
   assert.equal(run.artifacts, ['plots/augmentation.png']);
-  assert.equal(run.summary, { views: 3, augmented_images: 15 });
+  assert.equal(run.summary, { views: 3, augmented_images: 15, stored: true });
+  assert.equal([record.pixels, record.sourceFiles], ['stored', train.files]);
   assert.equal(run.progress.at(-1), { done: 15, total: 15, label: 'augment' });
 });
 
 test('seeded: the same seed gives the same bytes; more views keep the first ones', async () => {
   const { dir } = await splitOutput(300, 8); // more than one write chunk
-  const a = await runKind(augmentKind, { views: 2, seed: 5 }, { data: dir });
-  const b = await runKind(augmentKind, { views: 2, seed: 5 }, { data: dir });
-  const c = await runKind(augmentKind, { views: 3, seed: 5 }, { data: dir });
-  const d = await runKind(augmentKind, { views: 2, seed: 6 }, { data: dir });
+  const a = await runKind(augmentKind, { views: 2, seed: 5, store: true }, { data: dir });
+  const b = await runKind(augmentKind, { views: 2, seed: 5, store: true }, { data: dir });
+  const c = await runKind(augmentKind, { views: 3, seed: 5, store: true }, { data: dir });
+  const d = await runKind(augmentKind, { views: 2, seed: 6, store: true }, { data: dir });
   const bytes = (run: { outDir: string }) => readFileSync(path.join(run.outDir, 'views.u8'));
   assert.equal(bytes(a), bytes(b));
   assert.equal(bytes(c).subarray(0, bytes(a).length), bytes(a));
@@ -71,8 +72,8 @@ test('seeded: the same seed gives the same bytes; more views keep the first ones
 test('on several threads the stage writes the bytes it writes on one, over several chunks', async () => {
   // 301 images: a chunk of 256 and one of 45, neither a multiple of 2 or 3 threads
   const { dir } = await splitOutput(301, 10);
-  const one = await runKind(augmentKind, { views: 2, seed: 3, rotation: 0.4 }, { data: dir }, { cpus: 1 });
-  const several = await runKind(augmentKind, { views: 2, seed: 3, rotation: 0.4 }, { data: dir }, { cpus: 3 });
+  const one = await runKind(augmentKind, { views: 2, seed: 3, rotation: 0.4, store: true }, { data: dir }, { cpus: 1 });
+  const several = await runKind(augmentKind, { views: 2, seed: 3, rotation: 0.4, store: true }, { data: dir }, { cpus: 3 });
   const threads = augmentThreads(3, 256);
   assert.ok(one.logs.some((line) => / on 1 thread in /.test(line)), one.logs.join('\n'));
   assert.ok(several.logs.some((line) => line.includes(` on ${threads === 1 ? '1 thread' : `${threads} threads`} in `)), several.logs.join('\n'));
@@ -154,7 +155,7 @@ test('threads: one per CPU slot held, at most one per core and per image of a ch
 
 test('no flip and no rotation reproduce the training images', async () => {
   const { dir, train } = await splitOutput(4);
-  const run = await runKind(augmentKind, { views: 2, flip: 'none', rotation: 0 }, { data: dir });
+  const run = await runKind(augmentKind, { views: 2, flip: 'none', rotation: 0, store: true }, { data: dir });
   const views = await readImageSet(run.outDir, 'views');
   assert.equal(views.pixels.subarray(0, train.pixels.length), train.pixels);
   assert.equal(views.pixels.subarray(train.pixels.length), train.pixels);

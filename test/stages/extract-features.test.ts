@@ -4,6 +4,7 @@ import type { Tensor, Tensor4D } from '@tensorflow/tfjs-node';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import kind, { type ExtractFeaturesParams } from '../../src/stages/extract-features.ts';
+import augmentKind from '../../src/stages/augment.ts';
 import { imageAt, readImageSet, type ImageSet } from '../helpers/image-sets.ts';
 import { fromFloat16Bits, loadFeatureBase, readFeatures, readFeaturesMeta, toFloat16Bits } from '../../src/ml/features.ts';
 import { loadTf } from '../../src/ml/tf.ts';
@@ -168,5 +169,39 @@ test('float16 conversion rounds to nearest even and keeps specials', () => {
   assert.ok(Number.isNaN(fromFloat16Bits(toFloat16Bits(NaN))));
   for (let bits = 0; bits < 0x7c00; bits += 7) assert.is(toFloat16Bits(fromFloat16Bits(bits)), bits);
 });
+
+
+test('augment draws only by default; extract-features makes those views as it reads them: the artifact of the stored views, byte for byte', async () => {
+  const { split } = await fixtures();
+  const drawn = await runKind(augmentKind, { views: 3, seed: 9 }, { data: split });
+  const stored = await runKind(augmentKind, { views: 3, seed: 9, store: true }, { data: split });
+  assert.equal((await fs.readdir(drawn.outDir)).sort(), ['augment.json', 'plots']);
+  assert.equal((await fs.readdir(stored.outDir)).sort(), ['augment.json', 'plots', 'views.json', 'views.u8']);
+  assert.is(drawn.summary['stored'], false);
+
+  // batch 4 over 5 images × 3 views: batches cross from one view into the next
+  const params = { weights: 'none', seed: 5, alpha: 0.35, batch_size: 4, fine_tune_at: 101, dtype: 'float16' } as const;
+  const fromStored = await runKind(kind, params, { data: split, views: stored.outDir });
+  const fromDrawn = await runKind(kind, params, { data: split, views: drawn.outDir }, { cpus: 2 });
+  assert.ok(fromDrawn.logs.some((l) => /views: 15 images \(5 × 3 views\) views: made from data\/train as they are read/.test(l)), fromDrawn.logs.join('\n'));
+  for (const file of ['features.json', 'pooled-views.f32', 'boundary-views.f16', 'pooled-validation.f32', 'boundary-test.f16']) {
+    const a = await fs.readFile(path.join(fromStored.outDir, file));
+    const b = await fs.readFile(path.join(fromDrawn.outDir, file));
+    assert.ok(a.equals(b), `${file} differs`);
+  }
+
+  // The draws belong to one training set: another one is refused, naming both.
+  const other = await fixturesWith(6);
+  try {
+    await runKind(kind, params, { data: other, views: drawn.outDir });
+    assert.unreachable();
+  } catch (error) {
+    assert.match((error as Error).message, /the augmentation was drawn for 5 other images than the 6 of image set train/);
+  }
+});
+
+async function fixturesWith(train: number): Promise<string> {
+  return (await splitAndViews(SIZE, { train, validation: 4, test: 3 })).split;
+}
 
 test.run();
