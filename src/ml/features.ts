@@ -20,7 +20,7 @@
 // (`loadFeatureBase`), whatever happens later to the weights file or the download cache.
 // `weights` still records where the weights came from and their sha256.
 
-import { promises as fs } from 'node:fs';
+import { promises as fs, readSync } from 'node:fs';
 import * as path from 'node:path';
 import type { LayersModel } from '@tensorflow/tfjs-node';
 import { boundaryFor, loadMobileNetV2, type Boundary, type Shape3, type WeightsInfo } from './mobilenet.ts';
@@ -305,6 +305,34 @@ export class FeatureReader {
     }
     const data = this.dtype === 'float16' ? float16ToFloat32(new Uint16Array(buffer)) : new Float32Array(buffer);
     return { data, shape: [count, ...this.rowShape] };
+  }
+
+  /**
+   * The rows `rows` (any order, repeats allowed) as float32, back to back: a training batch of a
+   * shuffled epoch, read where it lies in the file (runs of consecutive rows in one read each).
+   * Synchronous, for the batch callbacks of a training loop; the page cache serves a file read
+   * every epoch, and memory is the batch whatever the number of rows.
+   */
+  readRowsSync(rows: readonly number[]): Float32Array {
+    const rowBytes = this.rowSize * this.bytesPerValue;
+    const buffer = new ArrayBuffer(rows.length * rowBytes);
+    const view = new Uint8Array(buffer);
+    let i = 0;
+    while (i < rows.length) {
+      const first = rows[i]!;
+      if (!Number.isInteger(first) || first < 0 || first >= this.rows) throw new Error(`bug: ${this.file}: row ${first} out of range (0…${this.rows - 1})`);
+      let run = 1;
+      while (i + run < rows.length && rows[i + run] === first + run && first + run < this.rows) run++;
+      const bytes = run * rowBytes;
+      let done = 0;
+      while (done < bytes) {
+        const read = readSync(this.handle.fd, view, i * rowBytes + done, bytes - done, first * rowBytes + done);
+        if (read === 0) throw new InputError(`${this.file}: unexpected end of file`);
+        done += read;
+      }
+      i += run;
+    }
+    return this.dtype === 'float16' ? float16ToFloat32(new Uint16Array(buffer)) : new Float32Array(buffer);
   }
 
   async close(): Promise<void> {

@@ -45,6 +45,10 @@ export interface FrozenNet {
   outputShapes: Shape3[];
   inputShape: Shape3;
   steps: FrozenStep[];
+  /** The value `apply` takes: the model's input layer, or `from`. */
+  input: string;
+  /** Per output, the step (or the input) whose value it is. */
+  results: string[];
   /**
    * Runs the folded network on a batch of preprocessed images (NHWC float32, as the model's input
    * expects) and returns one tensor per output. The caller disposes them.
@@ -99,6 +103,8 @@ export function foldNetwork(tf: Tf, model: LayersModel, outputs: string[], optio
     outputShapes: outputs.map((name) => shape3(infos.get(name)!.layer)),
     inputShape: shape3(infos.get(modelInput)!.layer),
     steps,
+    input: modelInput,
+    results: resultNames,
     apply: (x: Tensor4D) => applySteps(tf, steps, readers, modelInput, resultNames, x),
     dispose() {
       tf.dispose(owned);

@@ -25,6 +25,7 @@ import {
   type FeaturesMeta,
 } from '../ml/features.ts';
 import { buildBetween } from '../ml/frozen.ts';
+import { fastest } from '../ml/graph-net.ts';
 import { boundaryFor, describeMobileNetV2 } from '../ml/mobilenet.ts';
 import { loadTf, tidyValues } from '../ml/tf.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
@@ -96,7 +97,7 @@ async function run(ctx: StageContext<DeriveActivationsParams>): Promise<void> {
     const total = FEATURE_SETS.reduce((sum, set) => sum + meta.sets[set].count * meta.sets[set].views, 0);
     let done = 0;
     let computeMs = 0;
-    const net = same ? undefined : buildBetween(tf, model, from, to);
+    const net = same ? undefined : await fastest(tf, buildBetween(tf, model, from, to), ctx.log, ctx.tmpDir);
     try {
       for (const set of FEATURE_SETS) {
         const { pooled: _pooled, boundary: _boundary, ...setMeta } = meta.sets[set];

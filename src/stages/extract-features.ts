@@ -23,6 +23,7 @@ import {
   type FeaturesMeta,
 } from '../ml/features.ts';
 import { foldNetwork } from '../ml/frozen.ts';
+import { fastest } from '../ml/graph-net.ts';
 import {
   boundaryFor,
   describeMobileNetV2,
@@ -308,7 +309,8 @@ async function prepare(ctx: StageContext<ExtractFeaturesParams>): Promise<Prepar
     );
   }
   const outputs = [...(params.pooled ? ['out_relu'] : []), ...(boundary ? [boundary.layerName] : [])];
-  const net = foldNetwork(tf, model, outputs);
+  // One TensorFlow graph in a session where it can be (src/ml/graph-net.ts), else eager ops.
+  const net = await fastest(tf, foldNetwork(tf, model, outputs), ctx.log, ctx.tmpDir);
   const pooledDim = net.outputShapes[0]![2];
   const boundarySize = boundary ? boundary.shape.reduce((a, b) => a * b, 1) : 0;
 

@@ -23,7 +23,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { Tensor, Tensor4D, Variable } from '@tensorflow/tfjs-node';
-import { loadFeatureBase, readFeatures } from '../ml/features.ts';
+import { FeatureReader, loadFeatureBase } from '../ml/features.ts';
 import { HeadVariables, headParamCount, readHead, writeHead } from '../ml/head.ts';
 import { buildTop, saveLayersModel } from '../ml/mobilenet.ts';
 import { loadTf, type Tf } from '../ml/tf.ts';
@@ -143,8 +143,8 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
   const optimizer = makeOptimizer(tf, params.optimizer, params.learning_rate);
   const baseVars = top.trainableWeights.map((weight) => weight.read() as Variable);
   const [h, w, c] = boundary.shape;
-  let validation: Tensor4D | undefined;
-  let current: { view: number; tensor: Tensor4D } | undefined;
+  let validation: FeatureReader | undefined;
+  let views: FeatureReader | undefined;
   try {
     const baseParams = baseVars.reduce((sum, v) => sum + v.size, 0);
     const headParams = headParamCount(headWeights);
@@ -157,22 +157,25 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
         `(${baseVars.length + 2} variables); BatchNormalization in inference mode`,
     );
 
-    const validationFeatures = await readFeatures(activationsDir, meta, 'validation', 'boundary');
-    validation = tf.tensor4d(validationFeatures.data, [meta.sets.validation.count, h, w, c]);
+    // The activations are read batch by batch where they lie (FeatureReader.readRowsSync), never a
+    // whole set or view in memory: memory does not grow with the number of images.
+    validation = await FeatureReader.open(activationsDir, meta, 'validation', 'boundary');
+    views = await FeatureReader.open(activationsDir, meta, 'views', 'boundary');
+    const rowsOf = (reader: FeatureReader, rows: number[]) => tf.tensor4d(reader.readRowsSync(rows), [rows.length, h, w, c]);
     const trainSet = meta.sets.views;
     // The top with BatchNormalization in inference mode, folded into the convolutions (the same
     // values and gradients as top.apply(x, {training: false}), faster backward).
     const topForward = inferenceForward(tf, top, { inputGradient: false });
     const forward = (x: Tensor, training: boolean, dropoutSeed: number) =>
       tf.tidy(() => head.logitsOfActivation(topForward(x), training, dropoutSeed));
-    const gather = (source: Tensor, rows: number[]) => tf.gather(source, tf.tensor1d(rows, 'int32'));
     const validationInput = validation;
+    const trainInput = views;
     const validate = () =>
       evaluateBatches(tf, {
         task,
         labels: meta.sets.validation.labels,
         batchSize: params.batch_size,
-        inputs: (indices) => gather(validationInput, indices),
+        inputs: (indices) => rowsOf(validationInput, indices),
         forward: (x) => forward(x, false, 0),
       });
 
@@ -201,18 +204,15 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
       batchSize: params.batch_size,
       // Its own streams: with the head's seed, the first epochs would repeat the head's shuffles.
       seed: deriveSeed(params.seed, 'fine-tune'),
-      beforeEpoch: async (epoch) => {
-        const view = epoch % trainSet.views;
-        if (current?.view !== view) {
-          current?.tensor.dispose();
-          current = undefined;
-          const features = await readFeatures(activationsDir, meta, 'views', 'boundary', { view });
-          current = { view, tensor: tf.tensor4d(features.data, [trainSet.count, h, w, c]) };
-        }
+      beforeEpoch: async () => {
         epochStarted = performance.now();
         trainedEpochs++;
       },
-      inputs: (_epoch, indices) => gather(current!.tensor, indices),
+      // Epoch e reads view e mod views: rows view·count + i.
+      inputs: (epoch, indices) => {
+        const first = (epoch % trainSet.views) * trainSet.count;
+        return rowsOf(trainInput, indices.map((i) => first + i));
+      },
       forward,
       validate: () => {
         trainMs += performance.now() - epochStarted;
@@ -273,8 +273,8 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
   } finally {
     optimizer.dispose();
     head.dispose();
-    current?.tensor.dispose();
-    validation?.dispose();
+    await validation?.close();
+    await views?.close();
     base.dispose();
   }
 }

@@ -16,7 +16,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { Tensor } from '@tensorflow/tfjs-node';
-import { readFeatures, readFeaturesMeta } from '../ml/features.ts';
+import { FeatureReader, readFeaturesMeta } from '../ml/features.ts';
 import { HeadVariables, headParamCount, initHead, writeHead } from '../ml/head.ts';
 import { loadTf } from '../ml/tf.ts';
 import { readCheckpoint, restoreCheckpoint, writeCheckpoint } from '../ml/checkpoint.ts';
@@ -93,12 +93,14 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
   const views = trainSet.views;
   const dim = meta.pooled.dim;
 
-  const [trainFeatures, validationFeatures] = await Promise.all([
-    readFeatures(featuresDir, meta, 'views', 'pooled'),
-    readFeatures(featuresDir, meta, 'validation', 'pooled'),
-  ]);
-  const trainAll = tf.tensor2d(trainFeatures.data, [trainFeatures.shape[0]!, dim]);
-  const validation = tf.tensor2d(validationFeatures.data, [validationFeatures.shape[0]!, dim]);
+  // The pooled features are read batch by batch where they lie (FeatureReader.readRowsSync), not
+  // held in memory: memory does not grow with the number of images.
+  const trainAll = await FeatureReader.open(featuresDir, meta, 'views', 'pooled');
+  const validation = await FeatureReader.open(featuresDir, meta, 'validation', 'pooled').catch(async (error: unknown) => {
+    await trainAll.close();
+    throw error;
+  });
+  const rowsOf = (reader: FeatureReader, rows: number[]) => tf.tensor2d(reader.readRowsSync(rows), [rows.length, dim]);
   const head = new HeadVariables(
     tf,
     initHead({ inputDim: dim, task, dropout: params.dropout, classNames: meta.classNames, seed: deriveSeed(params.seed, 'init') }),
@@ -114,13 +116,12 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
       `training on ${trainSet.count} images × ${views} view${views === 1 ? '' : 's'} (epoch e uses view e mod ${views}), ` +
         `validating on ${meta.sets.validation.count}`,
     );
-    const gather = (source: Tensor, rows: number[]) => tf.gather(source, tf.tensor1d(rows, 'int32'));
     const validate = () =>
       evaluateBatches(tf, {
         task,
         labels: meta.sets.validation.labels,
         batchSize: params.batch_size,
-        inputs: (indices) => gather(validation, indices),
+        inputs: (indices) => rowsOf(validation, indices),
         forward: (x) => head.logits(x, false),
       });
 
@@ -146,7 +147,7 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
       epochs: params.epochs,
       batchSize: params.batch_size,
       seed: params.seed,
-      inputs: (epoch, indices) => gather(trainAll, indices.map((i) => (epoch % views) * trainSet.count + i)),
+      inputs: (epoch, indices) => rowsOf(trainAll, indices.map((i) => (epoch % views) * trainSet.count + i)),
       forward: (x, training, dropoutSeed) => head.logits(x, training, dropoutSeed),
       validate,
       onBatch: (epoch, done, total) => ctx.progress(epoch * total + done, params.epochs * total, 'training'),
@@ -191,7 +192,8 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
   } finally {
     optimizer.dispose();
     head.dispose();
-    tf.dispose([trainAll, validation]);
+    await trainAll.close();
+    await validation.close();
   }
 }
 

@@ -1,6 +1,9 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { float16ToFloat32, float32ToFloat16, toFloat16Bits } from '../../src/ml/features.ts';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { FeatureReader, FeatureWriter, float16ToFloat32, float32ToFloat16, readFeatures, toFloat16Bits, type FeaturesMeta } from '../../src/ml/features.ts';
 import { createRng } from '../../src/ml/augment.ts';
 
 // float32ToFloat16 is the array form of toFloat16Bits, written as one loop over the bits: it must give
@@ -82,6 +85,36 @@ test('float32ToFloat16 writes into a given array and leaves the rest of it', () 
   const result = float32ToFloat16(Float32Array.of(1, -2, 0.1), out.subarray(1, 4));
   assert.equal([...result], [0x3c00, 0xc000, 0x2e66]);
   assert.equal([...out], [0xabcd, 0x3c00, 0xc000, 0x2e66, 0xabcd]);
+});
+
+test('FeatureReader.readRowsSync: any rows in any order, as the whole-file read gives them, float32 and float16', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'pipe-rows-'));
+  const rows = 23;
+  const values = Float32Array.from({ length: rows * 6 }, (_, i) => Math.sin(i) * 7);
+  for (const dtype of ['float32', 'float16'] as const) {
+    const file = `boundary-views.${dtype === 'float16' ? 'f16' : 'f32'}`;
+    const writer = await FeatureWriter.create(path.join(dir, file), 6, dtype);
+    await writer.append(values);
+    await writer.close();
+    const meta = {
+      boundary: { shape: [1, 2, 3], dtype },
+      pooled: null,
+      sets: { views: { count: rows, views: 1, boundary: file }, validation: { count: 1, views: 1 }, test: { count: 1, views: 1 } },
+    } as unknown as FeaturesMeta;
+    const all = await readFeatures(dir, meta, 'views', 'boundary');
+    const reader = await FeatureReader.open(dir, meta, 'views', 'boundary');
+    try {
+      for (const pick of [[0], [22], [5, 6, 7, 8], [22, 0, 3, 3, 4, 21, 22], Array.from({ length: 23 }, (_, i) => (i * 7) % 23)]) {
+        const got = reader.readRowsSync(pick);
+        const want = new Float32Array(pick.length * 6);
+        pick.forEach((row, k) => want.set(all.data.subarray(row * 6, row * 6 + 6), k * 6));
+        assert.equal(Array.from(got), Array.from(want), `${dtype}: rows ${pick.join(',')}`);
+      }
+      assert.throws(() => reader.readRowsSync([23]), /row 23 out of range/);
+    } finally {
+      await reader.close();
+    }
+  }
 });
 
 test.run();
