@@ -1,7 +1,7 @@
 // Upstream artifacts for tests of the model stages: a split of generated images, and a small
 // seeded MobileNetV2 (alpha 0.35, 96 px) with calibrated BatchNormalization statistics.
 
-import type { Tensor } from '@tensorflow/tfjs-node';
+import type { LayersModel, Tensor } from '@tensorflow/tfjs-node';
 import { writeImageSet } from './image-sets.ts';
 import { buildMobileNetV2, saveLayersModel } from '../../src/ml/mobilenet.ts';
 import { loadTf } from '../../src/ml/tf.ts';
@@ -53,4 +53,19 @@ export async function calibratedBase(): Promise<string> {
   tf.dispose([...values.values()]);
   model.dispose();
   return dir;
+}
+
+/** Gives every BatchNormalization random, non-trivial statistics (so that folding is really tested). */
+export function randomizeBatchNorm(model: LayersModel, seed: number): void {
+  let s = seed;
+  for (const layer of model.layers) {
+    if (layer.getClassName() !== 'BatchNormalization') continue;
+    const c = layer.getWeights()[0]!.shape[0]!;
+    layer.setWeights([
+      tf.randomUniform([c], 0.5, 1.5, 'float32', s++),
+      tf.randomUniform([c], -0.3, 0.3, 'float32', s++),
+      tf.randomUniform([c], -0.3, 0.3, 'float32', s++),
+      tf.randomUniform([c], 0.3, 2.0, 'float32', s++),
+    ]);
+  }
 }

@@ -5,23 +5,14 @@ import { buildBetween, foldNetwork } from '../../src/ml/frozen.ts';
 import { fastest, graphNet, graphNodes } from '../../src/ml/graph-net.ts';
 import { boundaryFor, buildMobileNetV2 } from '../../src/ml/mobilenet.ts';
 import { loadTf } from '../../src/ml/tf.ts';
+import { randomizeBatchNorm } from '../helpers/model.ts';
 
 const tf = loadTf('cpu');
 
 /** A small MobileNetV2 with BatchNormalization statistics far from the identity (so folding shows). */
 function smallModel(): LayersModel {
   const model = buildMobileNetV2(tf, { alpha: 0.35, inputSize: 96, seed: 3 });
-  let s = 40;
-  for (const layer of model.layers) {
-    if (layer.getClassName() !== 'BatchNormalization') continue;
-    const c = layer.getWeights()[0]!.shape[0]!;
-    layer.setWeights([
-      tf.randomUniform([c], 0.5, 1.5, 'float32', s++),
-      tf.randomUniform([c], -0.3, 0.3, 'float32', s++),
-      tf.randomUniform([c], -0.3, 0.3, 'float32', s++),
-      tf.randomUniform([c], 0.3, 2.0, 'float32', s++),
-    ]);
-  }
+  randomizeBatchNorm(model, 40);
   return model;
 }
 

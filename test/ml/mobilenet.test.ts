@@ -22,6 +22,7 @@ import {
 } from '../../src/ml/mobilenet.ts';
 import { loadTf } from '../../src/ml/tf.ts';
 import { tempDir } from '../helpers/run-kind.ts';
+import { randomizeBatchNorm } from '../helpers/model.ts';
 import { missingShared, sharedPhotos, sharedWeights } from '../../bench/shared.ts';
 
 const tf = loadTf('cpu');
@@ -74,21 +75,6 @@ function kerasParams(first: number, outs: number[], last: number): number {
     cin = cout;
   });
   return total + cin * last + 4 * last;
-}
-
-/** Gives every BatchNormalization random, non-trivial statistics (so that folding is really tested). */
-function randomizeBatchNorm(model: LayersModel, seed: number): void {
-  let s = seed;
-  for (const layer of model.layers) {
-    if (layer.getClassName() !== 'BatchNormalization') continue;
-    const c = layer.getWeights()[0]!.shape[0]!;
-    layer.setWeights([
-      tf.randomUniform([c], 0.5, 1.5, 'float32', s++),
-      tf.randomUniform([c], -0.3, 0.3, 'float32', s++),
-      tf.randomUniform([c], -0.3, 0.3, 'float32', s++),
-      tf.randomUniform([c], 0.3, 2.0, 'float32', s++),
-    ]);
-  }
 }
 
 function maxAbs(t: Tensor): number {
