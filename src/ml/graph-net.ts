@@ -14,7 +14,8 @@
 // The maths are the folded network's: the same convolutions with the same folded kernels and
 // biases; only the order of float operations inside the fused kernels differs (float noise,
 // test/ml/graph-net.test.ts bounds it). Where the graph cannot be built or loaded (another
-// backend, an op the runtime lacks), the caller keeps the eager network (`graphNet` says why), and
+// backend, an op the runtime lacks: an UnavailableError, or TensorFlow's own error), the caller
+// keeps the eager network (`fastest` logs why), and
 // PIPE_GRAPH=0 turns it off.
 
 import { promises as fs } from 'node:fs';
@@ -24,7 +25,7 @@ import * as path from 'node:path';
 import type { Tensor, Tensor4D } from '@tensorflow/tfjs-node';
 import type { FrozenNet, FrozenStep } from './frozen.ts';
 import type { Tf } from './tf.ts';
-import { unreachable } from '../core/errors.ts';
+import { UnavailableError, unreachable } from '../core/errors.ts';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- the generated protobuf classes are untyped */
 type Proto = any;
@@ -209,7 +210,7 @@ export function graphWanted(env: NodeJS.ProcessEnv = process.env): boolean {
  */
 export async function graphNet(tf: Tf, net: FrozenNet, tmpDir: string = os.tmpdir()): Promise<FrozenNet> {
   if (typeof (tf as { node?: { loadSavedModel?: unknown } }).node?.loadSavedModel !== 'function') {
-    throw new Error(`the ${tf.getBackend()} backend runs no TensorFlow sessions`);
+    throw new UnavailableError(`the ${tf.getBackend()} backend runs no TensorFlow sessions`);
   }
   const dir = await fs.mkdtemp(path.join(tmpDir, 'pipe-graph-'));
   let model: Awaited<ReturnType<Tf['node']['loadSavedModel']>>;
@@ -238,11 +239,11 @@ export async function graphNet(tf: Tf, net: FrozenNet, tmpDir: string = os.tmpdi
     const session = graph.apply(probe);
     try {
       session.forEach((t, i) => {
-        if (t.shape.join() !== eager[i]!.shape.join()) throw new Error(`output ${i}: shape ${t.shape.join('×')}, expected ${eager[i]!.shape.join('×')}`);
+        if (t.shape.join() !== eager[i]!.shape.join()) throw new UnavailableError(`output ${i}: shape ${t.shape.join('×')}, expected ${eager[i]!.shape.join('×')}`);
       });
       const worst = Math.max(...session.map((t, i) => tf.tidy(() => tf.max(tf.abs(tf.sub(t, eager[i]!))).dataSync()[0]!)));
       const scale = Math.max(1, ...eager.map((t) => tf.tidy(() => tf.max(tf.abs(t)).dataSync()[0]!)));
-      if (!(worst <= 1e-3 * scale)) throw new Error(`the graph's outputs differ from the eager ones by ${worst} (scale ${scale})`);
+      if (!(worst <= 1e-3 * scale)) throw new UnavailableError(`the graph's outputs differ from the eager ones by ${worst} (scale ${scale})`);
     } finally {
       tf.dispose([...eager, ...session]);
     }
