@@ -755,7 +755,7 @@ function fastOps(tf: Tf): FastOps {
 type LayerObject = tfTypes.LayersModel['layers'][number];
 type SymbolicTensor = tfTypes.SymbolicTensor;
 
-type ForwardStep =
+export type ForwardStep =
   | { op: 'conv'; layer: LayerObject; bn?: LayerObject; relu6: boolean; input: number; output: number; folded: number[]; inputGradient: boolean }
   | { op: 'batchnorm'; layer: LayerObject; input: number; output: number }
   | { op: 'relu6'; input: number; output: number }
@@ -811,7 +811,7 @@ function graphOrder(input: SymbolicTensor, output: SymbolicTensor): { order: Sym
 }
 
 /** The steps of the forward pass: convolutions with their BatchNormalization folded in, where it can be. */
-function forwardSteps(input: SymbolicTensor, output: SymbolicTensor, inputGradient: boolean): ForwardStep[] {
+export function forwardSteps(input: SymbolicTensor, output: SymbolicTensor, inputGradient: boolean): ForwardStep[] {
   const { order, consumers } = graphOrder(input, output);
   const steps: ForwardStep[] = [];
   const alias = new Map<number, number>([[input.id, input.id]]);
