@@ -9,7 +9,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { LayersModel, Tensor4D } from '@tensorflow/tfjs-node';
 import { ImageSetReader, readImageSetMeta, type ImageSetMeta } from '../ml/dataset.ts';
-import { AugmentedViews, type AugmentRecord, type RowFetch } from '../ml/augmented-views.ts';
+import { AugmentedViews, readAugmentRecord, type AugmentRecord, type RowFetch } from '../ml/augmented-views.ts';
 import {
   activationBytes,
   BASE_DIR,
@@ -77,12 +77,7 @@ async function openRows(job: SetJob, threads: number, batch: number): Promise<Ro
  * (augment.json says 'generated') the split's training images with the recorded draws.
  */
 async function viewsJob(viewsDir: string, dataDir: string): Promise<SetJob> {
-  let record: AugmentRecord | undefined;
-  try {
-    record = JSON.parse(await fs.readFile(path.join(viewsDir, 'augment.json'), 'utf8')) as AugmentRecord;
-  } catch {
-    record = undefined;
-  }
+  const record = await readAugmentRecord(viewsDir);
   if (record?.pixels !== 'generated') {
     return { name: 'views', dir: viewsDir, imageSet: 'views', slot: 'views', meta: await readImageSetMeta(viewsDir, 'views') };
   }

@@ -8,6 +8,7 @@ import augmentKind from '../../src/stages/augment.ts';
 import { imageAt, readImageSet, type ImageSet } from '../helpers/image-sets.ts';
 import { fromFloat16Bits, loadFeatureBase, readFeatures, readFeaturesMeta, toFloat16Bits } from '../../src/ml/features.ts';
 import { loadTf } from '../../src/ml/tf.ts';
+import { InputError } from '../../src/core/errors.ts';
 import { runKind, withDefaults } from '../helpers/run-kind.ts';
 import { splitAndViews } from '../helpers/image-sets.ts';
 
@@ -197,6 +198,19 @@ test('augment draws only by default; extract-features makes those views as it re
     assert.unreachable();
   } catch (error) {
     assert.match((error as Error).message, /the augmentation was drawn for 5 other images than the 6 of image set train/);
+  }
+});
+
+test('extract-features: an augment.json it cannot read is an error that names it, not stored views', async () => {
+  const { split } = await fixtures();
+  const drawn = await runKind(augmentKind, { views: 2, seed: 9 }, { data: split });
+  await fs.writeFile(path.join(drawn.outDir, 'augment.json'), '{"seed": 9, "views": 2, "pixe');
+  try {
+    await runKind(kind, { weights: 'none', alpha: 0.35 }, { data: split, views: drawn.outDir });
+    assert.unreachable();
+  } catch (error) {
+    assert.ok(error instanceof InputError, String(error));
+    assert.match(error.message, /^the augmentation record .*\/augment\.json is not JSON: /);
   }
 });
 
