@@ -13,10 +13,14 @@
 // TensorFlow computes the previous batch (`begin` returns once the source images are read, the
 // transforms go on in the background).
 
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
 import { viewTransforms, type AugmentSettings, type ViewTransform } from './augment.ts';
 import { AugmentPool } from './augment-pool.ts';
 import { ImageSetReader, type ImageSetMeta } from './dataset.ts';
-import { InputError } from '../core/errors.ts';
+import { InputError, messageOf } from '../core/errors.ts';
+
+export const AUGMENT_RECORD_FILE = 'augment.json';
 
 /** augment.json: how the views were drawn, and (in `draws`) every draw, for people to read. */
 export interface AugmentRecord {
@@ -31,6 +35,60 @@ export interface AugmentRecord {
   pixels?: 'stored' | 'generated';
   /** The source set's files, in order: a reader checks that it is given the same images. */
   sourceFiles?: string[];
+}
+
+/**
+ * The augment.json of the augment artifact in `dir`, or undefined when it has none. Without a
+ * record, or with one that has no `pixels` (both from augment's version 1), the views are stored as
+ * pixels (views.json + views.u8). A record that is there but cannot be read, is not JSON or lacks
+ * what views are made from is an InputError naming the file: taken for stored views it would
+ * fail later, on a views.json that is not there, and say nothing of the record.
+ */
+export async function readAugmentRecord(dir: string): Promise<AugmentRecord | undefined> {
+  const file = path.join(dir, AUGMENT_RECORD_FILE);
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch (cause) {
+    if ((cause as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new InputError(`cannot read the augmentation record ${file}: ${messageOf(cause)}`, { cause, file });
+  }
+  let record: unknown;
+  try {
+    record = JSON.parse(text);
+  } catch (cause) {
+    throw new InputError(`the augmentation record ${file} is not JSON: ${messageOf(cause)}`, { cause, file });
+  }
+  const problems = recordProblems(record);
+  if (problems.length > 0) throw new InputError(`the augmentation record ${file} is not valid: ${problems.join('; ')}`, { file });
+  return record as AugmentRecord;
+}
+
+/** What is wrong with a parsed augment.json, all of it: the fields views are made from. */
+function recordProblems(record: unknown): string[] {
+  if (typeof record !== 'object' || record === null || Array.isArray(record)) return [`expected an object, got ${JSON.stringify(record)}`];
+  const r = record as Record<string, unknown>;
+  const show = (value: unknown) => (value === undefined ? 'missing' : JSON.stringify(value));
+  if (r['pixels'] !== undefined && r['pixels'] !== 'stored' && r['pixels'] !== 'generated') {
+    return [`pixels is ${show(r['pixels'])}, expected "stored" or "generated"`];
+  }
+  // Stored views are read from views.json; only generated ones are made from the record's fields.
+  if (r['pixels'] !== 'generated') return [];
+  const problems: string[] = [];
+  const integer = (key: string, minimum: number) => {
+    const value = r[key];
+    if (!Number.isInteger(value) || (value as number) < minimum) problems.push(`${key} is ${show(value)}, expected an integer >= ${minimum}`);
+  };
+  if (!Number.isSafeInteger(r['seed'])) problems.push(`seed is ${show(r['seed'])}, expected an integer`);
+  integer('views', 1);
+  integer('count', 0);
+  if (r['flip'] !== 'horizontal' && r['flip'] !== 'none') problems.push(`flip is ${show(r['flip'])}, expected "horizontal" or "none"`);
+  if (typeof r['rotation'] !== 'number' || !Number.isFinite(r['rotation'])) problems.push(`rotation is ${show(r['rotation'])}, expected a number`);
+  const files = r['sourceFiles'];
+  if (files !== undefined && !(Array.isArray(files) && files.every((f) => typeof f === 'string'))) {
+    problems.push('sourceFiles is not a list of file names');
+  }
+  return problems;
 }
 
 /** A batch being produced: `loaded` once its source images are read, `done` once `out` holds its rows. */

@@ -22,7 +22,7 @@
 
 import { promises as fs, readSync } from 'node:fs';
 import * as path from 'node:path';
-import type { LayersModel } from '@tensorflow/tfjs-node';
+import type { LayersModel, Tensor } from '@tensorflow/tfjs-node';
 import { boundaryFor, loadMobileNetV2, type Boundary, type Shape3, type WeightsInfo } from './mobilenet.ts';
 import type { Tf } from './tf.ts';
 import { InputError } from '../core/errors.ts';
@@ -248,6 +248,8 @@ export class FeatureReader {
   readonly rowShape: number[];
   readonly rowSize: number;
   readonly bytesPerValue: number;
+  /** Bytes of one row in the file. */
+  readonly rowBytes: number;
 
   private constructor(
     readonly file: string,
@@ -259,6 +261,7 @@ export class FeatureReader {
     this.rowShape = rowShape;
     this.rowSize = rowShape.reduce((a, b) => a * b, 1);
     this.bytesPerValue = dtype === 'float16' ? 2 : 4;
+    this.rowBytes = this.rowSize * this.bytesPerValue;
   }
 
   static async open(dir: string, meta: FeaturesMeta, set: FeatureSetName, kind: FeatureKind): Promise<FeatureReader> {
@@ -272,7 +275,7 @@ export class FeatureReader {
     const reader = new FeatureReader(full, setMeta, dtype, [...rowShape], handle);
     try {
       const { size } = await handle.stat();
-      const expected = reader.rows * reader.rowSize * reader.bytesPerValue;
+      const expected = reader.rows * reader.rowBytes;
       if (size !== expected) throw new InputError(`${full}: ${size} bytes, expected ${expected}`);
     } catch (error) {
       await handle.close();
@@ -291,7 +294,7 @@ export class FeatureReader {
     if (!Number.isInteger(start) || !Number.isInteger(count) || start < 0 || count < 0 || start + count > this.rows) {
       throw new Error(`bug: ${this.file}: rows ${start}…${start + count - 1} out of range (0…${this.rows - 1})`);
     }
-    const rowBytes = this.rowSize * this.bytesPerValue;
+    const { rowBytes } = this;
     const bytes = count * rowBytes;
     const buffer = new ArrayBuffer(bytes);
     const view = new Uint8Array(buffer);
@@ -300,11 +303,10 @@ export class FeatureReader {
     let done = 0;
     while (done < bytes) {
       const { bytesRead } = await this.handle.read(view, done, bytes - done, position + done);
-      if (bytesRead === 0) throw new InputError(`${this.file}: unexpected end of file`);
+      if (bytesRead === 0) throw this.endOfFile();
       done += bytesRead;
     }
-    const data = this.dtype === 'float16' ? float16ToFloat32(new Uint16Array(buffer)) : new Float32Array(buffer);
-    return { data, shape: [count, ...this.rowShape] };
+    return { data: this.toFloat32(buffer), shape: [count, ...this.rowShape] };
   }
 
   /**
@@ -314,7 +316,7 @@ export class FeatureReader {
    * every epoch, and memory is the batch whatever the number of rows.
    */
   readRowsSync(rows: readonly number[]): Float32Array {
-    const rowBytes = this.rowSize * this.bytesPerValue;
+    const { rowBytes } = this;
     const buffer = new ArrayBuffer(rows.length * rowBytes);
     const view = new Uint8Array(buffer);
     let i = 0;
@@ -327,16 +329,37 @@ export class FeatureReader {
       let done = 0;
       while (done < bytes) {
         const read = readSync(this.handle.fd, view, i * rowBytes + done, bytes - done, first * rowBytes + done);
-        if (read === 0) throw new InputError(`${this.file}: unexpected end of file`);
+        if (read === 0) throw this.endOfFile();
         done += read;
       }
       i += run;
     }
-    return this.dtype === 'float16' ? float16ToFloat32(new Uint16Array(buffer)) : new Float32Array(buffer);
+    return this.toFloat32(buffer);
+  }
+
+  /**
+   * The rows `rows` as a tensor [rows.length, ...row shape] (readRowsSync): a training batch of
+   * train-head (pooled features) or fine-tune (boundary activations), read where it lies.
+   */
+  tensorOfRows(tf: Tf, rows: readonly number[]): Tensor {
+    return tf.tensor(this.readRowsSync(rows), [rows.length, ...this.rowShape]);
   }
 
   async close(): Promise<void> {
     await this.handle.close();
+  }
+
+  // `read` and `readRowsSync` share everything but their loop of reads: one awaits the file
+  // handle's positioned reads (for batch loops that go on with other work meanwhile), the other
+  // makes them synchronously (for a training loop's batch callbacks).
+
+  /** The bytes of whole rows as float32 values (float16 files are converted). */
+  private toFloat32(buffer: ArrayBuffer): Float32Array {
+    return this.dtype === 'float16' ? float16ToFloat32(new Uint16Array(buffer)) : new Float32Array(buffer);
+  }
+
+  private endOfFile(): InputError {
+    return new InputError(`${this.file}: unexpected end of file`);
   }
 }
 

@@ -39,7 +39,7 @@ import {
   type ViewTransform,
 } from '../ml/augment.ts';
 import { AugmentPool } from '../ml/augment-pool.ts';
-import type { AugmentRecord } from '../ml/augmented-views.ts';
+import { AUGMENT_RECORD_FILE, type AugmentRecord } from '../ml/augmented-views.ts';
 import { ImageSetReader, ImageSetWriter, type ImageSetMeta } from '../ml/dataset.ts';
 import { imageGrid } from '../ml/plots.ts';
 import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
@@ -120,7 +120,7 @@ async function runAugment(ctx: StageContext<AugmentParams>): Promise<void> {
     };
     if (!ctx.params.store) {
       for (let view = 0; view < views; view++) draw(view);
-      await fs.writeFile(path.join(ctx.outDir, 'augment.json'), JSON.stringify(record) + '\n');
+      await fs.writeFile(path.join(ctx.outDir, AUGMENT_RECORD_FILE), JSON.stringify(record) + '\n');
       ctx.log(`${views} views of ${count} images (${height}×${width}) drawn; extract-features makes them as it reads them`);
       if (count > 0) await writePicture(ctx, await train.image(0), { ...meta, views }, seed, settings);
       ctx.summary({ views, augmented_images: views * count, stored: false });
@@ -147,7 +147,7 @@ async function runAugment(ctx: StageContext<AugmentParams>): Promise<void> {
     } finally {
       await pool.close();
     }
-    await fs.writeFile(path.join(ctx.outDir, 'augment.json'), JSON.stringify(record) + '\n');
+    await fs.writeFile(path.join(ctx.outDir, AUGMENT_RECORD_FILE), JSON.stringify(record) + '\n');
     const seconds = (Date.now() - started) / 1000;
     const threads = pool.threadCount === 1 ? '1 thread' : `${pool.threadCount} threads`;
     ctx.log(`${views} views of ${count} images (${height}×${width}) on ${threads} in ${seconds.toFixed(1)} s`);

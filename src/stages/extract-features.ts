@@ -9,7 +9,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { LayersModel, Tensor4D } from '@tensorflow/tfjs-node';
 import { ImageSetReader, readImageSetMeta, type ImageSetMeta } from '../ml/dataset.ts';
-import { AugmentedViews, type AugmentRecord, type RowFetch } from '../ml/augmented-views.ts';
+import { AugmentedViews, readAugmentRecord, type AugmentRecord, type RowFetch } from '../ml/augmented-views.ts';
 import {
   activationBytes,
   BASE_DIR,
@@ -77,12 +77,7 @@ async function openRows(job: SetJob, threads: number, batch: number): Promise<Ro
  * (augment.json says 'generated') the split's training images with the recorded draws.
  */
 async function viewsJob(viewsDir: string, dataDir: string): Promise<SetJob> {
-  let record: AugmentRecord | undefined;
-  try {
-    record = JSON.parse(await fs.readFile(path.join(viewsDir, 'augment.json'), 'utf8')) as AugmentRecord;
-  } catch {
-    record = undefined;
-  }
+  const record = await readAugmentRecord(viewsDir);
   if (record?.pixels !== 'generated') {
     return { name: 'views', dir: viewsDir, imageSet: 'views', slot: 'views', meta: await readImageSetMeta(viewsDir, 'views') };
   }
@@ -365,16 +360,22 @@ async function extract(ctx: StageContext<ExtractFeaturesParams>, prepared: Prepa
   let computeMs = 0;
   for (const job of prepared.jobs) {
     const setMeta = meta.sets[job.name];
-    const pooledWriter = setMeta.pooled ? await FeatureWriter.create(path.join(ctx.outDir, setMeta.pooled), prepared.pooledDim, 'float32') : undefined;
-    const boundaryWriter = setMeta.boundary ? await FeatureWriter.create(path.join(ctx.outDir, setMeta.boundary), prepared.boundarySize, params.dtype) : undefined;
     const jobBatches = batches.filter((batch) => batch.set === job.name);
-    const source = await openRows(job, ctx.cpus, params.batch_size);
-    // Two buffers: batch k + 1 is read (and, for generated views, transformed on other threads)
-    // while the base computes batch k.
-    const size = source.rowBytes;
-    const buffers = [new Uint8Array(params.batch_size * size), new Uint8Array(params.batch_size * size)] as const;
-    let fetch: RowFetch | undefined = jobBatches[0] ? source.begin(jobBatches[0].start, jobBatches[0].n, buffers[0]) : undefined;
+    // Opened inside the try, so that a failure once the first file is open (opening the second
+    // one, or the rows: e.g. views drawn for other images) still closes what is open.
+    let pooledWriter: FeatureWriter | undefined;
+    let boundaryWriter: FeatureWriter | undefined;
+    let source: RowSource | undefined;
+    let fetch: RowFetch | undefined;
     try {
+      if (setMeta.pooled) pooledWriter = await FeatureWriter.create(path.join(ctx.outDir, setMeta.pooled), prepared.pooledDim, 'float32');
+      if (setMeta.boundary) boundaryWriter = await FeatureWriter.create(path.join(ctx.outDir, setMeta.boundary), prepared.boundarySize, params.dtype);
+      source = await openRows(job, ctx.cpus, params.batch_size);
+      // Two buffers: batch k + 1 is read (and, for generated views, transformed on other threads)
+      // while the base computes batch k.
+      const size = source.rowBytes;
+      const buffers = [new Uint8Array(params.batch_size * size), new Uint8Array(params.batch_size * size)] as const;
+      if (jobBatches[0]) fetch = source.begin(jobBatches[0].start, jobBatches[0].n, buffers[0]);
       for (let k = 0; k < jobBatches.length; k++) {
         const { n } = jobBatches[k]!;
         const pixels = await fetch!.done;
@@ -399,7 +400,7 @@ async function extract(ctx: StageContext<ExtractFeaturesParams>, prepared: Prepa
     } finally {
       // Settled before the files and the threads go, whatever happened.
       await fetch?.done.catch(() => undefined);
-      await source.close();
+      await source?.close();
       await pooledWriter?.close();
       await boundaryWriter?.close();
     }

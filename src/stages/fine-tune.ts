@@ -157,11 +157,10 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
         `(${baseVars.length + 2} variables); BatchNormalization in inference mode`,
     );
 
-    // The activations are read batch by batch where they lie (FeatureReader.readRowsSync), never a
+    // The activations are read batch by batch where they lie (FeatureReader.tensorOfRows), never a
     // whole set or view in memory: memory does not grow with the number of images.
     validation = await FeatureReader.open(activationsDir, meta, 'validation', 'boundary');
     views = await FeatureReader.open(activationsDir, meta, 'views', 'boundary');
-    const rowsOf = (reader: FeatureReader, rows: number[]) => tf.tensor4d(reader.readRowsSync(rows), [rows.length, h, w, c]);
     const trainSet = meta.sets.views;
     // The top with BatchNormalization in inference mode, folded into the convolutions (the same
     // values and gradients as top.apply(x, {training: false}), faster backward).
@@ -175,7 +174,7 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
         task,
         labels: meta.sets.validation.labels,
         batchSize: params.batch_size,
-        inputs: (indices) => rowsOf(validationInput, indices),
+        inputs: (indices) => validationInput.tensorOfRows(tf, indices),
         forward: (x) => forward(x, false, 0),
       });
 
@@ -211,7 +210,7 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
       // Epoch e reads view e mod views: rows view·count + i.
       inputs: (epoch, indices) => {
         const first = (epoch % trainSet.views) * trainSet.count;
-        return rowsOf(trainInput, indices.map((i) => first + i));
+        return trainInput.tensorOfRows(tf, indices.map((i) => first + i));
       },
       forward,
       validate: () => {

@@ -93,14 +93,13 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
   const views = trainSet.views;
   const dim = meta.pooled.dim;
 
-  // The pooled features are read batch by batch where they lie (FeatureReader.readRowsSync), not
+  // The pooled features are read batch by batch where they lie (FeatureReader.tensorOfRows), not
   // held in memory: memory does not grow with the number of images.
   const trainAll = await FeatureReader.open(featuresDir, meta, 'views', 'pooled');
   const validation = await FeatureReader.open(featuresDir, meta, 'validation', 'pooled').catch(async (error: unknown) => {
     await trainAll.close();
     throw error;
   });
-  const rowsOf = (reader: FeatureReader, rows: number[]) => tf.tensor2d(reader.readRowsSync(rows), [rows.length, dim]);
   const head = new HeadVariables(
     tf,
     initHead({ inputDim: dim, task, dropout: params.dropout, classNames: meta.classNames, seed: deriveSeed(params.seed, 'init') }),
@@ -121,7 +120,7 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
         task,
         labels: meta.sets.validation.labels,
         batchSize: params.batch_size,
-        inputs: (indices) => rowsOf(validation, indices),
+        inputs: (indices) => validation.tensorOfRows(tf, indices),
         forward: (x) => head.logits(x, false),
       });
 
@@ -147,7 +146,7 @@ async function run(ctx: StageContext<TrainHeadParams>): Promise<void> {
       epochs: params.epochs,
       batchSize: params.batch_size,
       seed: params.seed,
-      inputs: (epoch, indices) => rowsOf(trainAll, indices.map((i) => (epoch % views) * trainSet.count + i)),
+      inputs: (epoch, indices) => trainAll.tensorOfRows(tf, indices.map((i) => (epoch % views) * trainSet.count + i)),
       forward: (x, training, dropoutSeed) => head.logits(x, training, dropoutSeed),
       validate,
       onBatch: (epoch, done, total) => ctx.progress(epoch * total + done, params.epochs * total, 'training'),

@@ -1,7 +1,10 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { augmented, viewTransforms } from '../../src/ml/augment.ts';
-import { AugmentedViews, type AugmentRecord } from '../../src/ml/augmented-views.ts';
+import { AugmentedViews, readAugmentRecord, type AugmentRecord } from '../../src/ml/augmented-views.ts';
+import { InputError } from '../../src/core/errors.ts';
 import { imageAt, shapesImageSet, writeImageSet } from '../helpers/image-sets.ts';
 import { tempDir } from '../helpers/run-kind.ts';
 
@@ -54,6 +57,44 @@ test('draws made for other images are refused', async () => {
     assert.unreachable();
   } catch (error) {
     assert.match((error as Error).message, /drawn for 4 other images than the 4 of image set train/);
+  }
+});
+
+test('augment.json: none (or one without pixels) means stored views; one that cannot be read, is not JSON or lacks a field is an InputError naming the file', async () => {
+  assert.is(await readAugmentRecord(tempDir()), undefined);
+  const write = (content: string) => {
+    const dir = tempDir();
+    writeFileSync(path.join(dir, 'augment.json'), content);
+    return dir;
+  };
+  const good = record(7, 3);
+  assert.equal(await readAugmentRecord(write(JSON.stringify(good))), good);
+  // augment version 1 wrote no `pixels`: its views are stored.
+  const { pixels: _pixels, ...v1 } = good;
+  assert.equal(await readAugmentRecord(write(JSON.stringify(v1))), v1);
+
+  const unreadable = tempDir();
+  mkdirSync(path.join(unreadable, 'augment.json'));
+  const refused: Array<[string, RegExp]> = [
+    [unreadable, /^cannot read the augmentation record .*\/augment\.json: EISDIR/],
+    [write('{"seed": 4, "views": 3,'), /^the augmentation record .*\/augment\.json is not JSON: /],
+    [write(''), /^the augmentation record .*\/augment\.json is not JSON: /],
+    [write('[1, 2]'), /^the augmentation record .*\/augment\.json is not valid: expected an object, got \[1,2\]$/],
+    [write(JSON.stringify({ ...good, pixels: 'made' })), /is not valid: pixels is "made", expected "stored" or "generated"$/],
+    [
+      write(JSON.stringify({ ...good, views: '3', flip: undefined, sourceFiles: [1] })),
+      /is not valid: views is "3", expected an integer >= 1; flip is missing, expected "horizontal" or "none"; sourceFiles is not a list of file names$/,
+    ],
+  ];
+  for (const [dir, message] of refused) {
+    try {
+      await readAugmentRecord(dir);
+      assert.unreachable(`${dir}: expected an InputError`);
+    } catch (error) {
+      assert.ok(error instanceof InputError, `${String(error)}`);
+      assert.match(error.message, message);
+      assert.is(error.file, path.join(dir, 'augment.json'));
+    }
   }
 });
 

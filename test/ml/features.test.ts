@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { FeatureReader, FeatureWriter, float16ToFloat32, float32ToFloat16, readFeatures, toFloat16Bits, type FeaturesMeta } from '../../src/ml/features.ts';
 import { createRng } from '../../src/ml/augment.ts';
+import { loadTf } from '../../src/ml/tf.ts';
 
 // float32ToFloat16 is the array form of toFloat16Bits, written as one loop over the bits: it must give
 // the same half for every float32. toFloat16Bits itself is checked against known halves in
@@ -87,7 +88,7 @@ test('float32ToFloat16 writes into a given array and leaves the rest of it', () 
   assert.equal([...out], [0xabcd, 0x3c00, 0xc000, 0x2e66, 0xabcd]);
 });
 
-test('FeatureReader.readRowsSync: any rows in any order, as the whole-file read gives them, float32 and float16', async () => {
+test('FeatureReader.readRowsSync and tensorOfRows: any rows in any order, as the whole-file read gives them, float32 and float16', async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'pipe-rows-'));
   const rows = 23;
   const values = Float32Array.from({ length: rows * 6 }, (_, i) => Math.sin(i) * 7);
@@ -111,6 +112,11 @@ test('FeatureReader.readRowsSync: any rows in any order, as the whole-file read 
         assert.equal(Array.from(got), Array.from(want), `${dtype}: rows ${pick.join(',')}`);
       }
       assert.throws(() => reader.readRowsSync([23]), /row 23 out of range/);
+      // A training batch as a tensor: the same rows, shaped [rows, ...row shape].
+      const batch = reader.tensorOfRows(loadTf('cpu'), [4, 2, 2]);
+      assert.equal(batch.shape, [3, 1, 2, 3]);
+      assert.equal(Array.from(batch.dataSync()), Array.from(reader.readRowsSync([4, 2, 2])), `${dtype}: tensorOfRows`);
+      batch.dispose();
     } finally {
       await reader.close();
     }

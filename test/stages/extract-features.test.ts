@@ -1,4 +1,4 @@
-import { existsSync, promises as fs } from 'node:fs';
+import { existsSync, promises as fs, readdirSync, readlinkSync, realpathSync } from 'node:fs';
 import * as path from 'node:path';
 import type { Tensor, Tensor4D } from '@tensorflow/tfjs-node';
 import { test } from 'uvu';
@@ -8,7 +8,8 @@ import augmentKind from '../../src/stages/augment.ts';
 import { imageAt, readImageSet, type ImageSet } from '../helpers/image-sets.ts';
 import { fromFloat16Bits, loadFeatureBase, readFeatures, readFeaturesMeta, toFloat16Bits } from '../../src/ml/features.ts';
 import { loadTf } from '../../src/ml/tf.ts';
-import { runKind, withDefaults } from '../helpers/run-kind.ts';
+import { InputError } from '../../src/core/errors.ts';
+import { runKind, tempDir, withDefaults } from '../helpers/run-kind.ts';
 import { splitAndViews } from '../helpers/image-sets.ts';
 
 const tf = loadTf('cpu');
@@ -198,6 +199,42 @@ test('augment draws only by default; extract-features makes those views as it re
   } catch (error) {
     assert.match((error as Error).message, /the augmentation was drawn for 5 other images than the 6 of image set train/);
   }
+});
+
+test('extract-features: an augment.json it cannot read is an error that names it, not stored views', async () => {
+  const { split } = await fixtures();
+  const drawn = await runKind(augmentKind, { views: 2, seed: 9 }, { data: split });
+  await fs.writeFile(path.join(drawn.outDir, 'augment.json'), '{"seed": 9, "views": 2, "pixe');
+  try {
+    await runKind(kind, { weights: 'none', alpha: 0.35 }, { data: split, views: drawn.outDir });
+    assert.unreachable();
+  } catch (error) {
+    assert.ok(error instanceof InputError, String(error));
+    assert.match(error.message, /^the augmentation record .*\/augment\.json is not JSON: /);
+  }
+});
+
+test('extract-features: when a set’s rows cannot be opened, the feature files it opened for them are closed', async () => {
+  const { split } = await fixtures();
+  const drawn = await runKind(augmentKind, { views: 2, seed: 9 }, { data: split });
+  const outDir = realpathSync(tempDir('pipe-out-'));
+  try {
+    await runKind(kind, { weights: 'none', alpha: 0.35, fine_tune_at: 101 }, { data: await fixturesWith(6), views: drawn.outDir }, { outDir });
+    assert.unreachable();
+  } catch (error) {
+    assert.match((error as Error).message, /the augmentation was drawn for 5 other images than the 6 of image set train/);
+  }
+  // Both files of `views` were open when its rows were refused; no descriptor of this process is left on them.
+  assert.equal((await fs.readdir(outDir)).sort(), ['boundary-views.f32', 'pooled-views.f32']);
+  const target = (fd: string) => {
+    try {
+      return readlinkSync(path.join('/proc/self/fd', fd));
+    } catch {
+      return ''; // the descriptor readdir itself used, closed since
+    }
+  };
+  const left = readdirSync('/proc/self/fd').map(target).filter((file) => file.startsWith(outDir + path.sep));
+  assert.equal(left, []);
 });
 
 async function fixturesWith(train: number): Promise<string> {
