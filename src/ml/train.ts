@@ -469,6 +469,24 @@ export function trainStep(
   return { loss: value, logits };
 }
 
+/**
+ * One optimisation step from gradients computed elsewhere (in `vars`' order, e.g. by a graph in a
+ * session): the update, then the gradients are freed. Returns the loss and logits as given.
+ */
+export function applyStep(
+  vars: readonly Variable[],
+  optimizer: KerasOptimizer,
+  computed: { loss: Scalar; logits: Tensor; grads: Tensor[] },
+): { loss: Scalar; logits: Tensor } {
+  if (computed.grads.length !== vars.length) throw new Error(`bug: applyStep: ${computed.grads.length} gradients for ${vars.length} variables`);
+  try {
+    optimizer.applyGradients(vars.map((variable, i) => ({ variable, grad: computed.grads[i] })));
+  } finally {
+    for (const grad of computed.grads) grad.dispose();
+  }
+  return { loss: computed.loss, logits: computed.logits };
+}
+
 /** Keras's `history`: one entry per epoch run, with the epoch indices as Keras numbers them. */
 export interface History {
   epoch: number[];
@@ -563,6 +581,11 @@ export interface FitSpec {
   inputs: (epoch: number, indices: number[]) => Tensor;
   /** Logits; with `training`, dropout is active and `dropoutSeed` seeds its mask. */
   forward: (x: Tensor, training: boolean, dropoutSeed: number) => Tensor;
+  /**
+   * When given, the training step's loss, logits and gradients of `vars` (in order) come from it
+   * instead of differentiating `forward` (the same values: e.g. graph-train.ts's session).
+   */
+  gradients?: (x: Tensor, labels: Tensor, dropoutSeed: number) => { loss: Scalar; logits: Tensor; grads: Tensor[] };
   /** Validation loss and accuracy after an epoch (inference mode). */
   validate: () => EvalResult;
   /** Called (and awaited) before each epoch, e.g. to load that epoch's view. */
@@ -618,10 +641,12 @@ export async function fit(tf: Tf, spec: FitSpec): Promise<History> {
       const [loss, hits] = tf.tidy(() => {
         const x = spec.inputs(epoch, indices);
         const y = labelTensor(tf, spec.task, indices.map((i) => spec.labels[i]!));
-        const step = trainStep(tf, spec.vars, spec.optimizer, () => {
-          const logits = spec.forward(x, true, dropoutSeed);
-          return { loss: lossFor(tf, spec.task, y, logits), logits };
-        });
+        const step = spec.gradients
+          ? applyStep(spec.vars, spec.optimizer, spec.gradients(x, y, dropoutSeed))
+          : trainStep(tf, spec.vars, spec.optimizer, () => {
+              const logits = spec.forward(x, true, dropoutSeed);
+              return { loss: lossFor(tf, spec.task, y, logits), logits };
+            });
         const hits = correctCount(tf, spec.task, y, step.logits);
         step.logits.dispose(); // kept by trainStep, so not released by this tidy
         return [step.loss, hits];
@@ -673,10 +698,12 @@ async function replayEpochs(spec: FitSpec, history: History, first: number): Pro
  */
 export function dropout(tf: Tf, x: Tensor, rate: number, seed: number): Tensor {
   if (rate <= 0) return x;
-  return tf.tidy(() => {
-    const keep = tf.randomUniform(x.shape, 0, 1, 'float32', seed).greaterEqual(rate).toFloat();
-    return x.mul(keep).div(1 - rate);
-  });
+  return tf.tidy(() => x.mul(dropoutMask(tf, x.shape, rate, seed)).div(1 - rate));
+}
+
+/** The 0/1 mask `dropout` multiplies by for that shape, rate and seed (1 keeps a unit). */
+export function dropoutMask(tf: Tf, shape: number[], rate: number, seed: number): Tensor {
+  return tf.tidy(() => tf.randomUniform(shape, 0, 1, 'float32', seed).greaterEqual(rate).toFloat());
 }
 
 /** Keras's per-epoch progress line, e.g. `Epoch 1/10 - loss: 0.6931 - accuracy: 0.5000 - …`. */

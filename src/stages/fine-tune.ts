@@ -6,7 +6,9 @@
 // boundary at or below fine_tune_at (src/ml/mobilenet.ts `boundaryFor`), so each step runs the
 // layers from the boundary to `out_relu` (those below fine_tune_at frozen but computed), then the
 // head (pooling → dropout → dense, starting from train-head's weights), forward and backward.
-// Epoch e trains on view (e mod views) of every training image.
+// Epoch e trains on view (e mod views) of every training image. The step runs as one TensorFlow
+// graph in a session, forward and backward (src/ml/graph-train.ts), once a probe batch shows it
+// agrees with the eager step; PIPE_GRAPH=0, or a graph that cannot be built, keeps the eager step.
 //
 // Epoch numbering continues from the head's as the recipe does it:
 //   total_epochs = initial_epochs + fine_tune_epochs
@@ -24,6 +26,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { Tensor, Tensor4D, Variable } from '@tensorflow/tfjs-node';
 import { FeatureReader, loadFeatureBase } from '../ml/features.ts';
+import { fastestTrainer } from '../ml/graph-train.ts';
 import { HeadVariables, headParamCount, readHead, writeHead } from '../ml/head.ts';
 import { buildTop, saveLayersModel } from '../ml/mobilenet.ts';
 import { loadTf, type Tf } from '../ml/tf.ts';
@@ -36,7 +39,9 @@ import {
   epochLine,
   evaluateBatches,
   fit,
+  dropoutMask,
   inferenceForward,
+  labelTensor,
   makeOptimizer,
   optimizerNames,
 } from '../ml/train.ts';
@@ -145,6 +150,7 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
   const [h, w, c] = boundary.shape;
   let validation: FeatureReader | undefined;
   let views: FeatureReader | undefined;
+  let disposeTrainer = () => {};
   try {
     const baseParams = baseVars.reduce((sum, v) => sum + v.size, 0);
     const headParams = headParamCount(headWeights);
@@ -169,13 +175,26 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
       tf.tidy(() => head.logitsOfActivation(topForward(x), training, dropoutSeed));
     const validationInput = validation;
     const trainInput = views;
+    const trainVars = [...baseVars, ...head.vars];
+    // The same step as one TensorFlow graph in a session where it can be (src/ml/graph-train.ts),
+    // checked against the eager step on the first validation batch.
+    const probeRows = Array.from({ length: Math.min(params.batch_size, meta.sets.validation.count) }, (_, i) => i);
+    const probe = { x: validationInput.tensorOfRows(tf, probeRows), labels: labelTensor(tf, task, probeRows.map((i) => meta.sets.validation.labels[i]!)) };
+    const graphHead = { kernel: head.kernel, bias: head.bias, dropout: headWeights.dropout };
+    const trainer = probeRows.length > 0 ? await fastestTrainer(tf, { top, head: graphHead, task, vars: trainVars, eagerLogits: forward, probe }, ctx.log, ctx.tmpDir) : undefined;
+    tf.dispose([probe.x, probe.labels]);
+    disposeTrainer = () => trainer?.dispose();
+    const gradients = trainer
+      ? (x: Tensor, labels: Tensor, dropoutSeed: number) =>
+          trainer.gradients(x, labels, graphHead.dropout > 0 ? dropoutMask(tf, [x.shape[0]!, headWeights.inputDim], graphHead.dropout, dropoutSeed) : undefined)
+      : undefined;
     const validate = () =>
       evaluateBatches(tf, {
         task,
         labels: meta.sets.validation.labels,
         batchSize: params.batch_size,
         inputs: (indices) => validationInput.tensorOfRows(tf, indices),
-        forward: (x) => forward(x, false, 0),
+        forward: (x) => (trainer ? trainer.logits(x) : forward(x, false, 0)),
       });
 
     const range = fineTuneEpochs(headMeta.epochs, headMeta.lastEpoch, params.epochs, params.keras_initial_epoch_quirk);
@@ -188,7 +207,6 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
       `fit(epochs=${range.epochs}, initial_epoch=${range.initialEpoch}): ${epochCount} epochs` +
         (params.keras_initial_epoch_quirk ? ' (the recipe continues at history.epoch[-1], one epoch more than fine_tune_epochs)' : ''),
     );
-    const trainVars = [...baseVars, ...head.vars];
     const checkpoint = await resumeFrom(ctx, tf, trainVars, optimizer, epochCount);
     let trainedEpochs = 0;
     const history: History = await fit(tf, {
@@ -213,6 +231,7 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
         return trainInput.tensorOfRows(tf, indices.map((i) => first + i));
       },
       forward,
+      gradients,
       validate: () => {
         trainMs += performance.now() - epochStarted;
         return validate();
@@ -270,6 +289,7 @@ async function run(ctx: StageContext<FineTuneParams>): Promise<void> {
       val_loss: round(result.final.val_loss),
     });
   } finally {
+    disposeTrainer();
     optimizer.dispose();
     head.dispose();
     await validation?.close();

@@ -49,6 +49,22 @@ test('fine-tune trains the top from fine_tune_at, keeps BatchNormalization stati
   assert.ok(run.metrics.some((m) => m.key === 'val_accuracy' && m.step === 3));
   assert.ok(run.logs.some((line) => /^trainable parameters: [\d,]+ in the base \+ 1,281 in the head/.test(line)), run.logs.join('\n'));
   assert.ok(run.logs.some((line) => line.startsWith('Epoch 4/4 - loss: ')));
+  assert.ok(run.logs.some((line) => line.startsWith('fine-tuning step: one TensorFlow graph')), run.logs.join('\n'));
+
+  // The eager step (PIPE_GRAPH=0) trains to the same history, to float noise.
+  process.env['PIPE_GRAPH'] = '0';
+  const eager = await runKind(
+    fineTune,
+    { fine_tune_at: 100, epochs: 2, learning_rate: 1e-3, batch_size: 5 },
+    { activations: features.outDir, head: head.outDir },
+  ).finally(() => delete process.env['PIPE_GRAPH']);
+  assert.ok(eager.logs.includes('fine-tuning step: eager ops (PIPE_GRAPH=0)'), eager.logs.join('\n'));
+  const eagerHistory = JSON.parse(await fs.readFile(path.join(eager.outDir, 'history.json'), 'utf8')) as History;
+  for (const key of ['loss', 'accuracy', 'val_loss', 'val_accuracy'] as const) {
+    eagerHistory[key].forEach((value, i) => {
+      assert.ok(Math.abs(value - history[key][i]!) <= 1e-3 * Math.max(1, Math.abs(value)), `${key}[${i}]: eager ${value}, graph ${history[key][i]}`);
+    });
+  }
 
   const before = (await loadMobileNetV2(tf, { alpha: 0.35, inputSize: SIZE, weights: path.join(features.outDir, 'base') })).model;
   const after = (await loadMobileNetV2(tf, { alpha: 0.35, inputSize: SIZE, weights: path.join(run.outDir, 'base') })).model;
