@@ -35,6 +35,7 @@ import {
 import { loadTf, tidyValues, type Tf } from '../ml/tf.ts';
 import { shardRange, type ParamsOf, type ParamsSchema, type Shard, type StageContext, type StageKind } from '../core/stage-kind.ts';
 import { InputError } from '../core/errors.ts';
+import { concatenateFiles, linkTree } from '../util/files.ts';
 
 /** Weights named by a local path (not `none`, `imagenet` or a URL). */
 function localWeightsPath(weights: string): string | undefined {
@@ -219,28 +220,17 @@ async function mergeParts(ctx: StageContext<ExtractFeaturesParams>, parts: strin
   });
   for (const set of FEATURE_SETS) {
     for (const file of [meta.sets[set].pooled, meta.sets[set].boundary]) {
-      if (file) await concatenate(parts.map((dir) => path.join(dir, file)), path.join(ctx.outDir, file));
+      if (file) await concatenateFiles(parts.map((dir) => path.join(dir, file)), path.join(ctx.outDir, file));
     }
   }
-  await fs.cp(path.join(parts[0]!, BASE_DIR), path.join(ctx.outDir, BASE_DIR), { recursive: true });
+  // Cache entries never change: the base is shard 0's files, linked.
+  await linkTree(path.join(parts[0]!, BASE_DIR), path.join(ctx.outDir, BASE_DIR));
   await writeFeaturesMeta(ctx.outDir, meta);
   const result = { rows: infos.reduce((sum, info) => sum + info.rows, 0), computeMs: infos.reduce((sum, info) => sum + info.computeMs, 0) };
   const expected = FEATURE_SETS.reduce((sum, set) => sum + meta.sets[set].count * meta.sets[set].views, 0);
   if (result.rows !== expected) throw new Error(`bug: the parts hold ${result.rows} rows, the pass has ${expected}`);
   ctx.log(`merged ${parts.length} parts: ${result.rows} images`);
   report(ctx, meta, result, parts.length);
-}
-
-async function concatenate(files: string[], target: string): Promise<void> {
-  const out = await fs.open(target, 'w');
-  try {
-    for (const file of files) {
-      const data = await fs.readFile(file);
-      await out.write(data);
-    }
-  } finally {
-    await out.close();
-  }
 }
 
 /** Checks the image sets, loads the base and folds it; describes the artifact. */

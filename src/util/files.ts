@@ -1,6 +1,7 @@
 // Small file-system and process facts shared across modules.
 
-import { promises as fs } from 'node:fs';
+import { constants as fsConstants, createReadStream, createWriteStream, promises as fs } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
 
 export async function exists(file: string): Promise<boolean> {
   try {
@@ -55,4 +56,19 @@ export async function linkTree(from: string, to: string): Promise<void> {
     if (entry.isDirectory()) await linkTree(source, target);
     else await linkOrCopy(source, target);
   }
+}
+
+/**
+ * `files` end to end at `target`, never a whole file in memory: the first copied by the kernel
+ * (a reflink where the file system can), the others streamed onto its end. One file is linked.
+ */
+export async function concatenateFiles(files: readonly string[], target: string): Promise<void> {
+  const [first, ...rest] = files;
+  if (first === undefined) {
+    await fs.writeFile(target, new Uint8Array());
+    return;
+  }
+  if (rest.length === 0) return linkOrCopy(first, target);
+  await fs.copyFile(first, target, fsConstants.COPYFILE_FICLONE);
+  for (const file of rest) await pipeline(createReadStream(file, { highWaterMark: 1 << 20 }), createWriteStream(target, { flags: 'a' }));
 }
