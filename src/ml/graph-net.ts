@@ -21,10 +21,8 @@
 import type { Tensor, Tensor4D } from '@tensorflow/tfjs-node';
 import type { FrozenNet, FrozenStep } from './frozen.ts';
 import type { Tf } from './tf.ts';
-import { DT_FLOAT, DT_INT32, GraphBuilder, graphWanted, loadGraph, type NodeSpec } from './tf-graph.ts';
+import { DT_FLOAT, DT_INT32, GraphBuilder, graphWanted, loadGraph, maxDifference, type NodeSpec } from './tf-graph.ts';
 import { UnavailableError, unreachable } from '../core/errors.ts';
-
-export { graphWanted };
 
 const SIGNATURE = 'serving_default';
 const INPUT_KEY = 'x';
@@ -134,8 +132,9 @@ export async function graphNet(tf: Tf, net: FrozenNet, tmpDir?: string): Promise
       session.forEach((t, i) => {
         if (t.shape.join() !== eager[i]!.shape.join()) throw new UnavailableError(`output ${i}: shape ${t.shape.join('×')}, expected ${eager[i]!.shape.join('×')}`);
       });
-      const worst = Math.max(...session.map((t, i) => tf.tidy(() => tf.max(tf.abs(tf.sub(t, eager[i]!))).dataSync()[0]!)));
-      const scale = Math.max(1, ...eager.map((t) => tf.tidy(() => tf.max(tf.abs(t)).dataSync()[0]!)));
+      const differences = session.map((t, i) => maxDifference(tf, t, eager[i]!));
+      const worst = Math.max(...differences.map((d) => d.diff));
+      const scale = Math.max(1, ...differences.map((d) => d.scale));
       if (!(worst <= 1e-3 * scale)) throw new UnavailableError(`the graph's outputs differ from the eager ones by ${worst} (scale ${scale})`);
     } finally {
       tf.dispose([...eager, ...session]);

@@ -28,7 +28,7 @@
 
 import type * as tfTypes from '@tensorflow/tfjs-node';
 import { dropoutMask, forwardSteps, lossFor, type ForwardStep, type Task } from './train.ts';
-import { DT_FLOAT, DT_INT32, GraphBuilder, graphWanted, loadGraph, type SignatureSpec } from './tf-graph.ts';
+import { DT_FLOAT, DT_INT32, GraphBuilder, graphWanted, loadGraph, maxDifference, type SignatureSpec } from './tf-graph.ts';
 import type { Tf } from './tf.ts';
 import { UnavailableError, unreachable } from '../core/errors.ts';
 
@@ -162,8 +162,7 @@ function probeDifference(tf: Tf, trainer: GraphTrainer, spec: Parameters<typeof 
     let worst = 0;
     for (const [what, a, b] of pairs) {
       if (a.shape.join() !== b.shape.join()) throw new UnavailableError(`${what}: shape ${a.shape.join('×')}, expected ${b.shape.join('×')}`);
-      const diff = tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!;
-      const scale = tf.max(tf.abs(b)).dataSync()[0]!;
+      const { diff, scale } = maxDifference(tf, a, b);
       const relative = diff / Math.max(scale, 1e-12);
       if (!(relative <= 1e-2) && !(diff <= 1e-9)) throw new UnavailableError(`${what} differs from the eager step's by ${diff} (values up to ${scale})`);
       if (diff > 1e-9) worst = Math.max(worst, relative);

@@ -198,3 +198,11 @@ export async function loadGraph(tf: Tf, bytes: Uint8Array, signatures: string[],
 export function graphWanted(env: NodeJS.ProcessEnv = process.env): boolean {
   return env['PIPE_GRAPH'] !== '0';
 }
+
+/** How far `actual` is from `expected`: the largest absolute difference, and `expected`'s largest magnitude. */
+export function maxDifference(tf: Tf, actual: Tensor, expected: Tensor): { diff: number; scale: number } {
+  return tf.tidy(() => ({
+    diff: tf.max(tf.abs(tf.sub(actual, expected))).dataSync()[0]!,
+    scale: tf.max(tf.abs(expected)).dataSync()[0]!,
+  }));
+}

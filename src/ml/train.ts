@@ -460,29 +460,28 @@ export function trainStep(
     logits = tf.keep(out.logits);
     return out.loss;
   }, vars as Variable[]);
-  try {
-    optimizer.applyGradients(vars.map((variable) => ({ variable, grad: grads[variable.name] })));
-  } finally {
-    tf.dispose(Object.values(grads).filter((g): g is Tensor => g != null));
+  if (!logits) {
+    tf.dispose([value, ...Object.values(grads).filter((g): g is Tensor => g != null)]);
+    throw new Error('bug: trainStep: compute() returned no logits');
   }
-  if (!logits) throw new Error('bug: trainStep: compute() returned no logits');
-  return { loss: value, logits };
+  return applyStep(vars, optimizer, { loss: value, logits, grads: vars.map((variable) => grads[variable.name]) });
 }
 
 /**
- * One optimisation step from gradients computed elsewhere (in `vars`' order, e.g. by a graph in a
- * session): the update, then the gradients are freed. Returns the loss and logits as given.
+ * One optimisation step from gradients in `vars`' order (from `tf.variableGrads`, or computed
+ * elsewhere, e.g. by a graph in a session; a missing one leaves its variable as is): the update,
+ * then the gradients are freed. Returns the loss and logits as given.
  */
 export function applyStep(
   vars: readonly Variable[],
   optimizer: KerasOptimizer,
-  computed: { loss: Scalar; logits: Tensor; grads: Tensor[] },
+  computed: { loss: Scalar; logits: Tensor; grads: ReadonlyArray<Tensor | null | undefined> },
 ): { loss: Scalar; logits: Tensor } {
   if (computed.grads.length !== vars.length) throw new Error(`bug: applyStep: ${computed.grads.length} gradients for ${vars.length} variables`);
   try {
     optimizer.applyGradients(vars.map((variable, i) => ({ variable, grad: computed.grads[i] })));
   } finally {
-    for (const grad of computed.grads) grad.dispose();
+    for (const grad of computed.grads) grad?.dispose();
   }
   return { loss: computed.loss, logits: computed.logits };
 }
