@@ -5,8 +5,11 @@
 //
 //   features.json               FeaturesMeta (below): model, weights, sets, shapes, dtypes
 //   pooled-<set>.f32            rows × 1280 float32: GlobalAveragePooling2D of `out_relu`
-//   boundary-<set>.f32 | .f16   rows × h × w × c: the activation entering the fine-tuned top
-//                               (the output of `boundary.layerName`), float32 or IEEE half
+//   boundary-<set>.f32 | .f16 | .u8
+//                               rows × h × w × c: the activation entering the fine-tuned top
+//                               (the output of `boundary.layerName`), float32, IEEE half, or 8-bit
+//                               (per row: c float32 minima, c float32 steps, then h × w × c
+//                               bytes; value = minimum + byte × step, per channel)
 //   base/model.json + *.bin     the MobileNetV2 the features came from, as a tfjs layers model
 //
 // with <set> one of `views` (the training images, one block of rows per augmented view),
@@ -34,7 +37,7 @@ export const FEATURE_SETS = ['views', 'validation', 'test'] as const;
 
 export type FeatureSetName = (typeof FEATURE_SETS)[number];
 export type FeatureKind = 'pooled' | 'boundary';
-export type FeatureDtype = 'float32' | 'float16';
+export type FeatureDtype = 'float32' | 'float16' | 'uint8';
 
 export interface FeatureSetMeta {
   /** Images in the set. */
@@ -74,14 +77,26 @@ export interface FeaturesMeta {
   sets: Record<FeatureSetName, FeatureSetMeta>;
 }
 
+/**
+ * Bytes of one row of `rowShape` ([..., channels]) stored as `dtype`. An 8-bit row carries its own
+ * scale: a float32 minimum and step per channel (8 bytes per channel) before its bytes.
+ */
+export function rowBytesOf(rowShape: readonly number[], dtype: FeatureDtype): number {
+  const size = rowShape.reduce((a, b) => a * b, 1);
+  if (dtype === 'uint8') return 8 * rowShape[rowShape.length - 1]! + size;
+  return size * (dtype === 'float16' ? 2 : 4);
+}
+
 /** What the stored activations cost: bytes per row (one view of one image) and in all. */
-export function activationBytes(rowSize: number, dtype: 'float32' | 'float16', rows: number): Record<string, number> {
-  const perView = rowSize * (dtype === 'float16' ? 2 : 4);
+export function activationBytes(rowShape: readonly number[], dtype: FeatureDtype, rows: number): Record<string, number> {
+  const perView = rowBytesOf(rowShape, dtype);
   return { activation_bytes_per_view: perView, activation_bytes: perView * rows };
 }
 
+const EXTENSIONS: Record<FeatureDtype, string> = { float32: 'f32', float16: 'f16', uint8: 'u8' };
+
 export function featureFileName(kind: FeatureKind, set: FeatureSetName, dtype: FeatureDtype = 'float32'): string {
-  return `${kind}-${set}.${dtype === 'float16' ? 'f16' : 'f32'}`;
+  return `${kind}-${set}.${EXTENSIONS[dtype]}`;
 }
 
 export async function writeFeaturesMeta(dir: string, meta: FeaturesMeta): Promise<void> {
@@ -196,21 +211,112 @@ export function float16ToFloat32(bits: Uint16Array, out = new Float32Array(bits.
 }
 
 // ---------------------------------------------------------------------------------------------
+// 8-bit rows
+//
+// Each row (one view of one image, h × w × c, channels last) is scaled per channel: its minimum
+// and a step of (maximum − minimum) / 255, both float32, and every value is the byte nearest to
+// (value − minimum) / step. So every value is within half a step of what was computed: 1/510 of
+// its channel's range in that image, whatever the activations' magnitude. A row depends on its
+// own values only, so a sharded pass writes the same bytes as one job.
+
+const BYTE_MAX = 255;
+
+/** `values` (whole rows of `rowSize` values, `channels` last) as 8-bit rows (rowBytesOf). */
+export function quantizeRows(values: Float32Array, rowSize: number, channels: number): Uint8Array {
+  if (rowSize % channels !== 0 || values.length % rowSize !== 0) {
+    throw new Error(`bug: quantizeRows: ${values.length} values are not rows of ${rowSize} with ${channels} channels`);
+  }
+  const rows = values.length / rowSize;
+  const rowBytes = 8 * channels + rowSize;
+  const out = new Uint8Array(rows * rowBytes);
+  // The row's header (minima, then steps) is built aligned here and copied: rows of an odd size
+  // put the next header at any byte offset.
+  const header = new Float32Array(2 * channels);
+  const headerBytes = new Uint8Array(header.buffer);
+  const lo = header.subarray(0, channels);
+  const step = header.subarray(channels);
+  const hi = new Float32Array(channels);
+  const inverse = new Float64Array(channels);
+  for (let r = 0; r < rows; r++) {
+    const base = r * rowSize;
+    const o = r * rowBytes;
+    lo.fill(Infinity);
+    hi.fill(-Infinity);
+    for (let i = 0; i < rowSize; i += channels) {
+      for (let c = 0; c < channels; c++) {
+        const v = values[base + i + c]!;
+        if (v < lo[c]!) lo[c] = v;
+        if (v > hi[c]!) hi[c] = v;
+        if (v !== v) hi[c] = NaN; // a NaN compares with nothing: marked, refused below
+      }
+    }
+    for (let c = 0; c < channels; c++) {
+      const range = hi[c]! - lo[c]!;
+      if (!Number.isFinite(range)) {
+        throw new InputError(`activations that are not finite numbers (channel ${c} of row ${r}: ${lo[c]} … ${hi[c]}): 8-bit storage cannot hold them`);
+      }
+      step[c] = range / BYTE_MAX;
+      inverse[c] = step[c]! > 0 ? 1 / step[c]! : 0;
+    }
+    out.set(headerBytes, o);
+    const q = o + 8 * channels;
+    for (let i = 0; i < rowSize; i += channels) {
+      for (let c = 0; c < channels; c++) {
+        const byte = Math.round((values[base + i + c]! - lo[c]!) * inverse[c]!);
+        out[q + i + c] = byte > BYTE_MAX ? BYTE_MAX : byte; // ≥ 0: lo is the minimum
+      }
+    }
+  }
+  return out;
+}
+
+/** 8-bit rows (quantizeRows) back as float32: minimum + byte × step, per channel. */
+export function dequantizeRows(bytes: Uint8Array, rowSize: number, channels: number, out?: Float32Array): Float32Array {
+  const rowBytes = 8 * channels + rowSize;
+  if (rowSize % channels !== 0 || bytes.length % rowBytes !== 0) {
+    throw new Error(`bug: dequantizeRows: ${bytes.length} bytes are not rows of ${rowBytes}`);
+  }
+  const rows = bytes.length / rowBytes;
+  const result = out ?? new Float32Array(rows * rowSize);
+  const header = new Float32Array(2 * channels);
+  const headerBytes = new Uint8Array(header.buffer);
+  const minimum = header.subarray(0, channels);
+  const step = header.subarray(channels);
+  for (let r = 0; r < rows; r++) {
+    const o = r * rowBytes;
+    headerBytes.set(bytes.subarray(o, o + 8 * channels));
+    const q = o + 8 * channels;
+    const base = r * rowSize;
+    for (let i = 0; i < rowSize; i += channels) {
+      for (let c = 0; c < channels; c++) result[base + i + c] = minimum[c]! + bytes[q + i + c]! * step[c]!;
+    }
+  }
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Writing and reading arrays
 
 /** Appends rows of float32 values to a feature file, converting to the file's dtype. */
 export class FeatureWriter {
   private rowsWritten = 0;
 
+  readonly rowSize: number;
+  private readonly channels: number;
+
   private constructor(
     readonly file: string,
     private readonly handle: fs.FileHandle,
-    readonly rowSize: number,
+    rowShape: readonly number[],
     readonly dtype: FeatureDtype,
-  ) {}
+  ) {
+    this.rowSize = rowShape.reduce((a, b) => a * b, 1);
+    this.channels = rowShape[rowShape.length - 1]!;
+  }
 
-  static async create(file: string, rowSize: number, dtype: FeatureDtype): Promise<FeatureWriter> {
-    return new FeatureWriter(file, await fs.open(file, 'w'), rowSize, dtype);
+  /** A new file of rows shaped `rowShape` ([dim] or [h, w, c]) stored as `dtype`. */
+  static async create(file: string, rowShape: readonly number[], dtype: FeatureDtype): Promise<FeatureWriter> {
+    return new FeatureWriter(file, await fs.open(file, 'w'), rowShape, dtype);
   }
 
   get rows(): number {
@@ -222,7 +328,12 @@ export class FeatureWriter {
     if (values.length % this.rowSize !== 0) {
       throw new Error(`bug: ${this.file}: ${values.length} values are not whole rows of ${this.rowSize}`);
     }
-    const data = this.dtype === 'float16' ? float32ToFloat16(values) : values;
+    const data =
+      this.dtype === 'uint8'
+        ? quantizeRows(values, this.rowSize, this.channels)
+        : this.dtype === 'float16'
+          ? float32ToFloat16(values)
+          : values;
     await this.handle.write(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
     this.rowsWritten += values.length / this.rowSize;
   }
@@ -233,7 +344,7 @@ export class FeatureWriter {
 }
 
 export interface FeatureArray {
-  /** float32 values (float16 files are converted). */
+  /** float32 values (float16 and 8-bit files are converted). */
   data: Float32Array;
   /** [rows, ...row shape]: [rows, 1280] or [rows, h, w, c]. */
   shape: number[];
@@ -241,13 +352,12 @@ export interface FeatureArray {
 
 /**
  * Reads rows of one set's pooled features or boundary activations through one open file, as
- * float32 (float16 files are converted): positioned reads, so a batch loop opens the file once and
+ * float32 (float16 and 8-bit files are converted): positioned reads, so a batch loop opens the file once and
  * files past 2 GiB read like any other.
  */
 export class FeatureReader {
   readonly rowShape: number[];
   readonly rowSize: number;
-  readonly bytesPerValue: number;
   /** Bytes of one row in the file. */
   readonly rowBytes: number;
 
@@ -260,8 +370,7 @@ export class FeatureReader {
   ) {
     this.rowShape = rowShape;
     this.rowSize = rowShape.reduce((a, b) => a * b, 1);
-    this.bytesPerValue = dtype === 'float16' ? 2 : 4;
-    this.rowBytes = this.rowSize * this.bytesPerValue;
+    this.rowBytes = rowBytesOf(rowShape, dtype);
   }
 
   static async open(dir: string, meta: FeaturesMeta, set: FeatureSetName, kind: FeatureKind): Promise<FeatureReader> {
@@ -353,8 +462,9 @@ export class FeatureReader {
   // handle's positioned reads (for batch loops that go on with other work meanwhile), the other
   // makes them synchronously (for a training loop's batch callbacks).
 
-  /** The bytes of whole rows as float32 values (float16 files are converted). */
+  /** The bytes of whole rows as float32 values (float16 and 8-bit files are converted). */
   private toFloat32(buffer: ArrayBuffer): Float32Array {
+    if (this.dtype === 'uint8') return dequantizeRows(new Uint8Array(buffer), this.rowSize, this.rowShape[this.rowShape.length - 1]!);
     return this.dtype === 'float16' ? float16ToFloat32(new Uint16Array(buffer)) : new Float32Array(buffer);
   }
 

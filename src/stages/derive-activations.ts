@@ -37,7 +37,7 @@ const paramsSchema = {
   properties: {
     fine_tune_at: { type: 'integer', minimum: 1, description: 'Keras layer index of the first fine-tuned layer: the activations are derived at the block boundary at or below it, which must not be below the cached one' },
     batch_size: { type: 'integer', minimum: 1, default: 64, description: 'rows per forward pass (not in the fingerprint: it does not change the values)' },
-    dtype: { enum: ['float32', 'float16'], default: 'float32', description: 'storage type of the derived activations (float16 halves their size)' },
+    dtype: { enum: ['float32', 'float16', 'uint8'], default: 'float32', description: 'storage type of the derived activations: float16 halves their size; uint8 quarters it (8 bits per value, scaled per image and channel)' },
   },
   required: ['fine_tune_at'],
   additionalProperties: false,
@@ -108,7 +108,7 @@ async function run(ctx: StageContext<DeriveActivationsParams>): Promise<void> {
           await linkOrCopy(path.join(featuresDir, meta.sets[set].boundary!), path.join(ctx.outDir, file));
           done += rows;
         } else {
-          const writer = await FeatureWriter.create(path.join(ctx.outDir, file), to.shape.reduce((a, b) => a * b, 1), params.dtype);
+          const writer = await FeatureWriter.create(path.join(ctx.outDir, file), to.shape, params.dtype);
           const reader = await FeatureReader.open(featuresDir, meta, set, 'boundary');
           try {
             for (let start = 0; start < rows; start += params.batch_size) {
@@ -147,7 +147,7 @@ async function run(ctx: StageContext<DeriveActivationsParams>): Promise<void> {
       from: from.layerName,
       boundary: to.layerName,
       boundary_shape: to.shape.join('x'),
-      ...activationBytes(to.shape.reduce((a, b) => a * b, 1), params.dtype, total),
+      ...activationBytes(to.shape, params.dtype, total),
       ...(net !== undefined ? { rows_per_second: Math.round(rowsPerSecond * 10) / 10 } : {}),
     });
   } finally {

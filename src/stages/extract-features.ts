@@ -95,7 +95,7 @@ const paramsSchema = {
     batch_size: { type: 'integer', minimum: 1, default: 32, description: 'images per forward pass (not in the fingerprint: it does not change the values)' },
     pooled: { type: 'boolean', default: true, description: 'store the 1280-d GlobalAveragePooling of out_relu per image (for train-head)' },
     fine_tune_at: { type: ['integer', 'null'], minimum: 0, default: null, description: 'Keras layer index of the first fine-tuned layer: also store the activations entering the top, at the block boundary at or below it (for fine-tune and evaluate)' },
-    dtype: { enum: ['float32', 'float16'], default: 'float32', description: 'storage type of those activations (float16 halves their size)' },
+    dtype: { enum: ['float32', 'float16', 'uint8'], default: 'float32', description: 'storage type of those activations: float16 halves their size; uint8 quarters it (8 bits per value, scaled per image and channel: within 1/510 of the channel\'s range)' },
     seed: { type: 'integer', default: 0, description: "seed of the random initialisation with weights 'none'" },
   },
   additionalProperties: false,
@@ -142,7 +142,6 @@ interface Prepared {
   /** The artifact's features.json (the same for every shard). */
   meta: FeaturesMeta;
   pooledDim: number;
-  boundarySize: number;
 }
 
 /** One forward pass: `n` rows of a set from row `start`. The list is the same whatever the shards. */
@@ -328,7 +327,7 @@ async function prepare(ctx: StageContext<ExtractFeaturesParams>): Promise<Prepar
     boundary: boundary ? { ...boundary, dtype: params.dtype } : null,
     sets,
   };
-  return { tf, jobs, model, net, meta, pooledDim, boundarySize };
+  return { tf, jobs, model, net, meta, pooledDim };
 }
 
 /** The pass's forward batches in order: each set's rows in batches of `batchSize`, set after set. */
@@ -358,8 +357,8 @@ async function extract(ctx: StageContext<ExtractFeaturesParams>, prepared: Prepa
     let source: RowSource | undefined;
     let fetch: RowFetch | undefined;
     try {
-      if (setMeta.pooled) pooledWriter = await FeatureWriter.create(path.join(ctx.outDir, setMeta.pooled), prepared.pooledDim, 'float32');
-      if (setMeta.boundary) boundaryWriter = await FeatureWriter.create(path.join(ctx.outDir, setMeta.boundary), prepared.boundarySize, params.dtype);
+      if (setMeta.pooled) pooledWriter = await FeatureWriter.create(path.join(ctx.outDir, setMeta.pooled), [prepared.pooledDim], 'float32');
+      if (setMeta.boundary) boundaryWriter = await FeatureWriter.create(path.join(ctx.outDir, setMeta.boundary), prepared.meta.boundary!.shape, params.dtype);
       source = await openRows(job, ctx.cpus, params.batch_size);
       // Two buffers: batch k + 1 is read (and, for generated views, transformed on other threads)
       // while the base computes batch k.
@@ -407,14 +406,13 @@ function report(ctx: StageContext<ExtractFeaturesParams>, meta: FeaturesMeta, re
   ctx.log(`extracted ${result.rows} images at ${imagesPerSecond.toFixed(1)} images/s${shards ? ' per shard process' : ''}`);
   ctx.metric('extract_images_per_second', imagesPerSecond);
   const boundary = meta.boundary;
-  const boundarySize = boundary ? boundary.shape.reduce((a, b) => a * b, 1) : 0;
   ctx.summary({
     images: result.rows,
     images_per_second: Math.round(imagesPerSecond * 10) / 10,
     views: meta.sets.views.views,
     weights: meta.weights.source,
     ...(shards ? { shards } : {}),
-    ...(boundary ? { boundary: boundary.layerName, boundary_shape: boundary.shape.join('x'), ...activationBytes(boundarySize, boundary.dtype, result.rows) } : {}),
+    ...(boundary ? { boundary: boundary.layerName, boundary_shape: boundary.shape.join('x'), ...activationBytes(boundary.shape, boundary.dtype, result.rows) } : {}),
   });
 }
 

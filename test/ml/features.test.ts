@@ -3,7 +3,19 @@ import * as assert from 'uvu/assert';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { FeatureReader, FeatureWriter, float16ToFloat32, float32ToFloat16, readFeatures, toFloat16Bits, type FeaturesMeta } from '../../src/ml/features.ts';
+import {
+  dequantizeRows,
+  FeatureReader,
+  FeatureWriter,
+  featureFileName,
+  float16ToFloat32,
+  float32ToFloat16,
+  quantizeRows,
+  readFeatures,
+  rowBytesOf,
+  toFloat16Bits,
+  type FeaturesMeta,
+} from '../../src/ml/features.ts';
 import { createRng } from '../../src/ml/augment.ts';
 import { loadTf } from '../../src/ml/tf.ts';
 
@@ -88,13 +100,13 @@ test('float32ToFloat16 writes into a given array and leaves the rest of it', () 
   assert.equal([...out], [0xabcd, 0x3c00, 0xc000, 0x2e66, 0xabcd]);
 });
 
-test('FeatureReader.readRowsSync and tensorOfRows: any rows in any order, as the whole-file read gives them, float32 and float16', async () => {
+test('FeatureReader.readRowsSync and tensorOfRows: any rows in any order, as the whole-file read gives them, float32, float16 and uint8', async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'pipe-rows-'));
   const rows = 23;
   const values = Float32Array.from({ length: rows * 6 }, (_, i) => Math.sin(i) * 7);
-  for (const dtype of ['float32', 'float16'] as const) {
-    const file = `boundary-views.${dtype === 'float16' ? 'f16' : 'f32'}`;
-    const writer = await FeatureWriter.create(path.join(dir, file), 6, dtype);
+  for (const dtype of ['float32', 'float16', 'uint8'] as const) {
+    const file = featureFileName('boundary', 'views', dtype);
+    const writer = await FeatureWriter.create(path.join(dir, file), [1, 2, 3], dtype);
     await writer.append(values);
     await writer.close();
     const meta = {
@@ -111,6 +123,10 @@ test('FeatureReader.readRowsSync and tensorOfRows: any rows in any order, as the
         pick.forEach((row, k) => want.set(all.data.subarray(row * 6, row * 6 + 6), k * 6));
         assert.equal(Array.from(got), Array.from(want), `${dtype}: rows ${pick.join(',')}`);
       }
+      // Every stored value is the written one, up to the dtype's rounding.
+      const tolerance = { float32: 0, float16: 7 * 2 ** -11, uint8: 14 / 510 }[dtype];
+      const worst = values.reduce((max, v, i) => Math.max(max, Math.abs(v - all.data[i]!)), 0);
+      assert.ok(worst <= tolerance, `${dtype}: off by ${worst} > ${tolerance}`);
       assert.throws(() => reader.readRowsSync([23]), /row 23 out of range/);
       // A training batch as a tensor: the same rows, shaped [rows, ...row shape].
       const batch = reader.tensorOfRows(loadTf('cpu'), [4, 2, 2]);
@@ -121,6 +137,55 @@ test('FeatureReader.readRowsSync and tensorOfRows: any rows in any order, as the
       await reader.close();
     }
   }
+});
+
+
+test('8-bit rows: each value within half a step of its channel in its row, the extremes kept, rows independent', () => {
+  const channels = 5;
+  const positions = 40;
+  const rowSize = channels * positions;
+  const rows = 7;
+  // Channels of very different scales and offsets, one constant channel, one with an outlier.
+  const values = new Float32Array(rows * rowSize);
+  for (let r = 0; r < rows; r++) {
+    for (let p = 0; p < positions; p++) {
+      for (let c = 0; c < channels; c++) {
+        const scale = [1e-7, 1, 30, 0, 2][c]!; // 1e-7: below half precision's smallest normal
+        const offset = [0, -3, 100, 1.7, 0][c]!;
+        let v = offset + scale * Math.sin(r * 31 + p * 7 + c * 3);
+        if (c === 4 && p === 11) v = 50 + r; // one outlier stretches its channel's range
+        values[r * rowSize + p * channels + c] = v;
+      }
+    }
+  }
+  const bytes = quantizeRows(values, rowSize, channels);
+  assert.is(bytes.length, rows * rowBytesOf([positions, 1, channels], 'uint8'));
+  assert.is(rowBytesOf([10, 10, 96], 'uint8'), 9600 + 8 * 96);
+  const back = dequantizeRows(bytes, rowSize, channels);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < channels; c++) {
+      let lo = Infinity;
+      let hi = -Infinity;
+      for (let p = 0; p < positions; p++) {
+        const v = values[r * rowSize + p * channels + c]!;
+        lo = Math.min(lo, v);
+        hi = Math.max(hi, v);
+      }
+      // Half a step (range / 510), plus float32 rounding.
+      const bound = ((hi - lo) / 510) * (1 + 1e-5) + (Math.abs(lo) + Math.abs(hi)) * 2 ** -22;
+      for (let p = 0; p < positions; p++) {
+        const i = r * rowSize + p * channels + c;
+        assert.ok(Math.abs(back[i]! - values[i]!) <= bound, `row ${r} channel ${c} position ${p}: ${back[i]} for ${values[i]} (bound ${bound})`);
+      }
+    }
+  }
+  // A row's bytes depend on that row alone: shards quantize their rows to the same bytes.
+  const one = quantizeRows(values.subarray(3 * rowSize, 4 * rowSize), rowSize, channels);
+  assert.equal(one, bytes.subarray(3 * one.length, 4 * one.length));
+  // Values half precision cannot hold, or not numbers, are refused, not stored wrong.
+  assert.throws(() => quantizeRows(Float32Array.of(1, Infinity), 2, 1), /not finite numbers \(channel 0 of row 0: 1 … Infinity\)/);
+  assert.throws(() => quantizeRows(Float32Array.of(NaN, NaN), 2, 1), /not finite numbers/);
+  assert.throws(() => quantizeRows(Float32Array.of(1, NaN, 2, 3), 4, 1), /channel 0 of row 0: 1 … NaN/);
 });
 
 test.run();

@@ -67,6 +67,30 @@ test('derive-activations: the cached boundary itself is linked, not recomputed; 
   }
 });
 
+test('derive-activations: 8-bit activations from 8-bit cached ones stay within a few steps of the exact values', async () => {
+  const { split, augment } = await fixtures();
+  const exact = await runKind(extract, { ...base, pooled: false, fine_tune_at: 100 }, { data: split, views: augment });
+  const low = await runKind(extract, { ...base, fine_tune_at: 60, dtype: 'uint8' }, { data: split, views: augment });
+  const derived = await runKind(kind, { fine_tune_at: 100, dtype: 'uint8' }, { features: low.outDir });
+  const meta = await readFeaturesMeta(derived.outDir);
+  assert.equal(meta.boundary?.dtype, 'uint8');
+  // 4 × 4 × 32 bytes per row, plus a float32 minimum and step per channel.
+  assert.is(statSync(path.join(derived.outDir, 'boundary-views.u8')).size, 10 * (4 * 4 * 32 + 8 * 32)); // 5 images × 2 views
+  assert.is(derived.summary['activation_bytes_per_view'], 4 * 4 * 32 + 8 * 32);
+  const exactMeta = await readFeaturesMeta(exact.outDir);
+  for (const set of ['views', 'validation', 'test'] as const) {
+    const want = await readFeatures(exact.outDir, exactMeta, set, 'boundary');
+    const got = await readFeatures(derived.outDir, meta, set, 'boundary');
+    const scale = want.data.reduce((max, v) => Math.max(max, Math.abs(v)), 0);
+    let worst = 0;
+    for (let i = 0; i < want.data.length; i++) worst = Math.max(worst, Math.abs(got.data[i]! - want.data[i]!));
+    // Two roundings (block_5_add, then block_10_project_BN) of 1/510 of a channel's range each, carried
+    // through blocks 6–10: a few percent of the largest value at most, and not exact either.
+    assert.ok(worst < 0.03 * scale, `${set}: largest difference ${worst} of ${scale}`);
+    assert.ok(worst > 0, `${set}: 8-bit values equal to the exact ones?`);
+  }
+});
+
 test('derive-activations: a fine_tune_at below the cached boundary is refused, naming both', async () => {
   const { split, augment } = await fixtures();
   const high = await runKind(extract, { ...base, pooled: false, fine_tune_at: 100 }, { data: split, views: augment });
