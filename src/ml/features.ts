@@ -236,7 +236,7 @@ export function quantizeRows(values: Float32Array, rowSize: number, channels: nu
   const lo = header.subarray(0, channels);
   const step = header.subarray(channels);
   const hi = new Float32Array(channels);
-  const inverse = new Float64Array(channels);
+  const inverse = new Float32Array(channels);
   for (let r = 0; r < rows; r++) {
     const base = r * rowSize;
     const o = r * rowBytes;
@@ -262,8 +262,10 @@ export function quantizeRows(values: Float32Array, rowSize: number, channels: nu
     const q = o + 8 * channels;
     for (let i = 0; i < rowSize; i += channels) {
       for (let c = 0; c < channels; c++) {
-        const byte = Math.round((values[base + i + c]! - lo[c]!) * inverse[c]!);
-        out[q + i + c] = byte > BYTE_MAX ? BYTE_MAX : byte; // ≥ 0: lo is the minimum
+        // Rounded half up (the value is ≥ lo, so the truncation is a floor); Uint8Array's own
+        // conversion would wrap 256 to 0, hence the clamp (a range rounded in float32).
+        const byte = ((values[base + i + c]! - lo[c]!) * inverse[c]! + 0.5) | 0;
+        out[q + i + c] = byte > BYTE_MAX ? BYTE_MAX : byte;
       }
     }
   }
