@@ -31,6 +31,8 @@ export interface ScaleRun extends ProcessFigures {
 /** One pass of the base (the `features` stage) through the queue. */
 export interface ShardPassRun extends ProcessFigures {
   workers: string[];
+  /** The core each worker was pinned to (`taskset -c`), in the order of `workers`; absent: not pinned. */
+  cores?: number[];
   shards: number;
   /** The stage's time in the run summary: for shards, the first shard's start to the merge's end. */
   featuresS: number;
@@ -51,6 +53,8 @@ export interface ShardPass {
   bytes?: number;
   /** TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS as the workers' own environment had them ('' when unset: the worker sets them from --cpus). */
   threadsEnv: string;
+  /** Why the workers ran unpinned (no taskset, or no such core) when they could not be pinned. */
+  unpinned?: string;
 }
 
 /** The flagship's 3 × 2 sweep (`pipe sweep`, its `sweep:` grid) from an empty cache, for the cache it leaves. */
@@ -305,14 +309,21 @@ function sweepSection(s: ScaleSweep): string[] {
 }
 
 function shardsSection(s: ShardPass): string[] {
-  const row = (label: string, p: ShardPassRun) => [label, p.workers.join(', '), String(p.shards), formatDuration(p.featuresS), p.worker ?? '—', formatDuration(p.wallS), load(p.loadAverage.start)];
+  const workers = (p: ShardPassRun) => p.workers.map((w, k) => (p.cores?.[k] !== undefined ? `${w} (core ${p.cores[k]})` : w)).join(', ');
+  const row = (label: string, p: ShardPassRun) => [label, workers(p), String(p.shards), formatDuration(p.featuresS), p.worker ?? '—', formatDuration(p.wallS), load(p.loadAverage.start)];
+  // Alone, an unpinned --cpus 1 worker still runs its augmentation threads and reads on an idle
+  // core, which two workers do not leave: the report says which the measurement was.
+  const pinned = s.one.cores !== undefined && (s.two === undefined || s.two.cores !== undefined);
+  const pinning = pinned
+    ? "each pinned to one core with `taskset -c` (the table says which), so that, as on a one-core machine, a worker's augmentation threads and reads share its core with TensorFlow"
+    : `not pinned to cores${s.unpinned ? ` (${s.unpinned})` : ''}: alone, a worker's augmentation threads and reads also use an idle core, which two workers do not leave`;
   const rows = [row('one worker, one job', s.one)];
   if (s.two) rows.push(row('two workers, two shards (`--force features`)', s.two));
   const out = [
     '### Sharded base pass',
     '',
     `The flagship's data stages and base pass (\`fetch\` → \`split\` → \`augment\` → \`features\`) on the ${n(s.images)}-image set through a private Redis, on \`pipe worker --cpus 1\` processes of this machine standing in for one-core machines ` +
-      `(TensorFlow threads: ${s.threadsEnv || 'set by the worker from --cpus: 1 intra-op, 1 inter-op'}); the time of \`features\` is the run summary's (for shards the first shard's start to the merge's end).`,
+      `(TensorFlow threads: ${s.threadsEnv || 'set by the worker from --cpus: 1 intra-op, 1 inter-op'}), ${pinning}; the time of \`features\` is the run summary's (for shards the first shard's start to the merge's end).`,
     '',
     markdownTable(['pass', 'workers', 'shards', '`features`', 'computed by', 'whole submit', 'load at start'], rows),
     '',

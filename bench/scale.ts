@@ -11,12 +11,14 @@
 //   shards    on one size (--scale-shard-size, default the smallest): the pipeline's stages up to
 //             `features` (bench/work/<date>/scale-shards/base-pass.yaml) through a private Redis,
 //             first on one `pipe worker --cpus 1` as one job, then (`--force features --shards 2`)
-//             on two such workers; the pass's time and whether the entry is the same, byte for byte
+//             on two such workers, each pinned to a core of its own (`taskset -c`: the solo worker
+//             to core 0, the two to cores 0 and 1) when taskset can; the pass's time and whether
+//             the entry is the same, byte for byte
 //
 // Results: <out-dir>/<date>-scale.json and .md and <out-dir>/latest-scale.md, rewritten after every
 // measurement (partial until the end).
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { copyFile, mkdir, readdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
@@ -290,8 +292,28 @@ interface WorkerProcess {
   output: () => string;
 }
 
-function startWorker(ctx: ScaleContext, name: string, queue: string, cache: string, dir: string): WorkerProcess {
-  const child = spawn(process.execPath, [ctx.pipeBin, 'worker', '--queue', queue, '--cache', cache, '--cpus', '1', '--name', name], {
+/**
+ * Why the workers cannot be pinned to `cores` with taskset, or undefined when they can. taskset is
+ * util-linux's, an essential package of Debian (always installed), yet a minimal system may lack
+ * it; and a core beyond the machine's (or the cpuset's) makes taskset fail.
+ */
+export function unpinnable(cores: number[]): string | undefined {
+  for (const core of cores) {
+    const probe = spawnSync('taskset', ['-c', String(core), 'true'], { encoding: 'utf8' });
+    if ((probe.error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') return 'taskset not found: it comes with util-linux';
+    if (probe.error || probe.status !== 0) return `\`taskset -c ${core}\` failed: ${(probe.error?.message ?? probe.stderr).trim()}`;
+  }
+  return undefined;
+}
+
+/**
+ * A `pipe worker --cpus 1`; with `core`, pinned to that core (taskset execs the worker: the child
+ * is the worker itself, and its stage processes inherit the pinning).
+ */
+function startWorker(ctx: ScaleContext, name: string, queue: string, cache: string, dir: string, core?: number): WorkerProcess {
+  const worker = [process.execPath, ctx.pipeBin, 'worker', '--queue', queue, '--cache', cache, '--cpus', '1', '--name', name];
+  const [command, ...args] = core === undefined ? worker : ['taskset', '-c', String(core), ...worker];
+  const child = spawn(command!, args, {
     cwd: dir,
     env: ctx.env,
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -351,6 +373,10 @@ async function fileHashes(dir: string): Promise<{ hashes: [string, string][]; by
 /**
  * The base pass on one `--cpus 1` worker as one job, then on two as two shards (`--force
  * features`), in a shared cache of its own; `update` is called with the figures after each pass.
+ * `--cpus 1` holds a worker's TensorFlow to one thread, but alone on this machine its augmentation
+ * threads and reads would still run on an idle core, which two workers do not leave: so each worker
+ * is pinned to one core (the solo worker to core 0, the two to cores 0 and 1), as on one-core
+ * machines; without taskset they run unpinned, and the report says so.
  */
 async function shardPass(ctx: ScaleContext, size: number, data: string, params: string[], update: (pass: ShardPass) => Promise<void>): Promise<void> {
   const dir = path.join(ctx.workDir, 'scale-shards');
@@ -361,16 +387,20 @@ async function shardPass(ctx: ScaleContext, size: number, data: string, params: 
   // the head's and fine-tuning's epochs are not params of the base pass
   const passParams = params.filter((p) => !/^(initial|fine_tune)_epochs=/.test(p));
   const threadsEnv = ['TF_NUM_INTRAOP_THREADS', 'TF_NUM_INTEROP_THREADS'].filter((v) => ctx.env[v] !== undefined).map((v) => `${v}=${ctx.env[v]} in the environment`).join(', ');
+  const unpinned = unpinnable([0, 1]);
+  ctx.say(unpinned ? `shards: the workers run unpinned (${unpinned})` : 'shards: each worker pinned to one core (taskset -c)');
   const redis = await startPrivateRedis();
   let workers: WorkerProcess[] = [];
   try {
     const pass = async (names: string[], shards: number, extra: string[]): Promise<ShardPassRun> => {
       await stopWorkers(workers, ctx.logFile);
       workers = [];
-      for (const name of names) {
+      // Worker k on core k: the solo worker on core 0, the shards' on cores 0 and 1.
+      const cores = unpinned ? undefined : names.map((_, k) => k);
+      for (const [k, name] of names.entries()) {
         const workerDir = path.join(dir, `worker-${name}`);
         await mkdir(workerDir, { recursive: true });
-        workers.push(startWorker(ctx, name, redis.url, cache, workerDir));
+        workers.push(startWorker(ctx, name, redis.url, cache, workerDir, cores?.[k]));
       }
       await waitForWorkers(workers);
       const label = `shards: ${names.length} worker${names.length === 1 ? '' : 's'}, ${shards} job${shards === 1 ? '' : 's'}`;
@@ -386,6 +416,7 @@ async function shardPass(ctx: ScaleContext, size: number, data: string, params: 
       return {
         ...ctx.figures(run),
         workers: names,
+        ...(cores ? { cores } : {}),
         shards,
         featuresS: features.durationMs / 1000,
         ...(features.worker ? { worker: features.worker } : {}),
@@ -395,7 +426,7 @@ async function shardPass(ctx: ScaleContext, size: number, data: string, params: 
     const one = await pass(['solo'], 1, []);
     const entry = path.join(cache, 'entries', one.fingerprint, 'out');
     const before = await fileHashes(entry);
-    const result: ShardPass = { images: size, one, files: before.hashes.length, bytes: before.bytes, threadsEnv };
+    const result: ShardPass = { images: size, one, files: before.hashes.length, bytes: before.bytes, threadsEnv, ...(unpinned ? { unpinned } : {}) };
     await update(result);
     const two = await pass(['w1', 'w2'], 2, ['--force', 'features']);
     const after = await fileHashes(path.join(cache, 'entries', two.fingerprint, 'out'));

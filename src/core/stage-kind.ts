@@ -77,9 +77,52 @@ export interface ShardedPass<P = Record<string, unknown>> {
   merge(ctx: StageContext<P>, parts: string[]): Promise<void>;
 }
 
-/** The contiguous range [start, end) of `total` items that shard `index` of `count` takes. */
+/**
+ * The contiguous range [start, end) of `total` items that shard `index` of `count` takes: equal
+ * counts. With fewer items than shards, each item is a shard's and the other shards get none.
+ */
 export function shardRange(total: number, shard: Shard): { start: number; end: number } {
   return { start: Math.floor((total * shard.index) / shard.count), end: Math.floor((total * (shard.index + 1)) / shard.count) };
+}
+
+/**
+ * The contiguous range [start, end) of the items that shard `index` of `count` takes when item i
+ * costs `costs[i]`: the shards take about equal costs rather than equal counts. The list is cut at
+ * the item boundary nearest each mark 1/count, 2/count, … of the whole cost (of two as near, the
+ * earlier), so a shard's cost is off its share by less than one item. (Cutting at the last
+ * boundary at or before each mark would lean every cut early, and a coarse list, a few batches a
+ * shard, could come out less even than equal counts.) Every shard computes its own range from the
+ * same list, so the cut is a pure function of it: the ranges cover every item once, in order,
+ * whichever shard asks. With equal costs the shards' sizes differ by one at most, as with
+ * `shardRange` (the same ranges when `count` divides the items). Each shard gets one item at
+ * least when there are as many items as shards; with fewer (or no cost at all) the ranges are
+ * `shardRange`'s, one item a shard at most, which is the best a cut can do then.
+ */
+export function weightedShardRange(costs: readonly number[], shard: Shard): { start: number; end: number } {
+  const n = costs.length;
+  const prefix = [0];
+  for (const [i, cost] of costs.entries()) {
+    if (!(cost >= 0 && Number.isFinite(cost))) throw new Error(`bug: item ${i} of a sharded pass costs ${cost}`);
+    prefix.push(prefix[i]! + cost);
+  }
+  const total = prefix[n]!;
+  if (n < shard.count || total === 0) return shardRange(n, shard);
+  // Running sums of fractional costs drift in the last bits: two boundaries within this of equally
+  // near a mark are a tie (equal costs then cut alike whatever the cost).
+  const slack = total * 1e-12;
+  let cut = 0;
+  let b = 0; // the last boundary at or before the mark: prefix[b] <= mark
+  const cuts = [0];
+  for (let i = 1; i < shard.count; i++) {
+    const mark = (total * i) / shard.count;
+    while (b < n && prefix[b + 1]! <= mark + slack) b++;
+    const nearest = b < n && prefix[b + 1]! - mark < mark - prefix[b]! - slack ? b + 1 : b;
+    // Leave one item at least to this shard and to each after it.
+    cut = Math.min(Math.max(nearest, cut + 1), n - (shard.count - i));
+    cuts.push(cut);
+  }
+  cuts.push(n);
+  return { start: cuts[shard.index]!, end: cuts[shard.index + 1]! };
 }
 
 /** A metric point as MLflow models it: key, value, step, wall-clock timestamp (ms). */

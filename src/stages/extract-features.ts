@@ -33,7 +33,7 @@ import {
   type Boundary,
 } from '../ml/mobilenet.ts';
 import { loadTf, tidyValues, type Tf } from '../ml/tf.ts';
-import { shardRange, type ParamsOf, type ParamsSchema, type Shard, type StageContext, type StageKind } from '../core/stage-kind.ts';
+import { weightedShardRange, type ParamsOf, type ParamsSchema, type Shard, type StageContext, type StageKind } from '../core/stage-kind.ts';
 import { InputError } from '../core/errors.ts';
 import { concatenateFiles, linkTree } from '../util/files.ts';
 
@@ -157,11 +157,23 @@ interface PassResult {
   computeMs: number;
 }
 
+/**
+ * What a row made on the fly (a training view from augment's draws: read, then rotated and flipped
+ * on the pool's threads) costs a shard, against 1 for a row only read (validation, test, stored
+ * views). Measured on `--cpus 1` workers at 48,000 images, views=1 (33,600 made views, then 14,400
+ * read rows), in two shards of equal batch counts (bench run 20261206T224015Z): shard 1 (24,000
+ * made views) took 3m11s, shard 2 (9,600 made views and the 14,400 read rows) 2m52s; with ≈10 s
+ * fixed that is ≈7.5 ms a made view against ≈6.2 ms a read row.
+ */
+const MADE_VIEW_ROW_COST = 1.2;
+
 /** A shard's part: its feature files (rows of its batches), `part.json`, and (shard 0) the base. */
 const PART_FILE = 'part.json';
 
 interface PartInfo {
   shard: Shard;
+  /** The shard's range [start, end) of the pass's `of` batches (absent in a part of an older pipe). */
+  batches?: { start: number; end: number; of: number };
   meta: FeaturesMeta;
   rows: number;
   computeMs: number;
@@ -188,14 +200,22 @@ async function run(ctx: StageContext<ExtractFeaturesParams>): Promise<void> {
 /**
  * Shard `shard.index` of `shard.count`: the batches of the whole pass (the same list as `run`'s,
  * so every row goes through the base in the same batch as in one job and comes out with the same
- * bits) are cut into contiguous ranges; this shard computes its range into files named as the
- * artifact's. Shard 0 also stores the base.
+ * bits) are cut into contiguous ranges of about equal cost (made views cost more than read rows);
+ * this shard computes its range into files named as the artifact's. Shard 0 also stores the base.
  */
 async function runShard(ctx: StageContext<ExtractFeaturesParams>, shard: Shard): Promise<void> {
   const prepared = await prepare(ctx);
   const batches = batchesOf(prepared.jobs, ctx.params.batch_size);
-  const { start, end } = shardRange(batches.length, shard);
-  ctx.log(`shard ${shard.index + 1} of ${shard.count}: batches ${start}–${end - 1} of ${batches.length}`);
+  const costs = batchCosts(prepared.jobs, batches);
+  const { start, end } = weightedShardRange(costs, shard);
+  const total = costs.reduce((sum, cost) => sum + cost, 0);
+  const share = total > 0 ? costs.slice(start, end).reduce((sum, cost) => sum + cost, 0) / total : 0;
+  const rows = batches.slice(start, end).reduce((sum, batch) => sum + batch.n, 0);
+  const weighs = prepared.jobs.some((job) => job.generated) ? ` (a view made on the fly weighs ${MADE_VIEW_ROW_COST} read rows)` : '';
+  ctx.log(
+    `shard ${shard.index + 1} of ${shard.count}: batches ${start < end ? `${start}–${end - 1}` : 'none'} of ${batches.length}, ` +
+      `${rows} rows, ${(share * 100).toFixed(1)}% of the pass's cost${weighs}`,
+  );
   let result: PassResult;
   try {
     result = await extract(ctx, prepared, batches.slice(start, end));
@@ -204,7 +224,7 @@ async function runShard(ctx: StageContext<ExtractFeaturesParams>, shard: Shard):
   }
   if (shard.index === 0) await saveLayersModel(prepared.model, path.join(ctx.outDir, BASE_DIR));
   prepared.model.dispose();
-  const part: PartInfo = { shard, meta: prepared.meta, ...result };
+  const part: PartInfo = { shard, batches: { start, end, of: batches.length }, meta: prepared.meta, ...result };
   await fs.writeFile(path.join(ctx.outDir, PART_FILE), JSON.stringify(part));
 }
 
@@ -215,6 +235,13 @@ async function mergeParts(ctx: StageContext<ExtractFeaturesParams>, parts: strin
   infos.forEach((info, i) => {
     if (info.shard.index !== i || info.shard.count !== parts.length || JSON.stringify(info.meta) !== JSON.stringify(meta)) {
       throw new Error(`bug: part ${i} of ${parts.length} is shard ${info.shard.index} of ${info.shard.count}, or of another pass`);
+    }
+    // The parts must have been cut alike (by the same pipe): each from where the one before ends.
+    const range = info.batches;
+    const from = i === 0 ? 0 : infos[i - 1]!.batches?.end;
+    if (!range || range.start !== from || range.of !== infos[0]!.batches?.of || (i === parts.length - 1 && range.end !== range.of)) {
+      const holds = range ? `batches ${range.start}–${range.end} of ${range.of}` : 'no batch range';
+      throw new Error(`bug: part ${i} of ${parts.length} holds ${holds}, not from batch ${from}: the parts were cut differently (by pipes of other versions?); --force the stage to compute them again`);
     }
   });
   for (const set of FEATURE_SETS) {
@@ -338,6 +365,12 @@ function batchesOf(jobs: SetJob[], batchSize: number): Batch[] {
     for (let start = 0; start < rows; start += batchSize) batches.push({ set: job.name, start, n: Math.min(batchSize, rows - start) });
   }
   return batches;
+}
+
+/** Each batch's cost for the shards' cut: its rows, made views weighted by MADE_VIEW_ROW_COST. */
+function batchCosts(jobs: SetJob[], batches: Batch[]): number[] {
+  const made = new Set(jobs.filter((job) => job.generated).map((job) => job.name));
+  return batches.map((batch) => batch.n * (made.has(batch.set) ? MADE_VIEW_ROW_COST : 1));
 }
 
 /** Runs the base over `batches`, appending each set's rows to its files in `ctx.outDir`. */

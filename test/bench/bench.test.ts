@@ -7,8 +7,8 @@ import { linkSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync,
 import * as os from 'node:os';
 import { countMacs, evaluateTargets, formatDuration, layerShapes, markdownTable, parseBenchOptions, signedPoints, TARGETS, type LayerShape } from '../../bench/lib.ts';
 import { spliceReadme, spliceScale, spliceSummary } from '../../bench/render.ts';
-import { cacheUsage, pipelineUpTo, replicatedPhotos } from '../../bench/scale.ts';
-import { renderScaleMarkdown, scaleTargets, type ScaleResult, type ScaleRun } from '../../bench/scale-report.ts';
+import { cacheUsage, pipelineUpTo, replicatedPhotos, unpinnable } from '../../bench/scale.ts';
+import { renderScaleMarkdown, scaleTargets, withScaleTargets, type ScaleResult, type ScaleRun } from '../../bench/scale-report.ts';
 import { parse as parseYaml } from 'yaml';
 import { fromRepo, repoRoot } from '../../bench/shared.ts';
 import {
@@ -572,6 +572,35 @@ test('scaleTargets: the largest set ran, RSS and time per image within 10 % of t
   r.sweep.cacheBytes = 1.2e9;
   assert.is(scaleTargets(r).find((t) => t.id === 'scale-sweep-bytes')!.pass, true);
   assert.match(renderScaleMarkdown({ ...r, targets: scaleTargets(r) }), '| extract-features | 953.7 MiB | 333.3 kB |');
+});
+
+test('the sharded pass in the report: the core of each pinned worker; unpinned, why, and what that means', () => {
+  const r = scaleResult([scaleRun(3000, 100, 1000, 3000 * 200_000)]);
+  r.shards = {
+    images: 3000, threadsEnv: '', identical: true,
+    one: { ...r.runs[0]!, workers: ['solo'], cores: [0], shards: 1, featuresS: 100, fingerprint: 'f'.repeat(64) },
+    two: { ...r.runs[0]!, workers: ['w1', 'w2'], cores: [0, 1], shards: 2, featuresS: 55, worker: 'w1+w2', fingerprint: 'f'.repeat(64) },
+  };
+  const pinned = renderScaleMarkdown(withScaleTargets(r));
+  assert.match(pinned, 'one-core machines (TensorFlow threads: set by the worker from --cpus: 1 intra-op, 1 inter-op), each pinned to one core with `taskset -c`');
+  assert.match(pinned, '| one worker, one job | solo (core 0) | 1 |');
+  assert.match(pinned, '| two workers, two shards (`--force features`) | w1 (core 0), w2 (core 1) | 2 |');
+  assert.not.match(pinned, 'not pinned');
+
+  const { cores: _one, ...one } = r.shards.one;
+  const { cores: _two, ...two } = r.shards.two!;
+  r.shards = { ...r.shards, one, two, unpinned: 'taskset not found: it comes with util-linux' };
+  const unpinned = renderScaleMarkdown(withScaleTargets(r));
+  assert.match(unpinned, 'not pinned to cores (taskset not found: it comes with util-linux): alone, a worker');
+  assert.match(unpinned, '| two workers, two shards (`--force features`) | w1, w2 | 2 |');
+  assert.not.match(unpinned, 'taskset -c');
+  // A result from before the pinning: not pinned, no reason given.
+  delete r.shards.unpinned;
+  assert.match(renderScaleMarkdown(withScaleTargets(r)), 'one-core machines (TensorFlow threads: set by the worker from --cpus: 1 intra-op, 1 inter-op), not pinned to cores: alone');
+});
+
+test('unpinnable: a core the machine does not have cannot be pinned to, and the reason says why', () => {
+  assert.match(unpinnable([100_000]) ?? '', /^(taskset not found: it comes with util-linux|`taskset -c 100000` failed: .+)$/);
 });
 
 test('cacheUsage: every file once however many links it has, by the kind of its entry', async () => {

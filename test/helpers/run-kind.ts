@@ -4,7 +4,7 @@
 import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { MetricPoint, StageContext, StageKind } from '../../src/core/stage-kind.ts';
+import type { MetricPoint, Shard, StageContext, StageKind } from '../../src/core/stage-kind.ts';
 import { paramsValidator } from '../../src/core/params-schema.ts';
 
 export interface KindRun {
@@ -30,13 +30,13 @@ export function withDefaults<P>(kind: StageKind<P>, given: Partial<P>): P {
 
 /**
  * Runs `kind` with `params` as a pipeline would give them: validated against the kind's schema,
- * with its defaults filled in.
+ * with its defaults filled in. With `shard`, its shard run (a part); with `parts`, its merge.
  */
 export async function runKind<P>(
   kind: StageKind<P>,
   given: Partial<P>,
   inputs: Record<string, string> = {},
-  options: { outDir?: string; downloadCacheDir?: string; quiet?: boolean; stopAfterEpoch?: number; checkpointDir?: string; cpus?: number } = {},
+  options: { outDir?: string; downloadCacheDir?: string; quiet?: boolean; stopAfterEpoch?: number; checkpointDir?: string; cpus?: number; shard?: Shard; parts?: string[] } = {},
 ): Promise<KindRun> {
   const params = withDefaults(kind, given);
   const outDir = options.outDir ?? tempDir('pipe-out-');
@@ -67,7 +67,9 @@ export async function runKind<P>(
     checkpoints: { dir: options.checkpointDir ?? path.join(tmpDir, 'no-checkpoints'), write: options.checkpointDir !== undefined },
   };
   try {
-    await kind.run(ctx);
+    if (options.shard) await kind.shard!.run(ctx, options.shard);
+    else if (options.parts) await kind.shard!.merge(ctx, options.parts);
+    else await kind.run(ctx);
   } finally {
     rmSync(tmpDir, { recursive: true, force: true });
   }

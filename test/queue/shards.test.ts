@@ -17,7 +17,12 @@ interface Summary {
   stages: Array<{ name: string; status: string; fingerprint: string; worker?: string; error?: string }>;
 }
 
-/** The small pipeline's data stages and its base pass (5 batches of 8 over views, validation, test). */
+/**
+ * The small pipeline's data stages and its base pass: 10 batches of 3 (or fewer at a set's end),
+ * the 16 views first (made as they are read, 6 batches: each row weighs 1.2), then validation and
+ * test (4 read rows each, 2 batches each). Cut by cost, 3 shards take batches 0–2, 3–4 and 5–9
+ * (equal counts would take 0–2, 3–5, 6–9).
+ */
 const featuresPipeline = (weights: string) => `name: shards
 backend: cpu
 params:
@@ -37,7 +42,7 @@ stages:
   features:
     kind: extract-features
     needs: [split, augment]
-    with: {weights: ${weights}, alpha: 0.35, pooled: true, fine_tune_at: 54, batch_size: 8}
+    with: {weights: ${weights}, alpha: 0.35, pooled: true, fine_tune_at: 54, batch_size: 3}
   head:
     kind: train-head
     needs: [features]
@@ -106,9 +111,12 @@ test('extract-features in 3 shards on two workers: the same entry, byte for byte
   const totals = [...remote.stderr.matchAll(/features: \w+ (\d+)\/(\d+)/g)].map((m) => [Number(m[1]), Number(m[2])]);
   assert.ok(totals.length > 0 && totals.every(([, total]) => total === 24), remote.stderr);
   assert.equal(totals.at(-1), [24, 24], remote.stderr);
-  // The run's log has every shard's lines, marked.
+  // The run's log has every shard's lines, marked; the shards were cut by cost, not by count.
   const log = readFileSync(path.join(there, 'runs', 'shards', 'latest', 'log.txt'), 'utf8');
-  for (const n of [1, 2, 3]) assert.match(log, new RegExp(`\\[shard ${n}/3\\] shard ${n} of 3: batches`));
+  const cut = [[1, '0–2', 9, '39.7'], [2, '3–4', 6, '26.5'], [3, '5–9', 9, '33.8']] as const;
+  for (const [n, batches, rows, share] of cut) {
+    assert.match(log, `[shard ${n}/3] shard ${n} of 3: batches ${batches} of 10, ${rows} rows, ${share}% of the pass's cost (a view made on the fly weighs 1.2 read rows)`);
+  }
 
   // Submitted again, with another shard count: everything is in the cache.
   const again = await pipe(there, ['run', 'shards.yaml', '-p', `data=${images}`, '--queue', redis!.url, '--cache', shared, '--shards', '2', '--json']);

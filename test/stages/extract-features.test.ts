@@ -9,6 +9,7 @@ import { imageAt, readImageSet, type ImageSet } from '../helpers/image-sets.ts';
 import { fromFloat16Bits, loadFeatureBase, readFeatures, readFeaturesMeta, toFloat16Bits } from '../../src/ml/features.ts';
 import { loadTf } from '../../src/ml/tf.ts';
 import { InputError } from '../../src/core/errors.ts';
+import { listFiles } from '../../src/util/hash.ts';
 import { runKind, tempDir, withDefaults } from '../helpers/run-kind.ts';
 import { splitAndViews } from '../helpers/image-sets.ts';
 
@@ -198,6 +199,48 @@ test('augment draws only by default; extract-features makes those views as it re
     assert.unreachable();
   } catch (error) {
     assert.match((error as Error).message, /the augmentation was drawn for 5 other images than the 6 of image set train/);
+  }
+});
+
+test('extract-features in shards: cut by cost (a made view weighs 1.2 read rows), merged into the one job\'s artifact, byte for byte; parts cut otherwise are refused', async () => {
+  const { split } = await fixtures();
+  const drawn = await runKind(augmentKind, { views: 3, seed: 9 }, { data: split });
+  // 8 batches: 5 of 3 made views (3.6 each), then validation 3 + 1 and test 3 read rows.
+  const params = { weights: 'none', seed: 5, alpha: 0.35, batch_size: 3, fine_tune_at: 101, dtype: 'float16' } as const;
+  const inputs = { data: split, views: drawn.outDir };
+  const one = await runKind(kind, params, inputs);
+  const files = await listFiles(one.outDir);
+  const sharded = async (count: number) => {
+    const parts = await Promise.all(Array.from({ length: count }, async (_, index) => (await runKind(kind, params, inputs, { shard: { index, count } }))));
+    return { parts, merged: await runKind(kind, params, inputs, { parts: parts.map((p) => p.outDir) }) };
+  };
+  // 2 shards: the first ends at the boundary nearest half the cost, 10.8 of 25 (equal counts: 4 batches, 14.4).
+  // 3: as equal counts. 9, more shards than batches: as shardRange, one batch a shard, the first none.
+  const cuts: Record<number, string[]> = {
+    2: ['batches 0–2 of 8, 9 rows, 43.2%', 'batches 3–7 of 8, 13 rows, 56.8%'],
+    3: ['batches 0–1 of 8, 6 rows, 28.8%', 'batches 2–4 of 8, 9 rows, 43.2%', 'batches 5–7 of 8, 7 rows, 28.0%'],
+    9: ['batches none of 8, 0 rows, 0.0%', ...Array.from({ length: 8 }, (_, b) => `batches ${b}–${b} of 8`)],
+  };
+  for (const [count, expected] of Object.entries(cuts)) {
+    const { parts, merged } = await sharded(Number(count));
+    parts.forEach((part, i) => assert.ok(part.logs.some((l) => l.startsWith(`shard ${i + 1} of ${count}: ${expected[i]}`)), part.logs.join('\n')));
+    assert.equal(await listFiles(merged.outDir), files);
+    for (const file of files) assert.ok((await fs.readFile(path.join(one.outDir, file))).equals(await fs.readFile(path.join(merged.outDir, file))), `${count} shards: ${file} differs`);
+    assert.is(merged.summary['images'], 22);
+  }
+
+  // Parts cut by another rule (another pipe's) do not tile the pass: no artifact from them.
+  const { parts } = await sharded(2);
+  const info = path.join(parts[1]!.outDir, 'part.json');
+  const part = JSON.parse(await fs.readFile(info, 'utf8'));
+  for (const batches of [{ start: 4, end: 8, of: 8 }, undefined]) {
+    await fs.writeFile(info, JSON.stringify({ ...part, batches }));
+    try {
+      await runKind(kind, params, inputs, { parts: parts.map((p) => p.outDir) });
+      assert.unreachable();
+    } catch (error) {
+      assert.match((error as Error).message, batches ? /^bug: part 1 of 2 holds batches 4–8 of 8, not from batch 3: the parts were cut differently/ : /^bug: part 1 of 2 holds no batch range/);
+    }
   }
 });
 
