@@ -53,7 +53,7 @@ Options:
   --queue URL              run the stages on \`pipe worker\`s through this Redis server (redis://HOST:PORT[/DB])
   --cache DIR              the artifact cache (a directory every worker reaches); default runs/cache
   --retries N              with --queue: run a failed stage again up to N times (default 1)
-  --shards N               with --queue: split each stage that maps over its input (extract-features) into N jobs (default 1)
+  --shards N               with --queue: split each stage that maps over its input (fetch, extract-features) into N jobs (default 1)
   --cpus N, --gpus N       worker: CPU slots (default: the cores) and GPUs (default: those found)
   --name NAME              worker: how runs name this worker (default HOST:PID)
   --to URI                 sync: send pending tracking data to this MLflow server instead of its own

@@ -192,6 +192,31 @@ export async function withImageSet<T>(dir: string, name: string, use: (reader: I
 }
 
 /**
+ * Writes the metadata of the stored image set `name` (its pixels in `<name>.u8`), its fields in one
+ * order: what ImageSetWriter.finish writes, and what a merge of image sets written in parts writes
+ * after putting their pixel files end to end, so that both give the same bytes.
+ */
+export async function writeStoredImageSetMeta(
+  dir: string,
+  name: string,
+  shape: ImageShape,
+  meta: Omit<ImageSetMeta, keyof ImageShape | 'indexed'>,
+): Promise<ImageSetMeta> {
+  const ordered: ImageSetMeta = {
+    count: meta.count,
+    height: shape.height,
+    width: shape.width,
+    channels: shape.channels,
+    views: meta.views,
+    classNames: meta.classNames,
+    labels: meta.labels,
+    files: meta.files,
+  };
+  await writeImageSetMeta(dir, name, ordered);
+  return ordered;
+}
+
+/**
  * Writes an image set image by image or batch by batch: `append` writes whole images at the end
  * of `<name>.u8` (positioned writes), `finish` writes `<name>.json` with the count appended.
  */
@@ -241,19 +266,7 @@ export class ImageSetWriter {
     if (meta.count * meta.views !== this.written) {
       throw new Error(`bug: image set ${this.name}: ${this.written} images written, metadata says ${meta.count} × ${meta.views} views`);
     }
-    const full: ImageSetMeta = { ...meta, ...this.shape };
-    const ordered: ImageSetMeta = {
-      count: full.count,
-      height: full.height,
-      width: full.width,
-      channels: full.channels,
-      views: full.views,
-      classNames: full.classNames,
-      labels: full.labels,
-      files: full.files,
-    };
-    await writeImageSetMeta(this.dir, this.name, ordered);
-    return ordered;
+    return writeStoredImageSetMeta(this.dir, this.name, this.shape, meta);
   }
 
   /** Closes the file after a failure (the stage's directory is discarded with it). */

@@ -13,19 +13,23 @@
 // Artifacts: `<set>.json` + `<set>.u8` per image set (src/ml/dataset.ts), `fetch.json` (what was
 // read: source, checksum, layout, counts per class, skipped files) and `plots/samples.png` (a 3×3
 // grid of training images with their class names, the recipe's first picture).
+//
+// With `--queue … --shards N` the decoding runs as N shard jobs, each over a contiguous range of the
+// image list (every shard lists the same files in the same order), merged into the same artifact,
+// byte for byte (see "Sharded" below).
 
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { download, readDownloadRecord, sha256File } from '../util/download.ts';
-import { ImageSetWriter, withImageSet, type ImageSetMeta } from '../ml/dataset.ts';
+import { ImageSetWriter, pixelFileName, readImageSetMeta, withImageSet, writeStoredImageSetMeta, type ImageSetMeta } from '../ml/dataset.ts';
 import { comparePaths, decodeImages, listImageFiles, IMAGE_EXTENSIONS } from '../ml/images.ts';
 import { createRng, shuffle } from '../ml/augment.ts';
 import { imageGrid } from '../ml/plots.ts';
 import { loadTf } from '../ml/tf.ts';
-import type { ParamsOf, ParamsSchema, StageContext, StageKind } from '../core/stage-kind.ts';
+import { shardRange, type ParamsOf, type ParamsSchema, type Shard, type StageContext, type StageKind } from '../core/stage-kind.ts';
 import { extractZip } from '../util/zip.ts';
-import { entryKind } from '../util/files.ts';
+import { concatenateFiles, entryKind } from '../util/files.ts';
 import { InputError, messageOf, UnavailableError } from '../core/errors.ts';
 
 export const DEFAULT_SOURCE = 'https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip';
@@ -100,13 +104,39 @@ const fetchKind: StageKind<FetchParams> = {
   usesTensorflow: true,
   resources: { cpu: 1 },
   run: runFetch,
+  shard: { run: runFetchShard, merge: mergeFetchParts },
 };
 
 export default fetchKind;
 
+/** What fetch reads, found before any image is decoded: the same in every shard of a sharded fetch. */
+interface FetchPlan {
+  /** The data root (a local directory: the source's, or the zip extracted). */
+  root: string;
+  /** fetch.json with `sets` and `skipped` still empty. */
+  record: FetchRecord;
+  /** Image set → its files (relative to the root) and their labels, in output order. */
+  listings: Array<{ set: string; files: string[]; labels: number[] }>;
+  /** Image set → how each class's folder is named in messages (by label). */
+  classFolders: Record<string, string[]>;
+}
+
+/** One image set of a decoded range: the set's images in the range that could be decoded. */
+type DecodedSets = Record<string, ImageSetMeta>;
+
 async function runFetch(ctx: StageContext<FetchParams>): Promise<void> {
+  const plan = await planFetch(ctx);
+  const total = plan.listings.reduce((n, l) => n + l.files.length, 0);
+  const { sets, skipped } = await decodeRange(ctx, plan, ctx.outDir, 0, total);
+  await finishFetch(ctx, plan, sets, skipped);
+}
+
+/**
+ * Finds the data root, its layout and classes, and lists every image (so that progress has a
+ * total, and shards cut one list).
+ */
+async function planFetch(ctx: StageContext<FetchParams>): Promise<FetchPlan> {
   const params = ctx.params;
-  const size = params.image_size;
   const { dir: sourceDir, sha256, isDirectory } = await materialise(ctx, params);
 
   const { root, layout, sets } = await detectLayout(sourceDir, params.subsets, params.source);
@@ -120,13 +150,16 @@ async function runFetch(ctx: StageContext<FetchParams>): Promise<void> {
       `classes: ${classNames.join(', ')}`,
   );
 
-  // List every file first, so that progress has a total.
-  const listings: Array<{ set: string; files: string[]; labels: number[] }> = [];
+  const listings: FetchPlan['listings'] = [];
+  const classFolders: FetchPlan['classFolders'] = {};
   for (const set of sets) {
     const files: string[] = [];
     const labels: number[] = [];
+    const name = layout === 'flat' ? 'all' : set;
+    classFolders[name] = [];
     for (const [label, className] of classNames.entries()) {
       const classRel = layout === 'flat' ? className : `${set}/${className}`;
+      classFolders[name].push(folderLabel(classRel));
       const found = await listImageFiles(path.join(root, classRel));
       if (found.length === 0) {
         throw new InputError(`class folder ${folderLabel(classRel)} has no images (${IMAGE_EXTENSIONS.join(' ')})`);
@@ -136,26 +169,46 @@ async function runFetch(ctx: StageContext<FetchParams>): Promise<void> {
         labels.push(label);
       }
     }
-    listings.push({ set: layout === 'flat' ? 'all' : set, files, labels });
+    listings.push({ set: name, files, labels });
   }
-  const total = listings.reduce((n, l) => n + l.files.length, 0);
-
-  const tf = loadTf(ctx.flavour);
   const record: FetchRecord = {
     source: params.source,
     ...(sha256 ? { sha256 } : {}),
     layout,
     root: rootLabel,
-    imageSize: size,
+    imageSize: params.image_size,
     classNames,
     sets: {},
     skipped: [],
   };
-  const written: Record<string, ImageSetMeta> = {};
+  return { root, record, listings, classFolders };
+}
+
+/**
+ * Decodes the images [start, end) of the plan's listings (counted across the sets, in order) into
+ * image sets in `dir`, one per listing (empty where the range has none of its images), image by
+ * image, a batch per write: memory stays flat in the count.
+ */
+async function decodeRange(
+  ctx: StageContext<FetchParams>,
+  plan: FetchPlan,
+  dir: string,
+  start: number,
+  end: number,
+): Promise<{ sets: DecodedSets; skipped: FetchRecord['skipped'] }> {
+  const tf = loadTf(ctx.flavour);
+  const { record } = plan;
+  const size = record.imageSize;
+  const sets: DecodedSets = {};
+  const skipped: FetchRecord['skipped'] = [];
+  let offset = 0;
   let done = 0;
-  for (const listing of listings) {
-    // Image by image into the set's pixel file, a batch per write: memory stays flat in the count.
-    const writer = await ImageSetWriter.create(ctx.outDir, listing.set, { height: size[0], width: size[1], channels: 3 });
+  for (const listing of plan.listings) {
+    const from = Math.max(start, offset) - offset;
+    const to = Math.max(from, Math.min(end, offset + listing.files.length) - offset);
+    offset += listing.files.length;
+    const files = listing.files.slice(from, to);
+    const writer = await ImageSetWriter.create(dir, listing.set, { height: size[0], width: size[1], channels: 3 });
     const batch = new Uint8Array(WRITE_BATCH * writer.rowBytes);
     let batched = 0;
     const flush = async () => {
@@ -166,51 +219,133 @@ async function runFetch(ctx: StageContext<FetchParams>): Promise<void> {
     try {
       decoded = await decodeImages(
         tf,
-        root,
-        listing.files,
+        plan.root,
+        files,
         size,
         async (pixels) => {
           batch.set(pixels, batched * writer.rowBytes);
           if (++batched === WRITE_BATCH) await flush();
         },
-        (n) => ctx.progress(done + n, total, 'decode'),
+        (n) => ctx.progress(done + n, end - start, 'decode'),
       );
       await flush();
     } catch (error) {
       await writer.abort();
       throw error;
     }
-    done += listing.files.length;
+    done += files.length;
     for (const skip of decoded.skipped) {
-      ctx.log(`skipped ${joinLabel(rootLabel, skip.file)}: ${skip.reason}`);
-      record.skipped.push({ file: joinLabel(rootLabel, skip.file), reason: skip.reason });
+      ctx.log(`skipped ${joinLabel(record.root, skip.file)}: ${skip.reason}`);
+      skipped.push({ file: joinLabel(record.root, skip.file), reason: skip.reason });
     }
-    const labels = decoded.kept.map((i) => listing.labels[i]!);
-    const files = decoded.kept.map((i) => listing.files[i]!);
+    sets[listing.set] = await writer.finish({
+      count: decoded.kept.length,
+      views: 1,
+      classNames: record.classNames,
+      labels: decoded.kept.map((i) => listing.labels[from + i]!),
+      files: decoded.kept.map((i) => files[i]!),
+    });
+  }
+  return { sets, skipped };
+}
+
+/**
+ * The artifact's end, whole or merged from shards: every class of every set must have kept an
+ * image; then fetch.json, the samples picture and the summary.
+ */
+async function finishFetch(
+  ctx: StageContext<FetchParams>,
+  plan: Pick<FetchPlan, 'record' | 'classFolders'>,
+  sets: DecodedSets,
+  skipped: FetchRecord['skipped'],
+): Promise<void> {
+  const record: FetchRecord = { ...plan.record, sets: {}, skipped };
+  const { classNames } = record;
+  for (const [name, set] of Object.entries(sets)) {
     const perClass: Record<string, number> = {};
     for (const [label, className] of classNames.entries()) {
-      const count = labels.filter((l) => l === label).length;
-      if (count === 0) {
-        await writer.abort();
-        const classRel = layout === 'flat' ? className : `${listing.set}/${className}`;
-        throw new InputError(`class folder ${folderLabel(classRel)} has no decodable images`);
-      }
+      const count = set.labels.filter((l) => l === label).length;
+      if (count === 0) throw new InputError(`class folder ${plan.classFolders[name]![label]} has no decodable images`);
       perClass[className] = count;
     }
-    written[listing.set] = await writer.finish({ count: files.length, views: 1, classNames, labels, files });
-    record.sets[listing.set] = perClass;
-    ctx.log(
-      `${listing.set}: ${files.length} images (${classNames.map((c) => `${c} ${perClass[c]}`).join(', ')})`,
-    );
+    record.sets[name] = perClass;
+    ctx.log(`${name}: ${set.count} images (${classNames.map((c) => `${c} ${perClass[c]}`).join(', ')})`);
   }
   await fs.writeFile(path.join(ctx.outDir, 'fetch.json'), JSON.stringify(record, null, 2) + '\n');
 
-  const shown = written['train'] ? 'train' : written['all'] ? 'all' : Object.keys(written)[0]!;
+  const shown = sets['train'] ? 'train' : sets['all'] ? 'all' : Object.keys(sets)[0]!;
   await writeSamples(ctx, shown);
 
   const facts: Record<string, number | string> = { classes: classNames.join(', '), skipped_images: record.skipped.length };
-  for (const [name, set] of Object.entries(written)) facts[`${name}_images`] = set.count;
+  for (const [name, set] of Object.entries(sets)) facts[`${name}_images`] = set.count;
   ctx.summary(facts);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sharded: with `--queue … --shards N`, N jobs each decode a contiguous range of the images (every
+// shard lists the same files in the same order), and a merge puts the ranges end to end: the
+// same image sets, fetch.json and samples, byte for byte, as one job.
+
+/** A shard's part: its range's image sets (`<set>.json` + `<set>.u8`) and `part.json`. */
+const PART_FILE = 'part.json';
+
+interface FetchPart {
+  shard: Shard;
+  /** The range [start, end) of the `of` images this shard decoded. */
+  start: number;
+  end: number;
+  of: number;
+  record: FetchRecord;
+  classFolders: FetchPlan['classFolders'];
+  sets: string[];
+  skipped: FetchRecord['skipped'];
+}
+
+async function runFetchShard(ctx: StageContext<FetchParams>, shard: Shard): Promise<void> {
+  const plan = await planFetch(ctx);
+  const of = plan.listings.reduce((n, l) => n + l.files.length, 0);
+  const { start, end } = shardRange(of, shard);
+  ctx.log(`shard ${shard.index + 1} of ${shard.count}: ${end > start ? `images ${start}–${end - 1} of ${of}` : `none of the ${of} images`}`);
+  const { skipped } = await decodeRange(ctx, plan, ctx.outDir, start, end);
+  const part: FetchPart = {
+    shard,
+    start,
+    end,
+    of,
+    record: plan.record,
+    classFolders: plan.classFolders,
+    sets: plan.listings.map((l) => l.set),
+    skipped,
+  };
+  await fs.writeFile(path.join(ctx.outDir, PART_FILE), JSON.stringify(part));
+}
+
+async function mergeFetchParts(ctx: StageContext<FetchParams>, parts: string[]): Promise<void> {
+  const infos = await Promise.all(parts.map(async (dir) => JSON.parse(await fs.readFile(path.join(dir, PART_FILE), 'utf8')) as FetchPart));
+  const first = infos[0]!;
+  const same = (info: FetchPart) =>
+    JSON.stringify([info.record, info.classFolders, info.sets, info.of]) === JSON.stringify([first.record, first.classFolders, first.sets, first.of]);
+  infos.forEach((info, i) => {
+    const previousEnd = i === 0 ? 0 : infos[i - 1]!.end;
+    if (info.shard.index !== i || info.shard.count !== parts.length || !same(info) || info.start !== previousEnd) {
+      throw new Error(`bug: part ${i} of ${parts.length} is shard ${info.shard.index} of ${info.shard.count} (images ${info.start}–${info.end - 1}), or of another fetch`);
+    }
+  });
+  if (infos[infos.length - 1]!.end !== first.of) throw new Error(`bug: the parts end at image ${infos[infos.length - 1]!.end} of ${first.of}`);
+  const sets: DecodedSets = {};
+  for (const name of first.sets) {
+    const metas = await Promise.all(parts.map((dir) => readImageSetMeta(dir, name)));
+    await concatenateFiles(parts.map((dir) => path.join(dir, pixelFileName(name))), path.join(ctx.outDir, pixelFileName(name)));
+    sets[name] = await writeStoredImageSetMeta(ctx.outDir, name, metas[0]!, {
+      count: metas.reduce((n, m) => n + m.count, 0),
+      views: 1,
+      classNames: first.record.classNames,
+      labels: metas.flatMap((m) => m.labels),
+      files: metas.flatMap((m) => m.files),
+    });
+  }
+  ctx.log(`merged ${parts.length} parts: ${first.of} images`);
+  await finishFetch(ctx, first, sets, infos.flatMap((info) => info.skipped));
 }
 
 const LOCAL_DATA_HINT = 'for local data, give a directory of class folders or a zip instead of the URL, e.g. -p data=DIR';

@@ -1,6 +1,6 @@
-// Sharded passes on the cluster: `--shards N` splits extract-features into N shard jobs on the
-// workers, merged into the very entry (same fingerprint, same bytes) one job writes; a shard that
-// fails fails the stage cleanly.
+// Sharded passes on the cluster: `--shards N` splits fetch (its decoding) and extract-features into
+// N shard jobs on the workers, each merged into the very entry (same fingerprint, same bytes) one
+// job writes; a shard that fails fails the stage cleanly.
 import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -100,6 +100,10 @@ test('extract-features in 3 shards on two workers: the same entry, byte for byte
   const files = await listFiles(mine);
   assert.ok(files.some((f) => f.startsWith('boundary-views')) && files.includes('features.json'), files.join(', '));
   await assertSameFiles(mine, theirs);
+  // fetch decoded its 16 images in 3 ranges, merged into the same entry.
+  const fetched = fingerprintOf(a, 'fetch');
+  await assertSameFiles(path.join(here, 'runs', 'cache', 'entries', fetched, 'out'), path.join(shared, 'entries', fetched, 'out'));
+  assert.match(output, /fetch merge of 3 shards/);
 
   // Both workers computed shards; the parts are gone once merged; nothing half-written is left.
   for (const w of workers) assert.match(w.output(), /features shard \d\/3 \w+ started/);

@@ -11,6 +11,7 @@ import fetchKind, { DEFAULT_SOURCE, type FetchParams, type FetchRecord } from '.
 import { writeImageFolder } from '../helpers/images.ts';
 import { runKind, tempDir, withDefaults } from '../helpers/run-kind.ts';
 import { zipBytes, type ZipEntrySpec } from '../helpers/zip.ts';
+import { listFiles } from '../../src/util/hash.ts';
 
 const tf = loadTf();
 
@@ -208,6 +209,47 @@ test('clear errors: one class, an empty class, different classes, a missing sour
   const goodZip = path.join(tempDir(), 'good.zip');
   writeFileSync(goodZip, zipBytes([{ name: 'a.txt', data: 'a' }]));
   assert.match(await failure({ source: goodZip, sha256: wrongSum }), `checksum mismatch for ${goodZip}: expected sha256 ${wrongSum}, got `);
+});
+
+test('fetch in shards: each decodes a contiguous range of the images; merged, the same artifact as one job, byte for byte', async () => {
+  const source = tempDir();
+  await writeImageFolder(path.join(source, 'train'), { classes: { cats: 3, dogs: 3 }, height: 30, width: 40 });
+  await writeImageFolder(path.join(source, 'validation'), { classes: { cats: 2, dogs: 2 }, height: 30, width: 40 });
+  writeFileSync(path.join(source, 'train/dogs/broken.jpg'), 'garbage');
+  const params = { source, image_size: [16, 16] as [number, number] };
+  const one = await runKind(fetchKind, params);
+  const files = await listFiles(one.outDir);
+  assert.equal(files, ['fetch.json', 'plots/samples.png', 'train.json', 'train.u8', 'validation.json', 'validation.u8']);
+  // 11 images: train's 7 (the broken one among them), then validation's 4.
+  const ranges: Record<number, string[]> = {
+    2: ['images 0–4 of 11', 'images 5–10 of 11'],
+    3: ['images 0–2 of 11', 'images 3–6 of 11', 'images 7–10 of 11'],
+    12: ['none of the 11 images', ...Array.from({ length: 11 }, (_, i) => `images ${i}–${i} of 11`)],
+  };
+  for (const [count, expected] of Object.entries(ranges)) {
+    const n = Number(count);
+    const parts = await Promise.all(Array.from({ length: n }, (_, index) => runKind(fetchKind, params, {}, { shard: { index, count: n } })));
+    parts.forEach((part, i) => assert.ok(part.logs.includes(`shard ${i + 1} of ${n}: ${expected[i]}`), part.logs.join('\n')));
+    const merged = await runKind(fetchKind, params, {}, { parts: parts.map((p) => p.outDir) });
+    assert.equal(await listFiles(merged.outDir), files);
+    for (const file of files) assert.ok(readFileSync(path.join(one.outDir, file)).equals(readFileSync(path.join(merged.outDir, file))), `${n} shards: ${file} differs`);
+    assert.equal(merged.summary, one.summary);
+    assert.ok(merged.logs.includes('train: 6 images (cats 3, dogs 3)'), merged.logs.join('\n'));
+    // The broken file is named by the shard that met it.
+    assert.is(parts.filter((p) => p.logs.some((l) => l.startsWith('skipped train/dogs/broken.jpg: '))).length, 1);
+  }
+
+  // Parts of another fetch, or that leave a gap, make no artifact.
+  const parts = await Promise.all([0, 1].map((index) => runKind(fetchKind, params, {}, { shard: { index, count: 2 } })));
+  const info = path.join(parts[1]!.outDir, 'part.json');
+  const part = JSON.parse(readFileSync(info, 'utf8'));
+  writeFileSync(info, JSON.stringify({ ...part, start: 6 }));
+  try {
+    await runKind(fetchKind, params, {}, { parts: parts.map((p) => p.outDir) });
+    assert.unreachable();
+  } catch (error) {
+    assert.match((error as Error).message, /^bug: part 1 of 2 is shard 1 of 2 \(images 6–10\), or of another fetch/);
+  }
 });
 
 test('defaults: the official URL and 160×160', () => {
