@@ -39,6 +39,8 @@ export interface ShardPassRun extends ProcessFigures {
   /** Who computed it (the summary's `worker` column: `w1+w2` for two shards). */
   worker?: string;
   fingerprint: string;
+  /** The `fetch` stage (decoding the images) in the same run, when it ran there (absent: cached, or an older report). */
+  fetch?: { seconds: number; worker?: string; fingerprint: string };
 }
 
 /** The sharded base pass: one `--cpus 1` worker, one job, against two such workers, two shards. */
@@ -48,6 +50,8 @@ export interface ShardPass {
   two?: ShardPassRun;
   /** The entry of the two shards is the one job's: same fingerprint, files and bytes. */
   identical?: boolean;
+  /** The same for `fetch`'s entry, when both passes decoded the images. */
+  fetchIdentical?: boolean;
   /** Files and bytes of the one job's entry (out/). */
   files?: number;
   bytes?: number;
@@ -310,22 +314,28 @@ function sweepSection(s: ScaleSweep): string[] {
 
 function shardsSection(s: ShardPass): string[] {
   const workers = (p: ShardPassRun) => p.workers.map((w, k) => (p.cores?.[k] !== undefined ? `${w} (core ${p.cores[k]})` : w)).join(', ');
-  const row = (label: string, p: ShardPassRun) => [label, workers(p), String(p.shards), formatDuration(p.featuresS), p.worker ?? '—', formatDuration(p.wallS), load(p.loadAverage.start)];
+  const baseRow = (label: string, p: ShardPassRun) => [label, workers(p), String(p.shards), formatDuration(p.featuresS), p.worker ?? '—', formatDuration(p.wallS), load(p.loadAverage.start)];
   // Alone, an unpinned --cpus 1 worker still runs its augmentation threads and reads on an idle
   // core, which two workers do not leave: the report says which the measurement was.
   const pinned = s.one.cores !== undefined && (s.two === undefined || s.two.cores !== undefined);
   const pinning = pinned
     ? "each pinned to one core with `taskset -c` (the table says which), so that, as on a one-core machine, a worker's augmentation threads and reads share its core with TensorFlow"
     : `not pinned to cores${s.unpinned ? ` (${s.unpinned})` : ''}: alone, a worker's augmentation threads and reads also use an idle core, which two workers do not leave`;
+  const withFetch = s.one.fetch !== undefined && s.two?.fetch !== undefined;
+  const fetchCell = (p: ShardPassRun) => (p.fetch ? `${formatDuration(p.fetch.seconds)} (${p.fetch.worker ?? '?'})` : '—');
+  const row = (label: string, p: ShardPassRun) => {
+    const cells = baseRow(label, p);
+    return withFetch ? [...cells.slice(0, 3), fetchCell(p), ...cells.slice(3)] : cells;
+  };
   const rows = [row('one worker, one job', s.one)];
-  if (s.two) rows.push(row('two workers, two shards (`--force features`)', s.two));
+  if (s.two) rows.push(row(withFetch ? 'two workers, two shards (`--force fetch`: every stage again)' : 'two workers, two shards (`--force features`)', s.two));
   const out = [
     '### Sharded base pass',
     '',
     `The flagship's data stages and base pass (\`fetch\` → \`split\` → \`augment\` → \`features\`) on the ${n(s.images)}-image set through a private Redis, on \`pipe worker --cpus 1\` processes of this machine standing in for one-core machines ` +
       `(TensorFlow threads: ${s.threadsEnv || 'set by the worker from --cpus: 1 intra-op, 1 inter-op'}), ${pinning}; the time of \`features\` is the run summary's (for shards the first shard's start to the merge's end).`,
     '',
-    markdownTable(['pass', 'workers', 'shards', '`features`', 'computed by', 'whole submit', 'load at start'], rows),
+    markdownTable(['pass', 'workers', 'shards', ...(withFetch ? ['`fetch` (computed by)'] : []), '`features`', 'computed by', 'whole submit', 'load at start'], rows),
     '',
   ];
   if (s.two) {
@@ -333,6 +343,12 @@ function shardsSection(s: ShardPass): string[] {
       `Two / one: ${ratio3(s.two.featuresS / s.one.featuresS)}. The entry: ${s.identical ? 'identical' : '**not identical**'} (fingerprint ${s.one.fingerprint.slice(0, 12)}${s.files !== undefined ? `, ${s.files} files, ${formatBytes(s.bytes)}` : ''}).`,
       '',
     );
+    if (withFetch) {
+      out.push(
+        `\`fetch\` (decoding the ${n(s.images)} photos, sharded too): two / one ${ratio3(s.two.fetch!.seconds / s.one.fetch!.seconds)} (no target); its entry: ${s.fetchIdentical ? 'identical' : '**not identical**'} (fingerprint ${s.one.fetch!.fingerprint.slice(0, 12)}).`,
+        '',
+      );
+    }
   }
   return out;
 }

@@ -372,7 +372,7 @@ async function fileHashes(dir: string): Promise<{ hashes: [string, string][]; by
 
 /**
  * The base pass on one `--cpus 1` worker as one job, then on two as two shards (`--force
- * features`), in a shared cache of its own; `update` is called with the figures after each pass.
+ * fetch`: fetch's decoding is sharded too, and timed beside), in a shared cache of its own; `update` is called with the figures after each pass.
  * `--cpus 1` holds a worker's TensorFlow to one thread, but alone on this machine its augmentation
  * threads and reads would still run on an idle core, which two workers do not leave: so each worker
  * is pinned to one core (the solo worker to core 0, the two to cores 0 and 1), as on one-core
@@ -412,7 +412,11 @@ async function shardPass(ctx: ScaleContext, size: number, data: string, params: 
       if (run.exitCode !== 0 || summary.status !== 'succeeded' || !features) {
         throw new Error(`${label}: pipe exited ${run.exitCode} (${summary.status}); see ${run.log}\n${workers.map((w) => w.output()).join('\n')}`);
       }
-      ctx.say(`${label}: features ${formatDuration(features.durationMs / 1000)} (${features.worker ?? '?'}), the whole submit ${formatDuration(run.wallS)}`);
+      const fetch = summary.stages.find((s) => s.name === 'fetch' && s.status === 'ran');
+      ctx.say(
+        `${label}: ${fetch ? `fetch ${formatDuration(fetch.durationMs / 1000)} (${fetch.worker ?? '?'}), ` : ''}` +
+          `features ${formatDuration(features.durationMs / 1000)} (${features.worker ?? '?'}), the whole submit ${formatDuration(run.wallS)}`,
+      );
       return {
         ...ctx.figures(run),
         workers: names,
@@ -421,6 +425,7 @@ async function shardPass(ctx: ScaleContext, size: number, data: string, params: 
         featuresS: features.durationMs / 1000,
         ...(features.worker ? { worker: features.worker } : {}),
         fingerprint: features.fingerprint,
+        ...(fetch ? { fetch: { seconds: fetch.durationMs / 1000, ...(fetch.worker ? { worker: fetch.worker } : {}), fingerprint: fetch.fingerprint } } : {}),
       };
     };
     const one = await pass(['solo'], 1, []);
@@ -428,11 +433,19 @@ async function shardPass(ctx: ScaleContext, size: number, data: string, params: 
     const before = await fileHashes(entry);
     const result: ShardPass = { images: size, one, files: before.hashes.length, bytes: before.bytes, threadsEnv, ...(unpinned ? { unpinned } : {}) };
     await update(result);
-    const two = await pass(['w1', 'w2'], 2, ['--force', 'features']);
+    const fetchEntry = (p: ShardPassRun) => path.join(cache, 'entries', p.fetch!.fingerprint, 'out');
+    const fetchBefore = one.fetch ? await fileHashes(fetchEntry(one)) : undefined;
+    // Every stage again (`--force fetch`): fetch's decoding and the base pass both in shards.
+    const two = await pass(['w1', 'w2'], 2, ['--force', 'fetch']);
     const after = await fileHashes(path.join(cache, 'entries', two.fingerprint, 'out'));
     result.two = two;
     result.identical = two.fingerprint === one.fingerprint && JSON.stringify(after.hashes) === JSON.stringify(before.hashes);
     ctx.say(`shards: two / one = ${(two.featuresS / one.featuresS).toFixed(3)}; the same entry, byte for byte: ${result.identical ? 'yes' : 'NO'}`);
+    if (fetchBefore && one.fetch && two.fetch) {
+      const fetchAfter = await fileHashes(fetchEntry(two));
+      result.fetchIdentical = two.fetch.fingerprint === one.fetch.fingerprint && JSON.stringify(fetchAfter.hashes) === JSON.stringify(fetchBefore.hashes);
+      ctx.say(`shards: fetch two / one = ${(two.fetch.seconds / one.fetch.seconds).toFixed(3)}; the same entry, byte for byte: ${result.fetchIdentical ? 'yes' : 'NO'}`);
+    }
     await update(result);
   } finally {
     await stopWorkers(workers, ctx.logFile);

@@ -599,6 +599,24 @@ test('the sharded pass in the report: the core of each pinned worker; unpinned, 
   assert.match(renderScaleMarkdown(withScaleTargets(r)), 'one-core machines (TensorFlow threads: set by the worker from --cpus: 1 intra-op, 1 inter-op), not pinned to cores: alone');
 });
 
+test('the sharded pass in the report: fetch sharded too, its time beside the base pass and its entry checked', () => {
+  const r = scaleResult([scaleRun(3000, 100, 1000, 3000 * 200_000)]);
+  const f = 'f'.repeat(64);
+  const d = 'd'.repeat(64);
+  r.shards = {
+    images: 3000, threadsEnv: '', identical: true, fetchIdentical: true,
+    one: { ...r.runs[0]!, workers: ['solo'], cores: [0], shards: 1, featuresS: 100, fingerprint: f, fetch: { seconds: 40, worker: 'solo', fingerprint: d } },
+    two: { ...r.runs[0]!, workers: ['w1', 'w2'], cores: [0, 1], shards: 2, featuresS: 55, worker: 'w1+w2', fingerprint: f, fetch: { seconds: 22, worker: 'w1+w2', fingerprint: d } },
+  };
+  const text = renderScaleMarkdown(withScaleTargets(r));
+  assert.match(text, '| pass | workers | shards | `fetch` (computed by) | `features` | computed by | whole submit | load at start |');
+  assert.match(text, '| one worker, one job | solo (core 0) | 1 | 40.0 s (solo) |');
+  assert.match(text, '| two workers, two shards (`--force fetch`: every stage again) | w1 (core 0), w2 (core 1) | 2 | 22.0 s (w1+w2) |');
+  assert.match(text, '`fetch` (decoding the 3,000 photos, sharded too): two / one 0.550 (no target); its entry: identical (fingerprint dddddddddddd).');
+  r.shards.fetchIdentical = false;
+  assert.match(renderScaleMarkdown(withScaleTargets(r)), 'its entry: **not identical**');
+});
+
 test('unpinnable: a core the machine does not have cannot be pinned to, and the reason says why', () => {
   assert.match(unpinnable([100_000]) ?? '', /^(taskset not found: it comes with util-linux|`taskset -c 100000` failed: .+)$/);
 });
