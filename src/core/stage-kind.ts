@@ -125,6 +125,35 @@ export function weightedShardRange(costs: readonly number[], shard: Shard): { st
   return { start: cuts[shard.index]!, end: cuts[shard.index + 1]! };
 }
 
+/** Which items of a sharded pass a part holds: [start, end) of the pass's `of`. */
+export interface PartRange {
+  start: number;
+  end: number;
+  of: number;
+}
+
+/**
+ * Checks, before a merge, that `parts` (in shard order, as their shards recorded them) are shards
+ * 0…n−1 of n whose ranges of `unit`s (e.g. 'batches') tile the whole pass end to end: parts cut by
+ * another rule (another pipe's) would stitch a wrong artifact together.
+ */
+export function checkPartsTile(parts: ReadonlyArray<{ shard: Shard; range?: PartRange }>, unit: string): void {
+  const of = parts[0]?.range?.of;
+  parts.forEach(({ shard, range }, i) => {
+    if (shard.index !== i || shard.count !== parts.length) {
+      throw new Error(`bug: part ${i} of ${parts.length} is shard ${shard.index} of ${shard.count}`);
+    }
+    const from = i === 0 ? 0 : parts[i - 1]!.range?.end;
+    if (!range || range.start !== from || range.of !== of || (i === parts.length - 1 && range.end !== range.of)) {
+      const holds = range ? `${unit} ${range.start}–${range.end} of ${range.of}` : `no range of ${unit}`;
+      throw new Error(
+        `bug: part ${i} of ${parts.length} holds ${holds}, not from ${from}: the parts were cut differently ` +
+          '(by pipes of other versions?); --force the stage to compute them again',
+      );
+    }
+  });
+}
+
 /** A metric point as MLflow models it: key, value, step, wall-clock timestamp (ms). */
 export interface MetricPoint {
   key: string;

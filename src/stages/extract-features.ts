@@ -33,7 +33,7 @@ import {
   type Boundary,
 } from '../ml/mobilenet.ts';
 import { loadTf, tidyValues, type Tf } from '../ml/tf.ts';
-import { weightedShardRange, type ParamsOf, type ParamsSchema, type Shard, type StageContext, type StageKind } from '../core/stage-kind.ts';
+import { checkPartsTile, weightedShardRange, type ParamsOf, type ParamsSchema, type PartRange, type Shard, type StageContext, type StageKind } from '../core/stage-kind.ts';
 import { InputError } from '../core/errors.ts';
 import { concatenateFiles, linkTree } from '../util/files.ts';
 
@@ -173,7 +173,7 @@ const PART_FILE = 'part.json';
 interface PartInfo {
   shard: Shard;
   /** The shard's range [start, end) of the pass's `of` batches (absent in a part of an older pipe). */
-  batches?: { start: number; end: number; of: number };
+  batches?: PartRange;
   meta: FeaturesMeta;
   rows: number;
   computeMs: number;
@@ -233,17 +233,9 @@ async function mergeParts(ctx: StageContext<ExtractFeaturesParams>, parts: strin
   const infos = await Promise.all(parts.map(async (dir) => JSON.parse(await fs.readFile(path.join(dir, PART_FILE), 'utf8')) as PartInfo));
   const meta = infos[0]!.meta;
   infos.forEach((info, i) => {
-    if (info.shard.index !== i || info.shard.count !== parts.length || JSON.stringify(info.meta) !== JSON.stringify(meta)) {
-      throw new Error(`bug: part ${i} of ${parts.length} is shard ${info.shard.index} of ${info.shard.count}, or of another pass`);
-    }
-    // The parts must have been cut alike (by the same pipe): each from where the one before ends.
-    const range = info.batches;
-    const from = i === 0 ? 0 : infos[i - 1]!.batches?.end;
-    if (!range || range.start !== from || range.of !== infos[0]!.batches?.of || (i === parts.length - 1 && range.end !== range.of)) {
-      const holds = range ? `batches ${range.start}–${range.end} of ${range.of}` : 'no batch range';
-      throw new Error(`bug: part ${i} of ${parts.length} holds ${holds}, not from batch ${from}: the parts were cut differently (by pipes of other versions?); --force the stage to compute them again`);
-    }
+    if (JSON.stringify(info.meta) !== JSON.stringify(meta)) throw new Error(`bug: part ${i} of ${parts.length} is of another pass`);
   });
+  checkPartsTile(infos.map((info) => ({ shard: info.shard, range: info.batches })), 'batches');
   for (const set of FEATURE_SETS) {
     for (const file of [meta.sets[set].pooled, meta.sets[set].boundary]) {
       if (file) await concatenateFiles(parts.map((dir) => path.join(dir, file)), path.join(ctx.outDir, file));

@@ -27,7 +27,7 @@ import { comparePaths, decodeImages, listImageFiles, IMAGE_EXTENSIONS } from '..
 import { createRng, shuffle } from '../ml/augment.ts';
 import { imageGrid } from '../ml/plots.ts';
 import { loadTf } from '../ml/tf.ts';
-import { shardRange, type ParamsOf, type ParamsSchema, type Shard, type StageContext, type StageKind } from '../core/stage-kind.ts';
+import { checkPartsTile, shardRange, type ParamsOf, type PartRange, type ParamsSchema, type Shard, type StageContext, type StageKind } from '../core/stage-kind.ts';
 import { extractZip } from '../util/zip.ts';
 import { concatenateFiles, entryKind } from '../util/files.ts';
 import { InputError, messageOf, UnavailableError } from '../core/errors.ts';
@@ -292,9 +292,7 @@ const PART_FILE = 'part.json';
 interface FetchPart {
   shard: Shard;
   /** The range [start, end) of the `of` images this shard decoded. */
-  start: number;
-  end: number;
-  of: number;
+  range: PartRange;
   record: FetchRecord;
   classFolders: FetchPlan['classFolders'];
   sets: string[];
@@ -309,9 +307,7 @@ async function runFetchShard(ctx: StageContext<FetchParams>, shard: Shard): Prom
   const { skipped } = await decodeRange(ctx, plan, ctx.outDir, start, end);
   const part: FetchPart = {
     shard,
-    start,
-    end,
-    of,
+    range: { start, end, of },
     record: plan.record,
     classFolders: plan.classFolders,
     sets: plan.listings.map((l) => l.set),
@@ -323,15 +319,11 @@ async function runFetchShard(ctx: StageContext<FetchParams>, shard: Shard): Prom
 async function mergeFetchParts(ctx: StageContext<FetchParams>, parts: string[]): Promise<void> {
   const infos = await Promise.all(parts.map(async (dir) => JSON.parse(await fs.readFile(path.join(dir, PART_FILE), 'utf8')) as FetchPart));
   const first = infos[0]!;
-  const same = (info: FetchPart) =>
-    JSON.stringify([info.record, info.classFolders, info.sets, info.of]) === JSON.stringify([first.record, first.classFolders, first.sets, first.of]);
+  const what = (info: FetchPart) => JSON.stringify([info.record, info.classFolders, info.sets]);
   infos.forEach((info, i) => {
-    const previousEnd = i === 0 ? 0 : infos[i - 1]!.end;
-    if (info.shard.index !== i || info.shard.count !== parts.length || !same(info) || info.start !== previousEnd) {
-      throw new Error(`bug: part ${i} of ${parts.length} is shard ${info.shard.index} of ${info.shard.count} (images ${info.start}–${info.end - 1}), or of another fetch`);
-    }
+    if (what(info) !== what(first)) throw new Error(`bug: part ${i} of ${parts.length} is of another fetch`);
   });
-  if (infos[infos.length - 1]!.end !== first.of) throw new Error(`bug: the parts end at image ${infos[infos.length - 1]!.end} of ${first.of}`);
+  checkPartsTile(infos, 'images');
   const sets: DecodedSets = {};
   for (const name of first.sets) {
     const metas = await Promise.all(parts.map((dir) => readImageSetMeta(dir, name)));
@@ -344,7 +336,7 @@ async function mergeFetchParts(ctx: StageContext<FetchParams>, parts: string[]):
       files: metas.flatMap((m) => m.files),
     });
   }
-  ctx.log(`merged ${parts.length} parts: ${first.of} images`);
+  ctx.log(`merged ${parts.length} parts: ${first.range.of} images`);
   await finishFetch(ctx, first, sets, infos.flatMap((info) => info.skipped));
 }
 

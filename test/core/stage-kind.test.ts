@@ -4,7 +4,7 @@
 import fc from 'fast-check';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { shardRange, weightedShardRange } from '../../src/core/stage-kind.ts';
+import { checkPartsTile, shardRange, weightedShardRange } from '../../src/core/stage-kind.ts';
 
 type Range = { start: number; end: number };
 
@@ -105,6 +105,21 @@ test('any costs, any shard count: every item once, in order; a shard each when t
     }),
     { numRuns: 500 },
   );
+});
+
+test('checkPartsTile: shards 0…n−1 of n whose ranges follow each other to the end; anything else refused', () => {
+  const part = (index: number, count: number, start: number, end: number, of = 10) => ({ shard: { index, count }, range: { start, end, of } });
+  checkPartsTile([part(0, 3, 0, 4), part(1, 3, 4, 4), part(2, 3, 4, 10)], 'batches');
+  checkPartsTile([part(0, 1, 0, 10)], 'batches');
+  const refused: Array<[ReturnType<typeof part>[], RegExp]> = [
+    [[part(0, 2, 0, 4), part(0, 2, 4, 10)], /^bug: part 1 of 2 is shard 0 of 2$/],
+    [[part(0, 3, 0, 4), part(1, 3, 4, 10)], /^bug: part 0 of 2 is shard 0 of 3$/],
+    [[part(0, 2, 0, 4), part(1, 2, 5, 10)], /^bug: part 1 of 2 holds images 5–10 of 10, not from 4: the parts were cut differently/],
+    [[part(0, 2, 0, 4), part(1, 2, 4, 9)], /^bug: part 1 of 2 holds images 4–9 of 10, not from 4/],
+    [[part(0, 2, 0, 4), part(1, 2, 4, 12, 12)], /^bug: part 1 of 2 holds images 4–12 of 12, not from 4/],
+  ];
+  for (const [parts, message] of refused) assert.throws(() => checkPartsTile(parts, 'images'), message);
+  assert.throws(() => checkPartsTile([{ shard: { index: 0, count: 1 } }], 'batches'), /^bug: part 0 of 1 holds no range of batches, not from 0/);
 });
 
 test.run();

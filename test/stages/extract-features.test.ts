@@ -239,7 +239,7 @@ test('extract-features in shards: cut by cost (a made view weighs 1.2 read rows)
       await runKind(kind, params, inputs, { parts: parts.map((p) => p.outDir) });
       assert.unreachable();
     } catch (error) {
-      assert.match((error as Error).message, batches ? /^bug: part 1 of 2 holds batches 4–8 of 8, not from batch 3: the parts were cut differently/ : /^bug: part 1 of 2 holds no batch range/);
+      assert.match((error as Error).message, batches ? /^bug: part 1 of 2 holds batches 4–8 of 8, not from 3: the parts were cut differently/ : /^bug: part 1 of 2 holds no range of batches/);
     }
   }
 });

@@ -243,12 +243,17 @@ test('fetch in shards: each decodes a contiguous range of the images; merged, th
   const parts = await Promise.all([0, 1].map((index) => runKind(fetchKind, params, {}, { shard: { index, count: 2 } })));
   const info = path.join(parts[1]!.outDir, 'part.json');
   const part = JSON.parse(readFileSync(info, 'utf8'));
-  writeFileSync(info, JSON.stringify({ ...part, start: 6 }));
-  try {
-    await runKind(fetchKind, params, {}, { parts: parts.map((p) => p.outDir) });
-    assert.unreachable();
-  } catch (error) {
-    assert.match((error as Error).message, /^bug: part 1 of 2 is shard 1 of 2 \(images 6–10\), or of another fetch/);
+  for (const [changed, message] of [
+    [{ range: { ...part.range, start: 6 } }, /^bug: part 1 of 2 holds images 6–11 of 11, not from 5: the parts were cut differently/],
+    [{ record: { ...part.record, classNames: ['cats', 'wolves'] } }, /^bug: part 1 of 2 is of another fetch/],
+  ] as const) {
+    writeFileSync(info, JSON.stringify({ ...part, ...changed }));
+    try {
+      await runKind(fetchKind, params, {}, { parts: parts.map((p) => p.outDir) });
+      assert.unreachable();
+    } catch (error) {
+      assert.match((error as Error).message, message);
+    }
   }
 });
 
